@@ -1,11 +1,276 @@
+"""The ``gcbundle`` command: each command parses, calls one library function, prints."""
 from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
 
 import click
 
-from bundle import __version__
+from bundle import __version__, api, archive, profiles
+from bundle.errors import GcbundleError
+from bundle.output import Progress, ago, envelope, size
 
 
-@click.group()
+class CommandError(click.ClickException):
+    """A GcbundleError on its way out: one line, and its exit code."""
+
+    def __init__(self, exc: GcbundleError) -> None:
+        super().__init__(str(exc))
+        self.exit_code = exc.exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"gcbundle: error: {self.format_message()}", err=True)
+
+
+def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--arg name=value``; values are JSON when they parse as JSON, else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise GcbundleError(f"--arg {item!r} is not name=value", "write e.g. --arg n=20")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """A subcommand with ``--json`` and ``--debug``; its function returns
+    ``(data, human_text)`` and raises GcbundleError on failure."""
+
+    def decorate(fn: Callable[..., Any]) -> click.Command:
+        cmd_name = name or fn.__name__.replace("_", "-")
+
+        @click.option("--json", "as_json", is_flag=True, help="Print one JSON envelope on stdout.")
+        @click.option("--debug", is_flag=True, help="Show tracebacks.")
+        @functools.wraps(fn)
+        def wrapper(as_json: bool, debug: bool, **kw: Any) -> None:
+            progress = Progress(enabled=None)
+            try:
+                data, human = fn(progress=progress, **kw)
+            except GcbundleError as exc:
+                progress.close()
+                if debug:
+                    traceback.print_exc()
+                if as_json:
+                    click.echo(envelope(cmd_name, None, [exc.to_json()]))
+                    if not debug:
+                        sys.stderr.write(f"gcbundle: error: {exc}\n")
+                    sys.exit(exc.exit_code)
+                raise CommandError(exc) from None
+            except KeyboardInterrupt:
+                progress.close()
+                click.echo("gcbundle: interrupted", err=True)
+                sys.exit(130)
+            progress.close()
+            if as_json:
+                click.echo(envelope(cmd_name, data))
+            elif human:
+                click.echo(human)
+
+        return main.command(cmd_name, **kwargs)(wrapper)
+
+    return decorate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gcbundle")
 def main() -> None:
-    """gcbundle: ship a Parsl workflow to an HPC login node and bring its results back."""
+    """gcbundle: run a whole Parsl workflow on an HPC login node through Globus Compute."""
+
+
+_workflow_options = [
+    click.option("--include", "includes", multiple=True, help="Extra file or directory to bundle (repeatable)."),
+    click.option("--entry", help="Entry file inside a workflow directory (default workflow.py or main.py)."),
+    click.option("--arg", "args", multiple=True, help="Argument for main(), name=value; JSON values are parsed (repeatable)."),
+    click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Python module with make_config(**params) -> Config."),
+]
+
+
+def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_workflow_options):
+        fn = option(fn)
+    return fn
+
+
+@command()
+@click.argument("workflow", type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default="bundle.tar.gz", show_default=True, help="Archive to write.")
+@workflow_options
+def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | None, args: tuple[str, ...],
+         config: str | None, progress: Progress) -> tuple[Any, str]:
+    """Pack a workflow into a deterministic bundle archive."""
+    from bundle.pack import pack as do_pack
+
+    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, progress=progress)
+    lines = [f"{res.path}: {len(res.manifest.files)} files, {size(res.manifest.total_size)} -> {size(res.size)}", f"digest {res.digest}"]
+    lines += [f"left out {p}: {r}" for p, r in res.excluded]
+    return res.to_json(), "\n".join(lines)
+
+
+@command()
+@click.argument("bundle_file", type=click.Path())
+def inspect(bundle_file: str, progress: Progress) -> tuple[Any, str]:
+    """Show a bundle's manifest after checking every member."""
+    manifest = archive.verify(bundle_file)
+    data = manifest.to_json()
+    lines = [
+        f"digest  {manifest.digest}",
+        f"entry   {manifest.entry} ({manifest.mode} mode)",
+        f"config  {manifest.config.get('kind')}" + (f" {manifest.config['path']}" if manifest.config.get("path") else ""),
+        f"args    {json.dumps(manifest.args)}",
+        f"created {manifest.created}",
+        "client  " + ", ".join(f"{k} {v}" for k, v in sorted(manifest.client.items())),
+        f"files   {len(manifest.files)} ({size(manifest.total_size)})",
+    ]
+    lines += [f"  {oct(f.mode)[2:]} {f.size:>10} {f.sha256[:12]} {f.path}" for f in manifest.files]
+    return data, "\n".join(lines)
+
+
+@command()
+@click.argument("workflow", type=click.Path())
+@click.option("-e", "--endpoint", default="local", show_default=True, help="`local`, an endpoint UUID, or an alias.")
+@click.option("--site", help="Site profile: a built-in name (`gcbundle sites`) or a YAML file.")
+@click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
+@click.option("--wait", is_flag=True, help="Wait for the run to finish and print its result.")
+@workflow_options
+def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...], wait: bool, includes: tuple[str, ...],
+           entry: str | None, args: tuple[str, ...], config: str | None, progress: Progress) -> tuple[Any, str]:
+    """Pack WORKFLOW (or take a ready bundle) and start it on an endpoint."""
+    run = api.submit(
+        workflow, endpoint, args=_parse_args(args), includes=includes, entry=entry, site=site,
+        params=profiles.parse_sets(sets), config=config, progress=progress,
+    )
+    click.echo(f"submitted run {run.id} to {endpoint}", err=True)
+    data: dict[str, Any] = {"run_id": run.id, "endpoint": endpoint, "state": run.last_state}
+    if not wait:
+        return data, run.id
+    progress.enabled = progress.enabled  # unchanged: the meter shows task counts
+    st = run.wait(progress=progress)
+    progress.close()
+    data["state"] = st
+    human = [f"run {run.id} {st.get('state')}"]
+    if st.get("state") == "succeeded":
+        fetched = run.results(api._default_results_dir(), progress=progress)
+        data["results"] = fetched.to_json()
+        result_json = fetched.path / "result.json"
+        if result_json.is_file():
+            data["result"] = json.loads(result_json.read_text())
+            human.append(f"result: {result_json.read_text().strip()}")
+        human.append(f"results in {fetched.path}")
+        return data, "\n".join(human)
+    err = (st.get("error") or {}).get("message") or st.get("detail") or ""
+    raise GcbundleError(f"run {run.id} {st.get('state')}" + (f": {err}" if err else ""), f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened")
+
+
+@command("list")
+@click.option("-n", "--limit", default=50, show_default=True, help="How many runs, newest first.")
+def list_(limit: int, progress: Progress) -> tuple[Any, str]:
+    """List the runs in this client's registry."""
+    runs = api.list_runs(limit)
+    lines = [f"{'RUN':<12}  {'STATE':<10}  {'ENDPOINT':<12}  {'SUBMITTED':<19}  WORKFLOW"]
+    lines += [f"{r.run_id:<12}  {r.state:<10}  {r.endpoint[:12]:<12}  {ago(r.submitted):<19}  {r.workflow}" for r in runs]
+    return [r.to_json() for r in runs], "\n".join(lines) if runs else "no runs yet"
+
+
+def _state_text(run_id: str, st: dict[str, Any]) -> str:
+    lines = [f"run      {run_id}", f"state    {st.get('state')}"]
+    if st.get("detail"):
+        lines.append(f"detail   {st['detail']}")
+    if st.get("host"):
+        lines.append(f"driver   pid {st.get('pid')} on {st.get('host')}, heartbeat {ago(st.get('updated'))}")
+    tasks = st.get("tasks") or {}
+    if tasks.get("total"):
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(tasks.items()) if k not in ("total",) and v)
+        lines.append(f"tasks    {tasks['total']} ({parts})")
+    if st.get("scheduler_job_ids"):
+        lines.append("jobs     " + ", ".join(st["scheduler_job_ids"]))
+    if st.get("resumed_from"):
+        lines.append(f"resumed  from {st['resumed_from']}")
+    err = st.get("error") or {}
+    if err.get("message"):
+        lines.append(f"error    {err['message']}")
+        if err.get("traceback"):
+            lines.append(err["traceback"].rstrip())
+    if st.get("hint"):
+        lines.append(f"hint     {st['hint']}")
+    return "\n".join(lines)
+
+
+@command()
+@click.argument("run_id")
+@click.option("--wait", is_flag=True, help="Wait until the run ends.")
+def status(run_id: str, wait: bool, progress: Progress) -> tuple[Any, str]:
+    """Show a run's state (RUN_ID may be a unique prefix)."""
+    run = api.get_run(run_id)
+    st = run.wait(progress=progress) if wait else run.status()
+    return {"run_id": run.id, **st}, _state_text(run.id, st)
+
+
+@command()
+@click.argument("run_id")
+@click.option("--name", default="driver", show_default=True, help="driver, stdout, stderr or parsl.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
+@click.option("--tail", is_flag=True, help="Start from the last MiB.")
+def logs(run_id: str, name: str, follow: bool, tail: bool, progress: Progress) -> tuple[Any, str]:
+    """Print one of a run's logs."""
+    run = api.get_run(run_id)
+    pieces = []
+    for text in run.logs(name, follow=follow, tail=tail):
+        if follow:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            pieces.append(text)
+    text = "".join(pieces)
+    return {"run_id": run.id, "name": name, "text": text}, text.rstrip("\n")
+
+
+@command()
+@click.argument("run_id")
+@click.option("-o", "--output", "dest", default="results", show_default=True, type=click.Path(), help="Directory; results land in OUTPUT/<run_id>.")
+def results(run_id: str, dest: str, progress: Progress) -> tuple[Any, str]:
+    """Fetch a finished run's results package, verified (resumes a broken download)."""
+    run = api.get_run(run_id)
+    fetched = run.results(Path(dest), progress=progress)
+    note = "nothing new to fetch" if fetched.fetched_bytes == 0 else f"fetched {size(fetched.fetched_bytes)}"
+    return fetched.to_json(), f"{fetched.path}: {fetched.files} files, {size(fetched.bytes)} verified ({note}); run {fetched.state.get('state')}"
+
+
+@command()
+@click.argument("run_id")
+@click.option("--grace", default=30, show_default=True, help="Seconds before the driver's processes are killed.")
+def cancel(run_id: str, grace: int, progress: Progress) -> tuple[Any, str]:
+    """Stop a run: the driver cleans up its DFK and the scheduler's jobs."""
+    run = api.get_run(run_id)
+    reply = run.cancel(grace=grace)
+    st = reply["state"]
+    if reply.get("already"):
+        return reply, f"run {run.id} had already ended: {st.get('state')}"
+    return reply, f"run {run.id} {st.get('state')}"
+
+
+@command()
+def sites(progress: Progress) -> tuple[Any, str]:
+    """List the built-in site profiles and their parameters."""
+    out = []
+    lines = []
+    for name in profiles.builtin_names():
+        p = profiles.load(name)
+        params = p.parameters()
+        out.append({"name": name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
+        lines.append(f"{name}: {p.description}")
+        for x in params.values():
+            req = "required" if x.required else f"default {x.default!r}"
+            lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
+    return out, "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

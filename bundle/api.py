@@ -1,0 +1,235 @@
+"""The Python API; the CLI is a thin layer over it.
+
+    import bundle
+    run = bundle.submit("workflow.py", endpoint="local", args={"n": 20})
+    run.wait()
+    print(run.result())
+    run.results("./results")
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from bundle import archive, profiles
+from bundle.errors import BundleError, RunStateError, UsageError
+from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES
+from bundle.pack import PackResult, pack
+from bundle.registry import Registry, RunRecord
+from bundle.results import Fetched, fetch
+from bundle.transport import Transport, get_transport
+
+Progress = Callable[[str, int, int], None]
+TERMINAL = ("succeeded", "failed", "cancelled", "lost")
+
+
+def _new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _archive_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = (), entry: str | None = None,
+            config: str | Path | None = None, site: str | None = None, progress: Progress | None = None) -> PackResult:
+    """Pack a workflow, or check a ready-made bundle (``.tar.gz``) and use it as is."""
+    path = Path(workflow)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        manifest = archive.verify(path)
+        return PackResult(path, manifest, _archive_sha256(path), path.stat().st_size, ())
+    return pack(path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, progress=progress)
+
+
+def upload(transport: Transport, packed: PackResult, progress: Progress | None = None) -> int:
+    """Stage a bundle on the login node in chunks, skipping chunks already there; return chunks sent."""
+    info = transport.call("probe", digests=[packed.digest], archive_sha256=packed.archive_sha256)
+    if packed.digest in info["cached"]:
+        return 0
+    have = set(info.get("staged_chunks", []))
+    count = max(1, -(-packed.size // CHUNK_BYTES))
+    sent = 0
+    with open(packed.path, "rb") as f:
+        for index in range(count):
+            if index in have:
+                continue
+            f.seek(index * CHUNK_BYTES)
+            data = f.read(CHUNK_BYTES)
+            transport.call("stage", digest=packed.digest, archive_sha256=packed.archive_sha256, size=packed.size, index=index, data=data)
+            sent += 1
+            if progress:
+                progress("upload", min(packed.size, (index + 1) * CHUNK_BYTES), packed.size)
+    return sent
+
+
+def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any] | None = None,
+           includes: tuple[str, ...] = (), entry: str | None = None, site: str | None = None,
+           params: dict[str, Any] | None = None, config: str | Path | None = None, wait: bool = False,
+           progress: Progress | None = None, registry: Registry | None = None,
+           transport: Transport | None = None, resumed_from: str | None = None) -> Run:
+    """Pack ``workflow``, send it to ``endpoint`` and start it; return once the driver runs."""
+    params = dict(params or {})
+    registry = registry or Registry()
+    site_spec = None
+    if site:
+        profile = profiles.load(site)
+        profiles.render(profile, params)  # every required parameter set, before anything is sent
+        site_spec = profile.to_spec(params)
+    elif params and not config:
+        raise UsageError("--set needs --site or --config", "name the site profile the parameters are for")
+    transport = transport or get_transport(endpoint)
+    with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
+        packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, progress=progress)
+        run_id = _new_run_id()
+        spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from}
+        inline = None
+        if packed.size <= INLINE_BUNDLE_BYTES and not registry.is_cached(endpoint, packed.digest):
+            inline = packed.path.read_bytes()
+        reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=inline, spec=spec)
+        if reply.get("missing_bundle"):
+            registry.forget_cached(endpoint, packed.digest)
+            upload(transport, packed, progress)
+            reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=None, spec=spec)
+            if reply.get("missing_bundle"):
+                raise BundleError("the login node lost the bundle right after it was uploaded", "submit again")
+    registry.mark_cached(endpoint, packed.digest)
+    st = reply["state"]
+    now = time.time()
+    registry.add(RunRecord(
+        run_id=run_id, endpoint=endpoint, digest=packed.digest, workflow=str(workflow), site=site,
+        state=st.get("state", "staged"), submitted=now, updated=now, resumed_from=resumed_from,
+    ))
+    run = Run(run_id, endpoint, registry=registry, transport=transport)
+    run.last_state = st
+    if wait:
+        run.wait(progress=progress)
+    return run
+
+
+def get_run(run_id: str, registry: Registry | None = None) -> Run:
+    """A run of the registry by id or unique prefix."""
+    registry = registry or Registry()
+    rec = registry.get(run_id)
+    return Run(rec.run_id, rec.endpoint, registry=registry)
+
+
+def list_runs(limit: int = 50, registry: Registry | None = None) -> list[RunRecord]:
+    return (registry or Registry()).list(limit)
+
+
+class Run:
+    """A run on an endpoint: ask its state, follow its logs, fetch its results, cancel it."""
+
+    def __init__(self, run_id: str, endpoint: str, *, registry: Registry | None = None, transport: Transport | None = None) -> None:
+        self.id = run_id
+        self.endpoint = endpoint
+        self.registry = registry or Registry()
+        self._transport = transport
+        self.last_state: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, endpoint={self.endpoint!r}, state={self.last_state.get('state')!r})"
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = get_transport(self.endpoint)
+        return self._transport
+
+    @property
+    def record(self) -> RunRecord:
+        return self.registry.get(self.id)
+
+    def status(self) -> dict[str, Any]:
+        st = self.transport.call("status", run_id=self.id)
+        self._remember(st)
+        return st
+
+    def _remember(self, st: dict[str, Any]) -> None:
+        self.last_state = st
+        if st.get("state"):
+            self.registry.update(self.id, state=st["state"])
+
+    def wait(self, timeout: float | None = None, poll: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        """Poll until the run ends; the interval grows from 0.5 s to ``poll`` (default 10 s)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval, cap = 0.5, poll or float(os.environ.get("GCBUNDLE_POLL_SECONDS", "10"))
+        while True:
+            st = self.status()
+            if progress:
+                tasks = st.get("tasks") or {}
+                progress(f"run {st.get('state')}", int(tasks.get("exec_done", 0) + tasks.get("memo_done", 0)), int(tasks.get("total", 0)))
+            if st.get("state") in TERMINAL:
+                return st
+            if deadline is not None and time.monotonic() > deadline:
+                raise RunStateError(f"run {self.id} is still {st.get('state')} after {timeout:g} s", "wait longer, or look at `gcbundle logs`")
+            time.sleep(interval)
+            interval = min(cap, interval * 1.5)
+
+    def logs(self, name: str = "driver", *, follow: bool = False, tail: bool = False, poll: float = 1.0) -> Iterator[str]:
+        """The log's text in pieces; with ``follow``, until the run ends."""
+        offset = 0
+        first = True
+        while True:
+            reply = self.transport.call("logs", run_id=self.id, name=name, offset=offset, tail=tail and first)
+            first = False
+            if reply["data"]:
+                yield reply["data"].decode("utf-8", "replace")
+            offset = reply["next_offset"]
+            more = offset < reply["size"]
+            if more:
+                continue
+            if not follow or reply["state"] in TERMINAL:
+                return
+            time.sleep(poll)
+
+    def results(self, dest: str | Path = "results", progress: Progress | None = None) -> Fetched:
+        """Fetch the verified results package into ``dest/<run_id>`` (resumable)."""
+        fetched = fetch(self.transport, self.id, Path(dest), progress)
+        self._remember(fetched.state)
+        self.registry.update(self.id, results_path=str(fetched.path.resolve()), results_sha=fetched.manifest_sha256)
+        return fetched
+
+    def local_results(self) -> Path | None:
+        """Where the results already are on this machine, if complete."""
+        rec = self.record
+        if rec.results_path and (Path(rec.results_path) / ".gcbundle-results.json").is_file():
+            return Path(rec.results_path)
+        return None
+
+    def result(self, dest: str | Path | None = None) -> Any:
+        """main()'s return value (fetching the results first if needed)."""
+        path = self.local_results() if dest is None else None
+        if path is None or self.record.state not in TERMINAL:
+            path = self.results(dest or _default_results_dir()).path
+        state = json.loads((path / "state.json").read_text())
+        if state.get("state") != "succeeded":
+            err = (state.get("error") or {}).get("message", "")
+            raise RunStateError(f"run {self.id} {state.get('state')}" + (f": {err}" if err else ""), "see `gcbundle logs` and the results' logs/")
+        if (path / "result.pkl").is_file():
+            import pickle
+
+            return pickle.loads((path / "result.pkl").read_bytes())  # noqa: S301 - the user's own run
+        return None
+
+    def cancel(self, grace: int = 30) -> dict[str, Any]:
+        reply = self.transport.call("cancel", run_id=self.id, grace=grace)
+        self._remember(reply["state"])
+        return reply
+
+
+def _default_results_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("gcbundle")) / "results"

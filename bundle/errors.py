@@ -1,0 +1,111 @@
+"""One exception family for the whole tool.
+
+Every error says what went wrong and what to do about it; the CLI prints the
+message on one line and maps the class to an exit code. Login-node task
+functions send these back by name (see ``protocol``), so a remote error raises
+the same class on the client.
+"""
+from __future__ import annotations
+
+
+class GcbundleError(Exception):
+    """Base of every error gcbundle raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"type": type(self).__name__, "message": self.message, "hint": self.hint}
+
+
+class UsageError(GcbundleError):
+    """A command was called with arguments that cannot work."""
+
+    exit_code = 2
+
+
+class BundleError(GcbundleError):
+    """A workflow cannot be packed, or a bundle is malformed or hostile."""
+
+    exit_code = 3
+
+
+class ManifestError(BundleError):
+    """``gcbundle.json`` is missing, malformed or disagrees with the archive."""
+
+
+class SiteProfileError(GcbundleError):
+    """A site profile or Parsl config module is unknown, broken or incomplete."""
+
+    exit_code = 4
+
+
+class RunNotFound(GcbundleError):
+    """No run matches an id or prefix (client registry or login node)."""
+
+    exit_code = 5
+
+
+class RunStateError(GcbundleError):
+    """The run is in a state that does not allow the operation."""
+
+    exit_code = 6
+
+
+class TransportError(GcbundleError):
+    """A task could not be delivered to, or answered by, the endpoint."""
+
+    exit_code = 7
+
+
+class ProtocolMismatch(TransportError):
+    """Client and login node speak incompatible protocol versions."""
+
+
+class RemoteError(TransportError):
+    """A task raised an unexpected exception on the login node."""
+
+
+class PayloadTooLarge(TransportError):
+    """A task payload or result is above the Globus Compute size limit."""
+
+
+class RegistryError(GcbundleError):
+    """The client registry cannot be read or written."""
+
+    exit_code = 8
+
+
+class ResultsError(GcbundleError):
+    """Results could not be fetched or verified."""
+
+    exit_code = 9
+
+
+#: Classes a login-node task may name in an error envelope; anything else
+#: arrives as ``RemoteError``.
+BY_NAME: dict[str, type[GcbundleError]] = {
+    cls.__name__: cls
+    for cls in (
+        GcbundleError,
+        UsageError,
+        BundleError,
+        ManifestError,
+        SiteProfileError,
+        RunNotFound,
+        RunStateError,
+        TransportError,
+        ProtocolMismatch,
+        RemoteError,
+        PayloadTooLarge,
+        RegistryError,
+        ResultsError,
+    )
+}

@@ -1,0 +1,76 @@
+"""What the CLI prints: the ``--json`` envelope, one-line errors, progress.
+
+With ``--json`` stdout carries exactly one envelope (also on failure):
+
+    {"version": 1, "command": "status", "status": "success" | "error",
+     "data": {...} | null, "errors": [{"type", "message", "hint"}]}
+
+Human text goes to stdout without ``--json``; progress and notes always go to
+stderr, and progress only when stderr is a terminal.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+ENVELOPE_VERSION = 1
+
+
+def envelope(command: str, data: Any = None, errors: list[dict[str, Any]] | None = None) -> str:
+    return json.dumps(
+        {"version": ENVELOPE_VERSION, "command": command, "status": "error" if errors else "success", "data": data, "errors": errors or []},
+        indent=1, sort_keys=True, default=str,
+    )
+
+
+class Progress:
+    """A one-line progress meter on stderr, drawn only on a terminal."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.last = 0.0
+        self.label = ""
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if label == self.label and now - self.last < 0.1 and done < total:
+            return
+        if label != self.label and self.label:
+            sys.stderr.write("\n")
+        self.label, self.last = label, now
+        if label.startswith("run "):
+            text = f"{label}: {done}/{total} tasks done" if total else label
+        elif total:
+            text = f"{label}: {_size(done)} / {_size(total)} ({100 * done // max(total, 1)}%)"
+        else:
+            text = label
+        sys.stderr.write("\r\x1b[2K" + text)
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.label:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.label = ""
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def size(n: float) -> str:
+    return _size(n)
+
+
+def ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

@@ -1,0 +1,200 @@
+"""Deterministic bundle archives.
+
+Archives are built the way flit builds an sdist: entries sorted, owners 0,
+modes normalised to 0644/0755, a fixed mtime, PAX format, and a gzip header
+without a timestamp, so packing the same tree twice gives the same bytes.
+``gcbundle.json`` is the first member, so a reader validates the manifest
+before it touches any other member.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from bundle.errors import BundleError
+from bundle.limits import MAX_BUNDLE_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES
+from bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_path
+from bundle.selection import Selection, select
+from bundle.versions import local_versions
+
+#: The mtime of every member: 1980-01-01, as reproducible-build tools use.
+FIXED_MTIME = 315532800
+GZIP_LEVEL = 6
+_READ = 1024 * 1024
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PackResult:
+    path: Path
+    manifest: Manifest
+    archive_sha256: str
+    size: int
+    excluded: tuple[tuple[str, str], ...]
+
+    @property
+    def digest(self) -> str:
+        return self.manifest.digest
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "digest": self.digest,
+            "archive_sha256": self.archive_sha256,
+            "size": self.size,
+            "files": len(self.manifest.files),
+            "bytes": self.manifest.total_size,
+            "entry": self.manifest.entry,
+            "mode": self.manifest.mode,
+            "excluded": [{"path": p, "reason": r} for p, r in self.excluded],
+        }
+
+
+def clean_tarinfo(name: str, size: int, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = mode
+    info.mtime = FIXED_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> Manifest:
+    entries = []
+    for rel in sel.files:
+        check_path(rel, "file path")
+        full = sel.root / rel
+        digest, size = hash_file(full)
+        mode = 0o755 if os.stat(full).st_mode & 0o111 else 0o644
+        entries.append(FileEntry(rel, size, mode, digest))
+    if len(entries) > MAX_MEMBERS:
+        raise BundleError(f"the workflow has {len(entries)} files, more than the cap of {MAX_MEMBERS}", "leave some out with .gcbundleignore, or archive many small files into one")
+    total = sum(e.size for e in entries)
+    if total > MAX_UNPACKED_BYTES:
+        raise BundleError(f"the workflow's files add up to {total} bytes, more than the cap of {MAX_UNPACKED_BYTES}", "leave large data out with .gcbundleignore and stage it on the site's file system")
+    return Manifest(
+        entry=sel.entry,
+        mode=sel.mode,
+        files=tuple(entries),
+        args=dict(args or {}),
+        config=dict(config or {"kind": "workflow"}),
+        client=local_versions(),
+        created=_created(sel),
+    )
+
+
+def _created(sel: Selection) -> str:
+    """SOURCE_DATE_EPOCH if set, else the newest mtime among the files: a
+    creation time that keeps the archive reproducible."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        ts = int(epoch)
+    else:
+        ts = max((int(os.stat(sel.root / rel).st_mtime) for rel in sel.files), default=FIXED_MTIME)
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None) -> tuple[str, int]:
+    """Write the archive atomically; return (sha256 of its bytes, its size).
+
+    Each file is hashed again while it is written: a file that changed since
+    the manifest was built is an error, not a silently inconsistent bundle.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    total = manifest.total_size
+    done = 0
+    try:
+        with open(tmp, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL, mtime=0) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    data = manifest.dumps()
+                    tar.addfile(clean_tarinfo(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
+                    for entry in manifest.files:
+                        with open(root / entry.path, "rb") as f:
+                            checked = _CheckedReader(f, entry)
+                            tar.addfile(clean_tarinfo(entry.path, entry.size, entry.mode), checked)
+                            checked.finish()
+                        done += entry.size
+                        if progress:
+                            progress("pack", done, total)
+            if hashing.size > MAX_BUNDLE_BYTES:
+                raise BundleError(f"the bundle is {hashing.size} bytes, more than the cap of {MAX_BUNDLE_BYTES}", "leave large data out with .gcbundleignore and stage it on the site's file system")
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return hashing.sha256.hexdigest(), hashing.size
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, raw: io.BufferedWriter) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:  # type: ignore[override]
+        self.sha256.update(b)
+        self.size += len(b)
+        return self.raw.write(b)
+
+
+class _CheckedReader:
+    def __init__(self, f: Any, entry: FileEntry) -> None:
+        self.f = f
+        self.entry = entry
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.n += len(data)
+        return data
+
+    def finish(self) -> None:
+        if self.n != self.entry.size or self.h.hexdigest() != self.entry.sha256 or self.f.read(1):
+            raise BundleError(f"{self.entry.path!r} changed while it was being packed", "pack again once nothing writes to the workflow directory")
+
+
+def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] = (), entry: str | None = None,
+         args: dict[str, Any] | None = None, config_module: Path | str | None = None,
+         site: str | None = None, progress: Progress | None = None) -> PackResult:
+    """Select, hash and archive a workflow; the one entry point for packing."""
+    extra: tuple[Path, ...] = ()
+    config: dict[str, Any] = {"kind": "workflow"}
+    if config_module:
+        extra = (Path(config_module).resolve(),)
+    sel = select(Path(workflow), includes=includes, entry=entry, extra_files=extra)
+    if config_module:
+        config = {"kind": "module", "path": Path(config_module).resolve().relative_to(sel.root).as_posix()}
+    elif site:
+        config = {"kind": "site"}
+    manifest = build_manifest(sel, args=args, config=config)
+    sha, size = write_archive(manifest, sel.root, Path(output), progress)
+    return PackResult(Path(output), manifest, sha, size, sel.excluded)

@@ -1,0 +1,238 @@
+"""Site profiles: YAML in the shape of a Globus Compute endpoint's ``engine:`` block.
+
+A profile names Parsl classes with ``type:`` keys (the executor, its
+``provider``, the provider's ``launcher``, and ``address`` functions) and may
+use ``${name}`` / ``${name:default}`` parameters set with ``--set name=value``.
+``type:`` resolves only within Parsl's executors, providers, launchers and
+address functions, so a profile cannot name arbitrary code.
+
+The client loads and renders a profile to check it before anything is sent;
+the profile text and parameters travel in the launch request, and the login
+node builds the live Config (address functions must run there).
+"""
+from __future__ import annotations
+
+import importlib.resources
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bundle.errors import SiteProfileError
+
+_PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+_TOP_KEYS = {"description", "parameters", "engine", "executors", "config"}
+#: Config keywords a profile may set (anything else is ours to decide: run_dir, memoizer).
+CONFIG_KEYS = {"retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode", "usage_tracking", "std_autopath"}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    default: Any = None
+    required: bool = False
+    help: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "default": self.default, "required": self.required, "help": self.help}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    text: str
+    data: dict[str, Any] = field(repr=False)
+
+    @property
+    def description(self) -> str:
+        return str(self.data.get("description", "")).strip()
+
+    def parameters(self) -> dict[str, Parameter]:
+        """Declared parameters plus every placeholder used, with their defaults."""
+        declared = self.data.get("parameters") or {}
+        found: dict[str, Any] = {}
+        for name, default in _placeholders(self.data.get("engine") or self.data.get("executors")):
+            if name not in found or found[name] is None:
+                found[name] = default
+        for name, default in _placeholders(self.data.get("config")):
+            found.setdefault(name, default)
+        out = {}
+        for name in sorted(set(found) | set(declared)):
+            spec = declared.get(name) or {}
+            default = spec.get("default", found.get(name))
+            out[name] = Parameter(name, default, required=default is None, help=str(spec.get("help", "")))
+        return out
+
+    def to_spec(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What travels in a launch request."""
+        return {"name": self.name, "text": self.text, "params": dict(params)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> tuple[Profile, dict[str, Any]]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("text"), str):
+            raise SiteProfileError("the run's site profile is malformed", "submit again with `--site`")
+        params = spec.get("params") or {}
+        if not isinstance(params, dict):
+            raise SiteProfileError("site parameters must be an object")
+        return parse(str(spec.get("name", "site")), spec["text"]), params
+
+
+def builtin_names() -> list[str]:
+    root = importlib.resources.files("bundle") / "sites"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a YAML file by path."""
+    if name_or_path in builtin_names():
+        text = (importlib.resources.files("bundle") / "sites" / f"{name_or_path}.yaml").read_text(encoding="utf-8")
+        return parse(name_or_path, text)
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return parse(path.stem, path.read_text(encoding="utf-8"))
+    raise SiteProfileError(
+        f"unknown site profile {name_or_path!r}",
+        f"use one of {', '.join(builtin_names())} (`gcbundle sites`), or the path of a .yaml profile",
+    )
+
+
+def parse(name: str, text: str) -> Profile:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SiteProfileError(f"site profile {name!r} is not valid YAML: {str(exc).splitlines()[0]}", "fix the YAML") from None
+    if not isinstance(data, dict):
+        raise SiteProfileError(f"site profile {name!r} must be a YAML mapping")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise SiteProfileError(f"site profile {name!r} has unknown keys: {', '.join(sorted(unknown))}", f"allowed: {', '.join(sorted(_TOP_KEYS))}")
+    if ("engine" in data) == ("executors" in data):
+        raise SiteProfileError(f"site profile {name!r} needs exactly one of `engine:` or `executors:`")
+    params = data.get("parameters") or {}
+    if not isinstance(params, dict) or not all(isinstance(v, (dict, type(None))) for v in params.values()):
+        raise SiteProfileError(f"site profile {name!r}: `parameters:` must map names to {{default:, help:}}")
+    config = data.get("config") or {}
+    if not isinstance(config, dict) or set(config) - CONFIG_KEYS:
+        raise SiteProfileError(f"site profile {name!r}: `config:` may only set {', '.join(sorted(CONFIG_KEYS))}")
+    return Profile(name, text, data)
+
+
+def _placeholders(node: Any) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for v in node.values():
+            out += _placeholders(v)
+    elif isinstance(node, list):
+        for v in node:
+            out += _placeholders(v)
+    elif isinstance(node, str):
+        for m in _PARAM.finditer(node):
+            out.append((m.group(1), _typed(m.group(2)) if m.group(2) is not None else None))
+    return out
+
+
+def _typed(text: str) -> Any:
+    """A parameter value as YAML reads it: ``4`` is an int, ``true`` a bool, else a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
+
+
+def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``--set name=value`` pairs into a dict of typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise SiteProfileError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
+        out[name] = _typed(value)
+    return out
+
+
+def render(profile: Profile, params: dict[str, Any]) -> dict[str, Any]:
+    """The profile with every parameter substituted; unset required ones are an error."""
+    known = profile.parameters()
+    unknown = set(params) - set(known)
+    if unknown:
+        raise SiteProfileError(f"site profile {profile.name!r} has no parameter {', '.join(sorted(unknown))}", f"its parameters: {', '.join(known) or 'none'}")
+    values = {name: p.default for name, p in known.items()}
+    values.update(params)
+    missing = sorted(name for name, v in values.items() if v is None)
+    if missing:
+        raise SiteProfileError(
+            f"site profile {profile.name!r} needs {', '.join(missing)}",
+            " ".join(f"--set {m}=..." for m in missing) + " (or set defaults for the endpoint)",
+        )
+
+    def sub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: sub(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [sub(v) for v in node]
+        if isinstance(node, str):
+            whole = _PARAM.fullmatch(node)
+            if whole:
+                return values[whole.group(1)]
+            return _PARAM.sub(lambda m: str(values[m.group(1)]), node)
+        return node
+
+    return {k: sub(v) for k, v in profile.data.items() if k in ("engine", "executors", "config")}
+
+
+# -- building the live Config (login node) -------------------------------------------
+
+def _namespace(kind: str) -> dict[str, Any]:
+    import parsl.addresses
+    import parsl.executors
+    import parsl.launchers
+    import parsl.providers
+
+    module = {"executor": parsl.executors, "provider": parsl.providers, "launcher": parsl.launchers, "address": parsl.addresses}[kind]
+    names = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
+    if kind == "address":
+        return {n: getattr(module, n) for n in names if n.startswith("address_by") or n.startswith("get_")}
+    return {n: getattr(module, n) for n in names if isinstance(getattr(module, n, None), type)}
+
+
+_KIND_OF_KEY = {"provider": "provider", "launcher": "launcher", "address": "address"}
+
+
+def _build(node: Any, kind: str, where: str) -> Any:
+    if isinstance(node, list):
+        return [_build(v, kind, f"{where}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    if "type" not in node:
+        if kind in ("executor", "provider", "launcher"):
+            raise SiteProfileError(f"{where} needs a `type:`", f"name one of parsl's {kind}s")
+        return {k: _build(v, "value", f"{where}.{k}") for k, v in node.items()}
+    allowed = _namespace(kind if kind in ("executor", "provider", "launcher", "address") else "address")
+    type_name = node["type"]
+    if type_name not in allowed:
+        raise SiteProfileError(f"{where}: unknown {kind} type {type_name!r}", f"allowed: {', '.join(sorted(allowed))}")
+    kwargs = {}
+    for key, value in node.items():
+        if key == "type":
+            continue
+        kwargs[key] = _build(value, _KIND_OF_KEY.get(key, "value"), f"{where}.{key}")
+    try:
+        return allowed[type_name](**kwargs)
+    except TypeError as exc:
+        raise SiteProfileError(f"{where}: {type_name}: {exc}", "check the keyword names against parsl's documentation") from None
+
+
+def build_config(rendered: dict[str, Any], **overrides: Any) -> Any:
+    """A parsl ``Config`` from a rendered profile."""
+    from parsl.config import Config
+
+    raw = rendered.get("executors") if "executors" in rendered else [rendered["engine"]]
+    if not isinstance(raw, list) or not raw:
+        raise SiteProfileError("`executors:` must be a non-empty list")
+    executors = [_build(e, "executor", f"executors[{i}]") for i, e in enumerate(raw)]
+    kwargs = dict(rendered.get("config") or {})
+    kwargs.update(overrides)
+    return Config(executors=executors, **kwargs)

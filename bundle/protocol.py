@@ -1,0 +1,70 @@
+"""The wire between client and login node: versions and envelopes.
+
+Every task function takes one dict and returns one dict. The request carries
+the client's protocol version; the reply carries the login node's, and either
+``data`` or an ``error`` that names a class of ``bundle.errors``. A change that
+old clients or old login nodes cannot understand bumps ``PROTOCOL``; the side
+that is behind is told to upgrade.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bundle import __version__
+from bundle.errors import BY_NAME, GcbundleError, ProtocolMismatch, RemoteError
+
+PROTOCOL = 1
+#: Oldest peer protocol this side still understands.
+MIN_PROTOCOL = 1
+
+#: Names of the task functions in ``login_node.tasks``.
+TASKS = ("probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk", "cancel", "doctor")
+
+
+def request(**fields: Any) -> dict[str, Any]:
+    return {"protocol": PROTOCOL, "client_version": __version__, **fields}
+
+
+def check_request(req: Any) -> dict[str, Any]:
+    """Login side: refuse a request from a client whose protocol we cannot serve."""
+    if not isinstance(req, dict):
+        raise ProtocolMismatch("the task's argument is not a gcbundle request", "use the gcbundle client to send tasks")
+    proto = req.get("protocol")
+    if not isinstance(proto, int) or isinstance(proto, bool):
+        raise ProtocolMismatch("the request carries no protocol version", "use the gcbundle client to send tasks")
+    if proto > PROTOCOL:
+        raise ProtocolMismatch(
+            f"the client speaks gcbundle protocol {proto} (gcbundle {req.get('client_version', '?')}), the login node only up to {PROTOCOL} (gcbundle {__version__})",
+            "upgrade gcbundle on the login node (re-run the Ansible playbook), or use an older client",
+        )
+    if proto < MIN_PROTOCOL:
+        raise ProtocolMismatch(
+            f"the client speaks gcbundle protocol {proto}, the login node needs at least {MIN_PROTOCOL} (gcbundle {__version__})",
+            "upgrade your gcbundle client",
+        )
+    return req
+
+
+def reply(data: Any) -> dict[str, Any]:
+    return {"protocol": PROTOCOL, "server_version": __version__, "ok": True, "data": data}
+
+
+def error_reply(exc: GcbundleError) -> dict[str, Any]:
+    return {"protocol": PROTOCOL, "server_version": __version__, "ok": False, "error": exc.to_json()}
+
+
+def unwrap(resp: Any) -> Any:
+    """Client side: the reply's data, or the error it names, raised."""
+    if not isinstance(resp, dict) or "ok" not in resp:
+        raise RemoteError("the login node sent a reply gcbundle does not understand", "check that the endpoint runs gcbundle's login-node side (`gcbundle doctor`)")
+    proto = resp.get("protocol")
+    if isinstance(proto, int) and proto < MIN_PROTOCOL:
+        raise ProtocolMismatch(
+            f"the login node speaks gcbundle protocol {proto} (gcbundle {resp.get('server_version', '?')}), this client needs at least {MIN_PROTOCOL}",
+            "upgrade gcbundle on the login node (re-run the Ansible playbook)",
+        )
+    if resp["ok"]:
+        return resp.get("data")
+    err = resp.get("error") or {}
+    cls = BY_NAME.get(str(err.get("type")), RemoteError)
+    raise cls(str(err.get("message", "the login node reported an error")), err.get("hint"))

@@ -1,0 +1,177 @@
+"""Fetching a run's results package: verified, resumable, safe.
+
+The login node lists the package (path, size, sha256) and serves it as one
+byte stream in ``CHUNK_BYTES`` chunks. Files are written into
+``DIR/.<run_id>.partial/`` in stream order, so after an interruption the bytes
+already on disk say where to resume; every file is checked against its sha256
+before the directory is renamed to ``DIR/<run_id>``. Paths from the login node
+are validated like bundle paths: a hostile listing cannot write outside the
+results directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bundle.errors import GcbundleError, ResultsError
+from bundle.manifest import check_path
+from bundle.transport import Transport
+
+MARKER = ".gcbundle-results.json"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    files: int
+    bytes: int
+    fetched_bytes: int
+    manifest_sha256: str
+    tasks: int
+    state: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "files": self.files, "bytes": self.bytes, "fetched_bytes": self.fetched_bytes,
+                "manifest_sha256": self.manifest_sha256, "tasks": self.tasks, "state": self.state.get("state")}
+
+
+def _check_listing(listing: Any) -> list[dict[str, Any]]:
+    if not isinstance(listing, dict) or not isinstance(listing.get("files"), list):
+        raise ResultsError("the login node sent a malformed results manifest", "check the login node with `gcbundle doctor`")
+    files = []
+    for f in listing["files"]:
+        try:
+            path = check_path(f["path"], "results path")
+        except (GcbundleError, KeyError, TypeError):
+            raise ResultsError(f"the results manifest names an unsafe path: {str(f)[:80]}", "refusing to write it; check the login node") from None
+        if path == MARKER or not isinstance(f.get("size"), int) or f["size"] < 0 or not isinstance(f.get("sha256"), str):
+            raise ResultsError(f"the results manifest has a malformed entry for {path!r}")
+        files.append({"path": path, "size": f["size"], "sha256": f["sha256"]})
+    return files
+
+
+def _local_size(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() and not path.is_symlink() else 0
+    except OSError:
+        return 0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1024 * 1024):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progress | None = None) -> Fetched:
+    """Download, verify and place the results of a finished run in ``dest/<run_id>``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    final = dest / run_id
+    partial = dest / f".{run_id}.partial"
+    before = transport.sent
+    listing = transport.call("results_manifest", run_id=run_id)
+    files = _check_listing(listing)
+    sha = listing["manifest_sha256"]
+    chunk = int(listing["chunk_bytes"])
+    total = sum(f["size"] for f in files)
+    done_marker = final / MARKER
+    if done_marker.is_file():
+        try:
+            if json.loads(done_marker.read_text()).get("manifest_sha256") == sha:
+                return Fetched(final, len(files), total, 0, sha, transport.sent - before, listing["state"])
+        except (OSError, ValueError):
+            pass
+    marker = partial / MARKER
+    if partial.is_dir():
+        try:
+            previous = json.loads(marker.read_text()).get("manifest_sha256")
+        except (OSError, ValueError):
+            previous = None
+        if previous != sha:
+            shutil.rmtree(partial)  # a different package: start over
+    partial.mkdir(mode=0o700, exist_ok=True)
+    (partial / MARKER).write_text(json.dumps({"manifest_sha256": sha, "complete": False}))
+    fetched = 0
+    for attempt in range(2):
+        fetched += _download(transport, run_id, sha, chunk, files, partial, total, progress)
+        bad = [f for f in files if _local_size(partial / f["path"]) != f["size"] or _sha256(partial / f["path"]) != f["sha256"]]
+        if not bad:
+            break
+        for f in bad:
+            (partial / f["path"]).unlink(missing_ok=True)
+        if attempt:
+            raise ResultsError(f"{bad[0]['path']} failed verification twice", "run `gcbundle results` again; if it persists, the run directory on the login node is damaged")
+    (partial / MARKER).write_text(json.dumps({"manifest_sha256": sha, "complete": True, "run_id": run_id, "files": len(files), "bytes": total}))
+    if final.exists():
+        old = dest / f".{run_id}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(partial, final)
+    return Fetched(final, len(files), total, fetched, sha, transport.sent - before, listing["state"])
+
+
+def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: list[dict[str, Any]], root: Path,
+              total: int, progress: Progress | None) -> int:
+    """Fetch every chunk that holds bytes not yet on disk; return the bytes fetched."""
+    spans = []  # (stream start, file entry)
+    pos = 0
+    resume = None
+    for f in files:
+        spans.append((pos, f))
+        have = _local_size(root / f["path"])
+        if resume is None and have < f["size"]:
+            resume = pos + have
+        elif resume is not None and have:
+            (root / f["path"]).unlink()  # beyond the resume point: rewrite in order
+        pos += f["size"]
+    for start, f in spans:  # empty files have no bytes to fetch
+        if f["size"] == 0:
+            _open_at(root, f["path"], 0).close()
+    if resume is None:
+        return 0
+    fetched = 0
+    first = resume // chunk
+    count = max(1, -(-total // chunk))
+    for index in range(first, count):
+        data = transport.call("results_chunk", run_id=run_id, manifest_sha256=sha, index=index)["data"]
+        c_start = index * chunk
+        if len(data) != min(chunk, total - c_start):
+            raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {min(chunk, total - c_start)}", "run `gcbundle results` again")
+        fetched += len(data)
+        for f_start, f in spans:
+            f_end = f_start + f["size"]
+            lo, hi = max(c_start, f_start, resume), min(c_start + len(data), f_end)
+            if lo >= hi:
+                continue
+            with _open_at(root, f["path"], lo - f_start) as out:
+                out.write(data[lo - c_start:hi - c_start])
+        if progress:
+            progress("results", min(total, c_start + len(data)), total)
+    return fetched
+
+
+def _open_at(root: Path, rel: str, offset: int) -> Any:
+    path = root / rel
+    parent = root
+    for part in rel.split("/")[:-1]:
+        parent = parent / part
+        if parent.is_symlink():
+            raise ResultsError(f"{parent} is a symlink; refusing to write through it")
+        parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    f = os.fdopen(fd, "r+b")
+    f.truncate(offset)
+    f.seek(offset)
+    return f

@@ -1,0 +1,151 @@
+"""Where a task goes: the interface, and the embedded ``local`` endpoint.
+
+A transport sends one login-node task function with one request dict and
+returns the reply's data. ``local`` plays the login node on this machine, on
+the same code path as a real endpoint: the call is serialized with the SDK's
+``ComputeSerializer``, packed as a messagepack ``Task``, and executed by the
+endpoint's own ``execute_task`` in a separate process (a one-worker process
+pool, like the endpoint's ``ProcessPoolEngine``), under the same 10 MiB limits.
+"""
+from __future__ import annotations
+
+import atexit
+import uuid
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+from bundle.errors import PayloadTooLarge, RemoteError, TransportError, UsageError
+from bundle.limits import TASK_LIMIT
+from bundle.protocol import TASKS, request, unwrap
+
+
+def task_function(name: str) -> Callable[..., Any]:
+    """The login-node function object for a task name (the only use the client makes of ``login_node``)."""
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r}")
+    from login_node import tasks
+
+    return getattr(tasks, name)
+
+
+class Transport(ABC):
+    """Sends gcbundle's task functions to one endpoint."""
+
+    name: str = "?"
+    #: Tasks sent through this transport since it was made (for benchmarks and tests).
+    sent: int = 0
+
+    def call(self, task: str, **fields: Any) -> Any:
+        self.sent += 1
+        return unwrap(self._run(task, request(**fields)))
+
+    @abstractmethod
+    def _run(self, task: str, req: dict[str, Any]) -> Any:
+        """Run ``task`` with ``req`` on the endpoint and return its raw reply."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def pack_task(fn: Callable[..., Any], req: dict[str, Any]) -> tuple[uuid.UUID, bytes]:
+    """The bytes a Globus Compute endpoint receives for ``fn(req)``."""
+    from globus_compute_common import messagepack
+    from globus_compute_common.messagepack.message_types import Task
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    serde = ComputeSerializer()
+    buffer = serde.pack_buffers([serde.serialize(fn), serde.serialize((req,)), serde.serialize({})])
+    if len(buffer) > TASK_LIMIT:
+        raise PayloadTooLarge(f"the {fn.__name__} task is {len(buffer)} bytes after serialization, above the {TASK_LIMIT}-byte limit", "this is a gcbundle bug: chunk sizes should keep tasks under the limit")
+    task_id = uuid.uuid4()
+    return task_id, messagepack.pack(Task(task_id=task_id, task_buffer=buffer))
+
+
+def unpack_result(packed: bytes) -> Any:
+    """The value inside a packed ``Result``, or the remote error raised."""
+    from globus_compute_common import messagepack
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    result = messagepack.unpack(packed)
+    if result.is_error:
+        details = result.error_details
+        code = details.code if details else "RemoteExecutionFailed"
+        text = (result.data or "").strip().splitlines()
+        last = text[-1] if text else (details.user_message if details else "unknown error")
+        if "MaxResultSizeExceeded" in (result.data or "") or code == "MaxResultSizeExceeded":
+            raise PayloadTooLarge(f"the task's result exceeded the endpoint's size limit: {last}", "this is a gcbundle bug: chunk sizes should keep results under the limit")
+        raise RemoteError(f"the task failed on the login node: {last}", "see `gcbundle doctor`, or rerun with --debug for the remote traceback")
+    return ComputeSerializer().deserialize(result.data)
+
+
+def _execute(task_bytes: bytes, task_id: uuid.UUID, run_dir: str) -> bytes:
+    from globus_compute_endpoint.engines.helper import execute_task
+
+    return execute_task(task_bytes, task_id, run_dir=run_dir, result_size_limit=TASK_LIMIT)
+
+
+class LocalTransport(Transport):
+    """The embedded default endpoint: this machine plays the login node."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+
+    def _executor(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # Imported before the fork, so the worker starts warm.
+            import globus_compute_endpoint.engines.helper  # noqa: F401
+
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+            atexit.register(self.close)
+        return self._pool
+
+    def _run(self, task: str, req: dict[str, Any]) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from login_node.rundir import Home
+
+        fn = task_function(task)
+        task_id, packed = pack_task(fn, req)
+        workdir = Home.default().endpoint_workdir
+        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            result = self._executor().submit(_execute, packed, task_id, str(workdir)).result()
+        except BrokenProcessPool:
+            self.close()
+            raise TransportError(f"the local endpoint's worker died while running the {task} task", "run the command again") from None
+        return unpack_result(result)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def get_transport(endpoint: str) -> Transport:
+    """``local``, or a Globus Compute endpoint by UUID or configured alias."""
+    if endpoint == "local":
+        return LocalTransport()
+    raise UsageError(
+        f"unknown endpoint {endpoint!r}",
+        "use `local`, an endpoint UUID, or an alias from `gcbundle endpoints`",
+    )
+
+
+def worker_pid(transport: Transport) -> int | None:
+    """The pid of the local transport's worker process (for fault-injection tests)."""
+    pool = getattr(transport, "_pool", None)
+    if pool is None:
+        return None
+    return next(iter(pool._processes), None)  # noqa: SLF001
+

@@ -1,0 +1,124 @@
+"""The content-addressed bundle cache on the login node.
+
+``cache/<digest>.tar.gz`` exists only once the whole archive has arrived and
+every member has been checked against its manifest (``bundle.archive.verify``):
+chunks land in ``cache/.staging/`` and the finished archive is moved into place
+with one ``os.replace``. A task killed half-way leaves at most staging files,
+which the next upload of the same bundle reuses.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from bundle import archive
+from bundle.errors import BundleError, UsageError
+from bundle.limits import CHUNK_BYTES, MAX_BUNDLE_BYTES
+from login_node.rundir import DIGEST, Home, write_atomic
+
+#: Staging directories untouched this long are abandoned uploads.
+STALE_STAGING = 7 * 24 * 3600
+
+
+def check_digest(value: object, what: str = "digest") -> str:
+    if not isinstance(value, str) or not DIGEST.match(value):
+        raise UsageError(f"{what} must be 64 lowercase hex digits")
+    return value
+
+
+def chunk_count(size: int) -> int:
+    return max(1, -(-size // CHUNK_BYTES))
+
+
+class Cache:
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        home.ensure()
+
+    def has(self, digest: str) -> bool:
+        return self.home.cached_bundle(check_digest(digest)).is_file()
+
+    def path(self, digest: str) -> Path:
+        path = self.home.cached_bundle(check_digest(digest))
+        if not path.is_file():
+            raise BundleError(f"bundle {digest[:12]} is not in the login node's cache", "submit the workflow again; the client uploads it")
+        return path
+
+    def _staging_dir(self, digest: str, archive_sha256: str) -> Path:
+        return self.home.staging / f"{digest}-{archive_sha256[:16]}"
+
+    def staged_chunks(self, digest: str, archive_sha256: str) -> list[int]:
+        d = self._staging_dir(check_digest(digest), check_digest(archive_sha256, "archive_sha256"))
+        if not d.is_dir():
+            return []
+        return sorted(int(p.stem) for p in d.glob("*.part") if p.stem.isdigit())
+
+    def put_chunk(self, digest: str, archive_sha256: str, size: int, index: int, data: bytes) -> bool:
+        """Store one chunk; return True once the bundle is complete and cached."""
+        check_digest(digest)
+        check_digest(archive_sha256, "archive_sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
+            raise BundleError(f"bundle size {size!r} is outside 1..{MAX_BUNDLE_BYTES} bytes", "leave large data out of the bundle")
+        count = chunk_count(size)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+            raise UsageError(f"chunk index {index!r} is outside 0..{count - 1}")
+        expected = CHUNK_BYTES if index < count - 1 else size - CHUNK_BYTES * (count - 1)
+        if not isinstance(data, (bytes, bytearray)) or len(data) != expected:
+            raise BundleError(f"chunk {index} holds {len(data) if isinstance(data, (bytes, bytearray)) else '?'} bytes, expected {expected}", "upload the bundle again")
+        if self.has(digest):
+            return True
+        d = self._staging_dir(digest, archive_sha256)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(d / f"{index}.part", bytes(data))
+        if len(self.staged_chunks(digest, archive_sha256)) < count:
+            return False
+        self._assemble(digest, archive_sha256, size, count, d)
+        return True
+
+    def put_whole(self, digest: str, archive_sha256: str, data: bytes) -> None:
+        """Store a bundle that arrived in one piece (inside a launch task)."""
+        if self.has(digest):
+            return
+        d = self._staging_dir(check_digest(digest), check_digest(archive_sha256, "archive_sha256"))
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(d / "0.part", bytes(data))
+        self._assemble(digest, archive_sha256, len(data), 1, d)
+
+    def _assemble(self, digest: str, archive_sha256: str, size: int, count: int, d: Path) -> None:
+        tmp = d / f"assembled.{os.getpid()}.{time.monotonic_ns()}"
+        h = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as out:
+                for i in range(count):
+                    with open(d / f"{i}.part", "rb") as f:
+                        while block := f.read(1024 * 1024):
+                            h.update(block)
+                            out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            if tmp.stat().st_size != size or h.hexdigest() != archive_sha256:
+                raise BundleError(f"bundle {digest[:12]} arrived corrupted (its sha256 does not match)", "submit it again")
+            archive.verify(tmp, expected_digest=digest)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.home.cached_bundle(digest))
+        except BaseException as exc:
+            if tmp.exists():
+                tmp.unlink()
+            if isinstance(exc, BundleError):
+                shutil.rmtree(d, ignore_errors=True)  # bad chunks must not be reused
+            raise
+        shutil.rmtree(d, ignore_errors=True)
+        self.sweep_staging()
+
+    def sweep_staging(self) -> None:
+        now = time.time()
+        for d in self.home.staging.iterdir():
+            try:
+                if now - d.stat().st_mtime > STALE_STAGING:
+                    shutil.rmtree(d, ignore_errors=True)
+            except FileNotFoundError:
+                pass
+

@@ -1,0 +1,461 @@
+"""The detached driver: one process per run that owns the run's DataFlowKernel.
+
+Started by the ``launch`` task through an intermediate process (so it is
+re-parented to init and never lingers as a zombie of the endpoint's worker),
+in its own session, with stdin closed and stdout/stderr going to the run
+directory. It is the only writer of ``state.json`` after launch, writes a
+heartbeat there every ``GCBUNDLE_HEARTBEAT_SECONDS``, and on SIGTERM (cancel)
+cleans up the DFK so that the provider cancels its blocks. Whatever happens,
+it writes ``report.json`` and a terminal state before it exits, then stops any
+process of the run still alive.
+
+    python -m login_node.driver RUN_DIR
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bundle.errors import GcbundleError, SiteProfileError
+from bundle.versions import local_versions
+from login_node import procs, state
+from login_node.rundir import RunPaths, read_json, write_json
+
+log = logging.getLogger("gcbundle.driver")
+
+
+class Cancelled(BaseException):
+    """Raised in the driver's main thread by SIGTERM; a BaseException so that
+    a workflow's ``except Exception`` does not swallow it."""
+
+
+# -- starting -----------------------------------------------------------------------
+
+def driver_env(paths: RunPaths) -> dict[str, str]:
+    """The environment of the driver and, through it, of every process of the run."""
+    env = dict(os.environ)
+    for key in [k for k in env if k.startswith("GC_TASK_")]:
+        env.pop(key)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "/usr/bin:/bin")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(paths.bundle), env.get("PYTHONPATH", "")] if p)
+    env["GCBUNDLE_OUTPUT_DIR"] = str(paths.outputs)
+    env["GCBUNDLE_RUN_ID"] = paths.run_id
+    env["GCBUNDLE_RUN_DIR"] = str(paths.root)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def spawn(paths: RunPaths) -> int:
+    """Start the driver detached; return its pid."""
+    proc = subprocess.run(
+        [sys.executable, "-I", "-m", "login_node.driver", "--detach", str(paths.root)],
+        env=driver_env(paths), cwd=str(paths.bundle), capture_output=True, text=True, timeout=60, check=False,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+        lines = (proc.stderr or "no output").strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit code {proc.returncode}")
+    return int(proc.stdout.strip())
+
+
+def _detach(root: Path) -> None:
+    os.umask(0o077)
+    paths = RunPaths(root)
+    with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "login_node.driver", str(root)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=str(paths.bundle),
+            start_new_session=True, close_fds=True,
+        )
+    print(proc.pid, flush=True)
+
+
+# -- the run --------------------------------------------------------------------------
+
+class Driver:
+    def __init__(self, paths: RunPaths) -> None:
+        self.paths = paths
+        self.request: dict[str, Any] = read_json(paths.request)
+        self.period = state.heartbeat_seconds()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.state: dict[str, Any] = state.read_raw(paths)
+        self.dfk: Any = None
+        self.config_repr = ""
+        self.records: list[Any] = []
+        self.job_ids: dict[str, str] = {}
+        self.timings: dict[str, float] = {"started": time.time()}
+        self.checkpoint_files: list[str] = []
+
+    # state.json has one writer: this process, through this method.
+    def _write_state(self, **changes: Any) -> None:
+        with self.lock:
+            self.state.update(changes)
+            self.state["tasks"] = self._task_counts()
+            self.state["scheduler_job_ids"] = sorted(set(self.job_ids.values()))
+            state.write(self.paths, self.state)
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(self.period):
+            self._collect_job_ids()
+            self._write_state()
+            if self.paths.cancel_marker.exists() and not self.state.get("cancelling"):
+                # A cancel written from another login host: act as if signalled.
+                self.state["cancelling"] = True
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.state.get("stopping"):
+            return
+        self.state["stopping"] = True
+        raise Cancelled()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, self._on_sigterm)
+        host = state.hostname()
+        self._write_state(
+            state="starting", pid=os.getpid(), pid_start=state.process_start_time(os.getpid()), host=host,
+            heartbeat_seconds=self.period, started=self.timings["started"], python=sys.executable,
+        )
+        beat = threading.Thread(target=self._heartbeat, name="gcbundle-heartbeat", daemon=True)
+        beat.start()
+        outcome: dict[str, Any]
+        try:
+            if self.paths.cancel_marker.exists():
+                raise Cancelled()
+            value = self._run_workflow()
+            self._store_result(value)
+            outcome = {"state": "succeeded"}
+        except Cancelled:
+            log.info("cancelled")
+            outcome = {"state": "cancelled"}
+        except BaseException as exc:  # noqa: BLE001 - everything ends in a state
+            log.exception("the workflow failed")
+            outcome = {"state": "failed", "error": _error(exc)}
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self._cleanup()
+        if outcome["state"] == "succeeded" and self.paths.cancel_marker.exists() and self.state.get("stopping"):
+            outcome = {"state": "cancelled"}
+        self.timings["finished"] = time.time()
+        self.stop.set()
+        self._write_report(outcome)
+        self._write_state(finished=self.timings["finished"], **outcome)
+        leftovers = procs.sweep(self.paths.run_id, grace=5.0)
+        if leftovers:
+            log.warning("stopped %d leftover process(es) of the run", leftovers)
+        return 0 if outcome["state"] == "succeeded" else 1
+
+    # -- the workflow -----------------------------------------------------------------
+    def _run_workflow(self) -> Any:
+        req = self.request
+        bundle_dir = str(self.paths.bundle)
+        os.chdir(bundle_dir)
+        if bundle_dir not in sys.path:
+            sys.path.insert(0, bundle_dir)
+        import parsl
+
+        original_load = parsl.load
+
+        def load(config: Any = None, *a: Any, **k: Any) -> Any:
+            if config is None:
+                config = self._site_config() or _default_config()
+            self._prepare(config)
+            dfk = original_load(config, *a, **k)
+            self._instrument(dfk)
+            return dfk
+
+        parsl.load = load  # script mode: the script's own parsl.load goes through here
+        if req["mode"] == "script":
+            return self._run_script(req)
+        module = _import_entry(self.paths.bundle, req["entry"])
+        main = getattr(module, "main", None)
+        if not callable(main):
+            raise GcbundleError(f"{req['entry']} defines no main()", "define main(**args), or submit it as a script")
+        config = self._site_config() or self._module_config(module) or _default_config()
+        load(config)
+        self._write_state(state="running")
+        self.timings["dfk_loaded"] = time.time()
+        value = main(**req["args"])
+        value = _resolve(value)
+        self.timings["main_returned"] = time.time()
+        return value
+
+    def _run_script(self, req: dict[str, Any]) -> Any:
+        import runpy
+
+        self._write_state(state="running")
+        argv = [req["entry"]]
+        for key, value in req["args"].items():
+            argv.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
+        sys.argv = argv
+        os.environ["GCBUNDLE_ARGS"] = json.dumps(req["args"])
+        runpy.run_path(str(self.paths.bundle / req["entry"]), run_name="__main__")
+        self.timings["main_returned"] = time.time()
+        return None
+
+    def _site_config(self) -> Any:
+        req = self.request
+        if req.get("site"):
+            from bundle import profiles
+
+            profile, params = profiles.Profile.from_spec(req["site"])
+            params = {**_site_defaults(self.paths, profile), **params}
+            return profiles.build_config(profiles.render(profile, params))
+        if req["config"].get("kind") == "module":
+            module = _import_entry(self.paths.bundle, req["config"]["path"])
+            make = getattr(module, "make_config", None)
+            if not callable(make):
+                raise SiteProfileError(f"config module {req['config']['path']} defines no make_config()", "define make_config(**params) -> parsl.Config")
+            return make(**(req.get("params") or {}))
+        return None
+
+    @staticmethod
+    def _module_config(module: Any) -> Any:
+        make = getattr(module, "make_config", None)
+        if callable(make):
+            return make()
+        return getattr(module, "config", None)
+
+    def _prepare(self, config: Any) -> None:
+        """Make the Config ours: run_dir in the run, task-exit checkpoints, and
+        workers that see the bundle and the same Python as this driver."""
+        from parsl.dataflow.memoization import BasicMemoizer
+        from parsl.utils import get_all_checkpoints
+
+        config.run_dir = str(self.paths.runinfo)
+        for prev in self.request.get("checkpoint_runs") or []:
+            prev_runinfo = self.paths.root.parent / prev / "runinfo"
+            if prev_runinfo.is_dir():
+                self.checkpoint_files += get_all_checkpoints(str(prev_runinfo))
+        config.memoizer = BasicMemoizer(checkpoint_mode="task_exit", checkpoint_files=self.checkpoint_files)
+        prefix = worker_prelude(self.paths)
+        for executor in config.executors:
+            provider = getattr(executor, "provider", None)
+            if provider is not None and hasattr(provider, "worker_init"):
+                provider.worker_init = prefix + (provider.worker_init or "")
+        self.config_repr = repr(config)
+
+    def _instrument(self, dfk: Any) -> None:
+        """Keep every task record, for per-app counts and timings in the report."""
+        self.dfk = dfk
+        submit = dfk.submit
+
+        def counting_submit(*a: Any, **k: Any) -> Any:
+            future = submit(*a, **k)
+            record = getattr(future, "task_record", None)
+            if record is not None:
+                with self.lock:
+                    self.records.append(record)
+            return future
+
+        dfk.submit = counting_submit
+
+    def _task_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {"total": len(self.records), "from_checkpoint": 0}
+        for record in list(self.records):
+            name = _status_name(record)
+            counts[name] = counts.get(name, 0) + 1
+            if record.get("from_memo"):
+                counts["from_checkpoint"] += 1
+        return counts
+
+    def _collect_job_ids(self) -> None:
+        dfk = self.dfk
+        if dfk is None:
+            return
+        for executor in list(getattr(dfk, "executors", {}).values()):
+            mapping = getattr(executor, "blocks_to_job_id", None) or {}
+            for block, job in list(mapping.items()):
+                self.job_ids[f"{executor.label}/{block}"] = str(job)
+
+    def _cleanup(self) -> None:
+        import parsl
+
+        self._collect_job_ids()
+        dfk = self.dfk
+        try:
+            current = parsl.dfk()
+        except Exception:  # noqa: BLE001 - no DFK loaded
+            current = None
+        for d in {id(x): x for x in (dfk, current) if x is not None}.values():
+            try:
+                d.cleanup()
+            except Exception:  # noqa: BLE001
+                log.exception("DFK cleanup failed")
+        try:
+            parsl.clear()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _store_result(self, value: Any) -> None:
+        import cloudpickle
+
+        from login_node.rundir import write_atomic
+
+        write_atomic(self.paths.result_pkl, cloudpickle.dumps(value))
+        try:
+            text = json.dumps(value, indent=1, sort_keys=True)
+        except (TypeError, ValueError):
+            return
+        write_atomic(self.paths.result_json, (text + "\n").encode())
+
+    def _write_report(self, outcome: dict[str, Any]) -> None:
+        apps: dict[str, dict[str, Any]] = {}
+        for record in list(self.records):
+            name = getattr(record.get("func"), "__name__", None) or record.get("func_name", "?")
+            app = apps.setdefault(name, {"count": 0, "from_checkpoint": 0, "states": {}, "seconds": 0.0})
+            app["count"] += 1
+            st = _status_name(record)
+            app["states"][st] = app["states"].get(st, 0) + 1
+            if record.get("from_memo"):
+                app["from_checkpoint"] += 1
+            t0, t1 = record.get("time_invoked"), record.get("time_returned")
+            if t0 and t1:
+                app["seconds"] += (t1 - t0).total_seconds()
+        report = {
+            "run_id": self.paths.run_id,
+            "digest": self.request["digest"],
+            "entry": self.request["entry"],
+            "mode": self.request["mode"],
+            "args": self.request["args"],
+            "site": (self.request.get("site") or {}).get("name"),
+            "resumed_from": self.request.get("resumed_from"),
+            "checkpoint_files": self.checkpoint_files,
+            "outcome": outcome,
+            "config": self.config_repr,
+            "host": state.hostname(),
+            "python": sys.executable,
+            "versions": local_versions(),
+            "client_versions": self.request.get("client", {}),
+            "pip_freeze": _pip_freeze(),
+            "scheduler_job_ids": self.job_ids,
+            "apps": apps,
+            "tasks": self._task_counts(),
+            "timings": self.timings,
+        }
+        write_json(self.paths.report, report)
+
+
+def worker_prelude(paths: RunPaths) -> str:
+    """Shell lines put before a provider's ``worker_init``.
+
+    Workers must import the bundle's modules (Parsl may pickle apps by
+    reference), run the same Python and Parsl as the driver (the interchange
+    refuses mismatched managers), and find the run's outputs directory; batch
+    jobs do not always inherit the driver's environment (PBS does not).
+    """
+    bindir = str(Path(sys.executable).parent)
+    q = shlex.quote
+    return (
+        f"export PATH={q(bindir)}:\"$PATH\"\n"
+        f"export PYTHONPATH={q(str(paths.bundle))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
+        f"export GCBUNDLE_OUTPUT_DIR={q(str(paths.outputs))}\n"
+        f"export GCBUNDLE_RUN_ID={q(paths.run_id)}\n"
+        f"cd {q(str(paths.bundle))}\n"
+    )
+
+
+def _site_defaults(paths: RunPaths, profile: Any) -> dict[str, Any]:
+    """Site-wide parameter defaults (``$GCBUNDLE_HOME/site-defaults.yaml``,
+    written by the Ansible role), limited to what the profile declares."""
+    import yaml
+
+    path = paths.root.parent.parent / "site-defaults.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    params = data.get("profile_params") or {}
+    known = profile.parameters()
+    return {k: v for k, v in params.items() if k in known} if isinstance(params, dict) else {}
+
+
+def _default_config() -> Any:
+    from bundle import profiles
+
+    return profiles.build_config(profiles.render(profiles.load("local"), {}))
+
+
+def _import_entry(root: Path, entry: str) -> Any:
+    import importlib
+
+    parts = entry[:-3].split("/") if entry.endswith(".py") else entry.split("/")
+    packaged = all((root.joinpath(*parts[:i]) / "__init__.py").is_file() for i in range(1, len(parts)))
+    if not packaged:
+        parent = str(root.joinpath(*parts[:-1]))
+        if parent not in sys.path:
+            sys.path.insert(0, parent)
+        parts = parts[-1:]
+    return importlib.import_module(".".join(parts))
+
+
+def _resolve(value: Any) -> Any:
+    """A main() that returns futures gets their results stored instead."""
+    from concurrent.futures import Future
+
+    if isinstance(value, Future):
+        return value.result()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Future) for v in value):
+        return type(value)(v.result() if isinstance(v, Future) else v for v in value)
+    if isinstance(value, dict) and any(isinstance(v, Future) for v in value.values()):
+        return {k: (v.result() if isinstance(v, Future) else v) for k, v in value.items()}
+    return value
+
+
+def _status_name(record: Any) -> str:
+    status = record.get("status")
+    return getattr(status, "name", str(status))
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    return {
+        "type": type(exc).__name__,
+        "message": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def _pip_freeze() -> list[str]:
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, timeout=60, check=False)
+        return out.stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--detach":
+        _detach(Path(argv[1]))
+        return 0
+    os.umask(0o077)
+    paths = RunPaths(Path(argv[0]))
+    # Parsl logs to its own parsl.log; driver.log keeps our lines and others' warnings.
+    logging.basicConfig(
+        filename=str(paths.driver_log), level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log.setLevel(logging.INFO)
+    log.info("driver for run %s starting (pid %d on %s)", paths.run_id, os.getpid(), state.hostname())
+    driver = Driver(paths)
+    code = driver.run()
+    log.info("driver for run %s finished: %s", paths.run_id, driver.state.get("state"))
+    logging.shutdown()
+    os._exit(code)  # do not wait for threads a workflow left behind
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Finding and stopping every process that belongs to a run.
+
+The driver exports ``GCBUNDLE_RUN_ID`` and every process it starts inherits
+it (the interchange, local workers, launcher wrappers), so ``/proc/*/environ``
+finds them even after they have left the driver's process group. Used after
+a cancel and after the DFK's own cleanup, so no orphan survives a run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def run_processes(run_id: str, exclude: set[int] | None = None) -> list[int]:
+    """Pids of this user's processes whose environment carries the run id."""
+    needle = f"GCBUNDLE_RUN_ID={run_id}".encode()
+    me = os.getuid()
+    skip = {os.getpid(), *(exclude or set())}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != me:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def terminate(pids: list[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM, wait up to ``grace`` seconds, SIGKILL what is left; return the pids that had to be killed."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if _running(p)]
+    for pid in left:
+        _signal(pid, signal.SIGKILL)
+    return left
+
+
+def sweep(run_id: str, grace: float = 5.0, exclude: set[int] | None = None) -> int:
+    """Stop every process of the run except ``exclude``; return how many there were."""
+    pids = run_processes(run_id, exclude)
+    if pids:
+        terminate(pids, grace)
+    return len(pids)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return False

@@ -1,0 +1,266 @@
+"""The task functions a Globus Compute endpoint runs for gcbundle.
+
+Each is short (seconds), takes one request dict and returns one reply dict
+(``bundle.protocol``), and confines every path it touches to
+``$GCBUNDLE_HOME``: run ids and digests are checked against strict patterns
+before they name anything on disk. These are the functions a site lists in
+``allowed_functions``; their names are part of the protocol.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import time
+import traceback
+from typing import Any, Callable
+
+from bundle import archive
+from bundle.errors import GcbundleError, RunStateError, UsageError
+from bundle.limits import LOG_SLICE_BYTES
+from bundle.protocol import check_request, error_reply, reply
+from login_node import package, procs, state
+from login_node.cache import Cache, check_digest
+from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
+
+#: How long ``launch`` waits for the driver to report that it started.
+LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
+
+
+def _task(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    @functools.wraps(fn)
+    def wrapper(req: dict[str, Any]) -> dict[str, Any]:
+        try:
+            req = check_request(req)
+            home = Home.default()
+            home.ensure()
+            return reply(fn(req, home))
+        except GcbundleError as exc:
+            return error_reply(exc)
+
+    return wrapper
+
+
+def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
+    value = req.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        raise UsageError(f"{key} must be an integer in {lo}..{hi if hi is not None else 'inf'}, got {value!r}")
+    return value
+
+
+@_task
+def probe(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Which of the given bundles are cached, and which chunks of an upload have arrived."""
+    cache = Cache(home)
+    digests = req.get("digests", [])
+    if not isinstance(digests, list) or len(digests) > 1000:
+        raise UsageError("digests must be a list of at most 1000 digests")
+    out: dict[str, Any] = {"cached": [d for d in digests if cache.has(check_digest(d))]}
+    if req.get("archive_sha256") and len(digests) == 1:
+        out["staged_chunks"] = cache.staged_chunks(digests[0], req["archive_sha256"])
+    return out
+
+
+@_task
+def stage(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Store one chunk of a bundle in the cache's staging area."""
+    complete = Cache(home).put_chunk(
+        check_digest(req.get("digest")),
+        check_digest(req.get("archive_sha256"), "archive_sha256"),
+        _int(req, "size", lo=1),
+        _int(req, "index"),
+        req.get("data"),  # type: ignore[arg-type]
+    )
+    return {"complete": complete}
+
+
+@_task
+def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Extract a cached bundle into a new run directory and start its detached driver."""
+    run_id = check_run_id(req.get("run_id"))
+    digest = check_digest(req.get("digest"))
+    spec = req.get("spec")
+    if not isinstance(spec, dict):
+        raise UsageError("spec must be an object")
+    cache = Cache(home)
+    if req.get("bundle") is not None:
+        cache.put_whole(digest, check_digest(req.get("archive_sha256"), "archive_sha256"), req["bundle"])
+    if not cache.has(digest):
+        return {"missing_bundle": True}
+    paths = home.run(run_id)
+    if paths.root.exists():
+        raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
+    resumed = _resume_sources(home, spec)
+    _create_run(home, paths, cache.path(digest), digest, spec, resumed)
+    from login_node.driver import spawn
+
+    try:
+        pid = spawn(paths)
+    except Exception as exc:
+        st = state.read_raw(paths)
+        st.update(state="failed", error={"message": f"the driver could not be started: {exc}", "traceback": traceback.format_exc()})
+        state.write(paths, st)
+        raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
+    return {"state": _wait_started(paths, pid)}
+
+
+def _resume_sources(home: Home, spec: dict[str, Any]) -> list[str]:
+    """Run ids whose checkpoints a resumed run loads (the chain of earlier resumes too)."""
+    prev = spec.get("resumed_from")
+    if prev is None:
+        return []
+    prev_paths = home.run(check_run_id(prev)).require()
+    earlier = read_json(prev_paths.request).get("checkpoint_runs", [])
+    chain = [prev, *[r for r in earlier if isinstance(r, str)]]
+    return [check_run_id(r) for r in chain]
+
+
+def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec: dict[str, Any], checkpoint_runs: list[str]) -> None:
+    """Build the run directory beside its final name and rename it into place."""
+    tmp = home.runs / f".{paths.run_id}.creating.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700)
+    try:
+        tmp_paths = RunPaths(tmp)
+        manifest = archive.extract(bundle_path, tmp_paths.bundle, expected_digest=digest)
+        for d in (tmp_paths.outputs, tmp_paths.runinfo):
+            d.mkdir(mode=0o700)
+        args = dict(manifest.args)
+        args.update(spec.get("args") or {})
+        request = {
+            "run_id": paths.run_id,
+            "digest": digest,
+            "entry": manifest.entry,
+            "mode": manifest.mode,
+            "config": manifest.config,
+            "args": args,
+            "site": spec.get("site"),
+            "params": spec.get("params") or {},
+            "resumed_from": spec.get("resumed_from"),
+            "checkpoint_runs": checkpoint_runs,
+            "client": manifest.client,
+            "submitted": time.time(),
+        }
+        write_json(tmp_paths.request, request)
+        state.write(tmp_paths, {"run_id": paths.run_id, "state": "staged", "digest": digest, "resumed_from": spec.get("resumed_from")})
+        os.rename(tmp, paths.root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _wait_started(paths: RunPaths, pid: int) -> dict[str, Any]:
+    deadline = time.monotonic() + LAUNCH_WAIT
+    while time.monotonic() < deadline:
+        st = state.read_raw(paths)
+        if st.get("state") != "staged":
+            return state.effective(paths)
+        if state.process_start_time(pid) is None:
+            st.update(state="failed", error={"message": "the driver exited before it started: " + _tail(paths.stderr)})
+            state.write(paths, st)
+            return st
+        time.sleep(0.05)
+    return state.effective(paths)
+
+
+def _tail(path: Any, n: int = 400) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode("utf-8", "replace").strip().splitlines()[-1]
+    except (OSError, IndexError):
+        return "(no output)"
+
+
+@_task
+def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    paths = home.run(check_run_id(req.get("run_id"))).require()
+    return state.effective(paths)
+
+
+@_task
+def logs(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """A slice of one of the run's logs, from ``offset``."""
+    paths = home.run(check_run_id(req.get("run_id"))).require()
+    name = req.get("name", "driver")
+    available = paths.log_files()
+    if name not in available:
+        raise UsageError(f"no log named {name!r} for run {paths.run_id}", f"choose one of: {', '.join(sorted(available))}")
+    offset = _int(req, "offset", 0)
+    limit = _int(req, "max_bytes", LOG_SLICE_BYTES, lo=1, hi=LOG_SLICE_BYTES)
+    path = available[name]
+    data = b""
+    size = 0
+    if path.is_file() and not path.is_symlink():
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            if req.get("tail") and offset == 0:
+                offset = max(0, size - limit)
+            f.seek(min(offset, size))
+            data = f.read(limit)
+    st = state.effective(paths)
+    return {"data": data, "offset": offset, "next_offset": offset + len(data), "size": size, "state": st.get("state"), "logs": sorted(available)}
+
+
+@_task
+def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    paths = home.run(check_run_id(req.get("run_id"))).require()
+    st = state.effective(paths)
+    if not state.is_terminal(st) and not req.get("partial"):
+        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}", "wait for it to finish (`gcbundle status --wait`), or cancel it")
+    return {"state": st, **package.manifest(paths)}
+
+
+@_task
+def results_chunk(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    paths = home.run(check_run_id(req.get("run_id"))).require()
+    sha = req.get("manifest_sha256")
+    if not isinstance(sha, str):
+        raise UsageError("manifest_sha256 must be a string")
+    index = _int(req, "index")
+    return {"index": index, "data": package.read_chunk(paths, sha, index)}
+
+
+@_task
+def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Ask the driver to stop, and make sure it and everything it started does."""
+    paths = home.run(check_run_id(req.get("run_id"))).require()
+    grace = float(_int(req, "grace", 30, lo=0, hi=600))
+    st = state.effective(paths)
+    if state.is_terminal(st):
+        return {"state": st, "already": True}
+    if not paths.cancel_marker.exists():
+        write_json(paths.cancel_marker, {"requested": time.time(), "host": state.hostname()})
+    pid = st.get("pid")
+    local = st.get("host") == state.hostname()
+    if local and state.alive(pid, st.get("pid_start")):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        st = state.effective(paths)
+        if state.is_terminal(st) and not (local and state.alive(pid, st.get("pid_start"))):
+            break
+        time.sleep(0.1)
+    escalated = 0
+    if local:
+        if state.alive(pid, st.get("pid_start")):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            escalated += 1
+        escalated += procs.sweep(paths.run_id, grace=2.0)
+    return {"state": state.effective(paths), "escalated": escalated}
+
+
+@_task
+def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    from login_node.checks import site_report
+
+    return site_report(home, req.get("site"))

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Install and start a single-node Slurm cluster (plus Open MPI) for the test
+# suite, on a Debian machine whose PID 1 is not systemd.  Idempotent:
+#   - installs slurm-wlm, munge and openmpi-bin only when missing;
+#   - rewrites /etc/slurm/slurm.conf only when its content would change (and
+#     then restarts slurmctld and slurmd so they read it);
+#   - starts munged, slurmctld and slurmd directly (no init system) when they
+#     are not running, e.g. after a reboot of the machine;
+#   - waits until `sinfo` shows the node usable, resuming it if Slurm left it
+#     down or drained, and prints one status line on stdout.
+#
+# Jobs can be submitted by root and by any unprivileged user (munge
+# authenticates every local user; slurmd runs as root and switches to the
+# job's user).
+#
+# The cluster: one node named after this host (`hostname -s`, reached on
+# 127.0.0.1) with the CPUs, cores and memory that `slurmd -C` detects;
+# partitions `debug` (default) and `long`; no slurmdbd, so `sacct` is
+# disabled and Parsl's SlurmProvider falls back to `squeue`.
+#
+# Open MPI inside jobs: `mpiexec` is /usr/bin/mpiexec (Open MPI 4.1).  Run as
+# root it refuses to start unless the job environment has
+#     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# and with more ranks than the slots Slurm granted it needs `--oversubscribe`
+# or, equivalently, in the environment
+#     export OMPI_MCA_rmaps_base_oversubscribe=1
+# Put these in the provider's `worker_init` (they are harmless for other
+# users); this script deliberately changes no system-wide MPI setting.
+set -euo pipefail
+
+log() { echo "setup_slurm: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if [ "$(id -u)" != 0 ]; then
+  exec sudo -- bash "$0" "$@"
+fi
+
+SLURM_CONF=/etc/slurm/slurm.conf
+STATE_DIR=/var/lib/slurm/slurmctld
+SPOOL_DIR=/var/lib/slurm/slurmd
+LOG_DIR=/var/log/slurm
+CTLD_PID=/run/slurmctld.pid
+SLURMD_PID=/run/slurmd.pid
+MUNGE_PID=/run/munge/munged.pid
+
+# --- packages ----------------------------------------------------------------
+packages=(slurm-wlm munge openmpi-bin)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- directories and the munge key -----------------------------------------
+install -d -o munge -g munge -m 0755 /run/munge
+install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+install -d -o munge -g munge -m 0700 /etc/munge
+if [ ! -s /etc/munge/munge.key ]; then
+  log "creating the munge key"
+  mungekey --create --keyfile=/etc/munge/munge.key
+fi
+chown munge:munge /etc/munge/munge.key
+chmod 0400 /etc/munge/munge.key
+install -d -o slurm -g slurm -m 0755 "$STATE_DIR" "$LOG_DIR"
+install -d -o root -g root -m 0755 "$SPOOL_DIR" /etc/slurm
+
+# --- slurm.conf ----------------------------------------------------------------
+host="$(hostname -s)"
+# `slurmd -C` prints this machine's real layout, e.g.
+#   NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105
+hw="$(slurmd -C | head -n 1)"
+case "$hw" in NodeName=*) ;; *) die "unexpected output of 'slurmd -C': $hw" ;; esac
+node_hw="${hw#NodeName=* }"   # everything after the node name
+
+new_conf="$(mktemp)"
+trap 'rm -f "$new_conf"' EXIT
+cat >"$new_conf" <<EOF
+# slurm.conf written by scripts/setup_slurm.sh (gcbundle test cluster).
+# Rewritten whenever it would change; edit the script, not this file.
+
+# One cluster, one controller, both on this host, talking over loopback.
+ClusterName=gcbundle
+SlurmctldHost=${host}(127.0.0.1)
+SlurmUser=slurm
+SlurmdUser=root
+SlurmctldPort=6817
+SlurmdPort=6818
+AuthType=auth/munge
+CryptoType=crypto/munge
+MpiDefault=none
+
+# No systemd and no cgroup set-up on these machines: track job processes via
+# /proc and bind no tasks to CPUs.  (Deliberately no cgroup.conf.)
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+
+# Where the daemons keep state, logs and pid files.
+StateSaveLocation=${STATE_DIR}
+SlurmdSpoolDir=${SPOOL_DIR}
+SlurmctldPidFile=${CTLD_PID}
+SlurmdPidFile=${SLURMD_PID}
+SlurmctldLogFile=${LOG_DIR}/slurmctld.log
+SlurmdLogFile=${LOG_DIR}/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+
+# Scheduling: cores are the consumable resource; memory is not tracked, so
+# jobs without --mem can share the node.
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+
+# No slurmdbd: accounting is off, so \`sacct\` reports "disabled" and Parsl's
+# SlurmProvider uses \`squeue\` for job status.
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+
+# Timers tuned for tests: cancelled jobs get SIGKILL 5 s after SIGTERM;
+# finished jobs stay visible (\`squeue -t all\`, \`scontrol show job\`) for an
+# hour, which the PBS Pro stand-in uses to answer \`qstat -x\`; a node that went
+# down (e.g. the machine rebooted) returns to service when slurmd registers.
+KillWait=5
+MinJobAge=3600
+ReturnToService=2
+SlurmdTimeout=300
+InactiveLimit=0
+MailProg=/bin/true
+
+# The node: this host with the layout and memory \`slurmd -C\` reports.
+NodeName=${host} NodeAddr=127.0.0.1 ${node_hw} State=UNKNOWN
+
+# Partitions: \`debug\` is the default; \`long\` is a second queue for tests
+# that select a partition.  Both generous, so walltimes never bite by surprise.
+PartitionName=debug Nodes=ALL Default=YES MaxTime=2-00:00:00 State=UP
+PartitionName=long  Nodes=ALL Default=NO  MaxTime=7-00:00:00 State=UP
+EOF
+
+conf_changed=0
+if ! cmp -s "$new_conf" "$SLURM_CONF"; then
+  log "writing $SLURM_CONF"
+  install -o root -g root -m 0644 "$new_conf" "$SLURM_CONF"
+  conf_changed=1
+fi
+
+# --- daemons -------------------------------------------------------------------
+# pid_alive PIDFILE NAME: the pid file names a live process called NAME.
+pid_alive() {
+  local pid
+  [ -s "$1" ] || return 1
+  pid="$(cat "$1")"
+  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$2" ]
+}
+
+# stop_daemon PIDFILE NAME: stop the daemon this script started (by its pid).
+stop_daemon() {
+  local pid i
+  pid_alive "$1" "$2" || return 0
+  pid="$(cat "$1")"
+  log "stopping $2 (pid $pid)"
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 1 100); do
+    [ -d "/proc/$pid" ] || return 0
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds.
+wait_for() {
+  local what="$1" secs="$2" i
+  shift 2
+  for i in $(seq 1 $((secs * 5))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  die "$what did not come up within ${secs}s"
+}
+
+munge_works() { munge -n </dev/null | unmunge >/dev/null; }
+
+if ! munge_works 2>/dev/null; then
+  log "starting munged"
+  rm -f /run/munge/munged.pid /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
+  runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1 \
+    || die "munged failed to start; see /var/log/munge/munged.log"
+  wait_for munged 20 munge_works
+fi
+
+if [ "$conf_changed" = 1 ]; then
+  stop_daemon "$SLURMD_PID" slurmd
+  stop_daemon "$CTLD_PID" slurmctld
+fi
+
+if ! pid_alive "$CTLD_PID" slurmctld; then
+  log "starting slurmctld"
+  /usr/sbin/slurmctld </dev/null >/dev/null 2>&1 \
+    || die "slurmctld failed to start; see $LOG_DIR/slurmctld.log"
+  wait_for slurmctld 30 scontrol ping
+fi
+if ! pid_alive "$SLURMD_PID" slurmd; then
+  log "starting slurmd"
+  /usr/sbin/slurmd </dev/null >/dev/null 2>&1 \
+    || die "slurmd failed to start; see $LOG_DIR/slurmd.log"
+fi
+
+# --- wait until the node takes jobs ------------------------------------------
+state=""
+for i in $(seq 1 300); do
+  state="$(sinfo -h -N -n "$host" -o %T 2>/dev/null | head -n 1 || true)"
+  case "$state" in
+    idle | mixed | allocated | completing) break ;;
+    down* | drain* | drained* | fail*)
+      # e.g. "Node unexpectedly rebooted": it is back, let it take jobs.
+      scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true ;;
+  esac
+  sleep 0.2
+done
+case "$state" in
+  idle | mixed | allocated | completing) ;;
+  *) die "node $host is '${state:-unknown}' after 60s; see $LOG_DIR/slurmd.log and slurmctld.log" ;;
+esac
+
+cpus="$(sinfo -h -N -n "$host" -o %c | head -n 1)"
+mem="$(sinfo -h -N -n "$host" -o %m | head -n 1)"
+parts="$(sinfo -h -o %P | tr '\n' ' ' | sed 's/ $//')"
+echo "slurm: node ${host} ${state}, ${cpus} CPUs, ${mem} MB, partitions: ${parts}; $(mpiexec --version 2>/dev/null | head -n 1)"
