@@ -114,6 +114,11 @@ SlurmdDebug=info
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
+# Start batch jobs as soon as they are submitted (the default batches them
+# for up to 3 s), and reject at submission a job that no node or partition
+# could ever run (instead of leaving it pending forever).
+SchedulerParameters=batch_sched_delay=0
+EnforcePartLimits=ALL
 
 # No slurmdbd: accounting is off, so \`sacct\` reports "disabled" and Parsl's
 # SlurmProvider uses \`squeue\` for job status.

@@ -601,8 +601,13 @@ def _meta(job: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _ran(job: dict[str, Any]) -> bool:
+    """Whether the job got its allocation (a cancelled queued job has a start_time too)."""
+    return bool(job.get("batch_host")) and bool(job.get("start_time"))
+
+
 def _exit_status(job: dict[str, Any]) -> int | None:
-    if not job.get("start_time"):
+    if not _ran(job):
         return None  # never ran
     if str(job.get("job_state", "")).upper() == "TIMEOUT":
         return -29  # JOB_EXEC_KILL_WALLTIME
@@ -639,7 +644,7 @@ def pbs_job(job: dict[str, Any], server: str, now: int) -> dict[str, Any]:
         "Job_Name": job.get("name", ""),
         "Job_Owner": owner,
     }
-    started = start > 0 and letter in ("R", "E", "F", "S")
+    started = _ran(job) and letter in ("R", "E", "F", "S")
     if started:
         stop = end if letter == "F" and end else now
         out["resources_used"] = {"ncpus": cpus, "walltime": hms(stop - start)}
