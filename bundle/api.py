@@ -43,13 +43,14 @@ def _archive_sha256(path: Path) -> str:
 
 
 def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = (), entry: str | None = None,
-            config: str | Path | None = None, site: str | None = None, progress: Progress | None = None) -> PackResult:
+            config: str | Path | None = None, site: str | None = None, mode: str | None = None,
+            progress: Progress | None = None) -> PackResult:
     """Pack a workflow, or check a ready-made bundle (``.tar.gz``) and use it as is."""
     path = Path(workflow)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         manifest = archive.verify(path)
         return PackResult(path, manifest, _archive_sha256(path), path.stat().st_size, ())
-    return pack(path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, progress=progress)
+    return pack(path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, mode=mode, progress=progress)
 
 
 def upload(transport: Transport, packed: PackResult, progress: Progress | None = None) -> int:
@@ -75,7 +76,7 @@ def upload(transport: Transport, packed: PackResult, progress: Progress | None =
 
 def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any] | None = None,
            includes: tuple[str, ...] = (), entry: str | None = None, site: str | None = None,
-           params: dict[str, Any] | None = None, config: str | Path | None = None, wait: bool = False,
+           params: dict[str, Any] | None = None, config: str | Path | None = None, mode: str | None = None, wait: bool = False,
            progress: Progress | None = None, registry: Registry | None = None,
            transport: Transport | None = None, resumed_from: str | None = None) -> Run:
     """Pack ``workflow``, send it to ``endpoint`` and start it; return once the driver runs."""
@@ -90,7 +91,7 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
         raise UsageError("--set needs --site or --config", "name the site profile the parameters are for")
     transport = transport or get_transport(endpoint)
     with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
-        packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, progress=progress)
+        packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode, progress=progress)
         run_id = _new_run_id()
         spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from}
         inline = None

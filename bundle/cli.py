@@ -90,6 +90,8 @@ _workflow_options = [
     click.option("--entry", help="Entry file inside a workflow directory (default workflow.py or main.py)."),
     click.option("--arg", "args", multiple=True, help="Argument for main(), name=value; JSON values are parsed (repeatable)."),
     click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Python module with make_config(**params) -> Config."),
+    click.option("--mode", type=click.Choice(["auto", "function", "script"]), default="auto", show_default=True,
+                 help="function: call main(**args); script: run as __main__; auto: function if main() exists."),
 ]
 
 
@@ -104,11 +106,11 @@ def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-o", "--output", type=click.Path(), default="bundle.tar.gz", show_default=True, help="Archive to write.")
 @workflow_options
 def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | None, args: tuple[str, ...],
-         config: str | None, progress: Progress) -> tuple[Any, str]:
+         config: str | None, mode: str, progress: Progress) -> tuple[Any, str]:
     """Pack a workflow into a deterministic bundle archive."""
     from bundle.pack import pack as do_pack
 
-    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, progress=progress)
+    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode, progress=progress)
     lines = [f"{res.path}: {len(res.manifest.files)} files, {size(res.manifest.total_size)} -> {size(res.size)}", f"digest {res.digest}"]
     lines += [f"left out {p}: {r}" for p, r in res.excluded]
     return res.to_json(), "\n".join(lines)
@@ -141,11 +143,11 @@ def inspect(bundle_file: str, progress: Progress) -> tuple[Any, str]:
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its result.")
 @workflow_options
 def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...], wait: bool, includes: tuple[str, ...],
-           entry: str | None, args: tuple[str, ...], config: str | None, progress: Progress) -> tuple[Any, str]:
+           entry: str | None, args: tuple[str, ...], config: str | None, mode: str, progress: Progress) -> tuple[Any, str]:
     """Pack WORKFLOW (or take a ready bundle) and start it on an endpoint."""
     run = api.submit(
         workflow, endpoint, args=_parse_args(args), includes=includes, entry=entry, site=site,
-        params=profiles.parse_sets(sets), config=config, progress=progress,
+        params=profiles.parse_sets(sets), config=config, mode=mode, progress=progress,
     )
     click.echo(f"submitted run {run.id} to {endpoint}", err=True)
     data: dict[str, Any] = {"run_id": run.id, "endpoint": endpoint, "state": run.last_state}

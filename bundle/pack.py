@@ -184,13 +184,13 @@ class _CheckedReader:
 
 def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] = (), entry: str | None = None,
          args: dict[str, Any] | None = None, config_module: Path | str | None = None,
-         site: str | None = None, progress: Progress | None = None) -> PackResult:
+         site: str | None = None, mode: str | None = None, progress: Progress | None = None) -> PackResult:
     """Select, hash and archive a workflow; the one entry point for packing."""
     extra: tuple[Path, ...] = ()
     config: dict[str, Any] = {"kind": "workflow"}
     if config_module:
         extra = (Path(config_module).resolve(),)
-    sel = select(Path(workflow), includes=includes, entry=entry, extra_files=extra)
+    sel = select(Path(workflow), includes=includes, entry=entry, extra_files=extra, mode=mode)
     if config_module:
         config = {"kind": "module", "path": Path(config_module).resolve().relative_to(sel.root).as_posix()}
     elif site:

@@ -60,7 +60,7 @@ def detect_mode(source: str, filename: str) -> str:
 
 
 def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = None,
-           extra_files: tuple[Path, ...] = ()) -> Selection:
+           extra_files: tuple[Path, ...] = (), mode: str | None = None) -> Selection:
     """Choose the files of a workflow file or directory.
 
     ``extra_files`` are absolute paths that must come along (a ``--config``
@@ -85,7 +85,12 @@ def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = N
     if not entry_path.is_file():
         raise BundleError(f"entry point {entry!r} is not a file in {str(root)!r}", "pass --entry with the workflow's main file")
     source = _read_source(entry_path)
-    mode = detect_mode(source, entry)
+    detected = detect_mode(source, entry)
+    if mode == "function" and detected != "function":
+        raise BundleError(f"{entry} defines no main(), so it cannot run in function mode", "define main(**args) in it, or submit it as a script (--mode script)")
+    if mode not in (None, "auto", "function", "script"):
+        raise BundleError(f"unknown mode {mode!r}", "use function, script or auto")
+    mode = detected if mode in (None, "auto") else mode
 
     if workflow.is_dir():
         walker.walk(root)
