@@ -73,7 +73,7 @@ def _detach(root: Path) -> None:
     paths = RunPaths(root)
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "login_node.driver", str(root)],
+            [sys.executable, "-I", "-u", "-m", "login_node.driver", str(root)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=str(paths.bundle),
             start_new_session=True, close_fds=True,
         )
@@ -454,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     code = driver.run()
     log.info("driver for run %s finished: %s", paths.run_id, driver.state.get("state"))
     logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)  # do not wait for threads a workflow left behind
 
 

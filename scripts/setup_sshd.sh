@@ -40,9 +40,10 @@ fi
 # --- packages -----------------------------------------------------------------
 # openssh-server for sshd, python3-venv so the user can build a venv from
 # Debian's /usr/bin/python3 (the Ansible roles do that), python3 for Ansible's
-# modules on the target.
+# modules on the target; cron for the `crontab` command (the endpoint role
+# writes a user crontab; no cron daemon is started).
 missing=()
-for p in openssh-server openssh-client python3 python3-venv iproute2; do
+for p in openssh-server openssh-client python3 python3-venv iproute2 cron; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -347,8 +347,9 @@ login_shell="$(getent passwd "$me" | cut -d: -f7)"
 jobroot="$(mktemp -d "/tmp/pbs.${jobid}.XXXXXX")" || exit 1
 mkdir -m 0700 "$jobroot/tmp" "$jobroot/aux"
 cleanup() { rm -rf "$jobroot"; }
-trap 'cleanup; exit 143' TERM
-trap 'cleanup; exit 130' INT
+# On qdel (SIGTERM) clean up, then die of the signal as the job would.
+trap 'cleanup; trap - TERM; kill -TERM $$' TERM
+trap 'cleanup; trap - INT; kill -INT $$' INT
 
 # PBS_NODEFILE: each host of the allocation, once per MPI rank slot (mpiprocs).
 nodefile="$jobroot/aux/${jobid}"
