@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"submit", "get_run", "list_runs", "Run", "prepare", "upload"}
-__all__ = sorted(_API | {"pack", "__version__"})
+__all__ = sorted(_API | {"__version__"})
 
 
 def __getattr__(name: str) -> Any:
@@ -23,8 +23,4 @@ def __getattr__(name: str) -> Any:
         from bundle import api
 
         return getattr(api, name)
-    if name == "pack":
-        from bundle.pack import pack
-
-        return pack
     raise AttributeError(name)

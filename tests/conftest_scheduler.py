@@ -10,13 +10,15 @@ PBS Pro: no PBS Pro server can be installed on the test machines, so
 """
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
 
 import pytest
 
@@ -24,6 +26,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 PBS_STANDIN_DIR = TESTS_DIR / "pbs_standin"
 SETUP_HINT = "run `scripts/setup.sh --test` (it installs and starts the local Slurm cluster)"
 CMD_TIMEOUT = 30
+F = TypeVar("F", bound=Callable[..., Any])
 
 # The bin/ of the environment running the tests (not resolved: a venv's
 # python is a symlink to the base interpreter).  HTEX starts `interchange.py`
@@ -49,6 +52,21 @@ DROP_OUTER_MPI_ENV = (
     "| grep -vxE 'OMPI_ALLOW_RUN_AS_ROOT|OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"
     "|OMPI_MCA_rmaps_base_oversubscribe'); "
 )
+
+
+def detached(fn: F) -> F:
+    """`fn` with globals of its own, for use as a Parsl app defined in a test.
+
+    dill pickles a function whose globals are an importable module's by
+    reference to that module, and HTEX workers cannot import test modules.
+    With private globals it travels by value; it must import what it uses.
+    """
+    clean = types.FunctionType(fn.__code__, {"__name__": "gcbundle_test_app",
+                                             "__builtins__": builtins},
+                               fn.__name__, fn.__defaults__, fn.__closure__)
+    clean.__kwdefaults__ = fn.__kwdefaults__
+    clean.__doc__ = fn.__doc__
+    return cast(F, clean)
 
 
 def worker_init(*, cd: str | None = None) -> str:

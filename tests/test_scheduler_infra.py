@@ -37,6 +37,7 @@ from parsl.providers.base import ExecutionProvider
 from tests.conftest_scheduler import (
     DROP_OUTER_MPI_ENV,
     PBS_STANDIN_DIR,
+    detached,
     run,
     scancel_quietly,
     wait_until_gone,
@@ -99,11 +100,13 @@ def check_cleaned_up(job_ids: list[str]) -> None:
 
 def slurm_apps() -> dict[str, Any]:
     @python_app
+    @detached
     def slurm_job_id() -> str:
         import os
         return os.environ["SLURM_JOB_ID"]
 
     @bash_app
+    @detached
     def shell(command: str, stdout: str | None = None, stderr: str | None = None) -> str:
         return command
 
@@ -165,6 +168,7 @@ def test_pbspro_provider_through_the_standin(pbs_standin: Path, parsl_env: Path,
     )
 
     @python_app
+    @detached
     def pbs_view() -> dict[str, Any]:
         import os
         with open(os.environ["PBS_NODEFILE"]) as f:
