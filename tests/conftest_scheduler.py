@@ -97,7 +97,7 @@ def slurm_problem() -> str | None:
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     try:
-        ping = run(["scontrol", "ping"])
+        ping = run(["scontrol", "ping"], timeout=10)
         if ping.returncode != 0 or "UP" not in ping.stdout:
             return f"slurmctld does not answer: {(ping.stdout + ping.stderr).strip()}"
         info = run(["sinfo", "-h", "-N", "-o", "%N %T"])

@@ -15,17 +15,19 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TypeVar
 
 import parsl
 import pytest
 from parsl.app.app import bash_app, python_app
+from parsl.app.errors import BashExitFailure
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
 from parsl.jobs.states import JobState, JobStatus
@@ -48,6 +50,7 @@ pytestmark = pytest.mark.slurm
 
 APP_TIMEOUT = 180  # seconds for one app result (block start included)
 HOST = socket.gethostname().split(".")[0]
+T = TypeVar("T")
 
 
 def htex_config(provider: ExecutionProvider, run_dir: Path) -> Config:
@@ -60,8 +63,10 @@ def htex_config(provider: ExecutionProvider, run_dir: Path) -> Config:
         heartbeat_threshold=30,
         provider=provider,
     )
+    # strategy_period=1: the first block is submitted on the first strategy
+    # pass, which by default (5 s) is most of the time to the first result.
     return Config(executors=[executor], run_dir=str(run_dir), strategy="simple",
-                  max_idletime=60, initialize_logging=True)
+                  strategy_period=1, max_idletime=60, initialize_logging=True)
 
 
 def slurm_provider(launcher: Launcher, *, exclusive: bool = True) -> SlurmProvider:
@@ -78,7 +83,7 @@ def slurm_provider(launcher: Launcher, *, exclusive: bool = True) -> SlurmProvid
     )
 
 
-def run_workflow(config: Config, body: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+def run_workflow(config: Config, body: Callable[[], T]) -> tuple[T, list[str]]:
     """Load a DFK, run `body`, clean up; return its result and the block job ids."""
     job_ids: list[str] = []
     try:
@@ -113,23 +118,39 @@ def slurm_apps() -> dict[str, Any]:
     return {"job_id": slurm_job_id, "shell": shell}
 
 
+def shell_run(tmp: Path, apps: dict[str, Any], command: str, tag: str) -> tuple[int, str, str]:
+    """Run `command` in a bash_app; its exit code, stdout and stderr."""
+    out, err = tmp / f"{tag}.out", tmp / f"{tag}.err"
+    try:
+        rc = apps["shell"](command, stdout=str(out), stderr=str(err)).result(timeout=APP_TIMEOUT)
+    except BashExitFailure as exc:
+        rc = exc.exitcode
+    return rc, out.read_text(), err.read_text()
+
+
 def mpi_run(tmp: Path, apps: dict[str, Any], command: str) -> tuple[str, list[str]]:
-    out, err = tmp / "mpi.out", tmp / "mpi.err"
+    """The Slurm job id an app sees, and what `command` (an mpiexec) prints."""
     job_id = apps["job_id"]().result(timeout=APP_TIMEOUT)
-    rc = apps["shell"](command, stdout=str(out), stderr=str(err)).result(timeout=APP_TIMEOUT)
-    assert rc == 0, f"{command!r} failed: {err.read_text()}"
-    return job_id, out.read_text().split()
+    rc, out, err = shell_run(tmp, apps, command, "mpi")
+    assert rc == 0, f"{command!r} failed with exit code {rc}: {err}"
+    return job_id, out.split()
 
 
 @pytest.mark.timeout(300)
 def test_slurm_provider_with_mpiexec_launcher(parsl_env: Path, tmp_path: Path) -> None:
     provider = slurm_provider(MpiExecLauncher())
     apps = slurm_apps()
-    # The worker itself runs under Open MPI's mpiexec: drop its rank
-    # environment before starting a new mpiexec from the app.
-    (job_id, hosts), job_ids = run_workflow(
-        htex_config(provider, tmp_path / "runinfo"),
-        lambda: mpi_run(tmp_path, apps, DROP_OUTER_MPI_ENV + "mpiexec -n 2 hostname"))
+
+    def body() -> tuple[tuple[int, str, str], tuple[str, list[str]]]:
+        # The worker itself runs as a rank of Open MPI's mpiexec, so a plain
+        # mpiexec in an app is refused; with the outer rank environment
+        # dropped it runs.
+        plain = shell_run(tmp_path, apps, "mpiexec -n 2 hostname", "plain")
+        return plain, mpi_run(tmp_path, apps, DROP_OUTER_MPI_ENV + "mpiexec -n 2 hostname")
+
+    (plain, (job_id, hosts)), job_ids = run_workflow(
+        htex_config(provider, tmp_path / "runinfo"), body)
+    assert plain[0] != 0 and "does not support recursive calls" in plain[1] + plain[2], plain
     assert job_id.isdigit()
     assert job_id in job_ids, f"app ran in job {job_id}, the provider submitted {job_ids}"
     assert hosts == [HOST, HOST]
@@ -212,12 +233,19 @@ def load_pbs_cli() -> ModuleType:
 
 
 @pytest.fixture
-def utc(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TZ", "UTC")
+def utc() -> Iterator[None]:
+    """Local time is UTC (the PBS time stamps are local time)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
     time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
 
 
 # Slurm jobs as `squeue --json` (Slurm 22.05) gives them, trimmed to the
