@@ -164,12 +164,12 @@ pid_alive() {
 
 # stop_daemon PIDFILE NAME: stop the daemon this script started (by its pid).
 stop_daemon() {
-  local pid i
+  local pid _
   pid_alive "$1" "$2" || return 0
   pid="$(cat "$1")"
   log "stopping $2 (pid $pid)"
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     [ -d "/proc/$pid" ] || return 0
     sleep 0.1
   done
@@ -178,9 +178,9 @@ stop_daemon() {
 
 # wait_for DESCRIPTION SECONDS COMMAND...: poll COMMAND until it succeeds.
 wait_for() {
-  local what="$1" secs="$2" i
+  local what="$1" secs="$2" _
   shift 2
-  for i in $(seq 1 $((secs * 5))); do
+  for _ in $(seq 1 $((secs * 5))); do
     if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.2
   done
@@ -191,7 +191,7 @@ munge_works() { munge -n </dev/null | unmunge >/dev/null; }
 
 if ! munge_works 2>/dev/null; then
   log "starting munged"
-  rm -f /run/munge/munged.pid /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
+  rm -f "$MUNGE_PID" /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
   runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1 \
     || die "munged failed to start; see /var/log/munge/munged.log"
   wait_for munged 20 munge_works
@@ -216,11 +216,11 @@ fi
 
 # --- wait until the node takes jobs ------------------------------------------
 state=""
-for i in $(seq 1 300); do
+for _ in $(seq 1 300); do
   state="$(sinfo -h -N -n "$host" -o %T 2>/dev/null | head -n 1 || true)"
   case "$state" in
     idle | mixed | allocated | completing) break ;;
-    down* | drain* | drained* | fail*)
+    down* | drain* | fail*)
       # e.g. "Node unexpectedly rebooted": it is back, let it take jobs.
       scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true ;;
   esac

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 

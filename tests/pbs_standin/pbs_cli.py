@@ -27,8 +27,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 PBS_VERSION = "2022.1.0 (stand-in on Slurm)"
 CMD_TIMEOUT = 60  # seconds for each Slurm command
@@ -123,14 +124,10 @@ def parse_size_mb(text: str) -> int:
 
 # ========================================================================== qsub
 
-# Chunk resources qsub understands; the others named here are accepted and
-# only recorded (they mean nothing on this machine: GPUs, Cray/ALCF systems,
-# file systems).
-CHUNK_RESOURCES = {"ncpus", "mpiprocs", "ompthreads", "mem"}
-RECORDED_ONLY = {"ngpus", "system", "host", "vnode", "arch", "mpiprocs_per_node"}
-JOB_WIDE_RECORDED = {"filesystems", "place", "walltime", "select", "mem", "ncpus",
-                     "nodes", "software", "preempt_targets", "cput", "eagle_fs",
-                     "grand_fs", "home_fs"}
+# Resources qsub translates: select (chunk count, ncpus, mpiprocs, mem),
+# walltime, place (excl), mem, ncpus.  Every other resource (ngpus,
+# filesystems, system, ...) is accepted and only recorded in Resource_List:
+# it means nothing on this machine.
 
 
 @dataclass
@@ -339,6 +336,7 @@ WRAPPER = r"""#!/bin/bash
 set -u
 name=@NAME@
 queue=@QUEUE@
+export_all=@EXPORT_ALL@
 jobid="${SLURM_JOB_ID}."@SERVER@
 me="$(id -un)"
 home="$(getent passwd "$me" | cut -d: -f6)"
@@ -362,7 +360,7 @@ printf '%s' '@SCRIPT@' | base64 -d >"$jobroot/aux/${jobid}.SC"
 chmod 0700 "$jobroot/aux/${jobid}.SC"
 
 declare -a envs=()
-if [ "@EXPORT_ALL@" = 1 ]; then
+if [ "$export_all" = 1 ]; then
   while IFS= read -r -d '' kv; do envs+=("$kv"); done < <(env -0)
 else
   envs+=("HOME=$home" "USER=$me" "LOGNAME=$me" "SHELL=${login_shell:-/bin/sh}"
@@ -420,9 +418,12 @@ def qsub_main(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
         _, rest = getopt.getopt(list(argv), QSUB_OPTSTRING)
     except getopt.GetoptError as exc:
         raise PbsError(f"{exc}\nusage: qsub [options] [script]", EXIT_USAGE) from exc
-    if len(rest) > 1 or (rest and rest[0] == "--"):
+    if rest and rest[0] == "--":
         raise PbsError("qsub -- command [args] is not supported by this PBS stand-in; "
                        "give a script", EXIT_USAGE)
+    if len(rest) > 1:
+        raise PbsError(f"options must come before the script; got {shlex.join(rest)}",
+                       EXIT_USAGE)
     if rest and rest[0] != "-":
         script_path = rest[0]
         try:
