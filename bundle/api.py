@@ -63,8 +63,8 @@ def upload(transport: Transport, packed: PackResult, progress: Progress | None =
     sent = 0
     with open(packed.path, "rb") as f:
         for index in range(count):
-            if index in have:
-                continue
+            if index in have and index != count - 1:
+                continue  # the last chunk is always sent: it completes (or re-completes) the upload
             f.seek(index * CHUNK_BYTES)
             data = f.read(CHUNK_BYTES)
             transport.call("stage", digest=packed.digest, archive_sha256=packed.archive_sha256, size=packed.size, index=index, data=data)
@@ -78,7 +78,7 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
            includes: tuple[str, ...] = (), entry: str | None = None, site: str | None = None,
            params: dict[str, Any] | None = None, config: str | Path | None = None, mode: str | None = None, wait: bool = False,
            progress: Progress | None = None, registry: Registry | None = None,
-           transport: Transport | None = None, resumed_from: str | None = None) -> Run:
+           transport: Transport | None = None, resumed_from: str | None = None, inherit: bool = False) -> Run:
     """Pack ``workflow``, send it to ``endpoint`` and start it; return once the driver runs."""
     params = dict(params or {})
     registry = registry or Registry()
@@ -93,7 +93,7 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
     with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
         packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode, progress=progress)
         run_id = _new_run_id()
-        spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from}
+        spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from, "inherit": inherit}
         inline = None
         if packed.size <= INLINE_BUNDLE_BYTES and not registry.is_cached(endpoint, packed.digest):
             inline = packed.path.read_bytes()
@@ -113,6 +113,51 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
     ))
     run = Run(run_id, endpoint, registry=registry, transport=transport)
     run.last_state = st
+    if wait:
+        run.wait(progress=progress)
+    return run
+
+
+def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | None = None,
+           args: dict[str, Any] | None = None, wait: bool = False, progress: Progress | None = None,
+           registry: Registry | None = None, transport: Transport | None = None) -> Run:
+    """Start a new run from an earlier run's bundle that reuses its checkpoints.
+
+    Apps declared with ``cache=True`` that completed in the earlier run (or in
+    the runs it resumed) are not executed again. If the workflow on this
+    machine changed since (its digest differs), the memoized results may no
+    longer match the code, so resuming is refused unless ``allow_changed``.
+    """
+    registry = registry or Registry()
+    rec = registry.get(run_id)
+    transport = transport or get_transport(rec.endpoint)
+    source = Path(workflow) if workflow else Path(rec.workflow)
+    changed_bundle = None
+    if source.exists():
+        with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
+            packed = prepare(source, Path(tmp))
+            if packed.digest != rec.digest:
+                if not allow_changed:
+                    raise RunStateError(
+                        f"{source} changed since run {rec.run_id} (bundle {packed.digest[:12]}, the run had {rec.digest[:12]})",
+                        "checkpointed results may not match the new code: pass --allow-changed to resume anyway, or submit a new run",
+                    )
+                changed_bundle = source
+    if changed_bundle is not None:
+        return submit(changed_bundle, rec.endpoint, args=args, wait=wait, progress=progress, registry=registry,
+                      transport=transport, resumed_from=rec.run_id, inherit=True)
+    new_id = _new_run_id()
+    spec = {"args": dict(args or {}), "site": None, "params": {}, "resumed_from": rec.run_id, "inherit": True}
+    reply = transport.call("launch", run_id=new_id, digest=rec.digest, archive_sha256=None, bundle=None, spec=spec)
+    if reply.get("missing_bundle"):
+        raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}", "submit the workflow again; it will be uploaded once more")
+    now = time.time()
+    registry.add(RunRecord(
+        run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow, site=rec.site,
+        state=reply["state"].get("state", "staged"), submitted=now, updated=now, resumed_from=rec.run_id,
+    ))
+    run = Run(new_id, rec.endpoint, registry=registry, transport=transport)
+    run.last_state = reply["state"]
     if wait:
         run.wait(progress=progress)
     return run

@@ -259,6 +259,19 @@ def cancel(run_id: str, grace: int, progress: Progress) -> tuple[Any, str]:
 
 
 @command()
+@click.argument("run_id")
+@click.option("--allow-changed", is_flag=True, help="Resume even though the workflow changed since that run.")
+@click.option("--workflow", type=click.Path(exists=True), help="Workflow to compare with (default: the one submitted).")
+@click.option("--arg", "args", multiple=True, help="Override an argument, name=value (default: the earlier run's).")
+@click.option("--wait", is_flag=True, help="Wait for the new run to finish.")
+def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[str, ...], wait: bool, progress: Progress) -> tuple[Any, str]:
+    """Start a new run from RUN_ID's bundle, reusing its checkpointed app results."""
+    run = api.resume(run_id, allow_changed=allow_changed, workflow=workflow, args=_parse_args(args), wait=wait, progress=progress)
+    st = run.last_state
+    return {"run_id": run.id, "resumed_from": run.record.resumed_from, "state": st}, f"{run.id} (resumes {run.record.resumed_from}): {st.get('state')}"
+
+
+@command()
 def sites(progress: Progress) -> tuple[Any, str]:
     """List the built-in site profiles and their parameters."""
     out = []

@@ -77,6 +77,26 @@ class PayloadTooLarge(TransportError):
     """A task payload or result is above the Globus Compute size limit."""
 
 
+class NotLoggedIn(TransportError):
+    """No usable Globus credentials: never logged in, expired, revoked, or rejected client credentials."""
+
+
+class EndpointUnavailable(TransportError):
+    """The Globus Compute endpoint is unknown, not ours to use, or offline."""
+
+
+class FunctionNotPermitted(TransportError):
+    """The endpoint only runs allow-listed functions, and this task's function is not one of them."""
+
+
+class RateLimited(TransportError):
+    """The Globus Compute service kept refusing requests for too many requests, beyond our patience."""
+
+
+class TaskTimeout(TransportError):
+    """A task stayed pending on the endpoint longer than the transport's timeout."""
+
+
 class RegistryError(GcbundleError):
     """The client registry cannot be read or written."""
 
@@ -105,6 +125,11 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         ProtocolMismatch,
         RemoteError,
         PayloadTooLarge,
+        NotLoggedIn,
+        EndpointUnavailable,
+        FunctionNotPermitted,
+        RateLimited,
+        TaskTimeout,
         RegistryError,
         ResultsError,
     )

@@ -144,10 +144,10 @@ def get_transport(endpoint: str) -> Transport:
     """``local``, or a Globus Compute endpoint by UUID or configured alias."""
     if endpoint == "local":
         return LocalTransport()
-    raise UsageError(
-        f"unknown endpoint {endpoint!r}",
-        "use `local`, an endpoint UUID, or an alias from `gcbundle endpoints`",
-    )
+    from bundle.endpoints import resolve
+    from bundle.globus import transport_for
+
+    return transport_for(resolve(endpoint))  # resolve() says what to do with an unknown name
 
 
 def worker_pid(transport: Transport) -> int | None:

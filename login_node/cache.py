@@ -71,54 +71,72 @@ class Cache:
         if self.has(digest):
             return True
         d = self._staging_dir(digest, archive_sha256)
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(d / f"{index}.part", bytes(data))
-        if len(self.staged_chunks(digest, archive_sha256)) < count:
-            return False
-        self._assemble(digest, archive_sha256, size, count, d)
+        try:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(d / f"{index}.part", bytes(data))
+            if len(self.staged_chunks(digest, archive_sha256)) < count:
+                return False
+            self._assemble(digest, archive_sha256, size, count, d)
+        except FileNotFoundError:
+            # Another upload of the same bundle finished and removed the staging directory.
+            if not self.has(digest):
+                raise
         return True
 
     def put_whole(self, digest: str, archive_sha256: str, data: bytes) -> None:
         """Store a bundle that arrived in one piece (inside a launch task)."""
+        check_digest(digest)
+        check_digest(archive_sha256, "archive_sha256")
+        if not isinstance(data, (bytes, bytearray)) or not 0 < len(data) <= MAX_BUNDLE_BYTES:
+            raise BundleError("the inline bundle is empty, too large or not bytes", "submit it again")
         if self.has(digest):
             return
-        d = self._staging_dir(check_digest(digest), check_digest(archive_sha256, "archive_sha256"))
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(d / "0.part", bytes(data))
-        self._assemble(digest, archive_sha256, len(data), 1, d)
+        tmp = self.home.staging / f"whole.{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            write_atomic(tmp, bytes(data))
+            self._commit(digest, archive_sha256, len(data), tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _assemble(self, digest: str, archive_sha256: str, size: int, count: int, d: Path) -> None:
-        tmp = d / f"assembled.{os.getpid()}.{time.monotonic_ns()}"
-        h = hashlib.sha256()
+        tmp = self.home.staging / f"assembled.{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}"
         try:
             with open(tmp, "wb") as out:
                 for i in range(count):
                     with open(d / f"{i}.part", "rb") as f:
-                        while block := f.read(1024 * 1024):
-                            h.update(block)
-                            out.write(block)
+                        shutil.copyfileobj(f, out, 1024 * 1024)
                 out.flush()
                 os.fsync(out.fileno())
-            if tmp.stat().st_size != size or h.hexdigest() != archive_sha256:
-                raise BundleError(f"bundle {digest[:12]} arrived corrupted (its sha256 does not match)", "submit it again")
-            archive.verify(tmp, expected_digest=digest)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.home.cached_bundle(digest))
-        except BaseException as exc:
-            if tmp.exists():
-                tmp.unlink()
-            if isinstance(exc, BundleError):
-                shutil.rmtree(d, ignore_errors=True)  # bad chunks must not be reused
+            self._commit(digest, archive_sha256, size, tmp)
+        except BundleError:
+            shutil.rmtree(d, ignore_errors=True)  # bad chunks must not be reused
             raise
+        finally:
+            tmp.unlink(missing_ok=True)
         shutil.rmtree(d, ignore_errors=True)
         self.sweep_staging()
+
+    def _commit(self, digest: str, archive_sha256: str, size: int, tmp: Path) -> None:
+        """Check a complete archive and move it to its cache name: the only way an entry appears."""
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            while block := f.read(1024 * 1024):
+                h.update(block)
+        if tmp.stat().st_size != size or h.hexdigest() != archive_sha256:
+            raise BundleError(f"bundle {digest[:12]} arrived corrupted (its sha256 does not match)", "submit it again")
+        archive.verify(tmp, expected_digest=digest)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.home.cached_bundle(digest))
 
     def sweep_staging(self) -> None:
         now = time.time()
         for d in self.home.staging.iterdir():
             try:
-                if now - d.stat().st_mtime > STALE_STAGING:
-                    shutil.rmtree(d, ignore_errors=True)
+                if now - d.lstat().st_mtime > STALE_STAGING:
+                    if d.is_dir() and not d.is_symlink():
+                        shutil.rmtree(d, ignore_errors=True)
+                    else:
+                        d.unlink()
             except FileNotFoundError:
                 pass
 

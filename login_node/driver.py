@@ -13,6 +13,7 @@ process of the run still alive.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -32,6 +33,10 @@ from login_node import procs, state
 from login_node.rundir import RunPaths, read_json, write_json
 
 log = logging.getLogger("gcbundle.driver")
+
+#: A file the driver deletes to make room for its last state on a full disk.
+RESERVE = ".reserve"
+RESERVE_BYTES = 256 * 1024
 
 
 class Cancelled(BaseException):
@@ -103,7 +108,28 @@ class Driver:
             self.state.update(changes)
             self.state["tasks"] = self._task_counts()
             self.state["scheduler_job_ids"] = sorted(set(self.job_ids.values()))
-            state.write(self.paths, self.state)
+            try:
+                state.write(self.paths, self.state)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or not self._release_reserve():
+                    raise
+                log.error("the run directory's file system is full; released the reserve to record the state")
+                state.write(self.paths, self.state)
+
+    def _make_reserve(self) -> None:
+        """Set aside a little disk so the final state can be written on a full file system."""
+        try:
+            with open(self.paths.root / RESERVE, "wb") as f:
+                f.write(b"\0" * RESERVE_BYTES)
+        except OSError:
+            pass
+
+    def _release_reserve(self) -> bool:
+        try:
+            (self.paths.root / RESERVE).unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def _heartbeat(self) -> None:
         while not self.stop.wait(self.period):
@@ -124,6 +150,7 @@ class Driver:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigterm)
         host = state.hostname()
+        self._make_reserve()
         self._write_state(
             state="starting", pid=os.getpid(), pid_start=state.process_start_time(os.getpid()), host=host,
             heartbeat_seconds=self.period, started=self.timings["started"], python=sys.executable,
@@ -151,8 +178,14 @@ class Driver:
             outcome = {"state": "cancelled"}
         self.timings["finished"] = time.time()
         self.stop.set()
-        self._write_report(outcome)
+        try:
+            self._write_report(outcome)
+        except OSError as exc:
+            log.error("could not write report.json: %s", exc)
+            if outcome["state"] == "succeeded":
+                outcome = {"state": "failed", "error": _error(exc)}
         self._write_state(finished=self.timings["finished"], **outcome)
+        self._release_reserve()
         leftovers = procs.sweep(self.paths.run_id, grace=5.0)
         if leftovers:
             log.warning("stopped %d leftover process(es) of the run", leftovers)

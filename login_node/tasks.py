@@ -85,12 +85,13 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise UsageError("spec must be an object")
     cache = Cache(home)
     if req.get("bundle") is not None:
-        cache.put_whole(digest, check_digest(req.get("archive_sha256"), "archive_sha256"), req["bundle"])
+        cache.put_whole(digest, check_digest(req.get("archive_sha256"), "archive_sha256"), req["bundle"])  # type: ignore[arg-type]
     if not cache.has(digest):
         return {"missing_bundle": True}
     paths = home.run(run_id)
     if paths.root.exists():
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
+    spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
     from login_node.driver import spawn
@@ -103,6 +104,31 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
+
+
+def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
+    """A resume without new arguments runs with the earlier run's arguments and site."""
+    prev = spec.get("resumed_from")
+    if prev is None:
+        return spec
+    prev_paths = home.run(check_run_id(prev)).require()
+    st = state.effective(prev_paths)
+    if not state.is_terminal(st):
+        raise RunStateError(f"run {prev} is still {st.get('state')}", f"cancel it first (`gcbundle cancel {prev}`), or wait for it to end")
+    reap(prev_paths, st)
+    if not spec.get("inherit"):
+        return spec
+    earlier = read_json(prev_paths.request)
+    return {**spec, "args": spec.get("args") or earlier.get("args") or {}, "site": spec.get("site") or earlier.get("site"),
+            "params": spec.get("params") or earlier.get("params") or {}}
+
+
+def reap(paths: RunPaths, st: dict[str, Any]) -> int:
+    """Stop what is left on this host of a run whose driver is gone (orphaned
+    interchange and workers after a crash or reboot); return how many."""
+    if st.get("state") in ("lost", "cancelled") and st.get("host") == state.hostname() and not state.alive(st.get("pid"), st.get("pid_start")):
+        return procs.sweep(paths.run_id, grace=2.0)
+    return 0
 
 
 def _resume_sources(home: Home, spec: dict[str, Any]) -> list[str]:
@@ -177,7 +203,11 @@ def _tail(path: Any, n: int = 400) -> str:
 @_task
 def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
-    return state.effective(paths)
+    st = state.effective(paths)
+    reaped = reap(paths, st)
+    if reaped:
+        st = {**st, "reaped_processes": reaped}
+    return st
 
 
 @_task

@@ -72,7 +72,7 @@ install -d -o root -g root -m 0755 "$SPOOL_DIR" /etc/slurm
 # --- slurm.conf ----------------------------------------------------------------
 host="$(hostname -s)"
 # `slurmd -C` prints this machine's real layout, e.g.
-#   NodeName=vm CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105
+#   NodeName=node1 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=24105
 hw="$(slurmd -C | head -n 1)"
 case "$hw" in NodeName=*) ;; *) die "unexpected output of 'slurmd -C': $hw" ;; esac
 node_hw="${hw#NodeName=* }"   # everything after the node name

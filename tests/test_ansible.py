@@ -1,0 +1,494 @@
+"""The Ansible roles, run for real: ansible-playbook over SSH (loopback sshd
+from scripts/setup_sshd.sh) provisions an unprivileged account as a site user
+would (no become), twice; then the result is checked as that account.
+
+What cannot be tested here, and is not: starting the endpoint against the
+Globus Compute service (``globus-compute-endpoint start`` registers with the
+cloud service, which this machine cannot reach). Everything up to it is:
+``configure``, the files the role writes, ``globus-compute-endpoint list``,
+the endpoint's own config loader and template renderer, and the engine from
+that configuration executing a packed task offline. The keep-alive script is
+run for real with a stand-in for ``globus-compute-endpoint start`` (the only
+part replaced), and the systemd unit is rendered by the role and compared
+with what ``globus-compute-endpoint enable-on-boot`` writes (no systemd runs
+here).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest_ssh import SshTarget
+
+pytestmark = pytest.mark.ssh
+
+REPO = Path(__file__).resolve().parents[1]
+ANSIBLE_DIR = REPO / "ansible"
+ROLES = ANSIBLE_DIR / "roles"
+
+# Where the test provisions, under the account's home (removed first).
+TEST_DIR = "gcbundle-test"
+ENDPOINT = "gcbundle"
+
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+def role_defaults(role: str) -> dict[str, object]:
+    return yaml.safe_load((ROLES / role / "defaults" / "main.yml").read_text())
+
+
+@dataclass
+class PlayRun:
+    returncode: int
+    output: str
+    seconds: float
+    recap: dict[str, int] = field(default_factory=dict)
+
+
+def parse_recap(output: str) -> dict[str, int]:
+    matches = list(RECAP.finditer(output))
+    assert len(matches) == 1, f"expected one host in the recap:\n{output[-3000:]}"
+    return {k: int(v) for k, v in matches[0].groupdict().items() if k != "host"}
+
+
+@dataclass
+class Provisioned:
+    target: SshTarget
+    workdir: Path
+    inventory: Path
+    env: dict[str, str]
+    runs: list[PlayRun]
+
+    @property
+    def venv(self) -> str:
+        return f"{self.target.home}/{TEST_DIR}/venv"
+
+    @property
+    def gcbundle_home(self) -> str:
+        return f"{self.target.home}/{TEST_DIR}/home"
+
+    @property
+    def ep_dir(self) -> str:
+        return f"{self.target.home}/.globus_compute/{ENDPOINT}"
+
+    def play(self, *extra: str, timeout: float = 900) -> PlayRun:
+        return run_playbook(self.inventory, self.env, self.workdir, *extra, timeout=timeout)
+
+
+def run_playbook(
+    inventory: Path, env: dict[str, str], cwd: Path, *extra: str, timeout: float = 900
+) -> PlayRun:
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", str(inventory), str(ANSIBLE_DIR / "site.yml"), *extra],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    seconds = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    run = PlayRun(proc.returncode, output, seconds)
+    assert proc.returncode == 0, f"ansible-playbook failed:\n{output[-6000:]}"
+    run.recap = parse_recap(proc.stdout)
+    return run
+
+
+def build_wheel(dest: Path) -> Path:
+    """Build gcbundle's wheel from this checkout (a copy of what the package
+    needs, so no build/ or egg-info lands in the work tree)."""
+    src = dest / "src"
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("bundle", "login_node"):
+        shutil.copytree(REPO / package, src / package, ignore=ignore)
+    dist = dest / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"building gcbundle's wheel failed:\n{proc.stderr[-4000:]}"
+    (wheel,) = dist.glob("gcbundle-*.whl")
+    return wheel
+
+
+def write_inventory(workdir: Path, target: SshTarget, wheel: Path) -> Path:
+    inv = workdir / "inventory"
+    (inv / "group_vars").mkdir(parents=True)
+    hosts = {
+        "gcbundle_login_nodes": {
+            "children": {"loopback": {"hosts": {"gcbtest-loopback": target.ansible_host_vars()}}}
+        }
+    }
+    (inv / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    group_vars = {
+        "gcbundle_python_venv": f"{target.home}/{TEST_DIR}/venv",
+        "gcbundle_python_gcbundle_source": "wheel",
+        "gcbundle_python_gcbundle_wheel": str(wheel),
+        "gcbundle_endpoint_name": ENDPOINT,
+        "gcbundle_endpoint_start": False,  # starting needs the Globus service
+        "gcbundle_endpoint_keepalive": "cron",
+        "gcbundle_endpoint_amqp_port": 443,
+        "gcbundle_endpoint_allowed_functions": ["00000000-0000-4000-8000-000000000001"],
+        "gcbundle_endpoint_max_workers_per_node": 2,
+        "gcbundle_site_home": f"{target.home}/{TEST_DIR}/home",
+        "gcbundle_site_account": "testproj",
+        "gcbundle_site_queue": "debug",
+        "gcbundle_site_tmpdir": "/tmp",
+        "gcbundle_site_profile_params": {"workers": 2},
+    }
+    (inv / "group_vars" / "loopback.yml").write_text(yaml.safe_dump(group_vars, sort_keys=False))
+    return inv / "hosts.yml"
+
+
+@pytest.fixture(scope="module")
+def provisioned(
+    ssh_target: SshTarget,
+    ansible_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Provisioned]:
+    """Provision the account from scratch (its pip cache stays), then again."""
+    workdir = tmp_path_factory.mktemp("provision")
+    ssh_target.run(
+        f"rm -rf ~/{TEST_DIR} ~/.globus_compute/{ENDPOINT}; crontab -r 2>/dev/null; true",
+        check=True,
+    )
+    wheel = build_wheel(workdir / "wheel")
+    inventory = write_inventory(workdir, ssh_target, wheel)
+    prov = Provisioned(ssh_target, workdir, inventory, ansible_env, runs=[])
+    prov.runs.append(prov.play())
+    prov.runs.append(prov.play())
+    yield prov
+
+
+def test_first_run_provisions(provisioned: Provisioned) -> None:
+    first = provisioned.runs[0]
+    assert first.recap["failed"] == 0 and first.recap["unreachable"] == 0
+    assert first.recap["changed"] > 0
+
+
+def test_second_run_changes_nothing(
+    provisioned: Provisioned, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = provisioned.runs
+    assert second.recap["changed"] == 0, second.output[-6000:]
+    assert second.recap["failed"] == 0
+    with capsys.disabled():
+        print(
+            f"\nansible provisioning over ssh: first run {first.seconds:.1f} s "
+            f"(changed={first.recap['changed']}), second run {second.seconds:.1f} s "
+            f"(changed={second.recap['changed']})"
+        )
+
+
+def test_venv_has_the_pinned_versions(provisioned: Provisioned) -> None:
+    defaults = role_defaults("gcbundle_python")
+    script = textwrap.dedent(
+        """
+        import json, importlib.metadata as m
+        import parsl, globus_compute_endpoint, globus_compute_sdk, bundle, login_node
+        print(json.dumps({d: m.version(d) for d in
+              ("parsl", "globus-compute-endpoint", "globus-compute-sdk",
+               "texttable", "gcbundle")}))
+        """
+    )
+    proc = provisioned.target.run([f"{provisioned.venv}/bin/python", "-c", script], check=True)
+    versions = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert versions["parsl"] == defaults["gcbundle_python_parsl_version"]
+    assert versions["globus-compute-endpoint"] == defaults["gcbundle_python_endpoint_version"]
+    assert versions["globus-compute-sdk"] == defaults["gcbundle_python_endpoint_version"]
+    assert versions["texttable"] == "1.7.0"
+    assert versions["gcbundle"]
+    # Built from Debian's interpreter, not the system Python changed.
+    cfg = provisioned.target.run(["cat", f"{provisioned.venv}/pyvenv.cfg"], check=True).stdout
+    assert "include-system-site-packages = false" in cfg
+
+
+def test_endpoint_list_shows_the_endpoint(provisioned: Provisioned) -> None:
+    proc = provisioned.target.run(
+        [f"{provisioned.venv}/bin/globus-compute-endpoint", "list"], check=True, timeout=120
+    )
+    rows = [line for line in proc.stdout.splitlines() if f"| {ENDPOINT} " in line]
+    assert rows, proc.stdout
+    assert "Initialized" in rows[0], proc.stdout
+
+
+def test_files_and_modes(provisioned: Provisioned) -> None:
+    t = provisioned
+    proc = t.target.run(
+        [
+            "stat", "-c", "%a %n",
+            t.gcbundle_home, f"{t.gcbundle_home}/site-defaults.yaml",
+            f"{t.ep_dir}/config.yaml", f"{t.ep_dir}/user_config_template.yaml.j2",
+            f"{t.ep_dir}/gcbundle-keepalive.sh",
+        ],
+        check=True,
+    )  # fmt: skip
+    modes = {line.split(" ", 1)[1]: line.split(" ", 1)[0] for line in proc.stdout.splitlines()}
+    assert modes[t.gcbundle_home] == "700"
+    assert modes[f"{t.gcbundle_home}/site-defaults.yaml"] == "600"
+    assert modes[f"{t.ep_dir}/config.yaml"] == "600"
+    assert modes[f"{t.ep_dir}/gcbundle-keepalive.sh"] == "700"
+
+    site = yaml.safe_load(
+        t.target.run(["cat", f"{t.gcbundle_home}/site-defaults.yaml"], check=True).stdout
+    )
+    assert site["account"] == "testproj"
+    assert site["queue"] == "debug"
+    assert site["tmpdir"] == "/tmp"
+    assert site["worker_init"] == f"source {t.venv}/bin/activate"
+    assert site["profile_params"] == {"workers": 2}
+
+    template = t.target.run(
+        ["cat", f"{t.ep_dir}/user_config_template.yaml.j2"], check=True
+    ).stdout
+    assert "curl" not in template and "uv " not in template
+
+    # No credentials given: none written.
+    creds = t.target.run(["test", "-e", f"{t.ep_dir}/gcbundle-credentials.env"])
+    assert creds.returncode == 1
+
+
+def test_crontab_entries_written_disabled(provisioned: Provisioned) -> None:
+    """gcbundle_endpoint_start: false writes the keep-alive entries commented
+    out; a cron daemon would run nothing."""
+    crontab = provisioned.target.run(["crontab", "-l"], check=True).stdout
+    script = f"{provisioned.ep_dir}/gcbundle-keepalive.sh run"
+    lines = [line for line in crontab.splitlines() if script in line]
+    assert len(lines) == 2, crontab
+    assert all(line.startswith("#") for line in lines), crontab
+    assert any(line.startswith("#@reboot ") for line in lines), crontab
+    assert any(line.startswith("#*/10 * * * * ") for line in lines), crontab
+
+
+ENGINE_CHECK = r'''
+"""Load the endpoint "{name}" the way the endpoint does, and run one task
+through the engine its template describes (no Globus service involved)."""
+import json, os, pathlib, pwd, sys, tempfile, uuid
+
+import yaml
+from globus_compute_common import messagepack
+from globus_compute_common.messagepack.message_types import Task
+from globus_compute_endpoint.endpoint.config import CoreEndpointConfig, UserEndpointConfig
+from globus_compute_endpoint.endpoint.config.utils import (
+    get_config, load_config_yaml, load_user_config_schema, load_user_config_template,
+    render_config_user_template,
+)
+from globus_compute_endpoint.endpoint.endpoint import Endpoint
+from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
+from globus_compute_endpoint.engines.base import GCFuture
+from globus_compute_sdk.serialize import ComputeSerializer
+
+ep_dir = pathlib.Path.home() / ".globus_compute" / "{name}"
+core = get_config(ep_dir)
+assert isinstance(core, CoreEndpointConfig), type(core)
+
+# As the core endpoint does before it starts a user endpoint process.
+tmpl_path = Endpoint.user_config_template_path(ep_dir, core)
+template = load_user_config_template(tmpl_path)
+schema = load_user_config_schema(Endpoint.user_config_schema_path(ep_dir, core))
+identity = MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], None)
+rendered = render_config_user_template(core, template, tmpl_path, identity, schema, {{}}, {{}})
+env_file = yaml.safe_load((ep_dir / "user_environment.yaml").read_text()) or {{}}
+os.environ.update({{k: str(v) for k, v in env_file.items()}})
+
+uep = load_config_yaml(rendered)
+assert isinstance(uep, UserEndpointConfig), type(uep)
+engine = uep.engine
+
+
+def probe(x):
+    import os, sys
+    return {{"value": x + 1, "GCBUNDLE_HOME": os.environ.get("GCBUNDLE_HOME"),
+            "PATH": os.environ.get("PATH"), "executable": sys.executable}}
+
+
+serde = ComputeSerializer()
+task_id = uuid.uuid4()
+body = serde.pack_buffers([serde.serialize(probe), serde.serialize((41,)), serde.serialize({{}})])
+packed = messagepack.pack(Task(task_id=task_id, task_buffer=body))
+
+run_dir = tempfile.mkdtemp(prefix="gcbundle-engine-")
+engine.start(endpoint_id=uuid.uuid4(), run_dir=run_dir)
+try:
+    future = GCFuture(task_id)
+    engine.submit(future, packed, resource_specification={{}})
+    result = messagepack.unpack(future.result(timeout=180))
+finally:
+    engine.shutdown()
+
+assert result.task_id == task_id
+if result.is_error:
+    sys.exit("task failed: " + result.data)
+print(json.dumps({{
+    "result": serde.deserialize(result.data),
+    "engine": type(engine).__name__,
+    "provider": type(engine.provider).__name__,
+    "idle_heartbeats_soft": uep.idle_heartbeats_soft,
+    "idle_heartbeats_hard": uep.idle_heartbeats_hard,
+    "amqp_port": core.amqp_port,
+    "allowed_functions": [str(f) for f in core.allowed_functions or []],
+    "worker_init": engine.provider.worker_init,
+}}))
+'''
+
+
+def test_endpoint_config_runs_a_task_offline(provisioned: Provisioned) -> None:
+    t = provisioned
+    script = f"{t.target.home}/{TEST_DIR}/engine_check.py"
+    t.target.put(ENGINE_CHECK.format(name=ENDPOINT), script)
+    # A bare environment, as cron or the endpoint would give: the venv's
+    # python by path, nothing else on PATH.
+    proc = t.target.run(
+        ["env", "-i", f"HOME={t.target.home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8",
+         f"{t.venv}/bin/python", script],
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["result"]["value"] == 42
+    assert report["engine"] == "GlobusComputeEngine"
+    assert report["provider"] == "LocalProvider"
+    assert report["result"]["GCBUNDLE_HOME"] == t.gcbundle_home
+    assert report["result"]["PATH"].split(":")[0] == f"{t.venv}/bin"
+    assert report["result"]["executable"].startswith(t.venv)
+    assert report["idle_heartbeats_soft"] >= 7 * 2880  # a week of 30 s heartbeats
+    assert report["idle_heartbeats_hard"] >= 7 * 2880
+    assert report["amqp_port"] == 443
+    assert report["allowed_functions"] == ["00000000-0000-4000-8000-000000000001"]
+    assert "curl" not in report["worker_init"]
+
+    # The engine's shutdown left no interchange or worker pool behind.
+    deadline = time.monotonic() + 30
+    while True:
+        left = t.target.run(["pgrep", "-u", t.target.user, "-f", "process_worker_pool|interchange"])
+        if left.returncode != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert left.returncode != 0, f"leftover processes: {left.stdout}"
+
+
+FAKE_GCE = """#!/bin/bash
+# Stand-in for `globus-compute-endpoint start NAME`, whose real form needs the
+# Globus service: stays up and refreshes daemon.pid as the endpoint does.
+[ "$1" = start ] || exit 2
+pidf="$GLOBUS_COMPUTE_USER_DIR/$2/daemon.pid"
+trap 'rm -f "$pidf"; exit 0' TERM
+while :; do echo $$ > "$pidf"; sleep 1; done
+"""
+
+
+def test_keepalive_script(provisioned: Provisioned) -> None:
+    """run/status/stop, and another login node's claim respected while its
+    heartbeat is fresh and taken over once stale."""
+    t = provisioned
+    fake = f"{t.target.home}/{TEST_DIR}/fake-gce"
+    t.target.put(FAKE_GCE, fake, mode="0755")
+    ka = f"{t.ep_dir}/gcbundle-keepalive.sh"
+    pidfile = f"{t.ep_dir}/gcbundle-keepalive.pid"
+    daemon_pid = f"{t.ep_dir}/daemon.pid"
+    here = t.target.run(["hostname"], check=True).stdout.strip()
+
+    def ka_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return t.target.run(["env", f"GCBUNDLE_ENDPOINT_GCE={fake}", ka, *args], timeout=120)
+
+    try:
+        status = ka_run("status")
+        assert status.returncode == 3 and "not running" in status.stdout
+
+        started = ka_run("run")
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.startswith(f"started on {here}")
+        host, pid = t.target.run(["cat", pidfile], check=True).stdout.split()
+        assert host == here and pid.isdigit()
+
+        status = ka_run("status")
+        assert status.returncode == 0 and f"running on {here} (pid {pid})" in status.stdout
+        again = ka_run("run")
+        assert again.returncode == 0 and again.stdout.startswith(f"running on {here}")
+
+        stopped = ka_run("stop")
+        assert stopped.returncode == 0 and stopped.stdout.startswith("stopped")
+        assert t.target.run(["kill", "-0", pid]).returncode != 0
+
+        # Another login node holds it and its heartbeat is fresh: leave it.
+        t.target.run(
+            f"echo 'login-other 4242' > {pidfile} && touch {daemon_pid}", check=True
+        )
+        held = ka_run("run")
+        assert held.returncode == 0 and held.stdout.startswith("running on login-other")
+
+        # Its heartbeat went stale: this node takes over.
+        t.target.run(["touch", "-d", "-10 minutes", daemon_pid], check=True)
+        taken = ka_run("run")
+        assert taken.returncode == 0 and taken.stdout.startswith(f"started on {here}"), taken
+    finally:
+        ka_run("stop")
+        t.target.run(["rm", "-f", pidfile, daemon_pid])
+
+
+def test_systemd_unit_matches_enable_on_boot(provisioned: Provisioned) -> None:
+    """The role's systemd branch, rendered into a directory the account owns
+    (no systemd runs here), against the endpoint's own enable-on-boot unit."""
+    t = provisioned
+    unit_dir = f"{t.target.home}/{TEST_DIR}/systemd"
+    t.target.run(["mkdir", "-p", unit_dir], check=True)
+    run = t.play(
+        "-e", "gcbundle_endpoint_keepalive=systemd",
+        "-e", f"gcbundle_endpoint_systemd_unit_dir={unit_dir}",
+    )  # fmt: skip
+    assert run.recap["failed"] == 0
+    unit = t.target.run(
+        ["cat", f"{unit_dir}/globus-compute-endpoint-{ENDPOINT}.service"], check=True
+    ).stdout
+    theirs = t.target.run(
+        [
+            f"{t.venv}/bin/python", "-c",
+            "import sys; from globus_compute_endpoint.boot_persistence import"
+            " _SYSTEMD_UNIT_TEMPLATE as T; print(T.format(ep_name=sys.argv[1],"
+            " gce_exe=sys.argv[2], user_account=sys.argv[3]))",
+            ENDPOINT, f"{t.venv}/bin/globus-compute-endpoint", t.target.user,
+        ],
+        check=True,
+    ).stdout  # fmt: skip
+    ours = [line for line in unit.splitlines() if line and not line.startswith("#")]
+    wanted = [line for line in theirs.splitlines() if line]
+    # Every line of enable-on-boot's unit, in its order; ours only adds the
+    # environment lines.
+    positions = [ours.index(line) for line in wanted]
+    assert positions == sorted(positions), unit
+    extra = [line for line in ours if line not in wanted]
+    assert all(line.startswith(("Environment=", "EnvironmentFile=")) for line in extra), extra
+    t.target.run(["rm", "-rf", unit_dir], check=True)
+
+
+@pytest.mark.skip(
+    reason="needs the Globus Compute service (registration, AMQP), which this "
+    "machine cannot reach; everything before `start` is tested above"
+)
+def test_endpoint_starts_against_globus() -> None:
+    raise AssertionError("not reachable")

@@ -1,0 +1,84 @@
+"""Static checks of the Ansible content: ansible-lint (production profile,
+from ansible/.ansible-lint), yamllint (ansible/.yamllint), and the roles'
+variables: each is prefixed by its role's name and documented in the role's
+README with its default."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+REPO = Path(__file__).resolve().parents[1]
+ANSIBLE_DIR = REPO / "ansible"
+ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
+
+
+def run_tool(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def test_ansible_lint_production_profile(ansible_env: dict[str, str]) -> None:
+    proc = run_tool(["ansible-lint", "--offline", "--profile", "production", "--strict"], ansible_env)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+
+
+def test_yamllint(ansible_env: dict[str, str]) -> None:
+    proc = run_tool(["yamllint", "--strict", "."], ansible_env)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+def test_playbook_syntax(ansible_env: dict[str, str]) -> None:
+    for inventory in sorted((ANSIBLE_DIR / "inventory").glob("*.yml")):
+        proc = run_tool(
+            ["ansible-playbook", "--syntax-check", "-i", str(inventory), "site.yml"], ansible_env
+        )
+        assert proc.returncode == 0, f"{inventory.name}: {proc.stdout}{proc.stderr}"
+
+
+def test_example_inventories_resolve(ansible_env: dict[str, str]) -> None:
+    """Each example inventory puts its hosts under gcbundle_login_nodes (the
+    group site.yml targets) and gives them their group_vars."""
+    import json
+
+    for name, var in (("polaris", "gcbundle_site_queue"), ("perlmutter", "gcbundle_site_queue")):
+        proc = run_tool(
+            ["ansible-inventory", "-i", f"inventory/{name}.yml", "--list"], ansible_env
+        )
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert name in data["gcbundle_login_nodes"]["children"]
+        (host,) = data[name]["hosts"]
+        assert var in data["_meta"]["hostvars"][host]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_layout_and_variables(role: str) -> None:
+    root = ANSIBLE_DIR / "roles" / role
+    for part in ("defaults", "tasks", "handlers", "meta"):
+        assert (root / part / "main.yml").is_file(), f"{role}: no {part}/main.yml"
+    assert (root / "templates").is_dir()
+    defaults = yaml.safe_load((root / "defaults" / "main.yml").read_text())
+    readme = (root / "README.md").read_text()
+    for name, value in defaults.items():
+        assert name.startswith(f"{role}_"), f"{role}: {name} lacks the role prefix"
+        assert f"`{name}`" in readme, f"{role}: {name} is not in README.md"
+        for shown in _scalars(value):
+            assert shown in readme, f"{role}: the default of {name} ({shown!r}) is not in README.md"
+
+
+def _scalars(value: object) -> list[str]:
+    """How a default reads in a README: a scalar as YAML writes it, a list
+    or mapping as its flow form when empty, else its scalar members."""
+    if isinstance(value, (list, dict)) and value:
+        items = value.values() if isinstance(value, dict) else value
+        return [s for item in items for s in _scalars(item)]
+    if isinstance(value, str):
+        return [value]
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return [text.removesuffix("\n...")]
