@@ -127,11 +127,13 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 
 # Timers tuned for tests: cancelled jobs get SIGKILL 5 s after SIGTERM;
-# finished jobs stay visible (\`squeue -t all\`, \`scontrol show job\`) for an
-# hour, which the PBS Pro stand-in uses to answer \`qstat -x\`; a node that went
-# down (e.g. the machine rebooted) returns to service when slurmd registers.
+# finished jobs stay visible (\`squeue -t all\`, \`squeue --json\`) for a day:
+# the PBS Pro stand-in answers \`qstat -x\` from them, and PBSProProvider asks
+# about every block it ever submitted (one unknown id fails the whole poll);
+# a node that went down (e.g. the machine rebooted) returns to service when
+# slurmd registers.
 KillWait=5
-MinJobAge=3600
+MinJobAge=86400
 ReturnToService=2
 SlurmdTimeout=300
 InactiveLimit=0
