@@ -136,7 +136,7 @@ def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: li
         elif resume is not None and have:
             (root / f["path"]).unlink()  # beyond the resume point: rewrite in order
         pos += f["size"]
-    for start, f in spans:  # empty files have no bytes to fetch
+    for _start, f in spans:  # empty files have no bytes to fetch
         if f["size"] == 0:
             _open_at(root, f["path"], 0).close()
     if resume is None:

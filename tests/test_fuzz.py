@@ -10,7 +10,6 @@ import gzip
 import io
 import json
 import tarfile
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from bundle import archive
 from bundle.errors import BundleError, ManifestError
 from bundle.manifest import Manifest
-from tests.hostile import manifest_for, manifest_member, reg, write_tar
+from tests.hostile import manifest_for, manifest_member, reg
 
 WF = b"def main():\n    return 1\n"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

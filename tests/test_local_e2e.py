@@ -187,7 +187,7 @@ def test_cancel_stops_the_driver_and_every_process(tmp_path: Path) -> None:
 def test_large_bundle_is_staged_in_chunks_once(tmp_path: Path, home: Path) -> None:
     from bundle.limits import CHUNK_BYTES
 
-    wf = write_workflow(tmp_path / "wf", "import os\n\ndef main():\n    return os.path.getsize('blob.bin')\n")
+    write_workflow(tmp_path / "wf", "import os\n\ndef main():\n    return os.path.getsize('blob.bin')\n")
     (tmp_path / "wf" / "blob.bin").write_bytes(os.urandom(CHUNK_BYTES + 1_000_000))
     t = LocalTransport()
     run = api.submit(tmp_path / "wf", "local", transport=t, wait=True)

@@ -39,7 +39,7 @@ def test_same_tree_gives_byte_identical_archives(tmp_path: Path) -> None:
     os.utime(EXAMPLES / "hello" / "stats.py")  # mtimes do not matter... except the informative created time
     b = pack(EXAMPLES / "hello" / "workflow.py", tmp_path / "b.tar.gz")
     assert a.digest == b.digest
-    c = pack(EXAMPLES / "hello" / "workflow.py", tmp_path / "c.tar.gz")
+    pack(EXAMPLES / "hello" / "workflow.py", tmp_path / "c.tar.gz")
     assert (tmp_path / "b.tar.gz").read_bytes() == (tmp_path / "c.tar.gz").read_bytes()
     with tarfile.open(tmp_path / "c.tar.gz") as tar:
         members = tar.getmembers()
@@ -127,7 +127,7 @@ def test_syntax_error_is_a_clear_error(tmp_path: Path) -> None:
 def test_bundle_over_the_size_cap_is_refused_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import bundle.pack
 
-    wf = write_workflow(tmp_path / "w", "def main():\n    return 0\n")
+    write_workflow(tmp_path / "w", "def main():\n    return 0\n")
     (tmp_path / "w" / "blob.bin").write_bytes(os.urandom(200_000))
     monkeypatch.setattr(bundle.pack, "MAX_BUNDLE_BYTES", 100_000)
     with pytest.raises(BundleError, match="more than the cap"):

@@ -79,7 +79,7 @@ def test_local_worker_killed_while_staging_leaves_no_partial_cache_entry(tmp_pat
     from bundle.errors import TransportError
     from bundle.limits import CHUNK_BYTES
 
-    wf = write_workflow(tmp_path / "wf", "def main():\n    return 7\n")
+    write_workflow(tmp_path / "wf", "def main():\n    return 7\n")
     (tmp_path / "wf" / "blob.bin").write_bytes(os.urandom(CHUNK_BYTES + 3_000_000))
 
     class KillsDuringLastChunk(LocalTransport):

@@ -538,7 +538,8 @@ def _sbatch_error(message: str) -> PbsError:
     if "invalid partition" in lower:
         return PbsError(f"Unknown queue (slurm: {slurm_msg})", EXIT_UNKNOWN_QUEUE)
     if ("node configuration is not available" in lower or "more processors" in lower
-            or "time limit" in lower or "memory specification" in lower):
+            or "node count specification" in lower or "time limit" in lower
+            or "memory specification" in lower):
         return PbsError(f"Job violates queue and/or server resource limits (slurm: {slurm_msg})",
                         EXIT_RESOURCE_LIMIT)
     return PbsError(f"job submission failed (slurm: {slurm_msg})")
