@@ -179,6 +179,7 @@ def controller_ansible_env(
         {
             "ANSIBLE_HOME": str(home),
             "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "cp"),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
