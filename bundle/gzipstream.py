@@ -61,6 +61,10 @@ class ParallelGzipWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def tell(self) -> int:
+        """Uncompressed bytes written so far (what tarfile asks for)."""
+        return self.size
+
     def write(self, b: Any) -> int:  # type: ignore[override]
         data = memoryview(b).cast("B")
         n = len(data)

@@ -5,19 +5,26 @@ modes normalised to 0644/0755, a fixed mtime, PAX format, and a gzip header
 without a timestamp, so packing the same tree twice gives the same bytes.
 ``gcbundle.json`` is the first member, so a reader validates the manifest
 before it touches any other member.
+
+Packing is as fast as ``tar -czf``: files are hashed on every core, the gzip
+stream is compressed on every core (``bundle.gzipstream``), and a re-pack
+reuses the hashes of unchanged files and, when the manifest is unchanged,
+the archive itself (``bundle.packcache``).
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from bundle import gzipstream, packcache
 from bundle.errors import BundleError
 from bundle.limits import MAX_BUNDLE_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES
 from bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_path
@@ -70,25 +77,24 @@ def clean_tarinfo(name: str, size: int, mode: int) -> tarfile.TarInfo:
 
 
 def hash_file(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    return packcache.hash_file(path, _READ)
 
 
 def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> Manifest:
-    entries = []
+    """Hash the selected files (reusing cached hashes of unchanged files) into a manifest."""
     for rel in sel.files:
         check_path(rel, "file path")
-        full = sel.root / rel
-        digest, size = hash_file(full)
-        mode = 0o755 if os.stat(full).st_mode & 0o111 else 0o644
-        entries.append(FileEntry(rel, size, mode, digest))
-    if len(entries) > MAX_MEMBERS:
-        raise BundleError(f"the workflow has {len(entries)} files, more than the cap of {MAX_MEMBERS}", "leave some out with .gcbundleignore, or archive many small files into one")
+    if len(sel.files) > MAX_MEMBERS:
+        raise BundleError(f"the workflow has {len(sel.files)} files, more than the cap of {MAX_MEMBERS}", "leave some out with .gcbundleignore, or archive many small files into one")
+    cache = packcache.HashCache(sel.root)
+    base = str(sel.root)
+    stats = {rel: os.stat(os.path.join(base, rel)) for rel in sel.files}
+    digests = {rel: cache.get(rel, st) for rel, st in stats.items()}
+    missing = [rel for rel, d in digests.items() if d is None]
+    if missing:
+        digests.update(_hash_all(sel.root, missing, stats, cache))
+    cache.save()
+    entries = [FileEntry(rel, stats[rel].st_size, 0o755 if stats[rel].st_mode & 0o111 else 0o644, digests[rel]) for rel in sel.files]
     total = sum(e.size for e in entries)
     if total > MAX_UNPACKED_BYTES:
         raise BundleError(f"the workflow's files add up to {total} bytes, more than the cap of {MAX_UNPACKED_BYTES}", "leave large data out with .gcbundleignore and stage it on the site's file system")
@@ -99,18 +105,40 @@ def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: d
         args=dict(args or {}),
         config=dict(config or {"kind": "workflow"}),
         client=local_versions(),
-        created=_created(sel),
+        created=_created(stats.values()),
     )
 
 
-def _created(sel: Selection) -> str:
+def _hash_all(root: Path, rels: list[str], stats: dict[str, os.stat_result], cache: packcache.HashCache) -> dict[str, str]:
+    """Hash files on every core (hashlib releases the GIL) and remember the results.
+
+    A file whose size when read differs from its stat changed while it was
+    hashed: an error now rather than an archive that disagrees with its manifest.
+    """
+    def one(rel: str) -> tuple[str, str]:
+        started = time.time_ns()
+        digest, size = hash_file(root / rel)
+        st = stats[rel]
+        if size != st.st_size:
+            raise BundleError(f"{rel!r} changed while it was being packed", "pack again once nothing writes to the workflow directory")
+        cache.put(rel, st, digest, started)
+        return rel, digest
+
+    workers = gzipstream.workers()
+    if workers == 1 or len(rels) == 1:
+        return dict(one(rel) for rel in rels)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gcbundle-hash") as pool:
+        return dict(pool.map(one, rels))
+
+
+def _created(stats: Any) -> str:
     """SOURCE_DATE_EPOCH if set, else the newest mtime among the files: a
     creation time that keeps the archive reproducible."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch and epoch.isdigit():
         ts = int(epoch)
     else:
-        ts = max((int(os.stat(sel.root / rel).st_mtime) for rel in sel.files), default=FIXED_MTIME)
+        ts = max((int(st.st_mtime) for st in stats), default=FIXED_MTIME)
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
@@ -128,8 +156,8 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progre
     try:
         with open(tmp, "wb") as raw:
             hashing = _HashingWriter(raw)
-            with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL, mtime=0) as gz:
-                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            with gzipstream.ParallelGzipWriter(hashing, GZIP_LEVEL) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:
                     data = manifest.dumps()
                     tar.addfile(clean_tarinfo(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
                     for entry in manifest.files:
@@ -196,5 +224,20 @@ def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] 
     elif site:
         config = {"kind": "site"}
     manifest = build_manifest(sel, args=args, config=config)
-    sha, size = write_archive(manifest, sel.root, Path(output), progress)
+    output = Path(output)
+    archives = packcache.ArchiveCache()
+    key = archives.key(manifest.to_json(), GZIP_LEVEL)
+    hit = archives.fetch(key, output)
+    if hit is not None:
+        sha, size = hit
+        if progress:
+            progress("pack", manifest.total_size, manifest.total_size)
+    else:
+        try:
+            sha, size = write_archive(manifest, sel.root, output, progress)
+        except BundleError:
+            # A file that disagrees with its hash: never trust a cached hash for it again.
+            packcache.HashCache(sel.root).forget()
+            raise
+        archives.store(key, output, sha, size)
     return PackResult(Path(output), manifest, sha, size, sel.excluded)

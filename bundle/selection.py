@@ -10,10 +10,13 @@ with its reason. Secrets are left out unless named one by one.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pathspec
 
@@ -29,14 +32,33 @@ EXCLUDED_DIRS = {
 }
 
 #: File names (gitignore syntax) that hold credentials: left out unless named one by one.
-SECRET_PATTERNS = pathspec.GitIgnoreSpec.from_lines([
+_SECRET_NAMES = [
     ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
     "id_ed25519*", ".netrc", "_netrc", ".pgpass", ".pypirc", ".git-credentials",
     "storage.db", ".globus*", "credentials.json",
-])
+]
+SECRET_PATTERNS = pathspec.GitIgnoreSpec.from_lines(_SECRET_NAMES)
 
 #: Other files never bundled.
-EXCLUDED_FILES = pathspec.GitIgnoreSpec.from_lines(["*.pyc", "*.pyo", ".DS_Store", MANIFEST_NAME])
+_NEVER_NAMES = ["*.pyc", "*.pyo", ".DS_Store", MANIFEST_NAME]
+EXCLUDED_FILES = pathspec.GitIgnoreSpec.from_lines(_NEVER_NAMES)
+
+
+def _basename_matcher(globs: list[str]) -> Callable[[str], bool]:
+    """One regex for a list of slash-free gitignore globs, matched against a file's name.
+
+    A gitignore pattern without a slash matches a name at any depth, which is
+    what a glob on the base name does; one compiled alternation checks every
+    walked file in one call instead of one call per pattern (a re-pack walks
+    thousands of files, and this was a third of its time).
+    """
+    assert not any("/" in g or g.startswith("!") for g in globs)
+    rx = re.compile("|".join(fnmatch.translate(g) for g in globs))
+    return lambda name: rx.match(name) is not None
+
+
+_is_secret = _basename_matcher(_SECRET_NAMES)
+_is_never = _basename_matcher(_NEVER_NAMES)
 
 
 @dataclass(frozen=True)
@@ -217,6 +239,7 @@ class _Walker:
         ignore = root / IGNORE_FILE
         lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
         self.ignore = pathspec.GitIgnoreSpec.from_lines(lines)
+        self.has_ignore = any(line.strip() and not line.lstrip().startswith("#") for line in lines)
 
     def _rel(self, path: Path) -> str:
         try:
@@ -229,22 +252,23 @@ class _Walker:
 
     def _reason(self, rel: str, explicit: bool) -> str | None:
         name = rel.rsplit("/", 1)[-1]
-        if EXCLUDED_FILES.match_file(rel):
+        if _is_never(name):
             return "never bundled"
-        if not explicit and SECRET_PATTERNS.match_file(name):
+        if not explicit and _is_secret(name):
             return "looks like a secret (name it with --include to bundle it anyway)"
-        if not explicit and self.ignore.match_file(rel):
+        if not explicit and self.has_ignore and self.ignore.match_file(rel):
             return f"matched {IGNORE_FILE}"
         return None
 
-    def _consider(self, path: Path, explicit: bool) -> None:
-        rel = self._rel(path)
+    def _consider(self, path: Path | str, explicit: bool, rel: str | None = None) -> None:
+        """``rel`` may be given when the caller knows it (the walk), to spare a path computation per file."""
+        rel = rel if rel is not None else self._rel(Path(path))
         try:
             st = os.lstat(path)
         except OSError as exc:
             raise BundleError(f"cannot read {rel!r}: {exc.strerror}") from None
         if stat.S_ISLNK(st.st_mode):
-            target = path.resolve()
+            target = Path(path).resolve()
             try:
                 target.relative_to(self.root)
             except ValueError:
@@ -283,8 +307,10 @@ class _Walker:
             raise BundleError(f"include {item!r} does not exist under {str(self.root)!r}", "check the path given to --include or GCBUNDLE_INCLUDE")
 
     def walk(self, top: Path) -> None:
+        base = str(self.root).rstrip(os.sep)
         for dirpath, dirnames, filenames in os.walk(top):
             here = Path(dirpath)
+            prefix = dirpath[len(base):].lstrip(os.sep).replace(os.sep, "/")
             keep = []
             for d in sorted(dirnames):
                 full = here / d
@@ -299,4 +325,4 @@ class _Walker:
                     keep.append(d)
             dirnames[:] = keep
             for name in sorted(filenames):
-                self.add_found(here / name)
+                self._consider(os.path.join(dirpath, name), explicit=False, rel=f"{prefix}/{name}" if prefix else name)
