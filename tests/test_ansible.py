@@ -88,7 +88,12 @@ class Provisioned:
         return f"{self.target.home}/.globus_compute/{ENDPOINT}"
 
     def play(self, *extra: str, timeout: float = 900) -> PlayRun:
-        return run_playbook(self.inventory, self.env, self.workdir, *extra, timeout=timeout)
+        # Provision without starting (starting needs the Globus service),
+        # given on the command line as ansible/README.md's step 6 does.
+        return run_playbook(
+            self.inventory, self.env, self.workdir,
+            "-e", "gcbundle_endpoint_start=false", *extra, timeout=timeout,
+        )  # fmt: skip
 
 
 def run_playbook(
@@ -150,7 +155,6 @@ def write_inventory(workdir: Path, target: SshTarget, wheel: Path) -> Path:
         "gcbundle_python_gcbundle_source": "wheel",
         "gcbundle_python_gcbundle_wheel": str(wheel),
         "gcbundle_endpoint_name": ENDPOINT,
-        "gcbundle_endpoint_start": False,  # starting needs the Globus service
         "gcbundle_endpoint_keepalive": "cron",
         "gcbundle_endpoint_amqp_port": 443,
         "gcbundle_endpoint_allowed_functions": ["00000000-0000-4000-8000-000000000001"],
@@ -499,3 +503,84 @@ def test_systemd_unit_matches_enable_on_boot(provisioned: Provisioned) -> None:
 )
 def test_endpoint_starts_against_globus() -> None:
     raise AssertionError("not reachable")
+
+
+MULTI_USER_PLAY = """
+- name: The endpoint role alone, multi-user, on this machine
+  hosts: localhost
+  connection: local
+  gather_facts: true
+  roles:
+    - role: gcbundle_endpoint
+"""
+
+
+def test_multi_user_endpoint_config_loads(
+    ansible_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Multi-user mode needs root: the endpoint role alone, run locally as
+    root into a scratch directory (start: false), then loaded and rendered
+    with the endpoint's own functions for an unprivileged account."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("multi-user mode needs root")
+    from globus_compute_endpoint.endpoint.config import CoreEndpointConfig, UserEndpointConfig
+    from globus_compute_endpoint.endpoint.config.utils import (
+        get_config,
+        load_config_yaml,
+        load_user_config_template,
+        render_config_user_template,
+    )
+    from globus_compute_endpoint.endpoint.endpoint import Endpoint
+    from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
+
+    root = tmp_path / "globus_compute"
+    mapping = [
+        {
+            "DATA_TYPE": "expression_identity_mapping#1.0.0",
+            "mappings": [{"source": "{username}", "match": r"(.*)@example\.org", "output": "{0}"}],
+        }
+    ]
+    extra_vars = {
+        "ansible_python_interpreter": sys.executable,
+        "gcbundle_endpoint_venv": sys.prefix,
+        "gcbundle_endpoint_config_root": str(root),
+        "gcbundle_endpoint_multi_user": True,
+        "gcbundle_endpoint_contact_email": "hpc-admins@example.org",
+        "gcbundle_endpoint_identity_mapping": mapping,
+        "gcbundle_endpoint_start": False,
+        "gcbundle_endpoint_keepalive": "none",
+        "gcbundle_endpoint_amqp_port": 443,
+    }
+    (tmp_path / "play.yml").write_text(MULTI_USER_PLAY)
+    (tmp_path / "vars.json").write_text(json.dumps(extra_vars))
+    env = {**ansible_env, "ANSIBLE_ROLES_PATH": str(ROLES)}
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", "localhost,", "play.yml", "-e", "@vars.json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+    ep_dir = root / ENDPOINT
+    core = get_config(ep_dir)
+    assert isinstance(core, CoreEndpointConfig)
+    assert core.email == "hpc-admins@example.org"
+    assert core.amqp_port == 443 and core.public is False
+    assert core.identity_mapping_config_path == ep_dir / "identity_mapping_config.json"
+    assert json.loads(core.identity_mapping_config_path.read_text()) == mapping
+    tmpl_path = Endpoint.user_config_template_path(ep_dir, core)
+    assert oct(tmpl_path.stat().st_mode & 0o777) == "0o644"  # read by each mapped user
+
+    user = pwd.getpwnam("nobody")
+    rendered = render_config_user_template(
+        core, load_user_config_template(tmpl_path), tmpl_path,
+        MappedPosixIdentity(user, [], "someone@example.org"), None, {}, {},
+    )  # fmt: skip
+    uep = load_config_yaml(rendered)
+    assert isinstance(uep, UserEndpointConfig)
+    # Each mapped user's own GCBUNDLE_HOME, not the provisioning account's.
+    assert 'GCBUNDLE_HOME="${GCBUNDLE_HOME:-$HOME/.gcbundle}"' in uep.engine.provider.worker_init
+    env_file = yaml.safe_load((ep_dir / "user_environment.yaml").read_text())
+    assert "GCBUNDLE_HOME" not in env_file and env_file["PATH"].startswith(f"{sys.prefix}/bin:")
