@@ -49,7 +49,12 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  # Another set-up script may run apt at the same time: wait for its locks.
+  for try in 1 2 3; do
+    apt-get -o DPkg::Lock::Timeout=600 update -qq && break
+    [ "$try" = 3 ] && exit 1
+    sleep 10
+  done
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
