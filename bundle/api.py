@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bundle import archive, profiles
+from bundle.endpoints import submit_defaults as endpoint_defaults
 from bundle.errors import BundleError, RunStateError, UsageError
 from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES
 from bundle.pack import PackResult, pack
@@ -80,7 +81,7 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
            progress: Progress | None = None, registry: Registry | None = None,
            transport: Transport | None = None, resumed_from: str | None = None, inherit: bool = False) -> Run:
     """Pack ``workflow``, send it to ``endpoint`` and start it; return once the driver runs."""
-    params = dict(params or {})
+    site, params = endpoint_defaults(endpoint, site, dict(params or {}), config)  # an alias's site and --set defaults
     registry = registry or Registry()
     site_spec = None
     if site:

@@ -40,12 +40,14 @@ def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
-    """A subcommand with ``--json`` and ``--debug``; its function returns
-    ``(data, human_text)`` and raises GcbundleError on failure."""
+def command(name: str | None = None, group: click.Group | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """A subcommand (of ``group``, default the top level) with ``--json`` and
+    ``--debug``; its function returns ``(data, human_text)`` and raises
+    GcbundleError on failure."""
 
     def decorate(fn: Callable[..., Any]) -> click.Command:
         cmd_name = name or fn.__name__.replace("_", "-")
+        full_name = cmd_name if group is None else f"{group.name} {cmd_name}"
 
         @click.option("--json", "as_json", is_flag=True, help="Print one JSON envelope on stdout.")
         @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -59,7 +61,7 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., A
                 if debug:
                     traceback.print_exc()
                 if as_json:
-                    click.echo(envelope(cmd_name, None, [exc.to_json()]))
+                    click.echo(envelope(full_name, None, [exc.to_json()]))
                     if not debug:
                         sys.stderr.write(f"gcbundle: error: {exc}\n")
                     sys.exit(exc.exit_code)
@@ -70,11 +72,11 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., A
                 sys.exit(130)
             progress.close()
             if as_json:
-                click.echo(envelope(cmd_name, data))
+                click.echo(envelope(full_name, data))
             elif human:
                 click.echo(human)
 
-        return main.command(cmd_name, **kwargs)(wrapper)
+        return (main if group is None else group).command(cmd_name, **kwargs)(wrapper)
 
     return decorate
 
@@ -285,6 +287,102 @@ def sites(progress: Progress) -> tuple[Any, str]:
             req = "required" if x.required else f"default {x.default!r}"
             lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
     return out, "\n".join(lines)
+
+
+# -- Globus Compute endpoints: aliases, registered functions, login ----------------------
+
+@main.group("endpoints")
+def endpoints_group() -> None:
+    """Endpoint aliases: a short name for a Globus Compute endpoint, with its default
+    site profile, --set values and registered function ids."""
+
+
+def _alias_line(ep: Any) -> str:
+    sets = " ".join(f"{k}={v}" for k, v in sorted(ep.set.items()))
+    funcs = f"{len(ep.functions)} registered functions" if ep.functions else ""
+    return "  ".join(x for x in (f"{ep.name:<16}", ep.uuid, f"site={ep.site}" if ep.site else "", sets, funcs) if x)
+
+
+@command("add", group=endpoints_group)
+@click.argument("name")
+@click.argument("uuid")
+@click.option("--site", help="Default site profile for submissions to this endpoint (a built-in name or a YAML file).")
+@click.option("--set", "sets", multiple=True, help="Default site parameter, name=value (repeatable; --set on submit overrides).")
+@click.option("--function", "function_ids", multiple=True, help="Registered function id of a task, TASK=ID (repeatable).")
+@click.option("--functions", "functions_file", type=click.Path(exists=True, dir_okay=False), help="File of registered function ids (what `gcbundle register --json` prints).")
+@click.option("--replace", is_flag=True, help="Overwrite an existing alias of that name.")
+def endpoints_add(name: str, uuid: str, site: str | None, sets: tuple[str, ...], function_ids: tuple[str, ...],
+                  functions_file: str | None, replace: bool, progress: Progress) -> tuple[Any, str]:
+    """Name a Globus Compute endpoint: NAME then works wherever --endpoint does."""
+    from bundle import endpoints
+
+    functions = endpoints.read_function_ids(functions_file) if functions_file else {}
+    for item in function_ids:
+        task, sep, fid = item.partition("=")
+        if not sep:
+            raise GcbundleError(f"--function {item!r} is not TASK=ID", "write e.g. --function status=6d0ba55f-...")
+        functions[task] = fid
+    ep = endpoints.add(name, uuid, site=site, params=profiles.parse_sets(sets), functions=functions, replace=replace)
+    return ep.to_json(), f"added {_alias_line(ep)}\n(in {endpoints.config_path()})"
+
+
+@command("list", group=endpoints_group)
+def endpoints_list(progress: Progress) -> tuple[Any, str]:
+    """List the endpoint aliases."""
+    from bundle import endpoints
+
+    aliases = endpoints.load_all()
+    if not aliases:
+        return [], f"no endpoint aliases yet; add one with `gcbundle endpoints add NAME UUID` (they live in {endpoints.config_path()})"
+    return [ep.to_json() for ep in aliases.values()], "\n".join(_alias_line(ep) for ep in aliases.values())
+
+
+@command("remove", group=endpoints_group)
+@click.argument("name")
+def endpoints_remove(name: str, progress: Progress) -> tuple[Any, str]:
+    """Forget an endpoint alias (runs submitted through it keep its name in `gcbundle list`)."""
+    from bundle import endpoints
+
+    ep = endpoints.remove(name)
+    return ep.to_json(), f"removed {ep.name} ({ep.uuid})"
+
+
+@command()
+@click.option("-e", "--endpoint", required=True, help="An endpoint alias or UUID.")
+@click.option("--public", is_flag=True, help="Let any Globus user run these function ids (for ids an administrator shares with all users).")
+@click.option("--group", "group_id", help="Share the function ids with this Globus group instead.")
+def register(endpoint: str, public: bool, group_id: str | None, progress: Progress) -> tuple[Any, str]:
+    """Register gcbundle's login-node task functions once, for endpoints restricted with
+    `allowed_functions`; store their ids in the alias and print them for the administrator."""
+    from bundle import endpoints
+    from bundle.globus import require_globus
+
+    transport = require_globus(endpoint)
+    ids = transport.register_all(public=public, group=group_id)
+    target = endpoints.resolve(endpoint)
+    stored = target.name if target.name != target.uuid else None
+    if stored:
+        endpoints.set_functions(stored, ids)
+    data = {"endpoint": target.uuid, "alias": stored, "functions": ids, "allowed_functions": list(ids.values())}
+    lines = [f"registered {len(ids)} gcbundle task functions for endpoint {target.label}"]
+    lines.append(f"stored in alias {stored}: its tasks are now sent by these ids" if stored else
+                 f"not stored: add an alias with `gcbundle endpoints add NAME {target.uuid} --function TASK=ID ...`")
+    lines.append("for the endpoint's config.yaml (administrators), then restart the endpoint:")
+    lines.append("allowed_functions:")
+    lines += [f"  - {fid}  # gcbundle {task}" for task, fid in ids.items()]
+    return data, "\n".join(lines)
+
+
+@command()
+@click.option("--force", is_flag=True, help="Log in again even if the stored login still works.")
+def login(force: bool, progress: Progress) -> tuple[Any, str]:
+    """Log in to Globus Compute with the SDK's own flow (or check GLOBUS_COMPUTE_CLIENT_ID/SECRET)."""
+    from bundle.globus import login as globus_login
+
+    info = globus_login(force=force)
+    if info["headless"]:
+        return info, "the client credentials in GLOBUS_COMPUTE_CLIENT_ID/GLOBUS_COMPUTE_CLIENT_SECRET work"
+    return info, f"logged in to Globus Compute; the SDK keeps the tokens in {info['token_storage']}"
 
 
 if __name__ == "__main__":

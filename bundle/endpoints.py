@@ -263,3 +263,20 @@ def _same_site(a: str, b: str) -> bool:
         return True
     pa, pb = Path(a), Path(b)
     return pa.suffix in (".yaml", ".yml") and pb.suffix in (".yaml", ".yml") and pa.resolve() == pb.resolve()
+
+
+def read_function_ids(path: str | Path) -> dict[str, str]:
+    """Task name -> function id from a file an administrator shared: a YAML or JSON
+    mapping, a ``functions:`` mapping, or the ``--json`` output of ``gcbundle register``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read function ids from {path}: {exc}", "give the file `gcbundle register --json` wrote, or a TASK: ID mapping") from None
+    for key in ("data", "functions"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if isinstance(data, dict) and isinstance(data.get("functions"), dict):
+        data = data["functions"]
+    if not isinstance(data, dict) or not data:
+        raise UsageError(f"{path} holds no function ids", "give the file `gcbundle register --json` wrote, or a TASK: ID mapping")
+    return {str(k): str(v) for k, v in data.items()}

@@ -250,8 +250,10 @@ class GlobusTransport(Transport):
         required = self._guard("check your Globus login", app.login_required)
         if not required:
             return
-        if not self.interactive:
+        if not self.interactive and not _client_credentials():
             raise NotLoggedIn("you are not logged in to Globus Compute", LOGIN_HINT)
+        # The SDK's own flow: a link and a code at a terminal, or, with client
+        # credentials, a token request that needs nobody.
         self._guard("log in to Globus", app.login)
 
     # -- requests, paced and translated ---------------------------------------------------
