@@ -479,9 +479,11 @@ def test_systemd_unit_matches_enable_on_boot(provisioned: Provisioned) -> None:
     theirs = t.target.run(
         [
             f"{t.venv}/bin/python", "-c",
-            "import sys; from globus_compute_endpoint.boot_persistence import"
-            " _SYSTEMD_UNIT_TEMPLATE as T; print(T.format(ep_name=sys.argv[1],"
-            " gce_exe=sys.argv[2], user_account=sys.argv[3]))",
+            (
+                "import sys; from globus_compute_endpoint.boot_persistence import"
+                " _SYSTEMD_UNIT_TEMPLATE as T; print(T.format(ep_name=sys.argv[1],"
+                " gce_exe=sys.argv[2], user_account=sys.argv[3]))"
+            ),
             ENDPOINT, f"{t.venv}/bin/globus-compute-endpoint", t.target.user,
         ],
         check=True,
@@ -526,7 +528,10 @@ def test_multi_user_endpoint_config_loads(
 
     if os.geteuid() != 0:
         pytest.skip("multi-user mode needs root")
-    from globus_compute_endpoint.endpoint.config import CoreEndpointConfig, UserEndpointConfig
+    from globus_compute_endpoint.endpoint.config import (
+        CoreEndpointConfig,
+        UserEndpointConfig,
+    )
     from globus_compute_endpoint.endpoint.config.utils import (
         get_config,
         load_config_yaml,

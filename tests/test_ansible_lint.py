@@ -5,12 +5,12 @@ README with its default."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-
 
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = REPO / "ansible"
@@ -44,8 +44,6 @@ def test_playbook_syntax(ansible_env: dict[str, str]) -> None:
 def test_example_inventories_resolve(ansible_env: dict[str, str]) -> None:
     """Each example inventory puts its hosts under gcbundle_login_nodes (the
     group site.yml targets) and gives them their group_vars."""
-    import json
-
     for name, var in (("polaris", "gcbundle_site_queue"), ("perlmutter", "gcbundle_site_queue")):
         proc = run_tool(
             ["ansible-inventory", "-i", f"inventory/{name}.yml", "--list"], ansible_env
