@@ -42,6 +42,7 @@ Errors
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -51,8 +52,9 @@ import sys
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from bundle.errors import (
     EndpointUnavailable,
@@ -296,7 +298,9 @@ class GlobusTransport(Transport):
                 # A login flow started without anyone to answer it, or tokens the SDK cannot use.
                 raise NotLoggedIn(f"Globus asked for a new login ({what}) and there is no terminal to do it: {type(exc).__name__}", LOGIN_HINT) from None
             except Exception as exc:
-                from globus_sdk.token_storage.validating_token_storage.errors import TokenValidationError
+                from globus_sdk.token_storage.validating_token_storage.errors import (
+                    TokenValidationError,
+                )
 
                 if isinstance(exc, TokenValidationError):
                     raise NotLoggedIn(f"your stored Globus credentials cannot be used: {exc}", LOGIN_HINT) from None
@@ -409,8 +413,7 @@ class GlobusTransport(Transport):
         client = self.client()
         out = {}
         for task in TASKS:
-            fn = task_function(task)
-            register = lambda f=fn, t=task: client.register_function(f, description=_description(t), public=public, group=group)  # noqa: E731
+            register = functools.partial(client.register_function, task_function(task), description=_description(task), public=public, group=group)
             out[task] = str(self._guard(f"register the {task} task function", register, idempotent=False, task=task))
         return out
 

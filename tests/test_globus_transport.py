@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import responses
@@ -38,7 +39,13 @@ from bundle.globus import FunctionIds, GlobusTransport, RateLimiter
 from bundle.protocol import PROTOCOL, TASKS, request, unwrap
 from bundle.transport import get_transport, pack_task, task_function
 from tests.conftest import EXAMPLES
-from tests.fake_globus import ACCESS_TOKEN, AUTH, FakeComputeService, client_credentials_grant, store_login
+from tests.fake_globus import (
+    ACCESS_TOKEN,
+    AUTH,
+    FakeComputeService,
+    client_credentials_grant,
+    store_login,
+)
 
 EP = "2b3c4d5e-0000-4000-8000-00000000e0e0"
 

@@ -13,9 +13,9 @@ import csv
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 import pytest
 import responses
@@ -50,7 +50,7 @@ def test_offline_variant_runs_end_to_end(tmp_path: Path, workflow: ModuleType) -
     segments = workflow.raw_segments(3, 200, 7)
     expected = [len(workflow._analyse(workflow._preprocess(s, 3), 2.5)["events"]) for s in segments]
     assert value["segments"] == 3 and value["events_per_segment"] == expected and sum(expected) > 0
-    rows = list(csv.reader(open(tmp_path / "res" / run.id / "outputs" / "events.csv")))
+    rows = list(csv.reader((tmp_path / "res" / run.id / "outputs" / "events.csv").read_text().splitlines()))
     assert rows[0] == ["segment", "events", "first_event", "peak"] and [int(r[1]) for r in rows[1:]] == expected
     report = (tmp_path / "res" / run.id / "report.json").read_text()
     assert all(label in report for label in ("preprocess", "analysis", "postprocess"))
@@ -73,11 +73,11 @@ def test_remote_apps_travel_by_value(tmp_path: Path, workflow: ModuleType) -> No
         "print(f([0.0, 3.0, 0.0, 3.0], 2))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    ok = subprocess.run([sys.executable, "-c", probe, str(shipped)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([sys.executable, "-c", probe, str(shipped)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == str(workflow._preprocess([0.0, 3.0, 0.0, 3.0], 2))
     # the same function defined the ordinary way would need the workflow module there
-    bad = subprocess.run([sys.executable, "-c", probe, str(plain)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-c", probe, str(plain)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode != 0 and "No module named 'multisite_workflow'" in bad.stderr
 
 

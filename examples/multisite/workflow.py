@@ -20,7 +20,8 @@ import math
 import os
 import random
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from parsl import python_app
 
