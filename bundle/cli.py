@@ -309,7 +309,7 @@ def _alias_line(ep: Any) -> str:
 @click.option("--site", help="Default site profile for submissions to this endpoint (a built-in name or a YAML file).")
 @click.option("--set", "sets", multiple=True, help="Default site parameter, name=value (repeatable; --set on submit overrides).")
 @click.option("--function", "function_ids", multiple=True, help="Registered function id of a task, TASK=ID (repeatable).")
-@click.option("--functions", "functions_file", type=click.Path(exists=True, dir_okay=False), help="File of registered function ids (what `gcbundle register --json` prints).")
+@click.option("--functions", "functions_file", type=click.Path(exists=True, dir_okay=False), help="File of registered function ids (what `gcbundle register -o FILE` writes).")
 @click.option("--replace", is_flag=True, help="Overwrite an existing alias of that name.")
 def endpoints_add(name: str, uuid: str, site: str | None, sets: tuple[str, ...], function_ids: tuple[str, ...],
                   functions_file: str | None, replace: bool, progress: Progress) -> tuple[Any, str]:
@@ -351,7 +351,8 @@ def endpoints_remove(name: str, progress: Progress) -> tuple[Any, str]:
 @click.option("-e", "--endpoint", required=True, help="An endpoint alias or UUID.")
 @click.option("--public", is_flag=True, help="Let any Globus user run these function ids (for ids an administrator shares with all users).")
 @click.option("--group", "group_id", help="Share the function ids with this Globus group instead.")
-def register(endpoint: str, public: bool, group_id: str | None, progress: Progress) -> tuple[Any, str]:
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the ids to this file, for users' `endpoints add --functions`.")
+def register(endpoint: str, public: bool, group_id: str | None, output: str | None, progress: Progress) -> tuple[Any, str]:
     """Register gcbundle's login-node task functions once, for endpoints restricted with
     `allowed_functions`; store their ids in the alias and print them for the administrator."""
     from bundle import endpoints
@@ -363,10 +364,14 @@ def register(endpoint: str, public: bool, group_id: str | None, progress: Progre
     stored = target.name if target.name != target.uuid else None
     if stored:
         endpoints.set_functions(stored, ids)
-    data = {"endpoint": target.uuid, "alias": stored, "functions": ids, "allowed_functions": list(ids.values())}
+    if output:
+        endpoints.write_function_ids(output, target.uuid, ids)
+    data = {"endpoint": target.uuid, "alias": stored, "functions": ids, "allowed_functions": list(ids.values()), "output": output}
     lines = [f"registered {len(ids)} gcbundle task functions for endpoint {target.label}"]
     lines.append(f"stored in alias {stored}: its tasks are now sent by these ids" if stored else
                  f"not stored: add an alias with `gcbundle endpoints add NAME {target.uuid} --function TASK=ID ...`")
+    if output:
+        lines.append(f"wrote the ids to {output}: users add them with `gcbundle endpoints add NAME {target.uuid} --functions {output}`")
     lines.append("for the endpoint's config.yaml (administrators), then restart the endpoint:")
     lines.append("allowed_functions:")
     lines += [f"  - {fid}  # gcbundle {task}" for task, fid in ids.items()]

@@ -266,17 +266,28 @@ def _same_site(a: str, b: str) -> bool:
 
 
 def read_function_ids(path: str | Path) -> dict[str, str]:
-    """Task name -> function id from a file an administrator shared: a YAML or JSON
-    mapping, a ``functions:`` mapping, or the ``--json`` output of ``gcbundle register``."""
+    """Task name -> function id from a file an administrator shared: what
+    ``gcbundle register -o`` writes, its ``--json`` output, or a plain TASK: ID mapping."""
+    hint = "give the file `gcbundle register -o FILE` wrote, or a TASK: ID mapping"
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read function ids from {path}: {exc}", "give the file `gcbundle register --json` wrote, or a TASK: ID mapping") from None
-    for key in ("data", "functions"):
+        raise UsageError(f"cannot read function ids from {path}: {exc}", hint) from None
+    for key in ("data", "functions"):  # the --json envelope, then the ids inside it or the -o file
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
-    if isinstance(data, dict) and isinstance(data.get("functions"), dict):
-        data = data["functions"]
     if not isinstance(data, dict) or not data:
-        raise UsageError(f"{path} holds no function ids", "give the file `gcbundle register --json` wrote, or a TASK: ID mapping")
+        raise UsageError(f"{path} holds no function ids", hint)
     return {str(k): str(v) for k, v in data.items()}
+
+
+def write_function_ids(path: str | Path, endpoint_uuid: str, functions: dict[str, str]) -> Path:
+    """The file an administrator shares with users (``gcbundle register -o``)."""
+    out = Path(path)
+    text = f"# gcbundle login-node task functions registered for endpoint {endpoint_uuid}\n"
+    text += yaml.safe_dump({"endpoint": endpoint_uuid, "functions": dict(functions)}, sort_keys=False)
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror}", "choose another path with -o") from None
+    return out

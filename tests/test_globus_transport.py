@@ -210,6 +210,13 @@ def test_register_stores_ids_and_tasks_then_use_them(service: FakeComputeService
     assert "allowed_functions:" in human and "# gcbundle probe" in human
     data["functions"] = endpoints.resolve("testsite").functions  # the second run registered anew
     assert all(f"  - {fid}  # gcbundle {task}" in human for task, fid in data["functions"].items())
+    # the file for the administrator's users, read back by `endpoints add --functions`
+    shared = endpoints.config_path().parent / "gcbundle-functions.yaml"
+    assert CliRunner().invoke(main, ["register", "--endpoint", "testsite", "-o", str(shared)]).exit_code == 0
+    data["functions"] = endpoints.resolve("testsite").functions
+    assert endpoints.read_function_ids(shared) == data["functions"]
+    res = CliRunner().invoke(main, ["endpoints", "add", "other", EP, "--functions", str(shared), "--json"])
+    assert json.loads(res.stdout)["data"]["functions"] == data["functions"]
 
     # the administrator allows exactly those ids; tasks now go by id, nothing is registered
     service.allowed = set(data["functions"].values())
