@@ -198,8 +198,9 @@ class Run:
     def record(self) -> RunRecord:
         return self.registry.get(self.id)
 
-    def status(self) -> dict[str, Any]:
-        st = self.transport.call("status", run_id=self.id)
+    def status(self, wait: float = 0.0) -> dict[str, Any]:
+        """The run's state; with ``wait``, the login node first waits up to that many seconds for it to change."""
+        st = self.transport.call("status", run_id=self.id, **({"wait": wait} if wait > 0 else {}))
         self._remember(st)
         return st
 
@@ -209,11 +210,19 @@ class Run:
             self.registry.update(self.id, state=st["state"])
 
     def wait(self, timeout: float | None = None, poll: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
-        """Poll until the run ends; the interval grows from 0.5 s to ``poll`` (default 10 s)."""
+        """Poll until the run ends; the interval grows from 0.5 s to ``poll`` (default 10 s).
+
+        Where the transport allows it (``Transport.status_wait``), each status
+        task waits on the login node for the state to change, up to the
+        interval, so the end of a run is seen at once and no time is spent
+        sleeping here; a login node that does not wait gets the sleeps.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval, cap = 0.5, poll or float(os.environ.get("GCBUNDLE_POLL_SECONDS", "10"))
+        long_poll = float(getattr(self.transport, "status_wait", 0.0))
         while True:
-            st = self.status()
+            hold = min(long_poll, cap, max(0.0, deadline - time.monotonic()) if deadline is not None else cap)
+            st = self.status(wait=hold)
             if progress:
                 tasks = st.get("tasks") or {}
                 progress(f"run {st.get('state')}", int(tasks.get("exec_done", 0) + tasks.get("memo_done", 0)), int(tasks.get("total", 0)))
@@ -221,6 +230,8 @@ class Run:
                 return st
             if deadline is not None and time.monotonic() > deadline:
                 raise RunStateError(f"run {self.id} is still {st.get('state')} after {timeout:g} s", "wait longer, or look at `gcbundle logs`")
+            if hold > 0 and "waited" in st:
+                continue  # the login node did the waiting
             time.sleep(interval)
             interval = min(cap, interval * 1.5)
 

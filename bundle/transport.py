@@ -33,6 +33,10 @@ class Transport(ABC):
     """Sends gcbundle's task functions to one endpoint."""
 
     name: str = "?"
+    #: Longest a status task may wait on the login node for a state change
+    #: (``Run.wait``'s long poll); 0 to poll. Each waiting task holds one of
+    #: the endpoint's workers for that long.
+    status_wait: float = 0.0
 
     def __init__(self) -> None:
         #: Tasks sent through this transport, by task name (for benchmarks and tests).
@@ -101,6 +105,7 @@ class LocalTransport(Transport):
     """The embedded default endpoint: this machine plays the login node."""
 
     name = "local"
+    status_wait = 10.0  # its one worker is ours alone
 
     def __init__(self) -> None:
         super().__init__()

@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bundle.errors import GcbundleError, SiteProfileError
 from bundle.versions import local_versions
@@ -157,6 +157,9 @@ class Driver:
         )
         beat = threading.Thread(target=self._heartbeat, name="gcbundle-heartbeat", daemon=True)
         beat.start()
+        # pip freeze takes from a fraction of a second to several on a big shared
+        # environment: run it now, beside the workflow, not after it ends.
+        self.pip_freeze = _in_background(_pip_freeze, "gcbundle-pip-freeze")
         outcome: dict[str, Any]
         try:
             if self.paths.cancel_marker.exists():
@@ -373,7 +376,7 @@ class Driver:
             "python": sys.executable,
             "versions": local_versions(),
             "client_versions": self.request.get("client", {}),
-            "pip_freeze": _pip_freeze(),
+            "pip_freeze": (self.pip_freeze() if hasattr(self, "pip_freeze") else _pip_freeze()) or [],
             "scheduler_job_ids": self.job_ids,
             "apps": apps,
             "tasks": self._task_counts(),
@@ -459,6 +462,19 @@ def _error(exc: BaseException) -> dict[str, str]:
         "message": f"{type(exc).__name__}: {exc}",
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     }
+
+
+def _in_background(fn: Callable[[], Any], name: str) -> Callable[[], Any]:
+    """Start ``fn`` in a daemon thread; the returned callable waits for its value (None if it failed)."""
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(fn()), name=name, daemon=True)
+    thread.start()
+
+    def value() -> Any:
+        thread.join(timeout=90)
+        return box[0] if box else None
+
+    return value
 
 
 def _pip_freeze() -> list[str]:

@@ -123,6 +123,29 @@ def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
             "params": spec.get("params") or earlier.get("params") or {}}
 
 
+def _await_change(paths: RunPaths, st: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """Watch ``state.json`` until the state differs from ``st``'s or ends, or until ``deadline``.
+
+    Only a stat every 50 ms while nothing is written; the file is read when
+    its mtime moves (heartbeats move it too, so a wait also sees the current
+    task counts) and once more at the end, for ``lost``, which no one writes.
+    """
+    first = st.get("state")
+    seen = None
+    while not state.is_terminal(st) and time.monotonic() < deadline:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        try:
+            mtime = os.stat(paths.state).st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime != seen:
+            seen = mtime
+            st = state.effective(paths)
+            if st.get("state") != first:
+                return st
+    return state.effective(paths)
+
+
 def reap(paths: RunPaths, st: dict[str, Any]) -> int:
     """Stop what is left on this host of a run whose driver is gone (orphaned
     interchange and workers after a crash or reboot); return how many."""
@@ -200,10 +223,27 @@ def _tail(path: Any, n: int = 400) -> str:
         return "(no output)"
 
 
+#: Longest a status task may wait for the run's state to change (``wait``).
+STATUS_WAIT_MAX = 30.0
+
+
 @_task
 def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """The run's state; with ``wait`` (seconds), first wait that long for it to change or end.
+
+    A long poll: the client learns that a run ended within a fraction of a
+    second, with one task per ``wait`` seconds instead of one per poll. A
+    client that sends no ``wait`` gets the state at once, as before.
+    """
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
+    wait = req.get("wait", 0)
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
+        raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
+    if wait:
+        started = time.monotonic()
+        st = _await_change(paths, st, started + wait)
+        st = {**st, "waited": round(time.monotonic() - started, 3)}
     reaped = reap(paths, st)
     if reaped:
         st = {**st, "reaped_processes": reaped}

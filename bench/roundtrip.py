@@ -1,0 +1,139 @@
+"""Submit -> results of a 5 s workflow on the `local` endpoint, against python running it directly.
+
+    .venv/bin/python bench/roundtrip.py           # 5 s workflow, 5 rounds
+    .venv/bin/python bench/roundtrip.py --tiny    # a 0.5 s workflow, 1 round
+
+Targets (issue 7): added time <= 1.0 s; ratio <= 1.2.
+
+Direct: `python direct.py` loads the same Config (the `local` site profile:
+HTEX + LocalProvider), calls main(), cleans up the DFK; timed from process
+start to exit. gcbundle: `bundle.submit(..., wait=True)` then
+`run.results(dir)` in this process, with a fresh local transport each round
+(so the transport's worker start-up counts); timed from submit to the verified
+results on disk. Both include the interpreter and Parsl start-up of the
+process that runs the DFK (the detached driver, or direct.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import REPO, alternate, fmt_s, isolate, median, parser, result
+
+WORKFLOW = '''
+"""A workflow that takes SECONDS on the local profile's 2 workers: two waves of apps, then one that joins them."""
+import os
+import time
+
+from parsl import python_app
+
+SECONDS = {seconds}
+
+
+@python_app
+def work(i, seconds):
+    import time
+    time.sleep(seconds)
+    return i
+
+
+@python_app
+def total(*parts):
+    return sum(parts)
+
+
+def main(n=4):
+    parts = [work(i, SECONDS / 2) for i in range(n)]  # 2 workers: two waves
+    value = total(*parts).result()
+    with open(os.path.join(os.environ.get("GCBUNDLE_OUTPUT_DIR", "."), "total.txt"), "w") as f:
+        f.write(str(value))
+    return value
+'''
+
+DIRECT = '''
+import os, sys, time
+t0 = time.time()
+sys.path.insert(0, {wf_dir!r})
+sys.path.insert(0, {repo!r})
+import parsl
+from bundle import profiles
+from workflow import main
+config = profiles.build_config(profiles.render(profiles.load("local"), {{}}))
+config.run_dir = {run_dir!r}
+parsl.load(config)
+try:
+    value = main()
+finally:
+    parsl.dfk().cleanup()
+assert value == 6, value
+'''
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="how long the workflow runs")
+    opts = p.parse_args()
+    if opts.tiny:
+        opts.seconds, opts.runs = 0.5, 1
+    root = isolate()
+    wf_dir = root / "wf"
+    wf_dir.mkdir()
+    (wf_dir / "workflow.py").write_text(WORKFLOW.format(seconds=opts.seconds))
+    direct = root / "direct.py"
+    direct.write_text(DIRECT.format(wf_dir=str(wf_dir), repo=str(REPO), run_dir=str(root / "direct-runinfo")))
+    out = root / "results"
+
+    import bundle
+    from bundle.transport import LocalTransport
+
+    breakdown: list[dict[str, float]] = []
+
+    def bundled() -> float:
+        t0 = time.perf_counter()
+        with LocalTransport() as transport:
+            run = bundle.submit(wf_dir / "workflow.py", "local", transport=transport, wait=True)
+            t_done = time.perf_counter()
+            fetched = run.results(out)
+        t1 = time.perf_counter()
+        assert run.last_state["state"] == "succeeded", run.last_state
+        assert (fetched.path / "outputs" / "total.txt").read_text() == "6"
+        report = json.loads((fetched.path / "report.json").read_text())
+        tm = report["timings"]
+        state = json.loads((fetched.path / "state.json").read_text())
+        breakdown.append({
+            "total": t1 - t0, "wait_end": t_done - t0, "results": t1 - t_done,
+            "driver_to_dfk": tm.get("dfk_loaded", 0) - tm["started"],
+            "main": tm.get("main_returned", 0) - tm.get("dfk_loaded", 0),
+            "cleanup_report": state.get("updated", 0) - tm.get("main_returned", 0),
+        })
+        return t1 - t0
+
+    # As a user with the environment activated (HTEX starts interchange.py from
+    # PATH) and the workflow's directory on the workers' import path.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+           "PYTHONPATH": str(wf_dir)}
+
+    def plain() -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, str(direct)], check=True, timeout=300, cwd=str(wf_dir), env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+
+    plain()  # warm the page cache and the byte-code caches
+    g, d = alternate(bundled, plain, opts.runs)
+    added = median(g) - median(d)
+    b = {k: median([x[k] for x in breakdown]) for k in breakdown[0]}
+    print(f"gcbundle medians: total {fmt_s(b['total'])} = until state succeeded {fmt_s(b['wait_end'])} + results {fmt_s(b['results'])}; "
+          f"in the driver: start -> DFK loaded {fmt_s(b['driver_to_dfk'])}, main {fmt_s(b['main'])}, "
+          f"main returned -> final state {fmt_s(b['cleanup_report'])}")
+    result("roundtrip: added seconds (gcbundle - direct)", added, "<=", 1.0, f"gcbundle {fmt_s(median(g))}, direct {fmt_s(median(d))}")
+    result("roundtrip: gcbundle / direct", median(g) / median(d), "<=", 1.2, f"{opts.seconds:g} s workflow, median of {opts.runs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
