@@ -199,13 +199,15 @@ class GlobusTransport(Transport):
         #: Registered function ids by task name; empty means "register on first use".
         self.functions = dict(functions or {})
         self.task_timeout = task_timeout if task_timeout is not None else _env_float("GCBUNDLE_TASK_TIMEOUT", DEFAULT_TASK_TIMEOUT)
-        self.interactive = sys.stdin.isatty() and not os.environ.get("GCBUNDLE_NO_LOGIN") if interactive is None else interactive
+        if interactive is None:  # someone at a terminal can answer the SDK's login prompt (on stdout)
+            interactive = sys.stdin.isatty() and sys.stdout.isatty() and not os.environ.get("GCBUNDLE_NO_LOGIN")
+        self.interactive = interactive
         self.rate_limit_patience = rate_limit_patience
         self._sleep = sleep or time.sleep
         self._clock = clock or time.monotonic
         self._limiter = _SHARED_LIMITER if sleep is None and clock is None else RateLimiter(clock=self._clock, sleep=self._sleep)
         self._function_ids = function_ids or FunctionIds()
-        self._auto_ids: dict[str, str] = {}
+        self._auto_ids: dict[str, tuple[str, str]] = {}  # task -> (function id, cache key)
         self._client_obj = client
         self._ready = False
         self._endpoint_checked = False
@@ -262,6 +264,7 @@ class GlobusTransport(Transport):
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any, idempotent: bool = True, task: str | None = None) -> Any:
         """Call the SDK: paced, with back-off on 429/503 (and 5xx when safe), errors translated."""
         import globus_sdk
+        from globus_sdk.token_storage import TokenValidationError
 
         started = self._clock()
         attempt = 0
@@ -294,17 +297,11 @@ class GlobusTransport(Transport):
             except globus_sdk.NetworkError as exc:
                 raise TransportError(f"cannot reach the Globus Compute service ({what}): {type(exc).__name__}",
                                      "check your network connection and run the command again") from None
-            except (EOFError, globus_sdk.GlobusSDKUsageError) as exc:
-                # A login flow started without anyone to answer it, or tokens the SDK cannot use.
-                raise NotLoggedIn(f"Globus asked for a new login ({what}) and there is no terminal to do it: {type(exc).__name__}", LOGIN_HINT) from None
-            except Exception as exc:
-                from globus_sdk.token_storage.validating_token_storage.errors import (
-                    TokenValidationError,
-                )
-
-                if isinstance(exc, TokenValidationError):
-                    raise NotLoggedIn(f"your stored Globus credentials cannot be used: {exc}", LOGIN_HINT) from None
-                raise
+            except EOFError:
+                # The SDK started a login flow (e.g. Globus asked for a fresh session) and nobody can answer it.
+                raise NotLoggedIn(f"Globus asked for a new login ({what}) and there is no terminal to do it", LOGIN_HINT) from None
+            except TokenValidationError as exc:
+                raise NotLoggedIn(f"your stored Globus credentials cannot be used: {exc}", LOGIN_HINT) from None
 
     @staticmethod
     def _retry_after(exc: Any, attempt: int) -> float:
@@ -395,7 +392,7 @@ class GlobusTransport(Transport):
                 )
             return fid, None
         if task in self._auto_ids:
-            return self._auto_ids[task], None
+            return self._auto_ids[task]
         from globus_compute_sdk.sdk.client import FunctionRegistrationData
 
         client = self.client()
@@ -405,7 +402,7 @@ class GlobusTransport(Transport):
         if fid is None:
             fid = str(self._guard(f"register the {task} task function", client.register_function, fn, _description(task), idempotent=False, task=task))
             self._function_ids.put(key, fid)
-        self._auto_ids[task] = fid
+        self._auto_ids[task] = (fid, key)
         return fid, key
 
     def register_all(self, *, public: bool = False, group: str | None = None) -> dict[str, str]:

@@ -192,10 +192,14 @@ def test_function_ids_are_remembered_across_transports(service: FakeComputeServi
 
 
 def test_a_forgotten_function_is_registered_again_once(service: FakeComputeService, logged_in: None, clock: Clock) -> None:
-    make(clock).call("probe", digests=[])
+    t = make(clock)
+    t.call("probe", digests=[])
     service.functions.clear()  # the service dropped it (or we log in as someone else now)
     assert make(clock).call("probe", digests=[]) == {"cached": []}
     assert len(service.requests_to("POST", "/v3/functions")) == 2
+    service.functions.clear()  # and again, for a transport that registered it in this process
+    assert t.call("probe", digests=[]) == {"cached": []}
+    assert len(service.requests_to("POST", "/v3/functions")) == 3
 
 
 def test_register_stores_ids_and_tasks_then_use_them(service: FakeComputeService, logged_in: None, fake_pace: Clock) -> None:
@@ -457,3 +461,18 @@ def test_function_id_cache_survives_garbage(tmp_path: Path) -> None:
     assert FunctionIds(path).get("k") == "v"
     ids.put("k", None)
     assert FunctionIds(path).get("k") is None
+
+
+def test_login_command_with_client_credentials(service: FakeComputeService, monkeypatch: pytest.MonkeyPatch, fake_pace: Clock) -> None:
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_ID", "5c0ffee0-0000-4000-8000-000000000001")
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_SECRET", "fake-secret")
+    service.rsps.add_callback("POST", f"{AUTH}/v2/oauth2/token", callback=client_credentials_grant)
+    res = CliRunner().invoke(main, ["login", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["data"]["headless"] is True
+    assert ACCESS_TOKEN not in res.output
+
+
+def test_login_command_needs_a_terminal(service: FakeComputeService) -> None:
+    res = CliRunner().invoke(main, ["login"])
+    assert res.exit_code == NotLoggedIn.exit_code and "needs a terminal" in res.output
