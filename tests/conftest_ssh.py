@@ -95,22 +95,28 @@ class SshTarget:
         check: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command as the account (a shell string, or an argv that is
-        quoted for the remote shell). Returns text output."""
+        quoted for the remote shell). Input may be text or bytes (a tar
+        stream, say); the output is returned as text."""
         remote = command if isinstance(command, str) else shlex.join(command)
         proc = subprocess.run(
             self.ssh_argv(remote),
-            input=input.decode() if isinstance(input, bytes) else input,
+            input=input.encode() if isinstance(input, str) else input,
             capture_output=True,
-            text=True,
             timeout=timeout,
             check=False,
         )
-        if check and proc.returncode != 0:
+        out = subprocess.CompletedProcess(
+            proc.args,
+            proc.returncode,
+            proc.stdout.decode(errors="replace"),
+            proc.stderr.decode(errors="replace"),
+        )
+        if check and out.returncode != 0:
             raise AssertionError(
-                f"ssh {self.user}@{self.host}: {remote!r} exited {proc.returncode}\n"
-                f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+                f"ssh {self.user}@{self.host}: {remote!r} exited {out.returncode}\n"
+                f"--- stdout\n{out.stdout}\n--- stderr\n{out.stderr}"
             )
-        return proc
+        return out
 
     def put(self, text: str, remote_path: str, mode: str = "0644") -> None:
         """Write a text file on the target, as the account."""

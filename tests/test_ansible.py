@@ -499,6 +499,46 @@ def test_systemd_unit_matches_enable_on_boot(provisioned: Provisioned) -> None:
     t.target.run(["rm", "-rf", unit_dir], check=True)
 
 
+def installed_from(t: Provisioned) -> dict[str, object]:
+    """direct_url.json of the venv's gcbundle, and where `bundle` imports from."""
+    script = (
+        "import json, importlib.metadata as m, bundle; print(json.dumps({'direct_url':"
+        " json.loads(m.distribution('gcbundle').read_text('direct_url.json') or '{}'),"
+        " 'file': bundle.__file__}))"
+    )
+    proc = t.target.run([f"{t.venv}/bin/python", "-c", script], check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_gcbundle_from_a_source_tree_then_back_to_the_wheel(provisioned: Provisioned) -> None:
+    """Source `path` (an editable install of a checkout on the host), then
+    `wheel` again: each switch reinstalls, each repeat changes nothing."""
+    t = provisioned
+    src = f"{t.target.home}/{TEST_DIR}/src"
+    tree = subprocess.run(
+        ["tar", "-C", str(t.workdir / "wheel" / "src"), "--exclude", "build",
+         "--exclude", "*.egg-info", "-cf", "-", "."],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    t.target.run(f"rm -rf {src} && mkdir -p {src} && tar -C {src} -xf -", input=tree.stdout, check=True)
+
+    path_vars = ("-e", "gcbundle_python_gcbundle_source=path", "-e", f"gcbundle_python_gcbundle_path={src}")
+    switched = t.play(*path_vars)
+    assert switched.recap["changed"] > 0
+    assert t.play(*path_vars).recap["changed"] == 0
+    now = installed_from(t)
+    assert now["direct_url"]["url"] == f"file://{src}"
+    assert now["direct_url"]["dir_info"]["editable"] is True
+    assert str(now["file"]).startswith(f"{src}/"), now
+
+    back = t.play()
+    assert back.recap["changed"] > 0
+    now = installed_from(t)
+    assert str(now["direct_url"]["url"]).endswith(".whl"), now
+    assert str(now["file"]).startswith(f"{t.venv}/"), now
+    assert t.play().recap["changed"] == 0
+
+
 @pytest.mark.skip(
     reason="needs the Globus Compute service (registration, AMQP), which this "
     "machine cannot reach; everything before `start` is tested above"
