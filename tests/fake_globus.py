@@ -66,6 +66,8 @@ class FakeComputeService:
         self.endpoint_id = endpoint_id
         self.workdir = workdir
         self.result_limit = result_limit
+        #: The service's limit on one task (function and arguments, serialized).
+        self.task_limit = 10 * 1024 * 1024
         #: Endpoint status by id ("online" / "offline"); unknown ids answer 404.
         self.endpoints: dict[str, str] = {endpoint_id: "online"}
         #: Registered functions: id -> the registration document.
@@ -154,6 +156,10 @@ class FakeComputeService:
                 return 404, {"code": "FUNCTION_NOT_FOUND", "message": f"Function {fid} could not be found"}
             if self.allowed is not None and fid not in self.allowed:
                 return 403, {"code": "FUNCTION_NOT_PERMITTED", "message": f"Function {fid} not permitted on endpoint {ep}"}
+            for payload in payloads:
+                size = len(self.functions[fid]["function_code"]) + len(payload)
+                if size > self.task_limit:
+                    return 413, {"code": "TASK_PAYLOAD_TOO_LARGE", "message": f"Task payload of {size} bytes exceeds the {self.task_limit}-byte limit"}
             out[fid] = [self._accept(fid, payload) for payload in payloads]
         return 200, {"request_id": str(uuid.uuid4()), "task_group_id": str(uuid.uuid4()), "endpoint_id": ep, "tasks": out}
 

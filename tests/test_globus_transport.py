@@ -476,3 +476,27 @@ def test_login_command_with_client_credentials(service: FakeComputeService, monk
 def test_login_command_needs_a_terminal(service: FakeComputeService) -> None:
     res = CliRunner().invoke(main, ["login"])
     assert res.exit_code == NotLoggedIn.exit_code and "needs a terminal" in res.output
+
+
+def test_a_large_bundle_is_staged_in_chunks_once(tmp_path: Path, service: FakeComputeService, logged_in: None, clock: Clock) -> None:
+    """Over the per-task limit, a bundle goes up in chunks that each fit the
+    service's 10 MiB (the fake refuses anything larger); a second submission of
+    the same bundle sends no bundle bytes at all."""
+    import os
+
+    from tests.conftest import write_workflow
+
+    root = tmp_path / "big"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "blob.bin").write_bytes(os.urandom(9 * 1024 * 1024))  # incompressible
+    wf = write_workflow(root, 'GCBUNDLE_INCLUDE = ["data/blob.bin"]\n\ndef main():\n    import os\n    return os.path.getsize("data/blob.bin")\n')
+    t = make(clock)
+    run = api.submit(wf, EP, transport=t, wait=True)
+    assert run.result(tmp_path / "res") == 9 * 1024 * 1024
+    assert t.calls["stage"] == 2
+    sizes = [len(service.functions[fid]["function_code"]) + len(p) for fid, p in service.submitted]
+    assert max(sizes) <= service.task_limit
+    before = len(service.submitted)
+    api.submit(wf, EP, transport=t, wait=True)
+    assert t.calls["stage"] == 2, "the cached digest is not sent again"
+    assert max(len(p) for _, p in service.submitted[before:]) < 64 * 1024
