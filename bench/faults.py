@@ -1,0 +1,265 @@
+"""Fault injection, measured: what survives, what is repeated, what is left behind.
+
+    .venv/bin/python bench/faults.py [--kills 3] [--tiny]
+
+Runs on the embedded local endpoint in a temporary GCBUNDLE_HOME, with real
+drivers, DFKs and HTEX workers. Prints: faults injected, runs recovered, app
+executions repeated (cached apps that had completed and ran again: must be 0),
+orphaned processes (must be 0), hostile cases tried and rejected.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORKFLOW = '''
+import os, time
+from parsl import python_app
+
+@python_app(cache=True)
+def step(i, marks, seconds):
+    import os, time, uuid
+    time.sleep(seconds)
+    open(os.path.join(marks, f"step{i}-{uuid.uuid4().hex}"), "w").close()
+    return i
+
+def main(marks, steps=6, seconds=1.0):
+    return sum(step(i, marks, seconds).result() for i in range(steps))
+'''
+
+
+def _env(tmp: Path) -> None:
+    os.environ.update({
+        "GCBUNDLE_HOME": str(tmp / "home"), "XDG_DATA_HOME": str(tmp / "data"), "XDG_CONFIG_HOME": str(tmp / "config"),
+        "XDG_CACHE_HOME": str(tmp / "cache"), "GCBUNDLE_REGISTRY": str(tmp / "registry.sqlite3"),
+        "GCBUNDLE_HEARTBEAT_SECONDS": "1", "GCBUNDLE_POLL_SECONDS": "0.5",
+    })
+
+
+def _counts(marks: Path) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for p in marks.iterdir():
+        i = int(p.name.split("-")[0][4:])
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def driver_kills(tmp: Path, kills: int, steps: int, seconds: float, reboot_every: int = 2) -> dict[str, int]:
+    """Kill the driver (and, every other time, every process of the run: a reboot) at a random moment, then resume."""
+    from bundle import api
+    from login_node.procs import run_processes
+
+    figures = {"faults": 0, "recovered": 0, "repeated": 0, "orphans": 0, "lost_seconds_max": 0}
+    rng = random.Random(1234)
+    for k in range(kills):
+        wf = tmp / f"wf{k}"
+        wf.mkdir()
+        (wf / "workflow.py").write_text(WORKFLOW)
+        marks = tmp / f"marks{k}"
+        marks.mkdir()
+        run = api.submit(wf / "workflow.py", "local", args={"marks": str(marks), "steps": steps, "seconds": seconds})
+        time.sleep(rng.uniform(1.0, steps * seconds * 0.8 + 2.0))
+        st = run.status()
+        if st["state"] not in ("starting", "running"):
+            continue
+        completed_before = set(_counts(marks))
+        os.kill(st["pid"], signal.SIGKILL)
+        if k % reboot_every == 1:
+            for pid in run_processes(run.id):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        figures["faults"] += 1
+        t0 = time.monotonic()
+        while run.status()["state"] != "lost":
+            time.sleep(0.1)
+        figures["lost_seconds_max"] = max(figures["lost_seconds_max"], round(time.monotonic() - t0 + 0.5))
+        new = api.resume(run.id, wait=True)
+        if new.last_state["state"] == "succeeded" and new.result(tmp / "res") == sum(range(steps)):
+            figures["recovered"] += 1
+        counts = _counts(marks)
+        figures["repeated"] += sum(1 for i in completed_before if counts.get(i, 0) > 1)
+        time.sleep(1.0)
+        figures["orphans"] += len(run_processes(run.id)) + len(run_processes(new.id))
+    return figures
+
+
+def worker_kill_during_staging(tmp: Path) -> dict[str, int]:
+    import threading
+
+    from bundle import api, archive
+    from bundle.errors import TransportError
+    from bundle.limits import CHUNK_BYTES
+    from bundle.transport import LocalTransport, worker_pid
+
+    wf = tmp / "big"
+    wf.mkdir()
+    (wf / "workflow.py").write_text("def main():\n    return 1\n")
+    (wf / "blob.bin").write_bytes(os.urandom(CHUNK_BYTES + 2_000_000))
+
+    class Kills(LocalTransport):
+        def _run(self, task, req):  # type: ignore[no-untyped-def]
+            if task == "stage" and req["index"] == 1:
+                threading.Timer(0.03, lambda: os.kill(worker_pid(self) or os.getpid(), signal.SIGKILL)).start()
+            return super()._run(task, req)
+
+    try:
+        api.submit(wf, "local", transport=Kills())
+    except TransportError:
+        pass
+    bad_entries = 0
+    for entry in (Path(os.environ["GCBUNDLE_HOME"]) / "cache").glob("*.tar.gz"):
+        try:
+            archive.verify(entry)
+        except Exception:  # noqa: BLE001
+            bad_entries += 1
+    run = api.submit(wf, "local", wait=True)
+    return {"faults": 1, "recovered": int(run.last_state["state"] == "succeeded" and bad_entries == 0)}
+
+
+def client_kill_during_results(tmp: Path) -> dict[str, int]:
+    from bundle import api
+    from bundle.limits import CHUNK_BYTES
+
+    wf = tmp / "outs"
+    wf.mkdir()
+    (wf / "workflow.py").write_text(
+        "import os\n\ndef main():\n    out = os.environ['GCBUNDLE_OUTPUT_DIR']\n"
+        f"    for i in range(4):\n        open(os.path.join(out, f'p{{i}}.bin'), 'wb').write(os.urandom({CHUNK_BYTES}))\n"
+    )
+    run = api.submit(wf / "workflow.py", "local", wait=True)
+    dest = tmp / "results"
+    partial = dest / f".{run.id}.partial"
+    proc = subprocess.Popen([sys.executable, "-m", "bundle.cli", "results", run.id, "-o", str(dest)], cwd=str(ROOT))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if partial.is_dir() and sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) > CHUNK_BYTES:
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    fetched = run.results(dest)
+    ok = fetched.fetched_bytes < fetched.bytes and all((fetched.path / "outputs" / f"p{i}.bin").stat().st_size == CHUNK_BYTES for i in range(4))
+    return {"faults": 1, "recovered": int(ok)}
+
+
+def repeated_cancels(tmp: Path, times: int) -> dict[str, int]:
+    from bundle import api
+    from login_node.procs import run_processes
+
+    wf = tmp / "sleepy"
+    wf.mkdir()
+    (wf / "workflow.py").write_text(
+        "from parsl import python_app\n\n@python_app\ndef nap():\n    import time\n    time.sleep(600)\n\n"
+        "def main():\n    return [f.result() for f in [nap(), nap()]]\n"
+    )
+    figures = {"faults": 0, "recovered": 0, "orphans": 0}
+    for _ in range(times):
+        run = api.submit(wf / "workflow.py", "local")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(run_processes(run.id)) < 3:
+            time.sleep(0.2)
+        st = run.cancel(grace=10)["state"]
+        figures["faults"] += 1
+        figures["recovered"] += int(st["state"] == "cancelled")
+        time.sleep(0.5)
+        figures["orphans"] += len(run_processes(run.id))
+    return figures
+
+
+def hostile_cases(tmp: Path) -> tuple[int, int]:
+    """Every crafted bundle of the test corpus, through the login node's extraction."""
+    import tarfile
+
+    from bundle import archive
+    from bundle.errors import BundleError
+    from tests.hostile import manifest_for, manifest_member, reg, special, write_tar
+
+    wf = b"def main():\n    return 1\n"
+    cases = []
+    for name in ["/abs.py", "../up.py", "a/../../up.py", "./dot.py", "a//b.py", "caf\u0065\u0301.py"]:
+        m = manifest_for({"workflow.py": wf})
+        m["files"].append({"path": name, "size": 1, "mode": 420, "sha256": "0" * 64})
+        m.pop("digest")
+        cases.append([manifest_member(m), reg("workflow.py", wf), reg(name, b"x")])
+    for kind, link in [(tarfile.SYMTYPE, "/etc/passwd"), (tarfile.SYMTYPE, "../x"), (tarfile.LNKTYPE, "/etc/passwd"),
+                       (tarfile.CHRTYPE, ""), (tarfile.BLKTYPE, ""), (tarfile.FIFOTYPE, ""), (tarfile.DIRTYPE, "")]:
+        cases.append([manifest_member(manifest_for({"a.py": b"", "workflow.py": wf})), special("a.py", kind, link), reg("workflow.py", wf)])
+    m = manifest_for({"workflow.py": wf})
+    cases += [
+        [manifest_member(m), reg("workflow.py", wf), reg("workflow.py", wf)],
+        [manifest_member(m), reg("workflow.py", wf.replace(b"1", b"2"))],
+        [manifest_member({**m, "digest": "f" * 64}), reg("workflow.py", wf)],
+        [manifest_member(b"{bad json"), reg("workflow.py", wf)],
+        [reg("workflow.py", wf), manifest_member(m)],
+        [manifest_member(manifest_for({"A.txt": b"", "a.txt": b"", "workflow.py": wf})), reg("A.txt", b""), reg("a.txt", b""), reg("workflow.py", wf)],
+        [manifest_member(manifest_for({f"f/{i:06d}": b"" for i in range(100_000)} | {"workflow.py": wf})), reg("workflow.py", wf)],
+    ]
+    tried = rejected = 0
+    for i, members in enumerate(cases):
+        path = write_tar(tmp / f"hostile{i}.tar.gz", members)
+        tried += 1
+        try:
+            archive.extract(path, tmp / f"out{i}")
+        except BundleError:
+            rejected += int(not (tmp / f"out{i}").exists())
+    bomb = tmp / "bomb.tar.gz"
+    import gzip
+    import io
+
+    m = manifest_for({"workflow.py": wf})
+    m["files"].insert(0, {"path": "a.bin", "size": 64 * 1024**3, "mode": 420, "sha256": "0" * 64})
+    m.pop("digest")
+    with gzip.open(bomb, "wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        info, data = manifest_member(m)
+        tar.addfile(info, io.BytesIO(data))
+    tried += 1
+    try:
+        archive.extract(bomb, tmp / "outbomb")
+    except BundleError:
+        rejected += 1
+    return tried, rejected
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=4, help="driver kills (every other one a simulated reboot)")
+    ap.add_argument("--cancels", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="one kill, one cancel: for the test suite")
+    args = ap.parse_args()
+    if args.tiny:
+        args.kills, args.cancels = 1, 1
+    with tempfile.TemporaryDirectory(prefix="gcbundle-faults-") as t:
+        tmp = Path(t)
+        _env(tmp)
+        parts = {
+            "driver SIGKILL / reboot": driver_kills(tmp, args.kills, steps=6, seconds=1.0),
+            "worker killed while staging": worker_kill_during_staging(tmp),
+            "client killed during results": client_kill_during_results(tmp),
+            "cancel": repeated_cancels(tmp, args.cancels),
+        }
+        tried, rejected = hostile_cases(tmp)
+    faults = sum(p.get("faults", 0) for p in parts.values())
+    recovered = sum(p.get("recovered", 0) for p in parts.values())
+    repeated = sum(p.get("repeated", 0) for p in parts.values())
+    orphans = sum(p.get("orphans", 0) for p in parts.values())
+    for name, p in parts.items():
+        print(f"{name:<30} " + ", ".join(f"{k}={v}" for k, v in p.items()))
+    print(f"faults injected: {faults}; runs recovered: {recovered}; app executions repeated: {repeated} (target 0); "
+          f"orphaned processes: {orphans} (target 0); hostile cases tried: {tried}, rejected: {rejected}")
+    return 0 if repeated == 0 and orphans == 0 and recovered == faults and tried == rejected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
