@@ -401,6 +401,96 @@ def test_endpoint_config_runs_a_task_offline(provisioned: Provisioned) -> None:
     assert left.returncode != 0, f"leftover processes: {left.stdout}"
 
 
+RUN_CHECK = r"""
+# Through the engine that the provisioned endpoint configuration describes,
+# send gcbundle's own login-node tasks (launch, status, results_manifest) for a
+# small bundle, as the gcbundle client would, and wait for the run to succeed.
+import json, os, pathlib, pwd, sys, tempfile, time, uuid
+
+import yaml
+from globus_compute_endpoint.endpoint.config.utils import (
+    get_config, load_config_yaml, load_user_config_schema, load_user_config_template,
+    render_config_user_template,
+)
+from globus_compute_endpoint.endpoint.endpoint import Endpoint
+from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
+from globus_compute_endpoint.engines.base import GCFuture
+
+from bundle.pack import pack
+from bundle.protocol import request, unwrap
+from bundle.transport import pack_task, task_function, unpack_result
+
+ep_dir = pathlib.Path.home() / ".globus_compute" / "{name}"
+core = get_config(ep_dir)
+tmpl_path = Endpoint.user_config_template_path(ep_dir, core)
+rendered = render_config_user_template(
+    core, load_user_config_template(tmpl_path), tmpl_path,
+    MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], None),
+    load_user_config_schema(Endpoint.user_config_schema_path(ep_dir, core)), {{}}, {{}},
+)
+os.environ.update({{k: str(v) for k, v in (yaml.safe_load((ep_dir / "user_environment.yaml").read_text()) or {{}}).items()}})
+engine = load_config_yaml(rendered).engine
+
+work = pathlib.Path(tempfile.mkdtemp(prefix="gcbundle-run-"))
+(work / "wf").mkdir()
+(work / "wf" / "workflow.py").write_text(
+    "import os, sys\nfrom parsl import python_app\n\n@python_app\ndef cube(x):\n    return x ** 3\n\n"
+    "def main(n=3):\n    return {{'cubes': [cube(i).result() for i in range(n)], 'python': sys.executable, "
+    "'home': os.environ.get('GCBUNDLE_HOME')}}\n"
+)
+packed = pack(work / "wf" / "workflow.py", work / "b.tar.gz")
+
+
+def call(task, **fields):
+    task_id, body = pack_task(task_function(task), request(**fields))
+    future = GCFuture(task_id)
+    engine.submit(future, body, resource_specification={{}})
+    return unwrap(unpack_result(future.result(timeout=180)))
+
+
+engine.start(endpoint_id=uuid.uuid4(), run_dir=str(work / "engine"))
+try:
+    run_id = uuid.uuid4().hex[:12]
+    launched = call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256,
+                    bundle=packed.path.read_bytes(), spec={{"args": {{"n": 4}}}})
+    deadline = time.monotonic() + 240
+    st = launched["state"]
+    while st["state"] not in ("succeeded", "failed", "cancelled", "lost") and time.monotonic() < deadline:
+        time.sleep(1)
+        st = call("status", run_id=run_id)
+    listing = call("results_manifest", run_id=run_id)
+finally:
+    engine.shutdown()
+home = pathlib.Path(os.environ["GCBUNDLE_HOME"])
+print(json.dumps({{"state": st, "files": [f["path"] for f in listing["files"]],
+                  "result": json.loads((home / "runs" / run_id / "result.json").read_text()) if st["state"] == "succeeded" else None,
+                  "run_dir_mode": oct((home / "runs" / run_id).stat().st_mode & 0o777), "run_id": run_id}}))
+"""
+
+
+def test_a_bundle_runs_to_succeeded_on_the_provisioned_account(provisioned: Provisioned) -> None:
+    """The whole login-node side, as the site user: the role's venv, GCBUNDLE_HOME
+    and engine configuration run gcbundle's task functions and a real DFK."""
+    t = provisioned
+    script = f"{t.target.home}/{TEST_DIR}/run_check.py"
+    t.target.put(RUN_CHECK.format(name=ENDPOINT), script)
+    proc = t.target.run(
+        ["env", "-i", f"HOME={t.target.home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", f"{t.venv}/bin/python", script],
+        timeout=420,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["state"]["state"] == "succeeded", report["state"]
+    assert report["result"]["cubes"] == [0, 1, 8, 27]
+    assert report["result"]["python"].startswith(t.venv)
+    assert report["result"]["home"] == t.gcbundle_home
+    assert report["run_dir_mode"] == "0o700"
+    assert {"result.json", "report.json", "logs/driver.log"} <= set(report["files"])
+    # nothing of the run left running under the account
+    left = t.target.run(["pgrep", "-u", t.target.user, "-f", "process_worker_pool|interchange|login_node.driver"])
+    assert left.returncode != 0, f"leftover processes: {left.stdout}"
+
+
 FAKE_GCE = """#!/bin/bash
 # Stand-in for `globus-compute-endpoint start NAME`, whose real form needs the
 # Globus service: stays up and refreshes daemon.pid as the endpoint does.
