@@ -53,6 +53,7 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
         @click.option("--debug", is_flag=True, help="Show tracebacks.")
         @functools.wraps(fn)
         def wrapper(as_json: bool, debug: bool, **kw: Any) -> None:
+            click.get_current_context().meta["gcbundle.json"] = as_json
             progress = Progress(enabled=None)
             try:
                 data, human = fn(progress=progress, **kw)
@@ -226,14 +227,15 @@ def logs(run_id: str, name: str, follow: bool, tail: bool, progress: Progress) -
     """Print one of a run's logs."""
     run = api.get_run(run_id)
     pieces = []
+    stream = follow and not click.get_current_context().meta.get("gcbundle.json")
     for text in run.logs(name, follow=follow, tail=tail):
-        if follow:
+        if stream:
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
             pieces.append(text)
     text = "".join(pieces)
-    return {"run_id": run.id, "name": name, "text": text}, text.rstrip("\n")
+    return {"run_id": run.id, "name": name, "text": text}, "" if stream else text.rstrip("\n")
 
 
 @command()

@@ -235,3 +235,16 @@ def test_results_resume_after_the_client_dies(tmp_path: Path) -> None:
     for i in range(3):
         assert (fetched.path / "outputs" / f"part{i}.bin").stat().st_size == CHUNK_BYTES // 2 + 12345
     del Run, hashlib
+
+
+def test_logs_follow_streams_until_the_run_ends(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path / "wf", (
+        "import time\nfrom parsl.config import Config\nfrom parsl.executors import ThreadPoolExecutor\n\n"
+        "config = Config(executors=[ThreadPoolExecutor(max_threads=1)])\n\n"
+        "def main():\n    for i in range(4):\n        print(f'tick {i}', flush=True)\n        time.sleep(0.7)\n"
+    ))
+    run = api.submit(wf, "local")
+    res = CliRunner().invoke(main, ["logs", run.id, "--name", "stdout", "--follow"])
+    assert res.exit_code == 0, res.output
+    assert [line for line in res.stdout.splitlines() if line.startswith("tick")] == [f"tick {i}" for i in range(4)]
+    assert run.status()["state"] == "succeeded"
