@@ -1,9 +1,10 @@
 """A multi-site workflow, bundled: pre-processing on one Globus Compute endpoint,
 analysis on another, post-processing on the login node's own workers.
 
-This is the scenario of the Parsl + Globus Compute blog post ("GlobusComputeExecutor:
-one Parsl program, many sites"): the DataFlowKernel runs on the login node as a
-gcbundle run, and its apps pick where they run by executor label:
+This is the scenario of the Parsl + Globus Compute blog post on Parsl's
+GlobusComputeExecutor (one Parsl program whose apps run at several sites): the
+DataFlowKernel runs on the login node as a gcbundle run, and its apps pick where
+they run by executor label:
 
     raw segments --preprocess--> clean series --analyse--> events --summarise--> outputs/events.csv
                  (label "preprocess":          (label "analysis":      (label "postprocess":
