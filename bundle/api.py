@@ -86,7 +86,9 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
     site_spec = None
     if site:
         profile = profiles.load(site)
-        profiles.render(profile, params)  # every required parameter set, before anything is sent
+        from bundle.render import check as check_site
+
+        check_site(profile, params)  # required parameters, type names, keywords, values: before anything is sent
         site_spec = profile.to_spec(params)
     elif params and not config:
         raise UsageError("--set needs --site or --config", "name the site profile the parameters are for")

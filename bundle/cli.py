@@ -62,10 +62,12 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                 if debug:
                     traceback.print_exc()
                 if as_json:
-                    click.echo(envelope(full_name, None, [exc.to_json()]))
+                    click.echo(envelope(full_name, getattr(exc, "data", None), [exc.to_json()]))
                     if not debug:
                         sys.stderr.write(f"gcbundle: error: {exc}\n")
                     sys.exit(exc.exit_code)
+                if getattr(exc, "human", ""):
+                    click.echo(exc.human)  # e.g. doctor's table, above the one-line error
                 raise CommandError(exc) from None
             except KeyboardInterrupt:
                 progress.close()
@@ -286,7 +288,7 @@ def sites(progress: Progress) -> tuple[Any, str]:
         out.append({"name": name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
         lines.append(f"{name}: {p.description}")
         for x in params.values():
-            req = "required" if x.required else f"default {x.default!r}"
+            req = "required" if x.required else ("optional" if x.default is None else f"default {x.default!r}")
             lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
     return out, "\n".join(lines)
 
@@ -390,6 +392,46 @@ def login(force: bool, progress: Progress) -> tuple[Any, str]:
     if info["headless"]:
         return info, "the client credentials in GLOBUS_COMPUTE_CLIENT_ID/GLOBUS_COMPUTE_CLIENT_SECRET work"
     return info, f"logged in to Globus Compute; the SDK keeps the tokens in {info['token_storage']}"
+
+
+# -- site profiles: render and doctor ---------------------------------------------------
+
+@command("render")
+@click.option("--site", help="Site profile: a built-in name (`gcbundle sites`) or a YAML file.")
+@click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
+@click.option("-e", "--endpoint", help="Use this endpoint alias's site and --set defaults, as submit would.")
+def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, progress: Progress) -> tuple[Any, str]:
+    """Print the Parsl Config and the exact batch script a site profile gives, submitting nothing."""
+    from bundle import render as site_render
+    from bundle.endpoints import submit_defaults
+
+    params = profiles.parse_sets(sets)
+    if endpoint:
+        site, params = submit_defaults(endpoint, site, params)
+    if not site:
+        raise GcbundleError("render needs --site", "e.g. `gcbundle render --site slurm --set partition=debug`; `gcbundle sites` lists the profiles")
+    rendered = site_render.render(profiles.load(site), params)
+    return rendered.to_json(), rendered.text()
+
+
+@command()
+@click.option("-e", "--endpoint", help="Check the login node behind this endpoint (`local`, a UUID or an alias): one short task.")
+@click.option("--local", "local_", is_flag=True, help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
+@click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
+@click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
+def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: Progress) -> tuple[Any, str]:
+    """Check a login node: versions on both sides, scheduler and MPI commands, GCBUNDLE_HOME,
+    the profile's address and worker_init. Exits non-zero when a check fails."""
+    from bundle import doctor as doc
+    from bundle.errors import ChecksFailed
+
+    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets))
+    human = doc.table(report)
+    if not report["ok"]:
+        failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]
+        raise ChecksFailed(f"{len(failed)} doctor check{'s' if len(failed) != 1 else ''} failed: {', '.join(failed)}",
+                           "each failing check above says how to fix it", data=report, human=human)
+    return report, human
 
 
 if __name__ == "__main__":

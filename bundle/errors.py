@@ -109,6 +109,17 @@ class ResultsError(GcbundleError):
     exit_code = 9
 
 
+class ChecksFailed(GcbundleError):
+    """``gcbundle doctor`` found a check that fails; carries the whole report."""
+
+    exit_code = 10
+
+    def __init__(self, message: str, hint: str | None = None, *, data: object = None, human: str = "") -> None:
+        super().__init__(message, hint)
+        self.data = data
+        self.human = human
+
+
 #: Classes a login-node task may name in an error envelope; anything else
 #: arrives as ``RemoteError``.
 BY_NAME: dict[str, type[GcbundleError]] = {

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -62,7 +63,10 @@ class Profile:
         for name in sorted(set(found) | set(declared)):
             spec = declared.get(name) or {}
             default = spec.get("default", found.get(name))
-            out[name] = Parameter(name, default, required=default is None, help=str(spec.get("help", "")))
+            # `required: false` with no default: the parameter renders as null
+            # (the Parsl keyword's "not set", e.g. no `-A` for qsub).
+            required = default is None and spec.get("required", True) is not False
+            out[name] = Parameter(name, default, required=required, help=str(spec.get("help", "")))
         return out
 
     def to_spec(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +143,8 @@ def _typed(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and ":" in text:
+        return text  # YAML 1.1 reads 1:00:00 as 3600; a walltime stays a string
     return value if isinstance(value, (int, float, bool, str)) else text
 
 
@@ -161,7 +167,7 @@ def render(profile: Profile, params: dict[str, Any]) -> dict[str, Any]:
         raise SiteProfileError(f"site profile {profile.name!r} has no parameter {', '.join(sorted(unknown))}", f"its parameters: {', '.join(known) or 'none'}")
     values = {name: p.default for name, p in known.items()}
     values.update(params)
-    missing = sorted(name for name, v in values.items() if v is None)
+    missing = sorted(name for name, v in values.items() if v is None and known[name].required)
     if missing:
         raise SiteProfileError(
             f"site profile {profile.name!r} needs {', '.join(missing)}",
@@ -201,16 +207,25 @@ def _namespace(kind: str) -> dict[str, Any]:
 _KIND_OF_KEY = {"provider": "provider", "launcher": "launcher", "address": "address"}
 
 
-def _build(node: Any, kind: str, where: str) -> Any:
+#: Builds one typed node: (kind, class or function, keyword arguments, where) -> object.
+Factory = Callable[[str, Any, "dict[str, Any]", str], Any]
+
+
+def _construct(kind: str, target: Any, kwargs: dict[str, Any], where: str) -> Any:
+    return target(**kwargs)
+
+
+def _build(node: Any, kind: str, where: str, factory: Factory = _construct) -> Any:
     if isinstance(node, list):
-        return [_build(v, kind, f"{where}[{i}]") for i, v in enumerate(node)]
+        return [_build(v, kind, f"{where}[{i}]", factory) for i, v in enumerate(node)]
     if not isinstance(node, dict):
         return node
     if "type" not in node:
         if kind in ("executor", "provider", "launcher"):
             raise SiteProfileError(f"{where} needs a `type:`", f"name one of parsl's {kind}s")
-        return {k: _build(v, "value", f"{where}.{k}") for k, v in node.items()}
-    allowed = _namespace(kind if kind in ("executor", "provider", "launcher", "address") else "address")
+        return {k: _build(v, "value", f"{where}.{k}", factory) for k, v in node.items()}
+    kind = kind if kind in ("executor", "provider", "launcher", "address") else "address"
+    allowed = _namespace(kind)
     type_name = node["type"]
     if type_name not in allowed:
         raise SiteProfileError(f"{where}: unknown {kind} type {type_name!r}", f"allowed: {', '.join(sorted(allowed))}")
@@ -218,21 +233,91 @@ def _build(node: Any, kind: str, where: str) -> Any:
     for key, value in node.items():
         if key == "type":
             continue
-        kwargs[key] = _build(value, _KIND_OF_KEY.get(key, "value"), f"{where}.{key}")
+        kwargs[key] = _build(value, _KIND_OF_KEY.get(key, "value"), f"{where}.{key}", factory)
+    _check_keywords(allowed[type_name], type_name, kwargs, where)
     try:
-        return allowed[type_name](**kwargs)
-    except TypeError as exc:
-        raise SiteProfileError(f"{where}: {type_name}: {exc}", "check the keyword names against parsl's documentation") from None
+        return factory(kind, allowed[type_name], kwargs, where)
+    except SiteProfileError:
+        raise
+    except Exception as exc:
+        if not isinstance(exc, TypeError) and type(exc).__name__ != "TypeCheckError":  # typeguard's
+            raise
+        raise SiteProfileError(f"{where}: {type_name}: {exc}", "check the values against parsl's documentation") from None
 
 
-def build_config(rendered: dict[str, Any], **overrides: Any) -> Any:
-    """A parsl ``Config`` from a rendered profile."""
+def _check_keywords(target: Any, type_name: str, kwargs: dict[str, Any], where: str) -> None:
+    """Unknown keyword names are an error, found from the signature: nothing runs."""
+    import inspect
+
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise SiteProfileError(
+            f"{where}: {type_name} has no keyword {', '.join(repr(u) for u in unknown)}",
+            f"its keywords: {', '.join(accepted)}",
+        )
+
+
+def build_config(rendered: dict[str, Any], *, factory: Factory | None = None, **overrides: Any) -> Any:
+    """A parsl ``Config`` from a rendered profile.
+
+    ``factory`` builds each typed node instead of calling it (``bundle.render``
+    uses one that runs no address function and no scheduler command)."""
     from parsl.config import Config
 
     raw = rendered.get("executors") if "executors" in rendered else [rendered["engine"]]
     if not isinstance(raw, list) or not raw:
         raise SiteProfileError("`executors:` must be a non-empty list")
-    executors = [_build(e, "executor", f"executors[{i}]") for i, e in enumerate(raw)]
+    executors = [_build(e, "executor", f"executors[{i}]", factory or _construct) for i, e in enumerate(raw)]
     kwargs = dict(rendered.get("config") or {})
     kwargs.update(overrides)
     return Config(executors=executors, **kwargs)
+
+
+# -- what every batch job runs first --------------------------------------------------
+
+def worker_prelude(*, bindir: str, bundle_dir: str, outputs_dir: str, run_id: str,
+                   site_init: str = "", tmpdir: str = "") -> str:
+    """Shell lines the driver puts before every provider's ``worker_init``.
+
+    Batch jobs do not always inherit the driver's environment (PBS Pro jobs
+    do not) and start in the scheduler's idea of a working directory, so the
+    job itself must get: the site's own set-up (``site_init``: module loads,
+    the environment's activation, from ``site-defaults.yaml``); the driver's
+    ``bin/`` first on PATH, so that ``process_worker_pool.py`` runs on the
+    same Python and Parsl as the driver (the interchange refuses managers of
+    another version); the bundle on PYTHONPATH (Parsl may pickle apps by
+    reference); the run's id (which finds every process of the run) and
+    outputs directory; a TMPDIR that exists on the node (Open MPI's
+    ``mpiexec`` keeps its session directory there); Open MPI's consent to
+    run as root, only for root; and the bundle as working directory, where
+    MpiExecLauncher writes its host file and where apps find the files they
+    found on the laptop. Here it also fails loudly when the run directory is
+    not visible on the node, instead of starting workers that cannot import
+    the workflow.
+    """
+    q = shlex.quote
+    lines = ["# gcbundle: the driver's Python and Parsl, the bundle, a usable TMPDIR"]
+    if site_init.strip():
+        lines.append(site_init.strip())
+    lines += [
+        f'export PATH={q(bindir)}:"$PATH"',
+        f"export PYTHONPATH={q(bundle_dir)}${{PYTHONPATH:+:$PYTHONPATH}}",
+        f"export GCBUNDLE_OUTPUT_DIR={q(outputs_dir)}",
+        f"export GCBUNDLE_RUN_ID={q(run_id)}",
+    ]
+    if tmpdir.strip():
+        lines.append(f"export TMPDIR={q(tmpdir.strip())}")
+    lines += [
+        'if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi',
+        'if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi',
+        (f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname):'
+         ' put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }'),
+    ]
+    return "\n".join(lines) + "\n"

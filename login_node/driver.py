@@ -17,7 +17,6 @@ import errno
 import json
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -42,6 +41,12 @@ RESERVE_BYTES = 256 * 1024
 class Cancelled(BaseException):
     """Raised in the driver's main thread by SIGTERM; a BaseException so that
     a workflow's ``except Exception`` does not swallow it."""
+
+
+class SchedulerFailed(BaseException):
+    """Raised in the driver's main thread when the scheduler refuses the run's
+    blocks (a bad partition, queue or account) and the workflow has not
+    failed of it by itself: Parsl would only log it and submit again."""
 
 
 # -- starting -----------------------------------------------------------------------
@@ -101,6 +106,8 @@ class Driver:
         self.job_ids: dict[str, str] = {}
         self.timings: dict[str, float] = {"started": time.time()}
         self.checkpoint_files: list[str] = []
+        self.providers: list[Any] = []
+        self.scheduler_failure: dict[str, str] | None = None
 
     # state.json has one writer: this process, through this method.
     def _write_state(self, **changes: Any) -> None:
@@ -132,9 +139,20 @@ class Driver:
             return False
 
     def _heartbeat(self) -> None:
+        seen_failure = 0
         while not self.stop.wait(self.period):
             self._collect_job_ids()
             self._write_state()
+            try:
+                failure = self._scheduler_error() if self.scheduler_failure is None else None
+            except Exception:  # noqa: BLE001 - Parsl's threads change what we read; next beat
+                failure = None
+            if failure is not None:
+                seen_failure += 1
+                if seen_failure >= 3:  # the workflow did not fail of it by itself: stop it
+                    self.scheduler_failure = failure
+                    log.error("%s", failure["message"])
+                    os.kill(os.getpid(), signal.SIGTERM)
             if self.paths.cancel_marker.exists() and not self.state.get("cancelling"):
                 # A cancel written from another login host: act as if signalled.
                 self.state["cancelling"] = True
@@ -144,6 +162,8 @@ class Driver:
         if self.state.get("stopping"):
             return
         self.state["stopping"] = True
+        if self.scheduler_failure is not None and not self.paths.cancel_marker.exists():
+            raise SchedulerFailed(self.scheduler_failure["message"])
         raise Cancelled()
 
     def run(self) -> int:
@@ -172,7 +192,7 @@ class Driver:
             outcome = {"state": "cancelled"}
         except BaseException as exc:  # noqa: BLE001 - everything ends in a state
             log.exception("the workflow failed")
-            outcome = {"state": "failed", "error": _error(exc)}
+            outcome = {"state": "failed", "error": self._scheduler_error() or _error(exc)}
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -282,6 +302,8 @@ class Driver:
             provider = getattr(executor, "provider", None)
             if provider is not None and hasattr(provider, "worker_init"):
                 provider.worker_init = prefix + (provider.worker_init or "")
+            if provider is not None:
+                self.providers.append(provider)
         self.config_repr = repr(config)
 
     def _instrument(self, dfk: Any) -> None:
@@ -335,6 +357,65 @@ class Driver:
             parsl.clear()
         except Exception:  # noqa: BLE001
             pass
+        self._cancel_blocks()
+
+    def _cancel_blocks(self) -> None:
+        """Cancel every batch job of the run that the scheduler may still hold.
+
+        The DFK's cleanup scales in the blocks it knows of, but not those of
+        an executor in a bad state (after a scheduler failure), nor a block
+        whose submission was in flight; so ask each batch provider to cancel
+        every job it submitted and has not seen end (scancel, qdel)."""
+        from parsl.providers.cluster_provider import ClusterProvider
+
+        for provider in self.providers:
+            if not isinstance(provider, ClusterProvider):
+                continue  # LocalProvider's workers are processes of the run: procs.sweep stops them
+            ids = [jid for jid, info in list(provider.resources.items())
+                   if not getattr(info.get("status"), "terminal", False)]
+            if not ids:
+                continue
+            try:
+                provider.cancel(ids)
+                log.info("cancelled batch jobs %s", " ".join(ids))
+            except Exception:  # noqa: BLE001
+                log.exception("could not cancel batch jobs %s", " ".join(ids))
+
+    def _scheduler_error(self) -> dict[str, str] | None:
+        """The scheduler's own words when an executor cannot get its blocks:
+        the executor is in a bad state, or every block it tried failed to
+        submit (sbatch/qsub refused it); None otherwise."""
+        dfk = self.dfk
+        for executor in list(getattr(dfk, "executors", {}).values()) if dfk is not None else []:
+            try:
+                statuses = dict(getattr(executor, "_status", None) or {})
+            except RuntimeError:  # changed size while copied: Parsl's poller is updating it
+                continue
+            failed = [s for s in statuses.values() if getattr(getattr(s, "state", None), "name", "") in ("FAILED", "MISSING")]
+            bad = bool(getattr(executor, "bad_state_is_set", False))
+            never_submitted = len(failed) >= 2 and not getattr(executor, "blocks_to_job_id", None)
+            if not failed or not (bad or never_submitted):
+                continue
+            said = []
+            for st in failed:
+                text = str(getattr(st, "message", None) or "")
+                if "stderr=" in text:
+                    text = text.split("stderr=", 1)[1]
+                elif not text:
+                    text = f"a block job ended with exit code {getattr(st, 'exit_code', '?')}"
+                    tail = (getattr(st, "stderr_summary", None) or "").strip()
+                    text += f": {tail}" if tail else ""
+                text = "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+                if text and text not in said:
+                    said.append(text)
+            message = f"the scheduler could not start a block of executor {executor.label}: " + " | ".join(said)
+            return {
+                "type": "SchedulerError",
+                "message": message,
+                "hint": "check the site profile's parameters (partition, queue, account); `gcbundle render` shows the batch script and `gcbundle doctor` checks the scheduler",
+                "traceback": str(getattr(executor, "executor_exception", "") or ""),
+            }
+        return None
 
     def _store_result(self, value: Any) -> None:
         import cloudpickle
@@ -393,28 +474,30 @@ def worker_prelude(paths: RunPaths) -> str:
     refuses mismatched managers), and find the run's outputs directory; batch
     jobs do not always inherit the driver's environment (PBS does not).
     """
-    bindir = str(Path(sys.executable).parent)
-    q = shlex.quote
-    return (
-        f"export PATH={q(bindir)}:\"$PATH\"\n"
-        f"export PYTHONPATH={q(str(paths.bundle))}${{PYTHONPATH:+:$PYTHONPATH}}\n"
-        f"export GCBUNDLE_OUTPUT_DIR={q(str(paths.outputs))}\n"
-        f"export GCBUNDLE_RUN_ID={q(paths.run_id)}\n"
-        f"cd {q(str(paths.bundle))}\n"
+    from bundle.profiles import worker_prelude as prelude
+
+    site = _site_file(paths)
+    return prelude(
+        bindir=str(Path(sys.executable).parent), bundle_dir=str(paths.bundle), outputs_dir=str(paths.outputs),
+        run_id=paths.run_id, site_init=str(site.get("worker_init") or ""), tmpdir=str(site.get("tmpdir") or ""),
     )
+
+
+def _site_file(paths: RunPaths) -> dict[str, Any]:
+    """``$GCBUNDLE_HOME/site-defaults.yaml`` (written by the Ansible role), or {}."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((paths.root.parent.parent / "site-defaults.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _site_defaults(paths: RunPaths, profile: Any) -> dict[str, Any]:
     """Site-wide parameter defaults (``$GCBUNDLE_HOME/site-defaults.yaml``,
     written by the Ansible role), limited to what the profile declares."""
-    import yaml
-
-    path = paths.root.parent.parent / "site-defaults.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    params = data.get("profile_params") or {}
+    params = _site_file(paths).get("profile_params") or {}
     known = profile.parameters()
     return {k: v for k, v in params.items() if k in known} if isinstance(params, dict) else {}
 

@@ -1,0 +1,91 @@
+"""The client's side of ``gcbundle doctor``: send the short ``doctor`` task (or,
+with ``local``, run its checks in this process), add what only the client can
+compare (its own versions against the login node's), and lay out the table."""
+from __future__ import annotations
+
+from typing import Any
+
+from bundle import profiles
+from bundle.endpoints import submit_defaults
+from bundle.errors import UsageError
+from bundle.transport import Transport
+from bundle.versions import local_versions
+
+STATUS_WORD = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
+
+
+def run(*, endpoint: str | None = None, local: bool = False, site: str | None = None, params: dict[str, Any] | None = None,
+        transport: Transport | None = None) -> dict[str, Any]:
+    """The doctor report of an endpoint's login node, or of this machine (``local``)."""
+    if bool(endpoint) == bool(local):
+        raise UsageError("doctor needs either --endpoint E (checks that endpoint's login node) or --local (checks this machine)",
+                         "e.g. `gcbundle doctor --endpoint polaris`, or on the login node itself `gcbundle doctor --local`")
+    params = dict(params or {})
+    if endpoint:
+        site, params = submit_defaults(endpoint, site, params)
+    if params and not site:
+        raise UsageError("--set needs --site", "name the site profile the parameters are for")
+    spec = profiles.load(site).to_spec(params) if site else None
+    client = local_versions()
+    if local:
+        from bundle.protocol import request, unwrap
+        from bundle.transport import task_function
+
+        report = unwrap(task_function("doctor")(request(site=spec)))
+        report["where"] = None  # this machine
+    else:
+        from bundle.transport import get_transport
+
+        assert endpoint is not None
+        transport = transport or get_transport(endpoint)
+        report = transport.call("doctor", site=spec)
+        report["where"] = endpoint
+        report["checks"] = compare(client, report.get("versions") or {}) + list(report.get("checks") or [])
+    report["client_versions"] = client
+    report["ok"] = not any(c.get("status") == "fail" for c in report["checks"])
+    return report
+
+
+def compare(client: dict[str, str], login: dict[str, str]) -> list[dict[str, str]]:
+    """Versions on both sides, and whether they go together."""
+    def check(name: str, status: str, detail: str, fix: str = "") -> dict[str, str]:
+        return {"name": name, "status": status, "detail": detail, "fix": fix}
+
+    out = []
+    c, s = client.get("gcbundle", "?"), login.get("gcbundle", "?")
+    out.append(check("gcbundle, both sides", "ok", f"{c} here, {s} on the login node") if c == s else
+               check("gcbundle, both sides", "warn", f"{c} here, {s} on the login node (same protocol, or this task would have failed)",
+                     "upgrade the older side: `pip install -U gcbundle` here, or re-run the Ansible playbook on the login node"))
+    c, s = _minor(client.get("python", "")), _minor(login.get("python", ""))
+    out.append(check("Python, both sides", "ok", f"{client.get('python')} here, {login.get('python')} on the login node") if c == s else
+               check("Python, both sides", "warn", f"{client.get('python')} here, {login.get('python')} on the login node",
+                     f"Globus Compute serializes gcbundle's task functions with this Python: use Python {s} here (a venv), "
+                     "or register the functions once (`gcbundle register`) so that they go by id"))
+    c, s = client.get("globus-compute-sdk", "absent"), login.get("globus-compute-endpoint", "absent")
+    same = c.split(".")[0] == s.split(".")[0]
+    out.append(check("Globus Compute, both sides", "ok" if same else "warn", f"globus-compute-sdk {c} here, globus-compute-endpoint {s} on the login node",
+                     "" if same else "use the same major version of globus-compute-sdk here as the endpoint's"))
+    c, s = client.get("parsl", "absent"), login.get("parsl", "absent")
+    out.append(check("Parsl, both sides", "ok" if c == s else "warn", f"{c} here (checks site profiles), {s} on the login node (runs them)",
+                     "" if c == s else f"site profiles are checked here against Parsl {c}: install parsl=={s} here so that both agree on its keywords"))
+    return out
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def table(report: dict[str, Any]) -> str:
+    where = report.get("where")
+    head = f"login node {report.get('host')} ({report.get('user')})" + (f" behind endpoint {where}" if where else ", checked in this process")
+    lines = [head + f", GCBUNDLE_HOME {report.get('home')}" + (f", site {report['site']}" if report.get("site") else "")]
+    width = max((len(c["name"]) for c in report["checks"]), default=10)
+    for c in report["checks"]:
+        lines.append(f"  {STATUS_WORD.get(c['status'], c['status']):<4}  {c['name']:<{width}}  {c['detail']}")
+        if c.get("fix") and c["status"] != "ok":
+            lines.append(f"  {'':<4}  {'':<{width}}  fix: {c['fix']}")
+    failed = sum(c["status"] == "fail" for c in report["checks"])
+    warned = sum(c["status"] == "warn" for c in report["checks"])
+    lines.append("all checks passed" + (f" ({warned} warning{'s' if warned != 1 else ''})" if warned else "") if not failed else
+                 f"{failed} check{'s' if failed != 1 else ''} failed")
+    return "\n".join(lines)

@@ -1,0 +1,312 @@
+"""``gcbundle doctor``: can this login node run gcbundle's workflows?
+
+``site_report`` runs every check in this process and returns a JSON-able
+report: the versions of this side, and a list of checks, each ``ok``,
+``warn`` or ``fail`` with what was found and, when it is not ``ok``, how to
+fix it. It runs inside the ``doctor`` task (a short Globus Compute task) and
+in ``gcbundle doctor --local`` (the Ansible role's last task, on the login
+node itself).
+
+With a site profile it also builds the live Config as the driver would (the
+address functions run here, on the login node), checks that the scheduler
+commands its provider calls exist and answer, and runs the worker prelude
+plus the profile's ``worker_init`` in a subshell with a bare environment, as
+a batch job starts, to see which Python and Parsl the workers would get.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bundle import profiles
+from bundle.errors import GcbundleError
+from bundle.versions import local_versions
+from login_node.rundir import Home
+
+#: Seconds the worker_init subshell and each scheduler command may take.
+WORKER_INIT_TIMEOUT = 60
+COMMAND_TIMEOUT = 20
+#: Free space below which $GCBUNDLE_HOME is a warning (bundles, outputs, logs live there).
+LOW_SPACE = 1 << 30
+
+SCHEDULERS = {
+    "slurm": ("sbatch", "squeue", "scancel"),
+    "pbs": ("qsub", "qstat", "qdel"),
+}
+#: Provider class name -> the scheduler whose commands it runs.
+PROVIDER_SCHEDULER = {"SlurmProvider": "slurm", "PBSProProvider": "pbs", "TorqueProvider": "pbs"}
+LAUNCHER_COMMAND = {"MpiExecLauncher": "mpiexec", "MpiRunLauncher": "mpirun", "SrunLauncher": "srun", "SrunMPILauncher": "srun"}
+MARK = "gcbundle-doctor"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every check, for ``home`` and, if given, a site profile spec (``Profile.to_spec``)."""
+    versions = local_versions()
+    checks = [_versions(versions), _home(home)]
+    built: _Built | None = None
+    if site:
+        built = _build(home, site)
+        checks.append(built.check)
+    checks.append(_scheduler(built))
+    checks.append(_launchers(built))
+    if built is not None and built.config is not None:
+        checks += built.address_checks
+    checks.append(_worker_init(home, built, versions))
+    return {
+        "host": socket.gethostname(),
+        "user": _user(),
+        "python": sys.executable,
+        "home": str(home.root),
+        "site": (site or {}).get("name"),
+        "versions": versions,
+        "checks": [c.to_json() for c in checks],
+        "ok": not any(c.status == "fail" for c in checks),
+    }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _versions(versions: dict[str, str]) -> Check:
+    detail = ", ".join(f"{k} {v}" for k, v in versions.items()) + f" ({sys.executable})"
+    missing = [k for k in ("parsl", "globus-compute-endpoint") if versions.get(k) == "absent"]
+    if missing:
+        return Check("login-node software", "fail", detail + f"; {', '.join(missing)} not installed",
+                     f"install them in this environment: {sys.executable} -m pip install {' '.join(missing)} (or re-run the Ansible playbook)")
+    return Check("login-node software", "ok", detail)
+
+
+def _home(home: Home) -> Check:
+    root = home.root
+    try:
+        home.ensure()
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-", delete=True) as f:
+            f.write(b"x")
+            f.flush()
+    except OSError as exc:
+        return Check("GCBUNDLE_HOME", "fail", f"{root} is not writable: {exc.strerror or exc}",
+                     "set GCBUNDLE_HOME to a writable directory on a file system the compute nodes mount (the Ansible role's gcbundle_site_home)")
+    usage = shutil.disk_usage(root)
+    detail = f"{root} writable, {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
+    if usage.free < LOW_SPACE:
+        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (old runs: runs/<run_id>), or move GCBUNDLE_HOME to a bigger file system")
+    return Check("GCBUNDLE_HOME", "ok", detail)
+
+
+class _Built:
+    def __init__(self) -> None:
+        self.check = Check("site profile", "ok", "")
+        self.config: Any = None
+        self.rendered: dict[str, Any] = {}
+        self.address_checks: list[Check] = []
+
+
+def _site_file(home: Home) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(home.site_defaults.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _build(home: Home, site: dict[str, Any]) -> _Built:
+    """The live Config, as the driver builds it; address functions run here, each checked."""
+    out = _Built()
+    try:
+        profile, params = profiles.Profile.from_spec(site)
+        known = profile.parameters()
+        defaults = _site_file(home).get("profile_params") or {}
+        params = {**{k: v for k, v in defaults.items() if k in known}, **params} if isinstance(defaults, dict) else params
+        out.rendered = profiles.render(profile, params)
+    except GcbundleError as exc:
+        out.check = Check("site profile", "fail", str(exc.message), exc.hint or "fix the profile or its --set values")
+        return out
+
+    def factory(kind: str, target: Any, kwargs: dict[str, Any], where: str) -> Any:
+        if kind != "address":
+            return target(**kwargs)
+        call = f"{target.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+        try:
+            value = target(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - reported as a check
+            out.address_checks.append(Check(f"address of {_owner(where)}", "fail", f"{call} failed here: {exc}", _address_fix(kwargs)))
+            return None
+        out.address_checks.append(_address_check(where, call, value, kwargs))
+        return value
+
+    try:
+        out.config = profiles.build_config(out.rendered, factory=factory)
+    except GcbundleError as exc:
+        out.check = Check("site profile", "fail", str(exc.message), exc.hint or "fix the profile")
+        return out
+    except Exception as exc:  # noqa: BLE001 - what Parsl says when it refuses a value
+        out.check = Check("site profile", "fail", f"{type(exc).__name__}: {exc}", "fix the profile's values (`gcbundle render` shows them)")
+        return out
+    names = [f"{type(e).__name__}/{type(getattr(e, 'provider', None)).__name__}" for e in out.config.executors]
+    out.check = Check("site profile", "ok", f"{profile.name}: {', '.join(names)} built")
+    return out
+
+
+def _owner(where: str) -> str:
+    """``executors[0]`` for ``executors[0].address``."""
+    return where.rsplit(".", 1)[0] if where.endswith(".address") else where
+
+
+def _address_fix(kwargs: dict[str, Any]) -> str:
+    if "ifname" in kwargs:
+        return ("no such interface on this login node: list them with `ip -br addr` and set the one compute nodes reach, "
+                "e.g. --set ifname=<name>")
+    return "set an address the compute nodes can reach (see the profile's parameters: `gcbundle sites`)"
+
+
+def _address_check(where: str, call: str, value: Any, kwargs: dict[str, Any]) -> Check:
+    if not isinstance(value, str) or not value:
+        return Check(f"address of {_owner(where)}", "fail", f"{call} gave {value!r}", _address_fix(kwargs))
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in value else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((value, 0))
+    except OSError as exc:
+        return Check(f"address of {_owner(where)}", "fail", f"{call} = {value}, but no listener can bind to it here: {exc.strerror or exc}",
+                     "the executor listens on this address: it must be one of this login node's own")
+    return Check(f"address of {_owner(where)}", "ok", f"{call} = {value}")
+
+
+def _providers(built: _Built | None) -> list[str]:
+    if built is None or built.config is None:
+        return []
+    return [type(e.provider).__name__ for e in built.config.executors if getattr(e, "provider", None) is not None]
+
+
+def _launchers(built: _Built | None) -> Check:
+    found = {cmd: shutil.which(cmd) for cmd in ("mpiexec", "srun")}
+    detail = ", ".join(f"{cmd} {path or 'not found'}" for cmd, path in found.items())
+    needed = []
+    if built is not None and built.config is not None:
+        for e in built.config.executors:
+            launcher = getattr(getattr(e, "provider", None), "launcher", None)
+            cmd = LAUNCHER_COMMAND.get(type(launcher).__name__)
+            if cmd:
+                needed.append((type(launcher).__name__, cmd))
+    missing = [(name, cmd) for name, cmd in needed if not shutil.which(cmd)]
+    if missing:
+        name, cmd = missing[0]
+        return Check("MPI launchers", "warn", detail + f"; {name} runs `{cmd}` in each block",
+                     f"`{cmd}` is not on this login node's PATH: make sure the compute nodes have it (a module load in worker_init, --set worker_init=...)")
+    return Check("MPI launchers", "ok", detail)
+
+
+def _scheduler(built: _Built | None) -> Check:
+    found = {name: {cmd: shutil.which(cmd) for cmd in cmds} for name, cmds in SCHEDULERS.items()}
+    detail = "; ".join(", ".join(f"{cmd} {path or 'not found'}" for cmd, path in cmds.items()) for cmds in found.values())
+    needed = sorted({PROVIDER_SCHEDULER[p] for p in _providers(built) if p in PROVIDER_SCHEDULER})
+    if not needed:
+        complete = [name for name, cmds in found.items() if all(cmds.values())]
+        if built is not None and built.config is not None:
+            return Check("batch scheduler", "ok", detail + " (the profile submits no batch jobs)")
+        if not complete:
+            return Check("batch scheduler", "warn", detail,
+                         "no complete set of Slurm or PBS commands on PATH: only the `local` profile can run here; "
+                         "load the scheduler's module in the endpoint's environment")
+        needed = complete
+    for name in needed:
+        missing = [cmd for cmd, path in found[name].items() if not path]
+        if missing:
+            return Check("batch scheduler", "fail", detail,
+                         f"the profile needs {', '.join(SCHEDULERS[name])}: put {', '.join(missing)} on the PATH of the endpoint "
+                         "(the Globus Compute endpoint's environment, e.g. its worker_init or the Ansible role's variables)")
+        answer = _ask_scheduler(name)
+        if answer:
+            return Check("batch scheduler", "fail", detail + f"; {answer}",
+                         "the scheduler does not answer from this login node: check that its daemons run and that this user may submit")
+    return Check("batch scheduler", "ok", detail + f"; {', '.join(needed)} answers")
+
+
+def _ask_scheduler(name: str) -> str:
+    """'' when the scheduler answers a query for this user's jobs, else what went wrong."""
+    argv = ["squeue", "-h", "-o", "%i", "-u", _user()] if name == "slurm" else ["qstat", "-u", _user()]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`{' '.join(argv)}`: {exc}"
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"`{' '.join(argv)}` exited {proc.returncode}: {lines[-1] if lines else 'no output'}"
+    return ""
+
+
+def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> Check:
+    """Run the job's prelude and worker_init in a subshell with a bare environment
+    (PBS jobs inherit none), and see which Parsl ``process_worker_pool.py`` gets."""
+    site = _site_file(home)
+    inits = [""]
+    if built is not None and built.config is not None:
+        inits = [getattr(e.provider, "worker_init", "") or "" for e in built.config.executors if getattr(e, "provider", None) is not None] or [""]
+    probe = (
+        "\npool=$(command -v process_worker_pool.py || true)\n"
+        f'echo "{MARK} pool=$pool"\n'
+        'if [ -n "$pool" ]; then\n'
+        "  interp=$(head -n 1 \"$pool\" | sed 's/^#! *//')\n"
+        f"  $interp -c 'import sys, parsl; print(\"{MARK} parsl=\" + parsl.__version__); print(\"{MARK} python=\" + sys.executable)'\n"
+        "fi\n"
+    )
+    base = home.root / ".doctor"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        bundle_dir = Path(tmp) / "bundle"
+        bundle_dir.mkdir()
+        prelude = profiles.worker_prelude(
+            bindir=str(Path(sys.executable).parent), bundle_dir=str(bundle_dir), outputs_dir=str(Path(tmp) / "outputs"),
+            run_id="doctor", site_init=str(site.get("worker_init") or ""), tmpdir=str(site.get("tmpdir") or ""),
+        )
+        env = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")}
+        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+        results = []
+        for init in dict.fromkeys(inits):
+            script = prelude + init + probe
+            try:
+                proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
+                                      check=False, env=env, cwd=tmp, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                return Check("worker_init", "fail", f"the job's worker_init did not finish in {WORKER_INIT_TIMEOUT} s",
+                             "a command in worker_init waits (for input, the network or a lock): fix or remove it")
+            results.append((init, proc))
+    python = "?"
+    for _init, proc in results:
+        found = dict(line[len(MARK) + 1:].split("=", 1) for line in proc.stdout.splitlines() if line.startswith(MARK + " ") and "=" in line)
+        errors = proc.stderr.strip().splitlines()
+        said = f" (stderr: {errors[-1]})" if errors else ""
+        if not found.get("pool"):
+            return Check("worker_init", "fail", f"process_worker_pool.py is not on the job's PATH after worker_init{said}",
+                         f"install parsl in {Path(sys.executable).parent.parent} (the driver's environment), which the job puts first on PATH")
+        if found.get("parsl") != versions.get("parsl"):
+            return Check("worker_init", "fail",
+                         f"workers would run Parsl {found.get('parsl', '?')} ({found.get('python', found['pool'])}), the driver runs {versions.get('parsl')}{said}",
+                         "the interchange refuses managers of another Parsl: remove what changes PATH after gcbundle's prelude from worker_init "
+                         "(e.g. a `conda activate` of another environment), or install the same parsl there")
+        python = found.get("python", python)
+    return Check("worker_init", "ok", f"workers get Parsl {versions.get('parsl')} from {python}")
