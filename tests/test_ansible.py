@@ -719,3 +719,19 @@ def test_multi_user_endpoint_config_loads(
     assert 'GCBUNDLE_HOME="${GCBUNDLE_HOME:-$HOME/.gcbundle}"' in uep.engine.provider.worker_init
     env_file = yaml.safe_load((ep_dir / "user_environment.yaml").read_text())
     assert "GCBUNDLE_HOME" not in env_file and env_file["PATH"].startswith(f"{sys.prefix}/bin:")
+
+
+def test_doctor_passes_on_the_provisioned_account(provisioned: Provisioned) -> None:
+    """The role's last task is `gcbundle doctor --local`; run it again as the
+    account and read its verdict."""
+    t = provisioned
+    proc = t.target.run(
+        ["env", "-i", f"HOME={t.target.home}", f"PATH={t.venv}/bin:/usr/bin:/bin", "LANG=C.UTF-8",
+         f"GCBUNDLE_HOME={t.gcbundle_home}", f"{t.venv}/bin/gcbundle", "doctor", "--local", "--json"],
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    envelope = json.loads(proc.stdout)
+    assert envelope["status"] == "success" and envelope["command"] == "doctor"
+    assert envelope["data"]["ok"] is True
+    assert all(c["ok"] for c in envelope["data"]["checks"]), envelope["data"]["checks"]
