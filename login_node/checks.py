@@ -275,7 +275,10 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> 
         "fi\n"
     )
     base = home.root / ".doctor"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:  # GCBUNDLE_HOME's own check says why
+        base = Path(tempfile.gettempdir())
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         bundle_dir = Path(tmp) / "bundle"
         bundle_dir.mkdir()
@@ -289,7 +292,7 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> 
         for init in dict.fromkeys(inits):
             script = prelude + init + probe
             try:
-                proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
+                proc = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", script], capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
                                       check=False, env=env, cwd=tmp, stdin=subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
                 return Check("worker_init", "fail", f"the job's worker_init did not finish in {WORKER_INIT_TIMEOUT} s",

@@ -408,7 +408,9 @@ class Driver:
                 text = "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
                 if text and text not in said:
                     said.append(text)
-            message = f"the scheduler could not start a block of executor {executor.label}: " + " | ".join(said)
+            refused = any("Failed to start block" in str(getattr(st, "message", None) or "") for st in failed)
+            what = "the scheduler could not start a block" if refused else "the block jobs failed"
+            message = f"{what} of executor {executor.label}: " + " | ".join(said)
             return {
                 "type": "SchedulerError",
                 "message": message,

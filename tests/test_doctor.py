@@ -1,0 +1,142 @@
+"""`gcbundle doctor`: through the local endpoint (one task, the same code path as
+a real endpoint) and `--local` (in this process, what the Ansible role runs
+last on a login node), on this machine with its real Slurm, Open MPI and,
+for PBS, the stand-in for the PBS Pro command line (tests/pbs_standin)."""
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import parsl
+import pytest
+from click.testing import CliRunner
+
+from bundle.cli import main
+from bundle.errors import ChecksFailed
+from bundle.versions import local_versions
+from login_node import checks
+from login_node.rundir import Home
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def doctor(*argv: str) -> tuple[int, dict[str, Any], dict[str, dict[str, str]]]:
+    res = CliRunner().invoke(main, ["doctor", *argv, "--json"])
+    env = json.loads(res.stdout)
+    data = env["data"]
+    return res.exit_code, env, {c["name"]: c for c in data["checks"]}
+
+
+def test_local_mode_passes_on_this_machine(home: Path) -> None:
+    code, env, by_name = doctor("--local")
+    assert code == 0 and env["status"] == "success", env
+    data = env["data"]
+    assert data["ok"] and data["home"] == str(home) and data["versions"] == local_versions()
+    assert by_name["batch scheduler"]["status"] == "ok" and "slurm answers" in by_name["batch scheduler"]["detail"]
+    assert "/usr/bin/sbatch" in by_name["batch scheduler"]["detail"] and "qsub not found" in by_name["batch scheduler"]["detail"]
+    assert by_name["MPI launchers"]["status"] == "ok" and "mpiexec /usr/bin/mpiexec" in by_name["MPI launchers"]["detail"]
+    assert by_name["GCBUNDLE_HOME"]["status"] == "ok" and "GiB free" in by_name["GCBUNDLE_HOME"]["detail"]
+    assert by_name["worker_init"] == {"name": "worker_init", "status": "ok", "fix": "",
+                                      "detail": f"workers get Parsl {parsl.__version__} from {sys.executable}"}
+
+
+def test_endpoint_mode_with_the_slurm_profile(home: Path) -> None:
+    code, env, by_name = doctor("--endpoint", "local", "--site", "slurm", "--set", "partition=debug")
+    assert code == 0, env
+    assert env["data"]["site"] == "slurm" and env["data"]["where"] == "local"
+    for both in ("gcbundle, both sides", "Python, both sides", "Globus Compute, both sides", "Parsl, both sides"):
+        assert by_name[both]["status"] == "ok", by_name[both]
+    assert by_name["site profile"]["detail"] == "slurm: HighThroughputExecutor/SlurmProvider built"
+    res = CliRunner().invoke(main, ["doctor", "--endpoint", "local", "--site", "slurm"])
+    assert res.exit_code == 0 and res.stdout.rstrip().endswith("all checks passed")
+    assert "  ok    batch scheduler" in res.stdout
+
+
+def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path) -> None:
+    code, env, by_name = doctor("--local", "--site", "polaris", "--set", "account=proj")
+    assert code == ChecksFailed.exit_code and env["status"] == "error"
+    assert "2 doctor checks failed: batch scheduler, address of executors[0]" in env["errors"][0]["message"]
+    assert by_name["batch scheduler"]["status"] == "fail" and "qsub, qstat, qdel" in by_name["batch scheduler"]["fix"]
+    address = by_name["address of executors[0]"]
+    assert address["status"] == "fail" and "address_by_interface(ifname='bond0') failed here" in address["detail"]
+    assert "--set ifname=" in address["fix"]
+    res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj"])
+    assert res.exit_code == ChecksFailed.exit_code
+    assert "  FAIL  address of executors[0]" in res.stdout and "fix: no such interface" in res.stdout
+    assert "gcbundle: error: 2 doctor checks failed" in res.stderr
+
+
+def test_polaris_profile_passes_with_the_pbs_standin_and_loopback(pbs_standin: Path, home: Path) -> None:
+    """PBS commands from the STAND-IN for the PBS Pro CLI (not PBS Pro)."""
+    code, env, by_name = doctor("--endpoint", "local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=lo")
+    assert code == 0, env
+    assert by_name["batch scheduler"]["detail"].endswith("pbs answers")
+    assert by_name["address of executors[0]"]["detail"] == "address_by_interface(ifname='lo') = 127.0.0.1"
+
+
+def test_missing_required_parameter_is_a_failing_check(home: Path) -> None:
+    code, _, by_name = doctor("--local", "--site", "perlmutter")
+    assert code == ChecksFailed.exit_code
+    assert by_name["site profile"]["status"] == "fail" and "needs account" in by_name["site profile"]["detail"]
+
+
+def test_site_defaults_give_the_account(home: Path) -> None:
+    """A parameter the Ansible role wrote into site-defaults.yaml counts, as in the driver."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "site-defaults.yaml").write_text("profile_params:\n  account: m0000\n  ifname: lo\nworker_init: export GCBUNDLE_DOCTOR_SITE=1\n")
+    _, _, by_name = doctor("--local", "--site", "perlmutter")
+    assert by_name["site profile"]["status"] == "ok"
+    assert by_name["address of executors[0]"]["status"] == "ok"
+
+
+def fake_parsl_env(root: Path) -> str:
+    """A bin/ whose process_worker_pool.py runs another Parsl (1999.1.1)."""
+    (root / "lib" / "parsl").mkdir(parents=True)
+    (root / "lib" / "parsl" / "__init__.py").write_text("__version__ = '1999.1.1'\n")
+    (root / "bin").mkdir()
+    pool = root / "bin" / "process_worker_pool.py"
+    pool.write_text(f"#!{sys.executable}\n")
+    pool.chmod(pool.stat().st_mode | stat.S_IXUSR)
+    return f"export PATH={root}/bin:$PATH PYTHONPATH={root}/lib"
+
+
+def test_worker_init_that_changes_parsl_fails(tmp_path: Path, home: Path) -> None:
+    init = fake_parsl_env(tmp_path / "other-env")
+    code, _, by_name = doctor("--local", "--site", "slurm", "--set", f"worker_init={init}")
+    assert code == ChecksFailed.exit_code
+    check = by_name["worker_init"]
+    assert check["status"] == "fail"
+    assert check["detail"].startswith(f"workers would run Parsl 1999.1.1 ({sys.executable}), the driver runs {parsl.__version__}")
+    assert "the interchange refuses managers of another Parsl" in check["fix"]
+
+
+def test_worker_init_that_hangs_fails(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checks, "WORKER_INIT_TIMEOUT", 1)
+    code, _, by_name = doctor("--local", "--site", "slurm", "--set", "worker_init=sleep 30")
+    assert code == ChecksFailed.exit_code
+    assert by_name["worker_init"]["detail"] == "the job's worker_init did not finish in 1 s"
+
+
+def test_unwritable_home_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    report = checks.site_report(Home(blocker / "home"))
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert not report["ok"] and by_name["GCBUNDLE_HOME"]["status"] == "fail"
+    assert "set GCBUNDLE_HOME to a writable directory" in by_name["GCBUNDLE_HOME"]["fix"]
+
+
+def test_missing_scheduler_commands(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    code, _, by_name = doctor("--local", "--site", "slurm")
+    assert code == ChecksFailed.exit_code
+    assert by_name["batch scheduler"]["status"] == "fail" and "sbatch not found" in by_name["batch scheduler"]["detail"]
+    assert by_name["MPI launchers"]["status"] == "warn" and "MpiExecLauncher runs `mpiexec`" in by_name["MPI launchers"]["detail"]
+
+
+def test_doctor_needs_an_endpoint_or_local() -> None:
+    res = CliRunner().invoke(main, ["doctor"])
+    assert res.exit_code == 2 and "--endpoint E" in res.stderr and "--local" in res.stderr

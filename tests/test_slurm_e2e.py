@@ -1,0 +1,237 @@
+"""Bundles through the local endpoint onto the real local Slurm cluster.
+
+The site profile is the built-in `slurm` (SlurmProvider with MpiExecLauncher,
+or SrunLauncher), the login node is this machine and the compute node is the
+cluster's one node (scripts/setup_slurm.sh). Apps return the SLURM_JOB_ID they
+see, so they observably ran inside the block jobs the driver recorded; after
+every run, successful, failed or cancelled, no block is left in squeue and no
+process of the run is left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from bundle import api, profiles, render
+from bundle.cli import main
+from bundle.registry import Registry
+from login_node.procs import run_processes
+from tests.conftest import EXAMPLES, write_workflow
+from tests.conftest_scheduler import active_jobs, scancel_quietly, wait_until_gone
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+#: The profile's parameters for this machine: the debug partition, workers
+#: connect back on loopback, one scaling pass per second (a trivial app then
+#: takes ~2 s instead of ~7 s with Parsl's default 5 s period).
+FAST = {"partition": "debug", "address": "127.0.0.1", "strategy_period": 1, "walltime": "00:10:00"}
+
+WHERE = '''\
+import os
+import socket
+
+from parsl import python_app
+
+
+@python_app
+def where(i):
+    import os, socket, sys
+    import parsl
+    return {"i": i, "job": os.environ.get("SLURM_JOB_ID"), "step": os.environ.get("SLURM_STEP_ID"),
+            "host": socket.gethostname(), "cwd": os.getcwd(), "tmpdir": os.environ.get("TMPDIR"),
+            "python": sys.executable, "parsl": parsl.__version__,
+            "ompi_root": os.environ.get("OMPI_ALLOW_RUN_AS_ROOT"), "run": os.environ.get("GCBUNDLE_RUN_ID")}
+
+
+def main(n=3):
+    return [f.result() for f in [where(i) for i in range(n)]]
+'''
+
+SLOW = '''\
+from parsl import python_app
+
+
+@python_app
+def slow(seconds):
+    import os, time
+    job = os.environ.get("SLURM_JOB_ID")
+    open(os.path.join(os.environ["GCBUNDLE_OUTPUT_DIR"], f"started-{job}-{os.getpid()}"), "w").close()
+    time.sleep(seconds)
+    return job
+
+
+def main(seconds=600):
+    return [f.result() for f in [slow(seconds) for _ in range(2)]]
+'''
+
+
+def job_ids(st: dict[str, Any]) -> list[str]:
+    return list(st.get("scheduler_job_ids") or [])
+
+
+def assert_nothing_left(run_id: str, ids: list[str]) -> None:
+    left = wait_until_gone(ids, timeout=60)
+    if left:
+        scancel_quietly(left)
+    assert not left, f"blocks still in squeue after the run ended: {left}"
+    assert no_processes_left(run_id) == [], "a process of the run is still alive"
+
+
+def no_processes_left(run_id: str, timeout: float = 20) -> list[int]:
+    """The run's processes still alive once the driver had time to exit (it
+    writes the final state, then stops what is left, within a few seconds)."""
+    deadline = time.monotonic() + timeout
+    pids = run_processes(run_id)
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pids = run_processes(run_id)
+    return pids
+
+
+def wait_for_state(run: api.Run, wanted: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st = run.status()
+    while st.get("state") != wanted and time.monotonic() < deadline:
+        assert st.get("state") not in api.TERMINAL, st
+        time.sleep(0.5)
+        st = run.status()
+    assert st.get("state") == wanted, st
+    return st
+
+
+@pytest.mark.timeout(300)
+def test_mpiexec_launcher_apps_run_inside_slurm_jobs(tmp_path: Path, home: Path) -> None:
+    import parsl
+
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    t0 = time.monotonic()
+    run = api.submit(wf, "local", site="slurm", params=FAST, args={"n": 3}, wait=True)
+    elapsed = time.monotonic() - t0
+    st = run.last_state
+    assert st["state"] == "succeeded", st
+    ids = job_ids(st)
+    assert ids and all(i.isdigit() for i in ids), st
+    value = run.result(tmp_path / "res")
+    assert [v["i"] for v in value] == [0, 1, 2]
+    for v in value:
+        assert v["job"] in ids, f"app ran in job {v['job']}, the driver recorded {ids}"
+        assert v["step"] is None  # mpiexec started the workers, not srun
+        assert v["run"] == run.id and v["cwd"] == str(home / "runs" / run.id / "bundle")
+        assert v["python"] == sys.executable and v["parsl"] == parsl.__version__
+        assert v["tmpdir"] and Path(v["tmpdir"]).is_dir()
+        assert v["ompi_root"] == ("1" if os.geteuid() == 0 else None)
+    report = json.loads((tmp_path / "res" / run.id / "report.json").read_text())
+    assert sorted(report["scheduler_job_ids"].values()) == sorted(ids) and "SlurmProvider" in report["config"]
+    assert_nothing_left(run.id, ids)
+    print(f"\nslurm+MpiExecLauncher: 3 trivial apps, submit to result {elapsed:.1f} s")
+
+
+def test_the_rendered_script_is_the_one_submitted(tmp_path: Path, home: Path) -> None:
+    """`gcbundle render` shows exactly what the driver gave sbatch, run-time values aside."""
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    run = api.submit(wf, "local", site="slurm", params=FAST, args={"n": 1}, wait=True)
+    assert run.last_state["state"] == "succeeded", run.last_state
+    scripts = [p for p in (home / "runs" / run.id / "runinfo" / "000" / "submit_scripts").glob("parsl.htex.block-0.*")
+               if not p.name.endswith((".stdout", ".stderr"))]
+    assert len(scripts) == 1, scripts
+    real = scripts[0].read_text()
+    real = re.sub(r"parsl\.htex\.block-0\.\d+\.\d+", "parsl.htex.block-0.<time>", real)
+    real = re.sub(r"--port=\d+", "--port=<port>", real)
+    shown = render.render(profiles.load("slurm"), FAST).scripts[0].script
+    shown = re.sub(r"'(<[^']*)'", r"\1", shown)  # placeholders are quoted; the real, plain paths are not
+    shown = (shown.replace("<run_id>", run.id).replace("<run>", str(home / "runs" / run.id))
+             .replace("<env>/bin", str(Path(sys.executable).parent)))
+    assert real == shown
+    assert_nothing_left(run.id, job_ids(run.last_state))
+
+
+@pytest.mark.timeout(300)
+def test_srun_launcher_apps_run_in_a_job_step(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    run = api.submit(wf, "local", site="slurm", params={**FAST, "launcher": "SrunLauncher", "exclusive": False},
+                     args={"n": 2}, wait=True)
+    st = run.last_state
+    assert st["state"] == "succeeded", st
+    ids = job_ids(st)
+    value = run.result(tmp_path / "res")
+    for v in value:
+        assert v["job"] in ids and v["step"] is not None  # a step of the block job: srun started the workers
+    assert_nothing_left(run.id, ids)
+
+
+@pytest.mark.timeout(600)
+def test_cancel_running_slurm_workflows_three_times(tmp_path: Path, home: Path) -> None:
+    """Cancel with apps running in a block, three runs in a row (issue 6): each
+    time the state is `cancelled`, squeue holds none of its jobs and no
+    process of the run survives; a second cancel only says it had ended."""
+    wf = write_workflow(tmp_path / "wf", SLOW)
+    runner = CliRunner()
+    for attempt in range(3):
+        run = api.submit(wf, "local", site="slurm", params=FAST, args={"seconds": 600})
+        wait_for_state(run, "running")
+        outputs = home / "runs" / run.id / "outputs"
+        deadline = time.monotonic() + 120
+        while len(list(outputs.glob("started-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # until both apps run inside the block
+        st = run.status()
+        ids = job_ids(st)
+        started = {p.name.split("-")[1] for p in outputs.glob("started-*")}
+        assert len(list(outputs.glob("started-*"))) == 2 and started <= set(ids), f"attempt {attempt}: {started} {st}"
+        assert set(active_jobs(ids).values()) == {"RUNNING"}, f"attempt {attempt}: no block running: {st}"
+        res = runner.invoke(main, ["cancel", run.id, "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["data"]["state"]["state"] == "cancelled"
+        assert_nothing_left(run.id, ids)
+        again = runner.invoke(main, ["cancel", run.id, "--json"])
+        assert again.exit_code == 0 and json.loads(again.stdout)["data"]["already"] is True
+
+
+@pytest.mark.timeout(300)
+def test_bad_partition_fails_the_run_with_the_schedulers_message(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    runner = CliRunner()
+    res = runner.invoke(main, ["submit", str(wf), "--site", "slurm", *[f"--set={k}={v}" for k, v in {**FAST, "partition": "nosuchpartition"}.items()],
+                               "--wait", "--json"])
+    assert res.exit_code != 0
+    run_id = Registry().list(1)[0].run_id
+    assert f"run {run_id} failed" in json.loads(res.stdout)["errors"][0]["message"]
+    res = runner.invoke(main, ["status", run_id, "--json"])
+    st = json.loads(res.stdout)["data"]
+    assert st["state"] == "failed"
+    assert "invalid partition specified: nosuchpartition" in st["error"]["message"], st["error"]
+    assert st["error"]["message"].startswith("the scheduler could not start a block of executor htex: sbatch: error:")
+    assert no_processes_left(run_id) == []
+
+
+@pytest.mark.timeout(300)
+def test_bad_partition_fails_a_workflow_that_does_not_wait_on_its_apps(tmp_path: Path) -> None:
+    """Parsl only logs the refusal and fails the futures: the driver notices
+    and ends the run, with the scheduler's words, within a few heartbeats."""
+    wf = write_workflow(tmp_path / "wf", (
+        "import time\nfrom parsl import python_app\n\n@python_app\ndef one():\n    return 1\n\n"
+        "def main():\n    one()\n    time.sleep(600)\n    return 'not reached'\n"))
+    t0 = time.monotonic()
+    run = api.submit(wf, "local", site="slurm", params={**FAST, "partition": "nosuchpartition"}, wait=True)
+    st = run.last_state
+    assert st["state"] == "failed", st
+    assert "invalid partition specified: nosuchpartition" in st["error"]["message"]
+    assert time.monotonic() - t0 < 60
+    assert no_processes_left(run.id) == []
+
+
+@pytest.mark.timeout(300)
+def test_slurm_example_runs(tmp_path: Path) -> None:
+    run = api.submit(EXAMPLES / "slurm" / "workflow.py", "local", site="slurm", params=FAST, args={"n": 4}, wait=True)
+    assert run.last_state["state"] == "succeeded", run.last_state
+    value = run.result(tmp_path / "res")
+    assert value["jobs"] and set(value["jobs"]) <= set(job_ids(run.last_state))
+    assert value["squares"] == [i * i for i in range(4)]
+    assert_nothing_left(run.id, job_ids(run.last_state))
