@@ -235,3 +235,27 @@ def test_slurm_example_runs(tmp_path: Path) -> None:
     assert value["jobs"] and set(value["jobs"]) <= set(job_ids(run.last_state))
     assert value["squares"] == [i * i for i in range(4)]
     assert_nothing_left(run.id, job_ids(run.last_state))
+
+
+@pytest.mark.timeout(120)
+def test_driver_cancels_the_jobs_the_dfk_left(tmp_path: Path) -> None:
+    """After a scheduler failure Parsl's cleanup skips scale-in (the executor is
+    in a bad state): the driver then cancels, through the provider, every job
+    it submitted and has not seen end."""
+    from parsl.launchers import SimpleLauncher
+    from parsl.providers import SlurmProvider
+
+    from login_node.driver import Driver
+
+    provider = SlurmProvider(partition="debug", walltime="00:05:00", exclusive=False, launcher=SimpleLauncher())
+    provider.script_dir = str(tmp_path)
+    job = provider.submit("sleep 600", 1, "gcbundle-test-left-behind")
+    try:
+        assert active_jobs([job]), "the job did not reach squeue"
+        driver = Driver.__new__(Driver)  # only its providers matter here
+        driver.providers = [provider]
+        driver._cancel_blocks()
+        assert not wait_until_gone([job], timeout=30)
+        assert provider.resources[job]["status"].terminal
+    finally:
+        scancel_quietly([job])
