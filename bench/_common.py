@@ -78,11 +78,46 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def result(name: str, ratio: float, op: str, target: float, details: str = "") -> bool:
+def result(name: str, ratio: float, op: str, target: float, details: str = "", label: str = "ratio") -> bool:
     """Print the result line; return whether the target is met."""
     met = ratio <= target if op == "<=" else ratio >= target
-    print(f"RESULT {name}: ratio={ratio:.3f} (target {op} {target:g}: {'met' if met else 'MISSED'}) {details}".rstrip(), flush=True)
+    print(f"RESULT {name}: {label}={ratio:.3f} (target {op} {target:g}: {'met' if met else 'MISSED'}) {details}".rstrip(), flush=True)
     return met
+
+
+DIRECT_RUNNER = '''
+"""Run a function-mode workflow the way its author would without gcbundle:
+load the `local` site profile's Config, call main(), clean up; print main's
+return value as JSON."""
+import json, sys
+sys.path.insert(0, {wf_dir!r})
+sys.path.insert(0, {repo!r})
+import parsl
+from bundle import profiles
+from workflow import main
+config = profiles.build_config(profiles.render(profiles.load("local"), {{}}))
+config.run_dir = {run_dir!r}
+parsl.load(config)
+try:
+    value = main(**json.loads(sys.argv[1]) if len(sys.argv) > 1 else {{}})
+finally:
+    parsl.dfk().cleanup()
+print(json.dumps(value))
+'''
+
+
+def direct_runner(wf_dir: Path, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``wf_dir/workflow.py`` directly (see DIRECT_RUNNER).
+
+    The environment is a user's with the virtualenv activated (HTEX starts
+    ``interchange.py`` from PATH) and the workflow's directory on the
+    workers' import path.
+    """
+    script = wf_dir.parent / f"direct-{wf_dir.name}.py"
+    script.write_text(DIRECT_RUNNER.format(wf_dir=str(wf_dir), repo=str(REPO), run_dir=str(run_dir)))
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+           "PYTHONPATH": str(wf_dir)}
+    return [sys.executable, str(script)], env
 
 
 def fmt_s(seconds: float) -> str:

@@ -296,7 +296,7 @@ class Driver:
             prev_runinfo = self.paths.root.parent / prev / "runinfo"
             if prev_runinfo.is_dir():
                 self.checkpoint_files += get_all_checkpoints(str(prev_runinfo))
-        config.memoizer = BasicMemoizer(checkpoint_mode="task_exit", checkpoint_files=self.checkpoint_files)
+        config.memoizer = _checkpointing_memoizer(BasicMemoizer)(checkpoint_mode="task_exit", checkpoint_files=self.checkpoint_files)
         prefix = worker_prelude(self.paths)
         for executor in config.executors:
             provider = getattr(executor, "provider", None)
@@ -549,6 +549,32 @@ def _error(exc: BaseException) -> dict[str, str]:
     }
 
 
+def _driver_log_filter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.startswith("gcbundle")
+
+
+def _checkpointing_memoizer(base: type) -> type:
+    """``base`` (parsl's BasicMemoizer) for task-exit checkpoints, minus the cost
+    for tasks that have nothing to checkpoint.
+
+    With ``checkpoint_mode="task_exit"`` parsl opens the checkpoint file for
+    every finished task and, while nothing has been checkpointed yet, logs a
+    warning, even for apps without ``cache=True``, which never have a hash
+    and are never written. Skipping those is exactly what parsl would do,
+    without the file and the log line per task.
+    """
+    class TaskExitMemoizer(base):  # type: ignore[misc, valid-type]
+        def update_memo_result(self, task: Any, r: Any) -> None:
+            if task.get("hashsum"):
+                super().update_memo_result(task, r)
+
+        def update_memo_exception(self, task: Any, e: BaseException) -> None:
+            if task.get("hashsum"):
+                super().update_memo_exception(task, e)
+
+    return TaskExitMemoizer
+
+
 def _in_background(fn: Callable[[], Any], name: str) -> Callable[[], Any]:
     """Start ``fn`` in a daemon thread; the returned callable waits for its value (None if it failed)."""
     box: list[Any] = []
@@ -582,6 +608,12 @@ def main(argv: list[str] | None = None) -> int:
         filename=str(paths.driver_log), level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The root logger's level does not stop records that propagate up from parsl's
+    # DEBUG-level logger: without a filter on the handler every line of parsl.log
+    # was written to driver.log too (440,000 lines, and 15% of the DFK's
+    # throughput, for 20,000 no-op apps).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_driver_log_filter)
     log.setLevel(logging.INFO)
     log.info("driver for run %s starting (pid %d on %s)", paths.run_id, os.getpid(), state.hostname())
     driver = Driver(paths)
