@@ -197,6 +197,11 @@ class Driver:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         self._cleanup()
+        # Before the final state, not after: a client that sees the run end
+        # (at once, with the status long poll) must find nothing of it running.
+        leftovers = procs.sweep(self.paths.run_id, grace=5.0)
+        if leftovers:
+            log.warning("stopped %d leftover process(es) of the run", leftovers)
         if outcome["state"] == "succeeded" and self.paths.cancel_marker.exists() and self.state.get("stopping"):
             outcome = {"state": "cancelled"}
         self.timings["finished"] = time.time()
@@ -209,9 +214,6 @@ class Driver:
                 outcome = {"state": "failed", "error": _error(exc)}
         self._write_state(finished=self.timings["finished"], **outcome)
         self._release_reserve()
-        leftovers = procs.sweep(self.paths.run_id, grace=5.0)
-        if leftovers:
-            log.warning("stopped %d leftover process(es) of the run", leftovers)
         return 0 if outcome["state"] == "succeeded" else 1
 
     # -- the workflow -----------------------------------------------------------------

@@ -141,9 +141,16 @@ def _await_change(paths: RunPaths, st: dict[str, Any], deadline: float) -> dict[
         if mtime != seen:
             seen = mtime
             st = state.effective(paths)
-            if st.get("state") != first:
+            if st.get("state") != first and not state.is_terminal(st):
                 return st
-    return state.effective(paths)
+    st = state.effective(paths)
+    if state.is_terminal(st) and st.get("host") == state.hostname():
+        # The driver writes its final state, then stops what is left of the run
+        # and exits: a waiting client is answered once it has, so "ended" also
+        # means "nothing of the run is still running" (a fraction of a second).
+        while state.alive(st.get("pid"), st.get("pid_start")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return st
 
 
 def reap(paths: RunPaths, st: dict[str, Any]) -> int:
