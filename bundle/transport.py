@@ -4,12 +4,14 @@ A transport sends one login-node task function with one request dict and
 returns the reply's data. ``local`` plays the login node on this machine, on
 the same code path as a real endpoint: the call is serialized with the SDK's
 ``ComputeSerializer``, packed as a messagepack ``Task``, and executed by the
-endpoint's own ``execute_task`` in a separate process (a one-worker process
-pool, like the endpoint's ``ProcessPoolEngine``), under the same 10 MiB limits.
+endpoint's own ``execute_task`` in a separate process (one forked worker,
+like the endpoint's one-worker ``ProcessPoolEngine``), under the same 10 MiB limits.
 """
 from __future__ import annotations
 
 import atexit
+import pickle
+import threading
 import uuid
 from collections import Counter
 from abc import ABC, abstractmethod
@@ -101,6 +103,60 @@ def _execute(task_bytes: bytes, task_id: uuid.UUID, run_dir: str) -> bytes:
     return execute_task(task_bytes, task_id, run_dir=run_dir, result_size_limit=TASK_LIMIT)
 
 
+class _Worker:
+    """One forked process that runs ``execute_task`` for each task sent down its pipe.
+
+    Like the endpoint's one-worker ``ProcessPoolEngine``, but with plain pipes
+    of which the parent keeps only its own ends: if the worker dies, sending
+    fails with EPIPE and receiving ends with EOF, at once. With a
+    ``ProcessPoolExecutor`` the parent also holds the reading end of the call
+    queue, so a worker killed while a large task was being written left the
+    queue's feeder thread, and the caller, blocked for good (Python 3.11). The
+    task and result bytes also go through unpickled, one copy fewer each way.
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        # Imported before the fork, so the worker starts warm.
+        import globus_compute_endpoint.engines.helper  # noqa: F401
+
+        ctx = multiprocessing.get_context("fork")
+        task_r, self.tasks = ctx.Pipe(duplex=False)
+        self.results, result_w = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_serve, args=(task_r, result_w, (self.tasks, self.results)),
+                                name="gcbundle-local-endpoint", daemon=True)
+        self.proc.start()
+        task_r.close()
+        result_w.close()
+
+    def run(self, packed: bytes, task_id: uuid.UUID, workdir: str) -> bytes:
+        self.tasks.send_bytes(pickle.dumps((task_id, workdir)))
+        self.tasks.send_bytes(packed)
+        return self.results.recv_bytes()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for end in (self.tasks, self.results):
+            end.close()  # the worker reads EOF and exits
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout)
+
+
+def _serve(tasks: Any, results: Any, parent_ends: tuple[Any, ...]) -> None:
+    """The worker's loop: a (task id, working dir) header, the packed task; the packed result back."""
+    for end in parent_ends:
+        end.close()
+    while True:
+        try:
+            task_id, workdir = pickle.loads(tasks.recv_bytes())
+            packed = tasks.recv_bytes()
+        except (EOFError, OSError):
+            return
+        results.send_bytes(_execute(packed, task_id, workdir))
+
+
 class LocalTransport(Transport):
     """The embedded default endpoint: this machine plays the login node."""
 
@@ -109,40 +165,38 @@ class LocalTransport(Transport):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pool: Any = None
-
-    def _executor(self) -> Any:
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # Imported before the fork, so the worker starts warm.
-            import globus_compute_endpoint.engines.helper  # noqa: F401
-
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
-            atexit.register(self.close)
-        return self._pool
+        self._worker: _Worker | None = None
+        self._lock = threading.Lock()
 
     def _run(self, task: str, req: dict[str, Any]) -> Any:
-        from concurrent.futures.process import BrokenProcessPool
-
         from login_node.rundir import Home
 
         fn = task_function(task)
         task_id, packed = pack_task(fn, req)
         workdir = Home.default().endpoint_workdir
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            result = self._executor().submit(_execute, packed, task_id, str(workdir)).result()
-        except BrokenProcessPool:
-            self.close()
-            raise TransportError(f"the local endpoint's worker died while running the {task} task", "run the command again") from None
+        with self._lock:  # one task at a time, like a default endpoint
+            if self._worker is None:
+                self._worker = _Worker()
+                atexit.register(self.close)
+            try:
+                result = self._worker.run(packed, task_id, str(workdir))
+            except (EOFError, OSError):
+                self._close_worker()
+                raise TransportError(f"the local endpoint's worker died while running the {task} task", "run the command again") from None
+            except BaseException:
+                self._close_worker()  # interrupted half-way: the pipes are out of step
+                raise
         return unpack_result(result)
 
+    def _close_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            self._close_worker()
 
 
 def get_transport(endpoint: str) -> Transport:
@@ -157,8 +211,6 @@ def get_transport(endpoint: str) -> Transport:
 
 def worker_pid(transport: Transport) -> int | None:
     """The pid of the local transport's worker process (for fault-injection tests)."""
-    pool = getattr(transport, "_pool", None)
-    if pool is None:
-        return None
-    return next(iter(pool._processes), None)  # noqa: SLF001
+    worker = getattr(transport, "_worker", None)
+    return worker.proc.pid if worker is not None else None
 
