@@ -33,6 +33,11 @@ from login_node.rundir import RunPaths, read_json, write_json
 
 log = logging.getLogger("gcbundle.driver")
 
+#: Batch providers and the command that cancels their jobs: recorded in
+#: state.json so that a cancel which had to kill the driver still cancels them.
+BATCH_CANCEL = {"SlurmProvider": "scancel", "PBSProProvider": "qdel", "TorqueProvider": "qdel",
+                "LSFProvider": "bkill", "CondorProvider": "condor_rm", "GridEngineProvider": "qdel"}
+
 #: A file the driver deletes to make room for its last state on a full disk.
 RESERVE = ".reserve"
 RESERVE_BYTES = 256 * 1024
@@ -340,6 +345,12 @@ class Driver:
             mapping = getattr(executor, "blocks_to_job_id", None) or {}
             for block, job in list(mapping.items()):
                 self.job_ids[f"{executor.label}/{block}"] = str(job)
+            provider = getattr(executor, "provider", None)
+            kind = type(provider).__name__
+            if kind in BATCH_CANCEL and mapping:
+                self.state.setdefault("batch_jobs", {}).setdefault(kind, [])
+                known = self.state["batch_jobs"][kind]
+                known += [str(j) for j in mapping.values() if str(j) not in known]
 
     def _cleanup(self) -> None:
         import parsl

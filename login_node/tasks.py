@@ -12,6 +12,7 @@ import functools
 import os
 import shutil
 import signal
+import subprocess
 import time
 import traceback
 from typing import Any, Callable
@@ -332,8 +333,20 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             except (ProcessLookupError, PermissionError):
                 pass
             escalated += 1
+            _cancel_batch_jobs(state.read_raw(paths))
         escalated += procs.sweep(paths.run_id, grace=2.0)
     return {"state": state.effective(paths), "escalated": escalated}
+
+
+def _cancel_batch_jobs(st: dict[str, Any]) -> None:
+    """The driver was killed before its DFK cleaned up: cancel the batch jobs it recorded."""
+    from login_node.driver import BATCH_CANCEL
+
+    for kind, ids in (st.get("batch_jobs") or {}).items():
+        command = BATCH_CANCEL.get(kind)
+        ids = [i for i in ids if isinstance(i, str) and i.replace(".", "").replace("-", "").isalnum()]
+        if command and ids and shutil.which(command):
+            subprocess.run([command, *ids], capture_output=True, timeout=60, check=False)
 
 
 @_task

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,28 @@ def test_driver_cancels_the_jobs_the_dfk_left(tmp_path: Path) -> None:
         assert provider.resources[job]["status"].terminal
     finally:
         scancel_quietly([job])
+
+
+@pytest.mark.timeout(300)
+def test_cancel_that_must_kill_the_driver_still_cancels_its_jobs(tmp_path: Path, home: Path) -> None:
+    """With no grace the cancel task SIGKILLs the driver before its DFK can
+    scale in; the batch jobs the driver recorded in state.json are then
+    cancelled by the task itself (scancel), so nothing is left in squeue."""
+    wf = write_workflow(tmp_path / "wf", SLOW)
+    run = api.submit(wf, "local", site="slurm", params=FAST, args={"seconds": 600})
+    wait_for_state(run, "running")
+    outputs = home / "runs" / run.id / "outputs"
+    deadline = time.monotonic() + 120
+    while len(list(outputs.glob("started-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)  # one more heartbeat: the job ids are in state.json
+    ids = job_ids(run.status())
+    assert ids and set(active_jobs(ids).values()) == {"RUNNING"}
+    reply = run.cancel(grace=0)
+    assert reply["escalated"] >= 1 and reply["state"]["state"] == "cancelled"
+    assert_nothing_left(run.id, ids)
+    # Cancelled by the scheduler, not merely ended because this single node's
+    # process sweep reached the workers (on a real cluster it cannot).
+    for job in ids:
+        shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
+        assert "JobState=CANCELLED" in shown, shown
