@@ -102,8 +102,12 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
     (partial / MARKER).write_text(json.dumps({"manifest_sha256": sha, "complete": False}))
     fetched = 0
     for attempt in range(2):
-        fetched += _download(transport, run_id, sha, chunk, files, partial, total, progress)
-        bad = [f for f in files if _local_size(partial / f["path"]) != f["size"] or _sha256(partial / f["path"]) != f["sha256"]]
+        got, streamed = _download(transport, run_id, sha, chunk, files, partial, total, progress)
+        fetched += got
+        # Files written whole in this pass were hashed as they were written;
+        # the rest (already here from an interrupted fetch) are read back.
+        bad = [f for f in files if _local_size(partial / f["path"]) != f["size"]
+               or (streamed.get(f["path"]) or _sha256(partial / f["path"])) != f["sha256"]]
         if not bad:
             break
         for f in bad:
@@ -123,8 +127,13 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
 
 
 def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: list[dict[str, Any]], root: Path,
-              total: int, progress: Progress | None) -> int:
-    """Fetch every chunk that holds bytes not yet on disk; return the bytes fetched."""
+              total: int, progress: Progress | None) -> tuple[int, dict[str, str]]:
+    """Fetch every chunk that holds bytes not yet on disk.
+
+    Return the bytes fetched and the sha256 of each file written from its
+    first byte to its last in this pass (hashed as it was written, so a
+    download is not read back from disk to be verified).
+    """
     spans = []  # (stream start, file entry)
     pos = 0
     resume = None
@@ -136,41 +145,113 @@ def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: li
         elif resume is not None and have:
             (root / f["path"]).unlink()  # beyond the resume point: rewrite in order
         pos += f["size"]
+    writer = _StreamWriter(root, spans, resume if resume is not None else total)
     for _start, f in spans:  # empty files have no bytes to fetch
         if f["size"] == 0:
-            _open_at(root, f["path"], 0).close()
+            writer.touch(f["path"])
     if resume is None:
-        return 0
+        return 0, writer.digests
     fetched = 0
     first = resume // chunk
     count = max(1, -(-total // chunk))
-    for index in range(first, count):
-        data = transport.call("results_chunk", run_id=run_id, manifest_sha256=sha, index=index)["data"]
-        c_start = index * chunk
-        if len(data) != min(chunk, total - c_start):
-            raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {min(chunk, total - c_start)}", "run `gcbundle results` again")
-        fetched += len(data)
-        for f_start, f in spans:
+    requests = ({"run_id": run_id, "manifest_sha256": sha, "index": index} for index in range(first, count))
+    try:
+        for index, reply in zip(range(first, count), transport.call_many("results_chunk", requests)):
+            data = reply["data"]
+            c_start = index * chunk
+            if len(data) != min(chunk, total - c_start):
+                raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {min(chunk, total - c_start)}", "run `gcbundle results` again")
+            fetched += len(data)
+            writer.write(c_start, data)
+            if progress:
+                progress("results", min(total, c_start + len(data)), total)
+    finally:
+        writer.close()
+    return fetched, writer.digests
+
+
+class _StreamWriter:
+    """Writes the package's byte stream into its files, in order, hashing each file as it goes.
+
+    One file is open at a time (the stream visits each file once), and each
+    directory is created and checked once, not once per file and chunk.
+    """
+
+    def __init__(self, root: Path, spans: list[tuple[int, dict[str, Any]]], resume: int) -> None:
+        self.root = root
+        self.spans = spans
+        self.resume = resume
+        self.next = 0  # index in spans of the first file not finished
+        self.current: tuple[dict[str, Any], Any, Any, int] | None = None  # (entry, handle, hasher, written up to)
+        self.digests: dict[str, str] = {}
+        self.dirs: set[Path] = set()
+
+    def touch(self, rel: str) -> None:
+        _open_at(self.root, rel, 0, self.dirs).close()
+        self.digests[rel] = hashlib.sha256().hexdigest()
+
+    def write(self, c_start: int, data: bytes) -> None:
+        view = memoryview(data)
+        c_end = c_start + len(data)
+        while self.next < len(self.spans):
+            f_start, f = self.spans[self.next]
             f_end = f_start + f["size"]
-            lo, hi = max(c_start, f_start, resume), min(c_start + len(data), f_end)
-            if lo >= hi:
+            if f_end <= max(c_start, self.resume) or f["size"] == 0:
+                self.next += 1  # before the resume point, or empty: nothing to write
                 continue
-            with _open_at(root, f["path"], lo - f_start) as out:
-                out.write(data[lo - c_start:hi - c_start])
-        if progress:
-            progress("results", min(total, c_start + len(data)), total)
-    return fetched
+            if f_start >= c_end:
+                return
+            lo, hi = max(c_start, f_start, self.resume), min(c_end, f_end)
+            handle, hasher = self._open(f, f_start, lo)
+            piece = view[lo - c_start:hi - c_start]
+            handle.write(piece)
+            hasher.update(piece)
+            if hi == f_end:
+                handle.close()
+                self.digests[f["path"]] = hasher.hexdigest()
+                self.current = None
+                self.next += 1
+            else:
+                self.current = (f, handle, hasher, hi)
+                return
+
+    def _open(self, f: dict[str, Any], f_start: int, at: int) -> tuple[Any, Any]:
+        if self.current is not None and self.current[0] is f and self.current[3] == at:
+            return self.current[1], self.current[2]
+        self.close()
+        handle = _open_at(self.root, f["path"], at - f_start, self.dirs)
+        hasher = hashlib.sha256()
+        if at > f_start:  # resuming inside this file: hash what is already there
+            handle.seek(0)
+            left = at - f_start
+            while left:
+                block = handle.read(min(left, 1024 * 1024))
+                if not block:
+                    break
+                hasher.update(block)
+                left -= len(block)
+            handle.seek(at - f_start)
+        return handle, hasher
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current[1].close()
+            self.current = None
 
 
-def _open_at(root: Path, rel: str, offset: int) -> Any:
+def _open_at(root: Path, rel: str, offset: int, made: set[Path] | None = None) -> Any:
     path = root / rel
     parent = root
     for part in rel.split("/")[:-1]:
         parent = parent / part
+        if made is not None and parent in made:
+            continue
         if parent.is_symlink():
             raise ResultsError(f"{parent} is a symlink; refusing to write through it")
         parent.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        if made is not None:
+            made.add(parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     f = os.fdopen(fd, "r+b")
     f.truncate(offset)
     f.seek(offset)

@@ -17,6 +17,7 @@ from typing import Any
 
 from bundle.errors import ResultsError
 from bundle.limits import CHUNK_BYTES
+from bundle.manifest import check_path
 from login_node.rundir import RunPaths, read_json, write_json
 
 #: (directory in the run, prefix in the package); single files listed apart.
@@ -33,32 +34,50 @@ _FILES = (
 )
 
 
-def _sources(paths: RunPaths) -> list[tuple[str, Path]]:
-    out: list[tuple[str, Path]] = []
+def _scan(paths: RunPaths) -> list[tuple[str, str, os.stat_result]]:
+    """(name in the package, path on disk, lstat) of every regular file, sorted by name.
+
+    ``os.scandir`` and plain strings: a chunk task used to spend most of its
+    time building ``pathlib`` objects for thousands of outputs.
+    """
+    out: list[tuple[str, str, os.stat_result]] = []
     for attr, name in _FILES:
-        p: Path = getattr(paths, attr)
-        if _regular(p):
-            out.append((name, p))
+        full = str(getattr(paths, attr))
+        st = _lstat(full)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            out.append((name, full, st))
     for attr, prefix in _TREES:
-        top: Path = getattr(paths, attr)
-        if not top.is_dir() or top.is_symlink():
-            continue
-        for dirpath, dirnames, filenames in os.walk(top):
-            # HTEX's CurveZMQ keys live in certificates/: never part of the results.
-            dirnames[:] = sorted(d for d in dirnames if d != "certificates" and not os.path.islink(os.path.join(dirpath, d)))
-            for fn in sorted(filenames):
-                full = Path(dirpath) / fn
-                if _regular(full):
-                    out.append((f"{prefix}/{full.relative_to(top).as_posix()}", full))
+        top = str(getattr(paths, attr))
+        st = _lstat(top)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            _scan_tree(top, prefix, out)
     out.sort(key=lambda item: item[0])
     return out
 
 
-def _regular(p: Path) -> bool:
+def _scan_tree(directory: str, prefix: str, out: list[tuple[str, str, os.stat_result]]) -> None:
     try:
-        return stat.S_ISREG(os.lstat(p).st_mode)
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError:
-        return False
+        return
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            # HTEX's CurveZMQ keys live in certificates/: never part of the results.
+            if entry.name != "certificates":
+                _scan_tree(entry.path, f"{prefix}/{entry.name}", out)
+        elif stat.S_ISREG(st.st_mode):
+            out.append((f"{prefix}/{entry.name}", entry.path, st))
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _sha256(path: Path) -> str:
@@ -76,47 +95,105 @@ def manifest(paths: RunPaths) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         cached = {}
     files = []
-    for name, full in _sources(paths):
-        st = os.lstat(full)
+    for name, full, st in _scan(paths):
         old = cached.get(name)
         if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
             digest = old["sha256"]
         else:
-            digest = _sha256(full)
+            digest = _sha256(Path(full))
         files.append({"path": name, "size": st.st_size, "sha256": digest, "mtime_ns": st.st_mtime_ns})
     listing = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in files]
-    canonical = json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()
     result = {
         "files": listing,
         "total": sum(f["size"] for f in files),
         "chunk_bytes": CHUNK_BYTES,
-        "manifest_sha256": hashlib.sha256(canonical).hexdigest(),
+        "manifest_sha256": _listing_sha256(listing),
     }
     if {f["path"]: f for f in files} != cached:
         write_json(paths.results_manifest, {"files": files})
     return result
 
 
+def _listing_sha256(listing: list[dict[str, Any]]) -> str:
+    canonical = json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+#: The last results manifest read by ``read_chunk``, by (file, mtime_ns, size):
+#: an endpoint worker serves the chunks of one download one after another.
+_LISTING: dict[str, Any] = {}
+
+
+def _cached_listing(paths: RunPaths, manifest_sha256: str) -> list[dict[str, Any]] | None:
+    """The files of the manifest the client holds, from the cache ``manifest()`` wrote, if it is that one."""
+    try:
+        st = os.stat(paths.results_manifest)
+    except OSError:
+        return None
+    key = (str(paths.results_manifest), st.st_mtime_ns, st.st_size)
+    if _LISTING.get("key") != key:
+        try:
+            files = read_json(paths.results_manifest)["files"]
+            sha = _listing_sha256([{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in files])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        _LISTING.clear()
+        _LISTING.update(key=key, files=files, sha=sha)
+    return _LISTING["files"] if _LISTING["sha"] == manifest_sha256 else None
+
+
+_SINGLE = {name: attr for attr, name in _FILES}
+
+
+def _source(paths: RunPaths, name: str) -> str:
+    """Where a package path lives in the run directory (names come from our own cache file: checked anyway)."""
+    check_path(name, "results path")
+    if name in _SINGLE:
+        return str(getattr(paths, _SINGLE[name]))
+    for attr, prefix in _TREES:
+        if name.startswith(prefix + "/"):
+            return os.path.join(str(getattr(paths, attr)), name[len(prefix) + 1:])
+    raise ResultsError(f"{name!r} is not part of a results package")
+
+
 def read_chunk(paths: RunPaths, manifest_sha256: str, index: int) -> bytes:
-    current = manifest(paths)
-    if current["manifest_sha256"] != manifest_sha256:
-        raise ResultsError("the run's results changed since their manifest was read", "run `gcbundle results` again")
-    total = current["total"]
+    """Bytes ``[index*C, (index+1)*C)`` of the package the client's manifest describes.
+
+    Served from the listing ``manifest()`` cached, checking only the files the
+    chunk touches (type, size and mtime unchanged); without that cache, the
+    package is listed again. Either way a package that changed since the
+    client read its manifest is an error, and the client verifies every
+    file's sha256 in the end.
+    """
+    files = _cached_listing(paths, manifest_sha256)
+    if files is None:
+        current = manifest(paths)
+        if current["manifest_sha256"] != manifest_sha256:
+            raise ResultsError("the run's results changed since their manifest was read", "run `gcbundle results` again")
+        files = _cached_listing(paths, manifest_sha256) or [dict(f, mtime_ns=None) for f in current["files"]]
+    total = sum(f["size"] for f in files)
     count = max(1, -(-total // CHUNK_BYTES))
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
         raise ResultsError(f"chunk index {index!r} is outside 0..{count - 1}")
     start, end = index * CHUNK_BYTES, min(total, (index + 1) * CHUNK_BYTES)
-    sources = dict(_sources(paths))
     out = bytearray()
     pos = 0
-    for f in current["files"]:
+    for f in files:
         f_start, f_end = pos, pos + f["size"]
         pos = f_end
-        if f_end <= start or f_start >= end:
+        if f_start >= end:
+            break
+        if f_end <= start:
             continue
         lo, hi = max(start, f_start) - f_start, min(end, f_end) - f_start
-        fd = os.open(sources[f["path"]], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fd = os.open(_source(paths, f["path"]), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            raise ResultsError(f"{f['path']} disappeared since the results manifest was read", "run `gcbundle results` again") from None
         with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != f["size"] or (f.get("mtime_ns") is not None and st.st_mtime_ns != f["mtime_ns"]):
+                raise ResultsError("the run's results changed since their manifest was read", "run `gcbundle results` again")
             fh.seek(lo)
             data = fh.read(hi - lo)
         if len(data) != hi - lo:
