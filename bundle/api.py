@@ -98,8 +98,14 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
         run_id = _new_run_id()
         spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from, "inherit": inherit}
         inline = None
-        if packed.size <= INLINE_BUNDLE_BYTES and not registry.is_cached(endpoint, packed.digest):
+        known = registry.is_cached(endpoint, packed.digest)
+        if packed.size <= INLINE_BUNDLE_BYTES and not known:
             inline = packed.path.read_bytes()
+        elif not known:
+            # Too big to travel inside the launch task: stage it first (upload's
+            # probe finds a bundle the login node already has) rather than send
+            # a launch that can only answer "missing" (one task less).
+            upload(transport, packed, progress)
         reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=inline, spec=spec)
         if reply.get("missing_bundle"):
             registry.forget_cached(endpoint, packed.digest)

@@ -1,0 +1,187 @@
+"""Transport tasks per operation: submit, status, wait, logs, results of N bytes, cancel.
+
+    .venv/bin/python bench/tasks.py           # bundles and results of a few chunks
+    .venv/bin/python bench/tasks.py --tiny    # the same, smaller
+
+Targets (issue 7): status 1 task; results of N bytes ceil(N / chunk) + 1 tasks.
+
+Counted with the transport's own per-task counter (``Transport.calls``), on
+the local transport and on the globus transport. The globus transport runs
+against the HTTP-level fake of the Globus Compute service that its tests use
+(tests/fake_globus.py: the SDK's real Client and HTTP layer, tasks run by the
+endpoint's real execute_task, on this machine); for it the HTTPS requests
+per operation are counted too. Task counts do not depend on timing, so one
+round.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from _common import fmt_bytes, isolate, parser, result
+
+EP = "2b3c4d5e-0000-4000-8000-00000000e0e0"
+
+WORKFLOW = '''
+import os, time
+
+
+def main(nbytes=0, seconds=0.0):
+    out = os.environ["GCBUNDLE_OUTPUT_DIR"]
+    left, i = nbytes, 0
+    while left > 0:
+        n = min(left, 3_000_000)
+        with open(os.path.join(out, f"part{i}.bin"), "wb") as f:
+            f.write(os.urandom(n))
+        left, i = left - n, i + 1
+    time.sleep(seconds)
+    return nbytes
+'''
+
+
+def measure(transport: Any, fn: Callable[[], Any], requests: Callable[[], int] | None) -> tuple[dict[str, int], int | None, Any]:
+    before = dict(transport.calls)
+    r0 = requests() if requests else None
+    value = fn()
+    counts = {k: v - before.get(k, 0) for k, v in transport.calls.items() if v - before.get(k, 0)}
+    return counts, (requests() - r0 if requests and r0 is not None else None), value
+
+
+def scenario(label: str, make_transport: Callable[[], Any], root: Path, wf_small: Path, wf_big: Path, nbytes: int,
+             requests: Callable[[], int] | None = None, wait_ok: bool = True) -> dict[str, tuple[dict[str, int], int | None]]:
+    """Every operation once on a fresh transport; the tasks (and HTTPS requests) each sent."""
+    import bundle
+    from bundle.limits import CHUNK_BYTES
+    from bundle.registry import Registry
+
+    t = make_transport()
+    endpoint = getattr(t, "endpoint_id", "local")
+    reg = Registry(root / f"registry-{label}.sqlite3")
+    rows: dict[str, tuple[dict[str, int], int | None]] = {}
+
+    def op(name: str, fn: Callable[[], Any]) -> Any:
+        counts, reqs, value = measure(t, fn, requests)
+        rows[name] = (counts, reqs)
+        return value
+
+    run = op("submit (new small bundle, sent inline)", lambda: bundle.submit(wf_small, endpoint, args={"nbytes": nbytes}, transport=t, registry=reg))
+    op("submit again (bundle cached)", lambda: bundle.submit(wf_small, endpoint, args={"nbytes": 0}, transport=t, registry=reg))
+    big = os.path.getsize(wf_big / "data.bin")
+    op(f"submit (new {fmt_bytes(big)} bundle, staged in chunks)", lambda: bundle.submit(wf_big, endpoint, transport=t, registry=reg))
+    run = bundle.Run(run.id, endpoint, registry=reg, transport=t)
+    op("status", run.status)
+    if wait_ok:
+        op("wait (run of ~3 s)", lambda: bundle.submit(wf_small, endpoint, args={"seconds": 3.0}, transport=t, registry=reg).wait())
+    run.wait() if wait_ok else _wait_quietly(run)
+    op("logs (driver log)", lambda: "".join(run.logs("driver")))
+    fetched = op(f"results of the run ({nbytes // CHUNK_BYTES}+ chunks)", lambda: run.results(root / f"results-{label}"))
+    rows["_results_bytes"] = ({"bytes": fetched.bytes}, None)
+    op("results again (nothing new)", lambda: run.results(root / f"results-{label}"))
+    long_run = bundle.submit(wf_small, endpoint, args={"seconds": 60.0}, transport=t, registry=reg)
+    op("cancel", lambda: long_run.cancel(grace=10))
+    t.close()
+    return rows
+
+
+def _wait_quietly(run: Any) -> None:
+    import time
+
+    while run.status().get("state") not in ("succeeded", "failed", "cancelled", "lost"):
+        time.sleep(0.5)
+
+
+def globus_scenario(root: Path, *args: Any) -> tuple[dict[str, tuple[dict[str, int], int | None]] | None, str]:
+    """The same operations through the globus transport and the fake service, or why not."""
+    try:
+        import responses
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.fake_globus import FakeComputeService, store_login
+    except ImportError as exc:
+        return None, f"globus transport not measured: {exc} (install the test extra: pip install -e '.[test]')"
+    import bundle.globus as g
+    from bundle.globus import GlobusTransport, RateLimiter
+
+    compute_dir = root / "globus_compute"
+    os.environ["GLOBUS_COMPUTE_USER_DIR"] = str(compute_dir)
+    for key in ("GLOBUS_COMPUTE_CLIENT_ID", "GLOBUS_COMPUTE_CLIENT_SECRET", "GLOBUS_SDK_ENVIRONMENT"):
+        os.environ.pop(key, None)
+    store_login(compute_dir)
+    os.environ["GCBUNDLE_HOME"] = str(root / "home-globus")  # a login node that has seen nothing yet
+
+    class Clock:  # the fake runs each task at once; spend no real time in polls or pacing
+        t = 1000.0
+
+        def now(self) -> float:
+            return self.t
+
+        def sleep(self, s: float) -> None:
+            self.t += s
+
+    clock = Clock()
+    g._SHARED_LIMITER = RateLimiter(clock=clock.now, sleep=clock.sleep)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        svc = FakeComputeService(rsps, EP, root / "endpoint-tasks")
+        try:
+            rows = scenario("globus", lambda: GlobusTransport(EP, label="bench", interactive=False, sleep=clock.sleep, clock=clock.now),
+                            root, *args, requests=lambda: len(svc.log), wait_ok=False)
+        finally:
+            svc.close()
+    return rows, ""
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0], runs=1)
+    opts = p.parse_args()
+    root = isolate()
+    from bundle.limits import CHUNK_BYTES
+
+    chunks = 1.5 if opts.tiny else 3.5
+    nbytes = int(CHUNK_BYTES * chunks)
+    wf_small = root / "small" / "workflow.py"
+    wf_small.parent.mkdir()
+    wf_small.write_text(WORKFLOW)
+    wf_big = root / "big"
+    wf_big.mkdir()
+    (wf_big / "workflow.py").write_text(WORKFLOW)
+    (wf_big / "data.bin").write_bytes(os.urandom(int(CHUNK_BYTES * (1.2 if opts.tiny else 2.5))))
+
+    from bundle.transport import LocalTransport
+
+    local = scenario("local", LocalTransport, root, wf_small, wf_big, nbytes)
+    remote, why = globus_scenario(root, wf_small, wf_big, nbytes)
+    print(f"chunk = {fmt_bytes(CHUNK_BYTES)} ({CHUNK_BYTES} bytes)")
+    print(f"{'operation':44s} {'local: tasks':>14s}   {'globus: tasks':>14s} {'HTTPS requests':>15s}   tasks sent")
+    for name, (counts, _) in local.items():
+        if name.startswith("_"):
+            continue
+        g_counts, g_reqs = remote.get(name, ({}, None)) if remote else ({}, None)
+        g_text = f"{sum(g_counts.values()):>14d} {g_reqs if g_reqs is not None else '-':>15}" if g_counts else f"{'-':>14s} {'-':>15s}"
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        print(f"{name:44s} {sum(counts.values()):>14d}   {g_text}   {detail}")
+    if why:
+        print(why)
+    status = sum(local["status"][0].values())
+    result("tasks: status", status, "<=", 1, "task (local)", label="tasks")
+    results_name = next(k for k in local if k.startswith("results of"))
+    got = sum(local[results_name][0].values())
+    n = local["_results_bytes"][0]["bytes"]
+    expected = -(-n // CHUNK_BYTES) + 1
+    result(f"tasks: results of {n} bytes", got, "<=", expected, f"tasks (local); ceil({n} / {CHUNK_BYTES}) + 1 = {expected}", label="tasks")
+    if remote:
+        g_status = sum(remote["status"][0].values())
+        g_got = sum(remote[results_name][0].values())
+        g_n = remote["_results_bytes"][0]["bytes"]
+        result("tasks: status (globus)", g_status, "<=", 1, f"task, {remote['status'][1]} HTTPS requests", label="tasks")
+        result(f"tasks: results of {g_n} bytes (globus)", g_got, "<=", -(-g_n // CHUNK_BYTES) + 1,
+               f"tasks, {remote[results_name][1]} HTTPS requests", label="tasks")
+        print("globus HTTPS requests: one submit and at least one status poll per task (the fake finishes tasks at once; a real "
+              "endpoint takes longer, so more polls, paced at most 18 requests per 10 s), plus one registration the first time "
+              "each task function is used (remembered on disk), plus one endpoint status check per transport")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
