@@ -1,0 +1,32 @@
+"""Every benchmark runs from a fresh checkout with one command and prints its figures.
+
+Benchmarks are not tests: this only runs each one at its ``--tiny`` size and
+checks that it finishes, prints its ratio line(s), and leaves the caller's
+gcbundle home, registry and XDG directories alone. No timing is asserted.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPTS = ["pack", "roundtrip", "throughput", "dedup", "results", "driver", "tasks"]
+LINE = re.compile(r"^RESULT .+: \w+=-?\d+\.\d+ \(target (<=|>=) [\d.]+: (met|MISSED)\)", re.M)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_bench_runs_at_tiny_size(name: str, tmp_path: Path) -> None:
+    sentinels = {key: tmp_path / key.lower() for key in ("GCBUNDLE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    env = {**os.environ, **{k: str(v) for k, v in sentinels.items()}, "GCBUNDLE_REGISTRY": str(tmp_path / "registry.sqlite3")}
+    done = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--tiny"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert LINE.search(done.stdout), done.stdout
+    touched = [k for k, p in sentinels.items() if p.exists()] + (["GCBUNDLE_REGISTRY"] if (tmp_path / "registry.sqlite3").exists() else [])
+    assert not touched, f"the benchmark wrote into the caller's {touched}"
