@@ -81,7 +81,8 @@ def median(xs: list[float]) -> float:
 def result(name: str, ratio: float, op: str, target: float, details: str = "", label: str = "ratio") -> bool:
     """Print the result line; return whether the target is met."""
     met = ratio <= target if op == "<=" else ratio >= target
-    print(f"RESULT {name}: {label}={ratio:.3f} (target {op} {target:g}: {'met' if met else 'MISSED'}) {details}".rstrip(), flush=True)
+    value = f"{ratio:.6f}" if 0 < abs(ratio) < 0.01 else f"{ratio:.3f}"
+    print(f"RESULT {name}: {label}={value} (target {op} {target:g}: {'met' if met else 'MISSED'}) {details}".rstrip(), flush=True)
     return met
 
 
