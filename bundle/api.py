@@ -16,11 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bundle import archive, profiles
+from bundle import archive, delta, profiles
 from bundle.endpoints import submit_defaults as endpoint_defaults
 from bundle.errors import BundleError, RunStateError, UsageError
 from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES
 from bundle.pack import PackResult, pack
+from bundle.protocol import supports_delta
 from bundle.registry import Registry, RunRecord
 from bundle.results import Fetched, fetch
 from bundle.transport import Transport, get_transport
@@ -55,23 +56,43 @@ def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = 
 
 
 def upload(transport: Transport, packed: PackResult, progress: Progress | None = None) -> int:
-    """Stage a bundle on the login node in chunks, skipping chunks already there; return chunks sent."""
-    info = transport.call("probe", digests=[packed.digest], archive_sha256=packed.archive_sha256)
+    """Stage a bundle on the login node in chunks, skipping chunks already there; return chunks sent.
+
+    When the login node holds an earlier bundle that shares most of this
+    one's files, only the files it lacks are sent (``bundle.delta``).
+    """
+    bases = delta.candidates(packed.manifest)
+    info = transport.call("probe", digests=[packed.digest], archive_sha256=packed.archive_sha256,
+                          **({"bases": [m.digest for m in bases]} if bases else {}))
     if packed.digest in info["cached"]:
         return 0
-    have = set(info.get("staged_chunks", []))
-    count = max(1, -(-packed.size // CHUNK_BYTES))
+    if bases and supports_delta(info):
+        d = delta.build(packed.path, packed.manifest, bases, info["bases"], packed.path.parent)
+        if d is not None:
+            with d:
+                try:
+                    return _send_chunks(transport, packed.digest, d.path, d.sha256, d.size, set(), progress, base=d.base)
+                except BundleError:
+                    pass  # e.g. the base left the login node's cache meanwhile: send the whole bundle
+    return _send_chunks(transport, packed.digest, packed.path, packed.archive_sha256, packed.size,
+                        set(info.get("staged_chunks", [])), progress)
+
+
+def _send_chunks(transport: Transport, digest: str, path: Path, sha: str, size: int, have: set[int],
+                 progress: Progress | None, base: str | None = None) -> int:
+    count = max(1, -(-size // CHUNK_BYTES))
     sent = 0
-    with open(packed.path, "rb") as f:
+    with open(path, "rb") as f:
         for index in range(count):
             if index in have and index != count - 1:
                 continue  # the last chunk is always sent: it completes (or re-completes) the upload
             f.seek(index * CHUNK_BYTES)
             data = f.read(CHUNK_BYTES)
-            transport.call("stage", digest=packed.digest, archive_sha256=packed.archive_sha256, size=packed.size, index=index, data=data)
+            transport.call("stage", digest=digest, archive_sha256=sha, size=size, index=index, data=data,
+                           **({"base": base} if base else {}))
             sent += 1
             if progress:
-                progress("upload", min(packed.size, (index + 1) * CHUNK_BYTES), packed.size)
+                progress("upload", min(size, (index + 1) * CHUNK_BYTES), size)
     return sent
 
 

@@ -98,8 +98,12 @@ def verify(path: Path | str, expected_digest: str | None = None) -> Manifest:
     return _walk(Path(path), None, expected_digest)
 
 
-def extract(path: Path | str, dest: Path | str, expected_digest: str | None = None) -> Manifest:
-    """Extract into ``dest`` (which must not exist) once every member checks out."""
+def extract(path: Path | str, dest: Path | str, expected_digest: str | None = None, subset: bool = False) -> Manifest:
+    """Extract into ``dest`` (which must not exist) once every member checks out.
+
+    With ``subset``, the archive may hold only some of the manifest's files
+    (still in its order): a delta, whose other files come from a cached bundle.
+    """
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise BundleError(f"{str(dest)!r} already exists; refusing to overwrite it")
@@ -107,7 +111,7 @@ def extract(path: Path | str, dest: Path | str, expected_digest: str | None = No
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(mode=0o700, parents=True)
     try:
-        manifest = _walk(Path(path), tmp, expected_digest)
+        manifest = _walk(Path(path), tmp, expected_digest, subset)
         os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,7 +119,7 @@ def extract(path: Path | str, dest: Path | str, expected_digest: str | None = No
     return manifest
 
 
-def _walk(path: Path, dest: Path | None, expected_digest: str | None) -> Manifest:
+def _walk(path: Path, dest: Path | None, expected_digest: str | None, subset: bool = False) -> Manifest:
     with _open(path) as tar:
         members = _members(tar)
         manifest = _read_manifest(tar, members)
@@ -125,6 +129,8 @@ def _walk(path: Path, dest: Path | None, expected_digest: str | None) -> Manifes
         root = str(dest) if dest else "/nonexistent-root"
         for member in members:
             entry = next(expected, None)
+            while subset and entry is not None and entry.path != member.name:
+                entry = next(expected, None)  # a file the delta leaves to its base
             if entry is None:
                 raise BundleError(f"bundle member {member.name!r} is not listed in {MANIFEST_NAME}", _HINT)
             if member.name != entry.path:
@@ -149,7 +155,7 @@ def _walk(path: Path, dest: Path | None, expected_digest: str | None) -> Manifes
                     out.close()
             if h.hexdigest() != entry.sha256:
                 raise BundleError(f"bundle member {entry.path!r} does not match its sha256 in {MANIFEST_NAME}", "the bundle was altered; rebuild it with `gcbundle pack`")
-        missing = next(expected, None)
+        missing = None if subset else next(expected, None)
         if missing is not None:
             raise BundleError(f"{missing.path!r} is listed in {MANIFEST_NAME} but missing from the archive", _HINT)
     return manifest

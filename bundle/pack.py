@@ -240,4 +240,5 @@ def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] 
             packcache.HashCache(sel.root).forget()
             raise
         archives.store(key, output, sha, size)
+    packcache.ManifestStore().put(manifest)
     return PackResult(Path(output), manifest, sha, size, sel.excluded)

@@ -223,3 +223,60 @@ class ArchiveCache:
                         p.unlink()
                     except FileNotFoundError:
                         pass
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+class ManifestStore:
+    """The manifests of recently packed bundles, by digest: the bases a delta upload can name.
+
+    A resubmit after a small edit need only send the files the login node's
+    copy of an earlier bundle lacks; finding them takes that bundle's file
+    list, kept here (a few hundred bytes per file; the newest ``KEEP``).
+    """
+
+    KEEP = 32
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.on = enabled()
+        self.dir = (directory or cache_dir()) / "manifests"
+
+    def put(self, manifest: Any) -> None:
+        if not self.on:
+            return
+        path = self.dir / f"{manifest.digest}.json"
+        try:
+            if path.exists():
+                os.utime(path)
+            else:
+                _write_atomic(path, manifest.dumps())
+            old = sorted(self.dir.glob("*.json"), key=_mtime, reverse=True)[self.KEEP:]
+            for p in old:
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def recent(self, exclude: str = "") -> list[Any]:
+        """Stored manifests, newest first (damaged ones skipped)."""
+        from bundle.errors import GcbundleError
+        from bundle.manifest import Manifest
+
+        if not self.on or not self.dir.is_dir():
+            return []
+        out = []
+        paths = sorted(self.dir.glob("*.json"), key=_mtime, reverse=True)
+        for p in paths:
+            if p.stem == exclude:
+                continue
+            try:
+                m = Manifest.loads(p.read_bytes())
+            except (OSError, GcbundleError):
+                continue
+            if m.digest == p.stem:
+                out.append(m)
+        return out

@@ -1,10 +1,21 @@
 """The wire between client and login node: versions and envelopes.
 
 Every task function takes one dict and returns one dict. The request carries
-the client's protocol version; the reply carries the login node's, and either
+the protocol version it needs; the reply carries the login node's, and either
 ``data`` or an ``error`` that names a class of ``bundle.errors``. A change that
 old clients or old login nodes cannot understand bumps ``PROTOCOL``; the side
 that is behind is told to upgrade.
+
+A request is stamped with the lowest version that can serve it
+(``request_level``), not with the newest the client speaks, so a newer client
+keeps working with an older login node for everything that login node knows,
+and uses a newer feature only after the login node has said it has it.
+
+    1  the tasks in TASKS
+    2  delta staging: ``probe`` with ``bases`` answers which of those bundles
+       the login node holds; ``stage`` with ``base`` takes the chunks of a
+       bundle archive that holds only the files the base lacks (by sha256),
+       and the login node rebuilds the whole bundle from the two
 """
 from __future__ import annotations
 
@@ -13,16 +24,28 @@ from typing import Any
 from bundle import __version__
 from bundle.errors import BY_NAME, GcbundleError, ProtocolMismatch, RemoteError
 
-PROTOCOL = 1
+PROTOCOL = 2
 #: Oldest peer protocol this side still understands.
 MIN_PROTOCOL = 1
+#: The version that brought delta staging.
+DELTA = 2
 
 #: Names of the task functions in ``login_node.tasks``.
 TASKS = ("probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk", "cancel", "doctor")
 
 
+def request_level(fields: dict[str, Any]) -> int:
+    """The lowest protocol version that understands a request with these fields."""
+    return DELTA if fields.get("base") is not None else 1
+
+
 def request(**fields: Any) -> dict[str, Any]:
-    return {"protocol": PROTOCOL, "client_version": __version__, **fields}
+    return {"protocol": request_level(fields), "client_version": __version__, **fields}
+
+
+def supports_delta(probe_reply: dict[str, Any]) -> bool:
+    """Whether a login node's answer to ``probe`` with ``bases`` says it can take a delta."""
+    return isinstance(probe_reply.get("bases"), list) and int(probe_reply.get("protocol") or 1) >= DELTA
 
 
 def check_request(req: Any) -> dict[str, Any]:

@@ -56,10 +56,17 @@ class Cache:
             return []
         return sorted(int(p.stem) for p in d.glob("*.part") if p.stem.isdigit())
 
-    def put_chunk(self, digest: str, archive_sha256: str, size: int, index: int, data: bytes) -> bool:
-        """Store one chunk; return True once the bundle is complete and cached."""
+    def put_chunk(self, digest: str, archive_sha256: str, size: int, index: int, data: bytes, base: str | None = None) -> bool:
+        """Store one chunk; return True once the bundle is complete and cached.
+
+        With ``base``, the chunks make up a delta against that cached bundle
+        (``archive_sha256`` is the delta's), and the whole bundle is rebuilt
+        from the two once the last one arrives.
+        """
         check_digest(digest)
         check_digest(archive_sha256, "archive_sha256")
+        if base is not None:
+            self.path(check_digest(base, "base"))  # refuse a delta against a bundle we do not have, at once
         if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
             raise BundleError(f"bundle size {size!r} is outside 1..{MAX_BUNDLE_BYTES} bytes", "leave large data out of the bundle")
         count = chunk_count(size)
@@ -76,7 +83,7 @@ class Cache:
             write_atomic(d / f"{index}.part", bytes(data))
             if len(self.staged_chunks(digest, archive_sha256)) < count:
                 return False
-            self._assemble(digest, archive_sha256, size, count, d)
+            self._assemble(digest, archive_sha256, size, count, d, base)
         except FileNotFoundError:
             # Another upload of the same bundle finished and removed the staging directory.
             if not self.has(digest):
@@ -98,7 +105,7 @@ class Cache:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _assemble(self, digest: str, archive_sha256: str, size: int, count: int, d: Path) -> None:
+    def _assemble(self, digest: str, archive_sha256: str, size: int, count: int, d: Path, base: str | None = None) -> None:
         tmp = self.home.staging / f"assembled.{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}"
         try:
             with open(tmp, "wb") as out:
@@ -107,7 +114,7 @@ class Cache:
                         shutil.copyfileobj(f, out, 1024 * 1024)
                 out.flush()
                 os.fsync(out.fileno())
-            self._commit(digest, archive_sha256, size, tmp)
+            self._commit(digest, archive_sha256, size, tmp, base)
         except BundleError:
             shutil.rmtree(d, ignore_errors=True)  # bad chunks must not be reused
             raise
@@ -116,7 +123,7 @@ class Cache:
         shutil.rmtree(d, ignore_errors=True)
         self.sweep_staging()
 
-    def _commit(self, digest: str, archive_sha256: str, size: int, tmp: Path) -> None:
+    def _commit(self, digest: str, archive_sha256: str, size: int, tmp: Path, base: str | None = None) -> None:
         """Check a complete archive and move it to its cache name: the only way an entry appears."""
         h = hashlib.sha256()
         with open(tmp, "rb") as f:
@@ -124,7 +131,16 @@ class Cache:
                 h.update(block)
         if tmp.stat().st_size != size or h.hexdigest() != archive_sha256:
             raise BundleError(f"bundle {digest[:12]} arrived corrupted (its sha256 does not match)", "submit it again")
-        archive.verify(tmp, expected_digest=digest)
+        if base is not None:
+            from login_node.delta import rebuild
+
+            whole = rebuild(tmp, self.path(base), base, digest, self.home.staging)
+            try:
+                os.replace(whole, tmp)  # checked file by file as it was written
+            finally:
+                whole.unlink(missing_ok=True)
+        else:
+            archive.verify(tmp, expected_digest=digest)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.home.cached_bundle(digest))
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from bundle import archive
 from bundle.errors import GcbundleError, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES
-from bundle.protocol import check_request, error_reply, reply
+from bundle.protocol import PROTOCOL, check_request, error_reply, reply
 from login_node import package, procs, state
 from login_node.cache import Cache, check_digest
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
@@ -60,6 +60,12 @@ def probe(req: dict[str, Any], home: Home) -> dict[str, Any]:
     out: dict[str, Any] = {"cached": [d for d in digests if cache.has(check_digest(d))]}
     if req.get("archive_sha256") and len(digests) == 1:
         out["staged_chunks"] = cache.staged_chunks(digests[0], req["archive_sha256"])
+    bases = req.get("bases")
+    if bases is not None:  # protocol 2: which of these could a delta be made against
+        if not isinstance(bases, list) or len(bases) > 64:
+            raise UsageError("bases must be a list of at most 64 digests")
+        out["bases"] = [b for b in bases if cache.has(check_digest(b, "base"))]
+        out["protocol"] = PROTOCOL
     return out
 
 
@@ -72,6 +78,7 @@ def stage(req: dict[str, Any], home: Home) -> dict[str, Any]:
         _int(req, "size", lo=1),
         _int(req, "index"),
         req.get("data"),  # type: ignore[arg-type]
+        base=None if req.get("base") is None else check_digest(req.get("base"), "base"),
     )
     return {"complete": complete}
 
