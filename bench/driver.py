@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from _common import direct_runner, fmt_bytes, isolate, median, parser, result
 
@@ -99,8 +98,8 @@ def main() -> int:
             direct = subprocess.Popen([*direct_cmd, json.dumps({**args, "flags": str(flags / "d")})], cwd=str(wf_dir), env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                driver_pid = wait_for(lambda: run.status().get("pid"), 60, "the driver")
-                wait_for(lambda: len(list((flags / "b").iterdir())) >= 2 and len(list((flags / "d").iterdir())) >= 2, 120,
+                driver_pid = wait_for(lambda r=run: r.status().get("pid"), 60, "the driver")
+                wait_for(lambda f=flags: len(list((f / "b").iterdir())) >= 2 and len(list((f / "d").iterdir())) >= 2, 120,
                          "both workflows' apps to start")
                 time.sleep(1.0)  # let start-up settle
                 pids = {"driver": int(driver_pid), "direct": direct.pid}

@@ -21,7 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, alternate, fmt_bytes, fmt_s, isolate, make_tree, median, parser, result
+from _common import (
+    REPO,
+    alternate,
+    fmt_bytes,
+    fmt_s,
+    isolate,
+    make_tree,
+    median,
+    parser,
+    result,
+)
 
 
 def main() -> int:

@@ -19,7 +19,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from _common import alternate, direct_runner, fmt_s, isolate, median, parser, result
 

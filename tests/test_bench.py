@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import REPO
 
 SCRIPTS = ["pack", "roundtrip", "throughput", "dedup", "results", "driver", "tasks"]
-LINE = re.compile(r"^RESULT .+: \w+=-?\d+\.\d+ \(target (<=|>=) [\d.]+: (met|MISSED)\)", re.M)
+LINE = re.compile(r"^RESULT .+: \w+=-?\d+\.\d+ \(target (<=|>=) [\d.]+: (met|MISSED)\)", re.MULTILINE)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

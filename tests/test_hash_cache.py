@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bundle import packcache
 from bundle import pack as pack_module
+from bundle import packcache
 from bundle.errors import BundleError
 from bundle.pack import pack
 
