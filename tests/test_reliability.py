@@ -86,7 +86,7 @@ def test_local_worker_killed_while_staging_leaves_no_partial_cache_entry(tmp_pat
         def _run(self, task, req):  # type: ignore[no-untyped-def]
             if task == "stage" and req["index"] == 1:
                 def kill() -> None:
-                    time.sleep(0.05)
+                    time.sleep(0.01)  # while the chunk is in flight or being assembled
                     pid = worker_pid(self)
                     if pid:
                         os.kill(pid, signal.SIGKILL)
@@ -104,7 +104,8 @@ def test_local_worker_killed_while_staging_leaves_no_partial_cache_entry(tmp_pat
         from bundle import archive
         archive.verify(entry)  # whatever is at a cache name is complete and valid
     if outcome == "killed":
-        assert list((home / "cache").glob("*.tar.gz")) == []
+        # The kill may also land after the last chunk was committed (the
+        # worker is fast): then the entry is complete, as verified above.
         assert Registry().list() == []
     run = api.submit(tmp_path / "wf", "local", wait=True)
     assert run.last_state["state"] == "succeeded"
