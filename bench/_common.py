@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a fresh clone without `pip install .`
@@ -114,11 +114,54 @@ def direct_runner(wf_dir: Path, run_dir: Path) -> tuple[list[str], dict[str, str
     ``interchange.py`` from PATH) and the workflow's directory on the
     workers' import path.
     """
+    import uuid
+
     script = wf_dir.parent / f"direct-{wf_dir.name}.py"
     script.write_text(DIRECT_RUNNER.format(wf_dir=str(wf_dir), repo=str(REPO), run_dir=str(run_dir)))
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
-           "PYTHONPATH": str(wf_dir)}
+           "PYTHONPATH": str(wf_dir), MARKER: uuid.uuid4().hex}
+    atexit.register(sweep_direct, env)
     return [sys.executable, str(script)], env
+
+
+#: Set in the direct runs' environment; every process they start (interchange,
+#: workers) inherits it, so ``sweep_direct`` finds what a run left behind.
+MARKER = "GCBUNDLE_BENCH_DIRECT"
+
+
+def stop_direct(proc: "subprocess.Popen[Any]", env: dict[str, str], grace: float = 30.0) -> None:
+    """Stop a direct run as a user would (Ctrl-C: its DFK cleans up), then anything it left."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+    sweep_direct(env)
+
+
+def sweep_direct(env: dict[str, str]) -> int:
+    """Stop the processes of a direct run still alive (a killed DFK leaves its interchange and workers)."""
+    from login_node.procs import terminate
+
+    needle = f"{MARKER}={env[MARKER]}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    if pids:
+        terminate(pids, grace=5.0)
+    return len(pids)
 
 
 def fmt_s(seconds: float) -> str:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from _common import direct_runner, fmt_bytes, isolate, median, parser, result
+from _common import direct_runner, fmt_bytes, isolate, median, parser, result, stop_direct
 
 WORKFLOW = '''
 import os, time
@@ -113,8 +113,7 @@ def main() -> int:
                 print(f"round {i + 1}: CPU driver {cpu['driver'][-1]:.2%}, bare DFK {cpu['direct'][-1]:.2%}; "
                       f"RSS driver {fmt_bytes(rss['driver'][-1])}, bare DFK {fmt_bytes(rss['direct'][-1])}", flush=True)
             finally:
-                direct.kill()
-                direct.wait(timeout=30)
+                stop_direct(direct, env)
                 run.cancel(grace=10)
     d_cpu, b_cpu = median(cpu["driver"]), median(cpu["direct"])
     d_rss, b_rss = median([float(x) for x in rss["driver"]]), median([float(x) for x in rss["direct"]])
