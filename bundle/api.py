@@ -20,6 +20,7 @@ from bundle import archive, delta, profiles
 from bundle.endpoints import submit_defaults as endpoint_defaults
 from bundle.errors import BundleError, RunStateError, UsageError
 from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES
+from bundle.manifest import sha256_file
 from bundle.pack import PackResult, pack
 from bundle.protocol import supports_delta
 from bundle.registry import Registry, RunRecord
@@ -34,14 +35,6 @@ def _new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _archive_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = (), entry: str | None = None,
@@ -51,7 +44,7 @@ def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = 
     path = Path(workflow)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         manifest = archive.verify(path)
-        return PackResult(path, manifest, _archive_sha256(path), path.stat().st_size, ())
+        return PackResult(path, manifest, sha256_file(path), path.stat().st_size, ())
     return pack(path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, mode=mode, progress=progress)
 
 

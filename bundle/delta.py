@@ -16,7 +16,6 @@ only when it carries at most ``WORTH`` of the bundle's bytes.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tarfile
@@ -93,9 +92,9 @@ def build(archive_path: Path, manifest: Manifest, bases: list[Manifest], held: l
 
 def _write_delta(archive_path: Path, send: set[str], raw: Any) -> tuple[str, int]:
     """Copy the manifest and the ``send`` members of our own archive into a new one, same format."""
-    from bundle.pack import GZIP_LEVEL, clean_tarinfo
+    from bundle.pack import GZIP_LEVEL, HashingWriter, clean_tarinfo
 
-    out = _Hashing(raw)
+    out = HashingWriter(raw)
     with tarfile.open(archive_path, mode="r|gz") as src, \
             gzipstream.ParallelGzipWriter(out, GZIP_LEVEL) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=1024 * 1024) as dst:
@@ -108,17 +107,3 @@ def _write_delta(archive_path: Path, send: set[str], raw: Any) -> tuple[str, int
             dst.addfile(clean_tarinfo(member.name, member.size, member.mode), data)
     return out.sha256.hexdigest(), out.size
 
-
-class _Hashing(io.RawIOBase):
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:  # type: ignore[override]
-        self.sha256.update(b)
-        self.size += len(b)
-        return self.raw.write(b)

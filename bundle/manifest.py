@@ -13,6 +13,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bundle.errors import ManifestError
@@ -27,6 +28,21 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RESERVED = {MANIFEST_NAME}
 #: NUL, other control characters, backslash: one regex, as every packed path passes here.
 _BAD_CHARS = re.compile(r"[\x00-\x1f\\]")
+
+
+def hash_file(path: Path | str, chunk: int = 1024 * 1024) -> tuple[str, int]:
+    """The sha256 (hex) and size of a file, as manifests and results listings record them."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def sha256_file(path: Path | str) -> str:
+    return hash_file(path)[0]
 
 
 def check_path(path: Any, what: str = "path") -> str:

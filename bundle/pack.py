@@ -155,7 +155,7 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progre
     done = 0
     try:
         with open(tmp, "wb") as raw:
-            hashing = _HashingWriter(raw)
+            hashing = HashingWriter(raw)
             with gzipstream.ParallelGzipWriter(hashing, GZIP_LEVEL) as gz:
                 with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:
                     data = manifest.dumps()
@@ -177,7 +177,9 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progre
     return hashing.sha256.hexdigest(), hashing.size
 
 
-class _HashingWriter(io.RawIOBase):
+class HashingWriter(io.RawIOBase):
+    """Passes bytes through to ``raw`` and counts and hashes them: the archive's sha256 and size."""
+
     def __init__(self, raw: io.BufferedWriter) -> None:
         self.raw = raw
         self.sha256 = hashlib.sha256()

@@ -34,6 +34,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from bundle import manifest
+
 #: A file whose mtime or ctime is this close to the time it was hashed is not cached.
 RACY_SECONDS = 3.0
 _RACY_NS = int(RACY_SECONDS * 1e9)
@@ -125,13 +127,7 @@ class HashCache:
 
 
 def hash_file(path: Path, chunk: int = 1024 * 1024) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
+    return manifest.hash_file(path, chunk)
 
 
 class ArchiveCache:

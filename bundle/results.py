@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bundle.errors import GcbundleError, ResultsError
-from bundle.manifest import check_path
+from bundle.manifest import check_path, sha256_file
 from bundle.transport import Transport
 
 MARKER = ".gcbundle-results.json"
@@ -63,12 +63,6 @@ def _local_size(path: Path) -> int:
         return 0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progress | None = None) -> Fetched:
@@ -107,7 +101,7 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
         # Files written whole in this pass were hashed as they were written;
         # the rest (already here from an interrupted fetch) are read back.
         bad = [f for f in files if _local_size(partial / f["path"]) != f["size"]
-               or (streamed.get(f["path"]) or _sha256(partial / f["path"])) != f["sha256"]]
+               or (streamed.get(f["path"]) or sha256_file(partial / f["path"])) != f["sha256"]]
         if not bad:
             break
         for f in bad:

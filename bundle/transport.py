@@ -13,8 +13,8 @@ import atexit
 import pickle
 import threading
 import uuid
-from collections import Counter
 from abc import ABC, abstractmethod
+from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
 from bundle.errors import PayloadTooLarge, RemoteError, TransportError, UsageError

@@ -8,7 +8,6 @@ which the next upload of the same bundle reuses.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from bundle import archive
 from bundle.errors import BundleError, UsageError
 from bundle.limits import CHUNK_BYTES, MAX_BUNDLE_BYTES
+from bundle.manifest import sha256_file
 from login_node.rundir import DIGEST, Home, write_atomic
 
 #: Staging directories untouched this long are abandoned uploads.
@@ -125,11 +125,7 @@ class Cache:
 
     def _commit(self, digest: str, archive_sha256: str, size: int, tmp: Path, base: str | None = None) -> None:
         """Check a complete archive and move it to its cache name: the only way an entry appears."""
-        h = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            while block := f.read(1024 * 1024):
-                h.update(block)
-        if tmp.stat().st_size != size or h.hexdigest() != archive_sha256:
+        if tmp.stat().st_size != size or sha256_file(tmp) != archive_sha256:
             raise BundleError(f"bundle {digest[:12]} arrived corrupted (its sha256 does not match)", "submit it again")
         if base is not None:
             from login_node.delta import rebuild

@@ -17,7 +17,7 @@ from typing import Any
 
 from bundle.errors import ResultsError
 from bundle.limits import CHUNK_BYTES
-from bundle.manifest import check_path
+from bundle.manifest import check_path, sha256_file
 from login_node.rundir import RunPaths, read_json, write_json
 
 #: (directory in the run, prefix in the package); single files listed apart.
@@ -80,12 +80,6 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest(paths: RunPaths) -> dict[str, Any]:
@@ -100,21 +94,21 @@ def manifest(paths: RunPaths) -> dict[str, Any]:
         if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:
             digest = old["sha256"]
         else:
-            digest = _sha256(Path(full))
+            digest = sha256_file(Path(full))
         files.append({"path": name, "size": st.st_size, "sha256": digest, "mtime_ns": st.st_mtime_ns})
     listing = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in files]
     result = {
         "files": listing,
         "total": sum(f["size"] for f in files),
         "chunk_bytes": CHUNK_BYTES,
-        "manifest_sha256": _listing_sha256(listing),
+        "manifest_sha256": _listingsha256_file(listing),
     }
     if {f["path"]: f for f in files} != cached:
         write_json(paths.results_manifest, {"files": files})
     return result
 
 
-def _listing_sha256(listing: list[dict[str, Any]]) -> str:
+def _listingsha256_file(listing: list[dict[str, Any]]) -> str:
     canonical = json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
 
@@ -134,7 +128,7 @@ def _cached_listing(paths: RunPaths, manifest_sha256: str) -> list[dict[str, Any
     if _LISTING.get("key") != key:
         try:
             files = read_json(paths.results_manifest)["files"]
-            sha = _listing_sha256([{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in files])
+            sha = _listingsha256_file([{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in files])
         except (OSError, ValueError, KeyError, TypeError):
             return None
         _LISTING.clear()
