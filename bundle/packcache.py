@@ -28,13 +28,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import zlib
 from pathlib import Path
 from typing import Any
 
 from bundle import manifest
+from bundle.fileio import write_atomic
 
 #: A file whose mtime or ctime is this close to the time it was hashed is not cached.
 RACY_SECONDS = 3.0
@@ -56,17 +56,7 @@ def cache_dir() -> Path:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, data, durable=False)
 
 
 def stat_key(st: os.stat_result) -> list[int]:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bundle.errors import RunNotFound
+from bundle.fileio import write_atomic
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -135,24 +135,6 @@ _FILES = {
     "cancel_marker": "cancel.requested",
     "results_manifest": "results-manifest.json",
 }
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:
