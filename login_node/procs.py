@@ -1,9 +1,14 @@
 """Finding and stopping every process that belongs to a run.
 
 The driver exports ``GCBUNDLE_RUN_ID`` and every process it starts inherits
-it (the interchange, local workers, launcher wrappers), so ``/proc/*/environ``
-finds them even after they have left the driver's process group. Used after
-a cancel and after the DFK's own cleanup, so no orphan survives a run.
+it (local workers, launcher wrappers), so ``/proc/*/environ`` finds them even
+after they have left the driver's process group. Parsl's interchange renames
+itself with setproctitle, which overwrites the memory ``environ`` shows, so a
+Parsl process (by its title or command line) is also the run's when its
+working directory lies inside the run directory (the driver and everything
+it starts work in ``bundle/``). Used
+after a cancel, after the DFK's own cleanup and for lost runs, so no orphan
+survives a run.
 """
 from __future__ import annotations
 
@@ -13,8 +18,12 @@ import time
 
 
 def run_processes(run_id: str, exclude: set[int] | None = None) -> list[int]:
-    """Pids of this user's processes whose environment carries the run id."""
+    """Pids of this user's processes whose environment carries the run id, or
+    whose working directory is inside the run's directory."""
+    from login_node.rundir import Home
+
     needle = f"GCBUNDLE_RUN_ID={run_id}".encode()
+    run_dir = os.path.realpath(Home.default().run(run_id).root)
     me = os.getuid()
     skip = {os.getpid(), *(exclude or set())}
     found = []
@@ -28,9 +37,32 @@ def run_processes(run_id: str, exclude: set[int] | None = None) -> list[int]:
                 env = f.read()
         except OSError:
             continue
-        if needle in env.split(b"\0"):
+        if needle in env.split(b"\0") or (_is_parsl(entry) and _inside(_cwd(entry), run_dir)):
             found.append(int(entry))
     return found
+
+
+def _is_parsl(pid: str) -> bool:
+    """Only Parsl's own processes are matched by directory: a user's shell that
+    happens to sit in the run directory is not the run's."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return cmdline.startswith(b"parsl:") or b"process_worker_pool" in cmdline or b"interchange" in cmdline
+
+
+def _cwd(pid: str) -> str:
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+    return cwd[: -len(" (deleted)")] if cwd.endswith(" (deleted)") else cwd
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + os.sep)
 
 
 def terminate(pids: list[int], grace: float = 5.0) -> list[int]:

@@ -74,3 +74,20 @@ def kill_driver(run: api.Run, everything: bool = False) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def parsl_processes_under(top: Path) -> list[int]:
+    """Parsl's interchanges and worker pools working below ``top``, found by
+    their titles and working directories (independently of login_node.procs)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if ("interchange" in title or "process_worker_pool" in title) and cwd.startswith(str(top)):
+            found.append(int(entry))
+    return found

@@ -20,7 +20,7 @@ from bundle.registry import Registry
 from bundle.transport import LocalTransport, worker_pid
 from login_node.procs import run_processes
 from tests.conftest import write_workflow
-from tests.faults import executions, kill_driver, start_checkpoint_run, wait_for
+from tests.faults import executions, kill_driver, parsl_processes_under, start_checkpoint_run, wait_for
 
 
 def test_killed_driver_reads_lost_and_resume_reuses_checkpoints(tmp_path: Path) -> None:
@@ -41,6 +41,8 @@ def test_killed_driver_reads_lost_and_resume_reuses_checkpoints(tmp_path: Path) 
     assert new.last_state["resumed_from"] == run.id
     assert Registry().get(new.id).resumed_from == run.id
     assert run_processes(new.id) == []
+    # the killed run's interchange (renamed by setproctitle) is gone too
+    wait_for(lambda: parsl_processes_under(tmp_path) == [], timeout=15, what="no interchange or worker pool left")
 
 
 def test_reboot_kills_everything_then_resume(tmp_path: Path) -> None:
@@ -52,6 +54,7 @@ def test_reboot_kills_everything_then_resume(tmp_path: Path) -> None:
     new = api.resume(run.id[:6], wait=True)
     assert new.last_state["state"] == "succeeded"
     assert sum(executions(marks).values()) == 4
+    wait_for(lambda: parsl_processes_under(tmp_path) == [], timeout=15, what="no interchange or worker pool left")
 
 
 def test_resume_is_refused_while_running_and_after_a_code_change(tmp_path: Path) -> None:
