@@ -250,6 +250,11 @@ def main() -> int:
             "cancel": repeated_cancels(tmp, args.cancels),
         }
         tried, rejected = hostile_cases(tmp)
+        from tests.faults import parsl_processes_under
+
+        time.sleep(2.0)
+        stray = parsl_processes_under(tmp)  # interchanges and worker pools, found by title and directory
+        parts["stray Parsl processes"] = {"orphans": len(stray)}
     faults = sum(p.get("faults", 0) for p in parts.values())
     recovered = sum(p.get("recovered", 0) for p in parts.values())
     repeated = sum(p.get("repeated", 0) for p in parts.values())
