@@ -167,7 +167,11 @@ def _serve(tasks: Any, results: Any, parent_ends: tuple[Any, ...]) -> None:
             packed = tasks.recv_bytes()
         except (EOFError, OSError):
             return
-        results.send_bytes(_execute(packed, task_id, workdir))
+        result = _execute(packed, task_id, workdir)
+        try:
+            results.send_bytes(result)
+        except OSError:  # the client is gone (killed): nobody to answer
+            return
 
 
 class LocalTransport(Transport):
