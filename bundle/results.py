@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from bundle.errors import GcbundleError, ResultsError
 from bundle.manifest import check_path, sha256_file
-from bundle.transport import Transport
+from bundle.transport import Tally, Transport
 
 MARKER = ".gcbundle-results.json"
 Progress = Callable[[str, int, int], None]
@@ -67,11 +67,15 @@ def _local_size(path: Path) -> int:
 
 def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progress | None = None) -> Fetched:
     """Download, verify and place the results of a finished run in ``dest/<run_id>``."""
-    dest = Path(dest)
+    tally = Tally()
+    with transport.observing(tally):
+        return _fetch(transport, run_id, Path(dest), tally, progress)
+
+
+def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress: Progress | None) -> Fetched:
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / run_id
     partial = dest / f".{run_id}.partial"
-    before = transport.sent
     listing = transport.call("results_manifest", run_id=run_id)
     files = _check_listing(listing)
     sha = listing["manifest_sha256"]
@@ -81,7 +85,7 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
     if done_marker.is_file():
         try:
             if json.loads(done_marker.read_text()).get("manifest_sha256") == sha:
-                return Fetched(final, len(files), total, 0, sha, transport.sent - before, listing["state"])
+                return Fetched(final, len(files), total, 0, sha, tally.sent, listing["state"])
         except (OSError, ValueError):
             pass
     marker = partial / MARKER
@@ -117,7 +121,7 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(partial, final)
-    return Fetched(final, len(files), total, fetched, sha, transport.sent - before, listing["state"])
+    return Fetched(final, len(files), total, fetched, sha, tally.sent, listing["state"])
 
 
 def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: list[dict[str, Any]], root: Path,
