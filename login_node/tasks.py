@@ -12,7 +12,6 @@ import functools
 import os
 import shutil
 import signal
-import subprocess
 import time
 import traceback
 from typing import Any, Callable
@@ -21,9 +20,11 @@ from bundle import archive
 from bundle.errors import GcbundleError, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import package, procs, state
+from login_node import blocks, procs, results, state
 from login_node.cache import Cache, check_digest
+from login_node.doctor import site_report
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
+from login_node.spawn import spawn
 
 #: How long ``launch`` waits for the driver to report that it started.
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
@@ -102,8 +103,6 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
-    from login_node.driver import spawn
-
     try:
         pid = spawn(paths)
     except Exception as exc:
@@ -296,7 +295,7 @@ def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
     st = state.effective(paths)
     if not state.is_terminal(st) and not req.get("partial"):
         raise RunStateError(f"run {paths.run_id} is still {st.get('state')}", "wait for it to finish (`gcbundle status --wait`), or cancel it")
-    return {"state": st, **package.manifest(paths)}
+    return {"state": st, **results.manifest(paths)}
 
 
 @_task
@@ -306,7 +305,7 @@ def results_chunk(req: dict[str, Any], home: Home) -> dict[str, Any]:
     if not isinstance(sha, str):
         raise UsageError("manifest_sha256 must be a string")
     index = _int(req, "index")
-    return {"index": index, "data": package.read_chunk(paths, sha, index)}
+    return {"index": index, "data": results.read_chunk(paths, sha, index)}
 
 
 @_task
@@ -340,24 +339,11 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             except (ProcessLookupError, PermissionError):
                 pass
             escalated += 1
-            _cancel_batch_jobs(state.read_raw(paths))
+            blocks.cancel_recorded(state.read_raw(paths).get("batch_jobs") or {})
         escalated += procs.sweep(paths.run_id, grace=2.0)
     return {"state": state.effective(paths), "escalated": escalated}
 
 
-def _cancel_batch_jobs(st: dict[str, Any]) -> None:
-    """The driver was killed before its DFK cleaned up: cancel the batch jobs it recorded."""
-    from login_node.driver import BATCH_CANCEL
-
-    for kind, ids in (st.get("batch_jobs") or {}).items():
-        command = BATCH_CANCEL.get(kind)
-        ids = [i for i in ids if isinstance(i, str) and i.replace(".", "").replace("-", "").isalnum()]
-        if command and ids and shutil.which(command):
-            subprocess.run([command, *ids], capture_output=True, timeout=60, check=False)
-
-
 @_task
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    from login_node.checks import site_report
-
     return site_report(home, req.get("site"))

@@ -1,4 +1,4 @@
-"""``gcbundle doctor``: can this login node run gcbundle's workflows?
+"""The login node's half of ``gcbundle doctor``: can this login node run gcbundle's workflows?
 
 ``site_report`` runs every check in this process and returns a JSON-able
 report: the versions of this side, and a list of checks, each ``ok``,
@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle import profiles
+from bundle import profiles, schedulers
 from bundle.errors import GcbundleError
 from bundle.versions import local_versions
 from login_node.rundir import Home
+from login_node.siteconfig import SiteDefaults, render_site
 
 #: Seconds the worker_init subshell and each scheduler command may take.
 WORKER_INIT_TIMEOUT = 60
@@ -37,13 +38,6 @@ COMMAND_TIMEOUT = 20
 #: Free space below which $GCBUNDLE_HOME is a warning (bundles, outputs, logs live there).
 LOW_SPACE = 1 << 30
 
-SCHEDULERS = {
-    "slurm": ("sbatch", "squeue", "scancel"),
-    "pbs": ("qsub", "qstat", "qdel"),
-}
-#: Provider class name -> the scheduler whose commands it runs.
-PROVIDER_SCHEDULER = {"SlurmProvider": "slurm", "PBSProProvider": "pbs", "TorqueProvider": "pbs"}
-LAUNCHER_COMMAND = {"MpiExecLauncher": "mpiexec", "MpiRunLauncher": "mpirun", "SrunLauncher": "srun", "SrunMPILauncher": "srun"}
 MARK = "gcbundle-doctor"
 
 
@@ -124,25 +118,11 @@ class _Built:
         self.address_checks: list[Check] = []
 
 
-def _site_file(home: Home) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(home.site_defaults.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _build(home: Home, site: dict[str, Any]) -> _Built:
     """The live Config, as the driver builds it; address functions run here, each checked."""
     out = _Built()
     try:
-        profile, params = profiles.Profile.from_spec(site)
-        known = profile.parameters()
-        defaults = _site_file(home).get("profile_params") or {}
-        params = {**{k: v for k, v in defaults.items() if k in known}, **params} if isinstance(defaults, dict) else params
-        out.rendered = profiles.render(profile, params)
+        profile, out.rendered = render_site(home, site)
     except GcbundleError as exc:
         out.check = Check("site profile", "fail", str(exc.message), exc.hint or "fix the profile or its --set values")
         return out
@@ -209,7 +189,7 @@ def _launchers(built: _Built | None) -> Check:
     if built is not None and built.config is not None:
         for e in built.config.executors:
             launcher = getattr(getattr(e, "provider", None), "launcher", None)
-            cmd = LAUNCHER_COMMAND.get(type(launcher).__name__)
+            cmd = schedulers.LAUNCHER_COMMAND.get(type(launcher).__name__)
             if cmd:
                 needed.append((type(launcher).__name__, cmd))
     missing = [(name, cmd) for name, cmd in needed if not shutil.which(cmd)]
@@ -221,9 +201,9 @@ def _launchers(built: _Built | None) -> Check:
 
 
 def _scheduler(built: _Built | None) -> Check:
-    found = {name: {cmd: shutil.which(cmd) for cmd in cmds} for name, cmds in SCHEDULERS.items()}
+    found = {name: {cmd: shutil.which(cmd) for cmd in sched.commands} for name, sched in schedulers.SCHEDULERS.items()}
     detail = "; ".join(", ".join(f"{cmd} {path or 'not found'}" for cmd, path in cmds.items()) for cmds in found.values())
-    needed = sorted({PROVIDER_SCHEDULER[p] for p in _providers(built) if p in PROVIDER_SCHEDULER})
+    needed = sorted({schedulers.PROVIDER_SCHEDULER[p] for p in _providers(built) if p in schedulers.PROVIDER_SCHEDULER})
     if not needed:
         complete = [name for name, cmds in found.items() if all(cmds.values())]
         if built is not None and built.config is not None:
@@ -237,7 +217,7 @@ def _scheduler(built: _Built | None) -> Check:
         missing = [cmd for cmd, path in found[name].items() if not path]
         if missing:
             return Check("batch scheduler", "fail", detail,
-                         f"the profile needs {', '.join(SCHEDULERS[name])}: put {', '.join(missing)} on the PATH of the endpoint "
+                         f"the profile needs {', '.join(schedulers.SCHEDULERS[name].commands)}: put {', '.join(missing)} on the PATH of the endpoint "
                          "(the Globus Compute endpoint's environment, e.g. its worker_init or the Ansible role's variables)")
         answer = _ask_scheduler(name)
         if answer:
@@ -248,7 +228,7 @@ def _scheduler(built: _Built | None) -> Check:
 
 def _ask_scheduler(name: str) -> str:
     """'' when the scheduler answers a query for this user's jobs, else what went wrong."""
-    argv = ["squeue", "-h", "-o", "%i", "-u", _user()] if name == "slurm" else ["qstat", "-u", _user()]
+    argv = schedulers.query(schedulers.SCHEDULERS[name], _user())
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -262,7 +242,7 @@ def _ask_scheduler(name: str) -> str:
 def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> Check:
     """Run the job's prelude and worker_init in a subshell with a bare environment
     (PBS jobs inherit none), and see which Parsl ``process_worker_pool.py`` gets."""
-    site = _site_file(home)
+    site = SiteDefaults.read(home)
     inits = [""]
     if built is not None and built.config is not None:
         inits = [getattr(e.provider, "worker_init", "") or "" for e in built.config.executors if getattr(e, "provider", None) is not None] or [""]
@@ -280,17 +260,13 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> 
     except OSError:  # GCBUNDLE_HOME's own check says why
         base = Path(tempfile.gettempdir())
     with tempfile.TemporaryDirectory(dir=base) as tmp:
-        bundle_dir = Path(tmp) / "bundle"
-        bundle_dir.mkdir()
-        prelude = profiles.worker_prelude(
-            bindir=str(Path(sys.executable).parent), bundle_dir=str(bundle_dir), outputs_dir=str(Path(tmp) / "outputs"),
-            run_id="doctor", site_init=str(site.get("worker_init") or ""), tmpdir=str(site.get("tmpdir") or ""),
-        )
+        (Path(tmp) / "bundle").mkdir()
+        job_prelude = site.prelude(tmp, "doctor")
         env = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")}
         env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
         results = []
         for init in dict.fromkeys(inits):
-            script = prelude + init + probe
+            script = job_prelude + init + probe
             try:
                 proc = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", script], capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
                                       check=False, env=env, cwd=tmp, stdin=subprocess.DEVNULL)
