@@ -59,8 +59,11 @@ def clean_tarinfo(name: str, size: int, mode: int) -> tarfile.TarInfo:
     return info
 
 
-def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None) -> tuple[str, int]:
+def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None,
+                  sources: dict[str, str] | None = None) -> tuple[str, int]:
     """Write the archive atomically; return (sha256 of its bytes, its size).
+
+    Files are read from ``root``, except those ``sources`` places elsewhere.
 
     Each file is hashed again while it is written: a file that changed since
     the manifest was built is an error, not a silently inconsistent bundle.
@@ -78,7 +81,7 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progre
                     data = manifest.dumps()
                     tar.addfile(clean_tarinfo(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
                     for entry in manifest.files:
-                        with open(root / entry.path, "rb") as f:
+                        with open((sources or {}).get(entry.path) or root / entry.path, "rb") as f:
                             checked = _CheckedReader(f, entry)
                             tar.addfile(clean_tarinfo(entry.path, entry.size, entry.mode), checked)
                             checked.finish()
@@ -195,6 +198,18 @@ def read_manifest(path: Path | str) -> Manifest:
     """The validated manifest of a bundle, reading nothing past it."""
     with _open(Path(path)) as tar:
         return _read_manifest(tar, _members(tar))
+
+
+def read_text(path: Path | str, name: str, limit: int = 1 << 20) -> str | None:
+    """One small member's text (e.g. the entry file, for ``inspect``), or None if
+    it is absent or larger than ``limit``; call after ``verify``, which checks it."""
+    with _open(Path(path)) as tar:
+        for member in _members(tar):
+            if member.name == name and member.isreg() and member.size <= limit:
+                f = tar.extractfile(member)
+                assert f is not None
+                return _read_exact(f, member.size, name).decode("utf-8", "replace")
+    return None
 
 
 def verify(path: Path | str, expected_digest: str | None = None) -> Manifest:

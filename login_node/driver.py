@@ -30,7 +30,7 @@ from typing import Any
 from bundle import prelude
 from bundle.errors import GcbundleError
 from bundle.fileio import write_atomic
-from login_node import blocks, procs, report, siteconfig, state
+from login_node import blocks, procs, report, siteconfig, spawn, state
 from login_node.entry import import_entry, resolve
 from login_node.rundir import RunPaths, read_json
 
@@ -236,8 +236,11 @@ class Driver:
             if prev_runinfo.is_dir():
                 self.checkpoint_files += get_all_checkpoints(str(prev_runinfo))
         config.memoizer = _checkpointing_memoizer(BasicMemoizer)(checkpoint_mode="task_exit", checkpoint_files=self.checkpoint_files)
+        # The run's driver_init comes first in every job too: the workers then
+        # run in the environment the driver runs in (login_node.driverenv).
         site = siteconfig.SiteDefaults.read(self.home)
-        self.providers += prelude.prepend(config, site.prelude(self.paths.root, self.paths.run_id))
+        job_prelude = site.prelude(self.paths.root, self.paths.run_id, driver_init=str(spawn.plan(self.paths).get("driver_init") or ""))
+        self.providers += prelude.prepend(config, job_prelude)
         self.config_repr = repr(config)
 
     def _instrument(self, dfk: Any) -> None:
@@ -297,6 +300,8 @@ class Driver:
             config=self.config_repr, job_ids=self.job_ids, timings=self.timings,
             pip_freeze=(self.pip_freeze() if hasattr(self, "pip_freeze") else report.pip_freeze()) or [],
         )
+
+
 
 
 def _error(exc: BaseException) -> dict[str, str]:

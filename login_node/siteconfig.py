@@ -6,6 +6,8 @@ checks alike:
 
     worker_init:     shell lines first in every batch job (module loads, the environment's activation)
     tmpdir:          a TMPDIR that exists on the compute nodes
+    driver_init:     shell lines that make the driver's environment (``login_node.driverenv``),
+                     unless the run's site profile gives its own
     profile_params:  site profile parameter defaults (``SiteDefaults.params_for``)
 
 A missing or unreadable file means no site defaults. The live Config is
@@ -36,6 +38,7 @@ class SiteDefaults:
 
     worker_init: str = ""
     tmpdir: str = ""
+    driver_init: str = ""
     profile_params: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -51,6 +54,7 @@ class SiteDefaults:
         return cls(
             worker_init=str(data.get("worker_init") or ""),
             tmpdir=str(data.get("tmpdir") or ""),
+            driver_init=str(data.get("driver_init") or ""),
             profile_params=dict(params) if isinstance(params, dict) else {},
         )
 
@@ -65,9 +69,15 @@ class SiteDefaults:
         known = profile.parameters()
         return {k: v for k, v in self.profile_params.items() if k in known}
 
-    def prelude(self, run_dir: str | Path, run_id: str) -> str:
-        """The lines first in every batch job of a run in ``run_dir`` (``bundle.prelude``)."""
-        return prelude.for_run(run_dir, run_id, site_init=self.worker_init, tmpdir=self.tmpdir)
+    def prelude(self, run_dir: str | Path, run_id: str, *, driver_init: str = "", bindir: str | None = None) -> str:
+        """The lines first in every batch job of a run in ``run_dir`` (``bundle.prelude``).
+
+        The site's ``worker_init`` comes first, then the run's ``driver_init``
+        (the workers run in the environment the driver runs in), then gcbundle's
+        own lines with ``bindir`` (the driver's ``bin/``; default: this interpreter's).
+        """
+        init = "\n".join(x for x in (self.worker_init.strip(), driver_init.strip()) if x)
+        return prelude.for_run(run_dir, run_id, bindir=bindir, site_init=init, tmpdir=self.tmpdir)
 
 
 def render_site(home: Home, spec: dict[str, Any]) -> tuple[profiles.Profile, dict[str, Any]]:

@@ -5,16 +5,21 @@ intermediate process that starts the driver (``python -m login_node.driver
 RUN_DIR``) in its own session, with stdin closed and stdout/stderr going to
 the run directory, prints its pid and exits: the driver is re-parented to
 init and never lingers as a zombie of the endpoint's worker, and it outlives
-the task (and the endpoint's worker) by design.
+the task (and the endpoint's worker) by design. With a ``driver_init`` in the
+run's plan (``login_node.driverenv``) the driver starts in the user's
+environment, after those lines.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from login_node.rundir import RunPaths
+from login_node import driverenv
+from login_node.rundir import RunPaths, read_json
 
 #: Seconds the intermediate process may take to start the driver.
 SPAWN_TIMEOUT = 60
@@ -37,9 +42,12 @@ def driver_env(paths: RunPaths) -> dict[str, str]:
 
 def spawn(paths: RunPaths) -> int:
     """Start the driver detached; return its pid."""
+    env = driver_env(paths)
+    if plan(paths).get("driver_init"):
+        env = driverenv.env_for(paths, env)
     proc = subprocess.run(
         [sys.executable, "-I", "-m", "login_node.spawn", str(paths.root)],
-        env=driver_env(paths), cwd=str(paths.bundle), capture_output=True, text=True, timeout=SPAWN_TIMEOUT, check=False,
+        env=env, cwd=str(paths.bundle), capture_output=True, text=True, timeout=SPAWN_TIMEOUT, check=False,
     )
     if proc.returncode != 0 or not proc.stdout.strip().isdigit():
         lines = (proc.stderr or "no output").strip().splitlines()
@@ -47,13 +55,27 @@ def spawn(paths: RunPaths) -> int:
     return int(proc.stdout.strip())
 
 
+def plan(paths: RunPaths) -> dict[str, Any]:
+    """The run's driver plan (``login_node.driverenv``), {} for a run launched before plans."""
+    try:
+        return read_json(driverenv.plan_path(paths))
+    except (OSError, ValueError):
+        return {}
+
+
 def detach(root: Path) -> int:
     """Start the driver of the run in ``root`` in its own session; return its pid."""
     os.umask(0o077)
     paths = RunPaths(root)
+    run_plan = plan(paths)
+    argv = [sys.executable, "-I", "-u", "-m", "login_node.driver", str(root)]
+    if run_plan.get("driver_init"):
+        # The user's environment, as its own lines make it (see login_node.driverenv).
+        text = driverenv.script(run_plan["driver_init"], ["-u", "-c", driverenv.stub(Path(run_plan["lib"]), "driver"), str(root)])
+        argv = [shutil.which("bash") or "/bin/bash", "-c", text]
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-u", "-m", "login_node.driver", str(root)],
+            argv,
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=str(paths.bundle),
             start_new_session=True, close_fds=True,
         )
