@@ -96,7 +96,7 @@ sys.path.insert(0, {repo!r})
 import parsl
 from bundle import profiles
 from workflow import main
-config = profiles.build_config(profiles.render(profiles.load("local"), {{}}))
+config = profiles.build_config(profiles.substitute(profiles.load("local"), {{}}))
 config.run_dir = {run_dir!r}
 parsl.load(config)
 try:

@@ -10,37 +10,51 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
+
+import platformdirs
 
 from bundle import archive, delta, preflight, profiles
-from bundle.endpoints import submit_defaults as endpoint_defaults
+from bundle.contracts import (
+    TERMINAL,
+    CancelRequest,
+    LaunchReply,
+    LaunchRequest,
+    LaunchSpec,
+    LogsReply,
+    LogsRequest,
+    ProbeReply,
+    ProbeRequest,
+    RunState,
+    StageRequest,
+    StatusRequest,
+)
+from bundle.endpoints import site_choice
 from bundle.errors import BundleError, RunStateError, UsageError
-from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES
+from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES, chunk_count
 from bundle.manifest import sha256_file
+from bundle.output import OnProgress
 from bundle.pack import PackResult, pack
-from bundle.selection import Limits
 from bundle.protocol import supports_delta
 from bundle.registry import Registry, RunRecord
+from bundle.render import check as check_site
 from bundle.results import Fetched, fetch
+from bundle.selection import Limits
 from bundle.transport import Transport, get_transport
-
-Progress = Callable[[str, int, int], None]
-TERMINAL = ("succeeded", "failed", "cancelled", "lost")
 
 
 def _new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-
-
 def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = (), entry: str | None = None,
             config: str | Path | None = None, site: str | None = None, mode: str | None = None,
-            progress: Progress | None = None, args: dict[str, Any] | None = None, only_imports: bool = False,
+            progress: OnProgress | None = None, args: dict[str, Any] | None = None, only_imports: bool = False,
             limits: Limits | None = None) -> PackResult:
     """Pack a workflow, or verify a ready-made bundle (``.tar.gz`` from ``gcbundle pack``) and
     use it as is; either way the laptop's preflight (``bundle.preflight``) runs first."""
@@ -59,19 +73,20 @@ def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = 
                 progress=progress, only_imports=only_imports, limits=limits, run_args=None if args is None else dict(args))
 
 
-def upload(transport: Transport, packed: PackResult, progress: Progress | None = None) -> int:
+def upload(transport: Transport, packed: PackResult, progress: OnProgress | None = None) -> int:
     """Stage a bundle on the login node in chunks, skipping chunks already there; return chunks sent.
 
     When the login node holds an earlier bundle that shares most of this
     one's files, only the files it lacks are sent (``bundle.delta``).
     """
     bases = delta.candidates(packed.manifest)
-    info = transport.call("probe", digests=[packed.digest], archive_sha256=packed.archive_sha256,
-                          **({"bases": [m.digest for m in bases]} if bases else {}))
-    if packed.digest in info["cached"]:
+    info = transport.send(ProbeRequest(digests=[packed.digest], archive_sha256=packed.archive_sha256,
+                                       bases=[m.digest for m in bases] or None))
+    assert isinstance(info, ProbeReply)
+    if packed.digest in info.cached:
         return 0
-    if bases and supports_delta(info):
-        d = delta.build(packed.path, packed.manifest, bases, info["bases"], packed.path.parent)
+    if bases and supports_delta(info.to_json()):
+        d = delta.build(packed.path, packed.manifest, bases, info.bases or [], packed.path.parent)
         if d is not None:
             with d:
                 try:
@@ -79,12 +94,12 @@ def upload(transport: Transport, packed: PackResult, progress: Progress | None =
                 except BundleError:
                     pass  # e.g. the base left the login node's cache meanwhile: send the whole bundle
     return _send_chunks(transport, packed.digest, packed.path, packed.archive_sha256, packed.size,
-                        set(info.get("staged_chunks", [])), progress)
+                        set(info.staged_chunks or []), progress)
 
 
 def _send_chunks(transport: Transport, digest: str, path: Path, sha: str, size: int, have: set[int],
-                 progress: Progress | None, base: str | None = None) -> int:
-    count = max(1, -(-size // CHUNK_BYTES))
+                 progress: OnProgress | None, base: str | None = None) -> int:
+    count = chunk_count(size)
     sent = 0
     with open(path, "rb") as f:
         for index in range(count):
@@ -92,8 +107,7 @@ def _send_chunks(transport: Transport, digest: str, path: Path, sha: str, size: 
                 continue  # the last chunk is always sent: it completes (or re-completes) the upload
             f.seek(index * CHUNK_BYTES)
             data = f.read(CHUNK_BYTES)
-            transport.call("stage", digest=digest, archive_sha256=sha, size=size, index=index, data=data,
-                           **({"base": base} if base else {}))
+            transport.send(StageRequest(digest=digest, archive_sha256=sha, size=size, index=index, data=data, base=base))
             sent += 1
             if progress:
                 progress("upload", min(size, (index + 1) * CHUNK_BYTES), size)
@@ -103,53 +117,25 @@ def _send_chunks(transport: Transport, digest: str, path: Path, sha: str, size: 
 def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any] | None = None,
            includes: tuple[str, ...] = (), entry: str | None = None, site: str | None = None,
            params: dict[str, Any] | None = None, config: str | Path | None = None, mode: str | None = None, wait: bool = False,
-           progress: Progress | None = None, registry: Registry | None = None,
+           progress: OnProgress | None = None, registry: Registry | None = None,
            transport: Transport | None = None, resumed_from: str | None = None, inherit: bool = False,
            only_imports: bool = False, limits: Limits | None = None) -> Run:
     """Pack ``workflow`` (or take a bundle made by ``gcbundle pack``), check it, send it to
     ``endpoint`` and start it; return once the driver runs. ``Run.bundle`` says what travelled."""
-    site, params = endpoint_defaults(endpoint, site, dict(params or {}), config)  # an alias's site and --set defaults
+    site, params = site_choice(endpoint, site, dict(params or {}), config, with_config=True)
     registry = registry or Registry()
     site_spec = None
     if site:
         profile = profiles.load(site)
-        from bundle.render import check as check_site
-
         check_site(profile, params)  # required parameters, type names, keywords, values: before anything is sent
         site_spec = profile.to_spec(params)
-    elif params and not config:
-        raise UsageError("--set needs --site or --config", "name the site profile the parameters are for")
     transport = transport or get_transport(endpoint)
+    spec = LaunchSpec(args=dict(args or {}), site=site_spec, params=params, resumed_from=resumed_from, inherit=inherit)
     with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
         packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode,
                          progress=progress, args=dict(args or {}), only_imports=only_imports, limits=limits)
-        run_id = _new_run_id()
-        spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from, "inherit": inherit}
-        inline = None
-        known = registry.is_cached(endpoint, packed.digest)
-        if packed.size <= INLINE_BUNDLE_BYTES and not known:
-            inline = packed.path.read_bytes()
-        elif not known:
-            # Too big to travel inside the launch task: stage it first (upload's
-            # probe finds a bundle the login node already has) rather than send
-            # a launch that can only answer "missing" (one task less).
-            upload(transport, packed, progress)
-        reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=inline, spec=spec)
-        if reply.get("missing_bundle"):
-            registry.forget_cached(endpoint, packed.digest)
-            upload(transport, packed, progress)
-            reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=None, spec=spec)
-            if reply.get("missing_bundle"):
-                raise BundleError("the login node lost the bundle right after it was uploaded", "submit again")
-    registry.mark_cached(endpoint, packed.digest)
-    st = reply["state"]
-    now = time.time()
-    registry.add(RunRecord(
-        run_id=run_id, endpoint=endpoint, digest=packed.digest, workflow=str(workflow), site=site,
-        state=st.get("state", "staged"), submitted=now, updated=now, resumed_from=resumed_from,
-    ))
-    run = Run(run_id, endpoint, registry=registry, transport=transport)
-    run.last_state = st
+        run = _launch(transport, registry, endpoint, packed.digest, spec, workflow=str(workflow), site=site,
+                      packed=packed, progress=progress)
     run.bundle = {"digest": packed.digest, "files": len(packed.manifest.files), "bytes": packed.manifest.total_size,
                   "summary": list(packed.summary), "warnings": list(packed.warnings)}
     if wait:
@@ -158,47 +144,84 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
 
 
 def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | None = None,
-           args: dict[str, Any] | None = None, wait: bool = False, progress: Progress | None = None,
+           args: dict[str, Any] | None = None, wait: bool = False, progress: OnProgress | None = None,
            registry: Registry | None = None, transport: Transport | None = None) -> Run:
     """Start a new run from an earlier run's bundle that reuses its checkpoints.
 
     Apps declared with ``cache=True`` that completed in the earlier run (or in
     the runs it resumed) are not executed again. If the workflow on this
     machine changed since (its digest differs), the memoized results may no
-    longer match the code, so resuming is refused unless ``allow_changed``.
+    longer match the code, so resuming is refused unless ``allow_changed``;
+    a changed workflow is then submitted anew, resuming the earlier run.
     """
     registry = registry or Registry()
     rec = registry.get(run_id)
     transport = transport or get_transport(rec.endpoint)
     source = Path(workflow) if workflow else Path(rec.workflow)
-    changed_bundle = None
     if source.exists():
         with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
             packed = prepare(source, Path(tmp))
-            if packed.digest != rec.digest:
-                if not allow_changed:
-                    raise RunStateError(
-                        f"{source} changed since run {rec.run_id} (bundle {packed.digest[:12]}, the run had {rec.digest[:12]})",
-                        "checkpointed results may not match the new code: pass --allow-changed to resume anyway, or submit a new run",
-                    )
-                changed_bundle = source
-    if changed_bundle is not None:
-        return submit(changed_bundle, rec.endpoint, args=args, wait=wait, progress=progress, registry=registry,
-                      transport=transport, resumed_from=rec.run_id, inherit=True)
-    new_id = _new_run_id()
-    spec = {"args": dict(args or {}), "site": None, "params": {}, "resumed_from": rec.run_id, "inherit": True}
-    reply = transport.call("launch", run_id=new_id, digest=rec.digest, archive_sha256=None, bundle=None, spec=spec)
-    if reply.get("missing_bundle"):
-        raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}", "submit the workflow again; it will be uploaded once more")
-    now = time.time()
-    registry.add(RunRecord(
-        run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow, site=rec.site,
-        state=reply["state"].get("state", "staged"), submitted=now, updated=now, resumed_from=rec.run_id,
-    ))
-    run = Run(new_id, rec.endpoint, registry=registry, transport=transport)
-    run.last_state = reply["state"]
+        if packed.digest != rec.digest:
+            if not allow_changed:
+                raise RunStateError(
+                    f"{source} changed since run {rec.run_id} (bundle {packed.digest[:12]}, the run had {rec.digest[:12]})",
+                    "checkpointed results may not match the new code: pass --allow-changed to resume anyway, or submit a new run",
+                )
+            return submit(source, rec.endpoint, args=args, wait=wait, progress=progress, registry=registry,
+                          transport=transport, resumed_from=rec.run_id, inherit=True)
+    spec = LaunchSpec(args=dict(args or {}), resumed_from=rec.run_id, inherit=True)
+    run = _launch(transport, registry, rec.endpoint, rec.digest, spec, workflow=rec.workflow, site=rec.site)
     if wait:
         run.wait(progress=progress)
+    return run
+
+
+def _launch(transport: Transport, registry: Registry, endpoint: str, digest: str, spec: LaunchSpec, *,
+            workflow: str, site: str | None, packed: PackResult | None = None, progress: OnProgress | None = None) -> Run:
+    """Launch a run of bundle ``digest`` and record it: the one path of submit and resume.
+
+    With ``packed`` (a submit) the bundle travels inside the launch task when
+    it is small and new to the endpoint, is staged first when it is large and
+    new, and is staged and launched again when the login node says it lost it.
+    Without (a resume of an unchanged workflow) the login node must still have it.
+    """
+    run_id = _new_run_id()
+    inline = None
+    if packed is not None:
+        known = registry.is_cached(endpoint, digest)
+        if packed.size <= INLINE_BUNDLE_BYTES and not known:
+            inline = packed.path.read_bytes()
+        elif not known:
+            # Too big to travel inside the launch task: stage it first (upload's
+            # probe finds a bundle the login node already has) rather than send
+            # a launch that can only answer "missing" (one task less).
+            upload(transport, packed, progress)
+
+    def launch(bundle: bytes | None) -> LaunchReply:
+        reply = transport.send(LaunchRequest(run_id=run_id, digest=digest, spec=spec, bundle=bundle,
+                                             archive_sha256=packed.archive_sha256 if packed is not None else None))
+        assert isinstance(reply, LaunchReply)
+        return reply
+
+    reply = launch(inline)
+    if reply.missing_bundle:
+        if packed is None:
+            raise BundleError(f"the login node no longer has the bundle of run {spec.resumed_from}",
+                              "submit the workflow again; it will be uploaded once more")
+        registry.forget_cached(endpoint, digest)
+        upload(transport, packed, progress)
+        reply = launch(None)
+        if reply.missing_bundle:
+            raise BundleError("the login node lost the bundle right after it was uploaded", "submit again")
+    assert reply.state is not None  # LaunchReply's contract: a state unless the bundle is missing
+    registry.mark_cached(endpoint, digest)
+    now = time.time()
+    registry.add(RunRecord(
+        run_id=run_id, endpoint=endpoint, digest=digest, workflow=workflow, site=site,
+        state=reply.state.state, submitted=now, updated=now, resumed_from=spec.resumed_from,
+    ))
+    run = Run(run_id, endpoint, registry=registry, transport=transport)
+    run.last_state = reply.state.to_json()
     return run
 
 
@@ -240,7 +263,9 @@ class Run:
 
     def status(self, wait: float = 0.0) -> dict[str, Any]:
         """The run's state; with ``wait``, the login node first waits up to that many seconds for it to change."""
-        st = self.transport.call("status", run_id=self.id, **({"wait": wait} if wait > 0 else {}))
+        reply = self.transport.send(StatusRequest(run_id=self.id, wait=wait if wait > 0 else None))
+        assert isinstance(reply, RunState)
+        st = reply.to_json()
         self._remember(st)
         return st
 
@@ -249,7 +274,7 @@ class Run:
         if st.get("state"):
             self.registry.update(self.id, state=st["state"])
 
-    def wait(self, timeout: float | None = None, poll: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    def wait(self, timeout: float | None = None, poll: float | None = None, progress: OnProgress | None = None) -> dict[str, Any]:
         """Poll until the run ends; the interval grows from 0.5 s to ``poll`` (default 10 s).
 
         Where the transport allows it (``Transport.status_wait``), each status
@@ -280,21 +305,22 @@ class Run:
         offset = 0
         first = True
         while True:
-            reply = self.transport.call("logs", run_id=self.id, name=name, offset=offset, tail=tail and first)
+            reply = self.transport.send(LogsRequest(run_id=self.id, name=name, offset=offset, tail=tail and first))
+            assert isinstance(reply, LogsReply)
             first = False
-            if reply["data"]:
-                yield reply["data"].decode("utf-8", "replace")
-            offset = reply["next_offset"]
-            if reply["state"] != self.last_state.get("state"):
-                self._remember({"state": reply["state"]})
-            more = offset < reply["size"]
+            if reply.data:
+                yield reply.data.decode("utf-8", "replace")
+            offset = reply.next_offset
+            if reply.state != self.last_state.get("state"):
+                self._remember({"state": reply.state})
+            more = offset < reply.size
             if more:
                 continue
-            if not follow or reply["state"] in TERMINAL:
+            if not follow or reply.state in TERMINAL:
                 return
             time.sleep(poll)
 
-    def results(self, dest: str | Path = "results", progress: Progress | None = None) -> Fetched:
+    def results(self, dest: str | Path = "results", progress: OnProgress | None = None) -> Fetched:
         """Fetch the verified results package into ``dest/<run_id>`` (resumable)."""
         fetched = fetch(self.transport, self.id, Path(dest), progress)
         self._remember(fetched.state)
@@ -312,24 +338,21 @@ class Run:
         """main()'s return value (fetching the results first if needed)."""
         path = self.local_results() if dest is None else None
         if path is None or self.record.state not in TERMINAL:
-            path = self.results(dest or _default_results_dir()).path
+            path = self.results(dest or default_results_dir()).path
         state = json.loads((path / "state.json").read_text())
         if state.get("state") != "succeeded":
             err = (state.get("error") or {}).get("message", "")
             raise RunStateError(f"run {self.id} {state.get('state')}" + (f": {err}" if err else ""), "see `gcbundle logs` and the results' logs/")
         if (path / "result.pkl").is_file():
-            import pickle
-
             return pickle.loads((path / "result.pkl").read_bytes())  # noqa: S301 - the user's own run
         return None
 
     def cancel(self, grace: int = 30) -> dict[str, Any]:
-        reply = self.transport.call("cancel", run_id=self.id, grace=grace)
+        reply = self.transport.send(CancelRequest(run_id=self.id, grace=grace)).to_json()
         self._remember(reply["state"])
         return reply
 
 
-def _default_results_dir() -> Path:
-    import platformdirs
-
+def default_results_dir() -> Path:
+    """Where results land when no directory is given: ``results/`` in the user's data dir (XDG)."""
     return Path(platformdirs.user_data_dir("gcbundle")) / "results"

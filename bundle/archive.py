@@ -24,22 +24,26 @@ import os
 import shutil
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from bundle import gzipstream
 from bundle.errors import BundleError, ManifestError
-from bundle.limits import MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES
+from bundle.limits import (
+    MAX_BUNDLE_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBERS,
+    MAX_UNPACKED_BYTES,
+)
 from bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
+from bundle.output import OnProgress
 
 #: The mtime of every member: 1980-01-01, as reproducible-build tools use.
 FIXED_MTIME = 315532800
 GZIP_LEVEL = 6
 _READ = 1024 * 1024
 
-#: progress(phase, done, total), called as bytes are written.
-Progress = Callable[[str, int, int], None]
 
 _COPY = 1024 * 1024
 _HINT = "rebuild the bundle with `gcbundle pack`"
@@ -59,7 +63,7 @@ def clean_tarinfo(name: str, size: int, mode: int) -> tarfile.TarInfo:
     return info
 
 
-def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None,
+def write_archive(manifest: Manifest, root: Path, output: Path, progress: OnProgress | None = None,
                   sources: dict[str, str] | None = None) -> tuple[str, int]:
     """Write the archive atomically; return (sha256 of its bytes, its size).
 

@@ -10,9 +10,14 @@ from typing import Any, Callable
 
 import click
 
-from bundle import __version__, api, archive, profiles
-from bundle.errors import GcbundleError, RunFailed, UsageError
-from bundle.output import Progress, ago, envelope, size
+from bundle import __version__, api, archive, endpoints, profiles
+from bundle import doctor as doc
+from bundle import render as site_render
+from bundle.errors import ChecksFailed, GcbundleError, RunFailed, UsageError
+from bundle.pack import pack as pack_workflow
+from bundle.preflight import parse_args
+from bundle.selection import Limits, config_source
+from bundle.output import ProgressMeter, envelope, local_time, size
 
 
 class CommandError(click.ClickException):
@@ -28,8 +33,6 @@ class CommandError(click.ClickException):
 
 def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
     """``--arg name=value``: JSON values parsed, malformed JSON refused (``bundle.preflight``)."""
-    from bundle.preflight import parse_args
-
     return parse_args(items)
 
 
@@ -48,7 +51,7 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
         def wrapper(as_json: bool, debug: bool, **kw: Any) -> None:
             ctx = click.get_current_context()
             ctx.meta["gcbundle.json"] = as_json
-            progress = Progress(enabled=None)
+            progress = ProgressMeter(enabled=None)
             ctx.meta["gcbundle.progress"] = progress
             try:
                 data, human = fn(progress=progress, **kw)
@@ -189,12 +192,9 @@ def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @workflow_options
 def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | None, args: tuple[str, ...],
          config: str | None, mode: str, only_imports: bool, max_size: str | None, max_files: int | None,
-         progress: Progress) -> tuple[Any, str]:
+         progress: ProgressMeter) -> tuple[Any, str]:
     """Pack a workflow (its folder, or with --only-imports its imports) into a deterministic bundle archive."""
-    from bundle.pack import pack as do_pack
-    from bundle.selection import Limits
-
-    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode,
+    res = pack_workflow(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode,
                   progress=progress, only_imports=only_imports, limits=Limits.resolve(max_size, max_files))
     progress.close()
     _bundle_notes(res.summary, res.warnings)
@@ -204,8 +204,6 @@ def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | Non
 
 def _config_source(bundle_file: str, manifest: Any) -> str:
     """Where a run of this bundle takes its Parsl Config from, in words."""
-    from bundle.selection import config_source
-
     kind = manifest.config.get("kind")
     if kind == "module":
         return f"make_config() of {manifest.config['path']}"
@@ -224,7 +222,7 @@ def _config_source(bundle_file: str, manifest: Any) -> str:
 
 @command()
 @click.argument("bundle_file", type=click.Path())
-def inspect(bundle_file: str, progress: Progress) -> tuple[Any, str]:
+def inspect(bundle_file: str, progress: ProgressMeter) -> tuple[Any, str]:
     """Show a bundle's manifest after checking every member."""
     manifest = archive.verify(bundle_file)
     data = manifest.to_json()
@@ -247,7 +245,7 @@ def _track(run: Any) -> None:
     click.get_current_context().meta["gcbundle.run"] = run
 
 
-def _wait_and_fetch(run: Any, data: dict[str, Any], progress: Progress) -> tuple[Any, str]:
+def _wait_and_fetch(run: Any, data: dict[str, Any], progress: ProgressMeter) -> tuple[Any, str]:
     """``--wait`` of submit and resume alike: wait for the run's end; on success
     fetch its results and print main()'s result, else fail with exit code 11."""
     st = run.wait(progress=progress)
@@ -255,7 +253,7 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: Progress) -> tuple
     data["state"] = st
     human = [f"run {run.id} {st.get('state')}"]
     if st.get("state") == "succeeded":
-        fetched = run.results(api._default_results_dir(), progress=progress)
+        fetched = run.results(api.default_results_dir(), progress=progress)
         data["results"] = fetched.to_json()
         result_json = fetched.path / "result.json"
         if result_json.is_file():
@@ -282,10 +280,8 @@ _WAIT_HELP = ("Wait for the run to end; on success fetch its results into the us
 @workflow_options
 def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...], wait: bool, includes: tuple[str, ...],
            entry: str | None, args: tuple[str, ...], config: str | None, mode: str, only_imports: bool,
-           max_size: str | None, max_files: int | None, progress: Progress) -> tuple[Any, str]:
+           max_size: str | None, max_files: int | None, progress: ProgressMeter) -> tuple[Any, str]:
     """Pack WORKFLOW (its folder; or take a bundle made by `gcbundle pack`), check it and start it on an endpoint."""
-    from bundle.selection import Limits
-
     run = api.submit(
         workflow, endpoint, args=_parse_args(args), includes=includes, entry=entry, site=site,
         params=profiles.parse_sets(sets), config=config, mode=mode, progress=progress,
@@ -303,11 +299,11 @@ def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...]
 
 @command("list")
 @click.option("-n", "--limit", default=50, show_default=True, help="How many runs, newest first.")
-def list_(limit: int, progress: Progress) -> tuple[Any, str]:
+def list_(limit: int, progress: ProgressMeter) -> tuple[Any, str]:
     """List the runs in this client's registry."""
     runs = api.list_runs(limit)
     lines = [f"{'RUN':<12}  {'STATE':<10}  {'ENDPOINT':<12}  {'SUBMITTED':<19}  WORKFLOW"]
-    lines += [f"{r.run_id:<12}  {r.state:<10}  {r.endpoint[:12]:<12}  {ago(r.submitted):<19}  {r.workflow}" for r in runs]
+    lines += [f"{r.run_id:<12}  {r.state:<10}  {r.endpoint[:12]:<12}  {local_time(r.submitted):<19}  {r.workflow}" for r in runs]
     return [r.to_json() for r in runs], "\n".join(lines) if runs else "no runs yet"
 
 
@@ -316,7 +312,7 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
     if st.get("detail"):
         lines.append(f"detail   {st['detail']}")
     if st.get("host"):
-        lines.append(f"driver   pid {st.get('pid')} on {st.get('host')}, heartbeat {ago(st.get('updated'))}")
+        lines.append(f"driver   pid {st.get('pid')} on {st.get('host')}, heartbeat {local_time(st.get('updated'))}")
     tasks = st.get("tasks") or {}
     if tasks.get("total"):
         parts = ", ".join(f"{k} {v}" for k, v in sorted(tasks.items()) if k not in ("total",) and v)
@@ -338,7 +334,7 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
 @command()
 @click.argument("run_id")
 @click.option("--wait", is_flag=True, help="Wait until the run ends.")
-def status(run_id: str, wait: bool, progress: Progress) -> tuple[Any, str]:
+def status(run_id: str, wait: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Show a run's state (RUN_ID may be a unique prefix)."""
     run = api.get_run(run_id)
     _track(run)
@@ -351,7 +347,7 @@ def status(run_id: str, wait: bool, progress: Progress) -> tuple[Any, str]:
 @click.option("--name", default="driver", show_default=True, help="driver, stdout, stderr or parsl.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
 @click.option("--tail", is_flag=True, help="Start from the last MiB.")
-def logs(run_id: str, name: str, follow: bool, tail: bool, progress: Progress) -> tuple[Any, str]:
+def logs(run_id: str, name: str, follow: bool, tail: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Print one of a run's logs."""
     run = api.get_run(run_id)
     _track(run)
@@ -373,7 +369,7 @@ def logs(run_id: str, name: str, follow: bool, tail: bool, progress: Progress) -
 @command()
 @click.argument("run_id")
 @click.option("-o", "--output", "dest", default="results", show_default=True, type=click.Path(), help="Directory; results land in OUTPUT/<run_id>.")
-def results(run_id: str, dest: str, progress: Progress) -> tuple[Any, str]:
+def results(run_id: str, dest: str, progress: ProgressMeter) -> tuple[Any, str]:
     """Fetch a finished run's results package, verified (resumes a broken download)."""
     run = api.get_run(run_id)
     fetched = run.results(Path(dest), progress=progress)
@@ -384,7 +380,7 @@ def results(run_id: str, dest: str, progress: Progress) -> tuple[Any, str]:
 @command()
 @click.argument("run_id")
 @click.option("--grace", default=30, show_default=True, help="Seconds before the driver's processes are killed.")
-def cancel(run_id: str, grace: int, progress: Progress) -> tuple[Any, str]:
+def cancel(run_id: str, grace: int, progress: ProgressMeter) -> tuple[Any, str]:
     """Stop a run: the driver cleans up its DFK and the scheduler's jobs."""
     run = api.get_run(run_id)
     reply = run.cancel(grace=grace)
@@ -400,7 +396,7 @@ def cancel(run_id: str, grace: int, progress: Progress) -> tuple[Any, str]:
 @click.option("--workflow", type=click.Path(exists=True), help="Workflow to compare with (default: the one submitted).")
 @click.option("--arg", "args", multiple=True, help="Override an argument, name=value (default: the earlier run's).")
 @click.option("--wait", is_flag=True, help=_WAIT_HELP)
-def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[str, ...], wait: bool, progress: Progress) -> tuple[Any, str]:
+def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[str, ...], wait: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Start a new run from RUN_ID's bundle, reusing its checkpointed app results."""
     run = api.resume(run_id, allow_changed=allow_changed, workflow=workflow, args=_parse_args(args), progress=progress)
     _track(run)
@@ -412,7 +408,7 @@ def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[s
 
 
 @command()
-def sites(progress: Progress) -> tuple[Any, str]:
+def sites(progress: ProgressMeter) -> tuple[Any, str]:
     """List the built-in site profiles and their parameters."""
     out = []
     lines = []
@@ -450,10 +446,8 @@ def _alias_line(ep: Any) -> str:
 @click.option("--functions", "functions_file", type=click.Path(exists=True, dir_okay=False), help="File of registered function ids (what `gcbundle register -o FILE` writes).")
 @click.option("--replace", is_flag=True, help="Overwrite an existing alias of that name.")
 def endpoints_add(name: str, uuid: str, site: str | None, sets: tuple[str, ...], function_ids: tuple[str, ...],
-                  functions_file: str | None, replace: bool, progress: Progress) -> tuple[Any, str]:
+                  functions_file: str | None, replace: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Name a Globus Compute endpoint: NAME then works wherever --endpoint does."""
-    from bundle import endpoints
-
     functions = endpoints.read_function_ids(functions_file) if functions_file else {}
     for item in function_ids:
         task, sep, fid = item.partition("=")
@@ -471,10 +465,8 @@ def endpoints_add(name: str, uuid: str, site: str | None, sets: tuple[str, ...],
 
 
 @command("list", group=endpoints_group)
-def endpoints_list(progress: Progress) -> tuple[Any, str]:
+def endpoints_list(progress: ProgressMeter) -> tuple[Any, str]:
     """List the endpoint aliases."""
-    from bundle import endpoints
-
     aliases = endpoints.load_all()
     if not aliases:
         return [], f"no endpoint aliases yet; add one with `gcbundle endpoints add NAME UUID` (they live in {endpoints.config_path()})"
@@ -483,10 +475,8 @@ def endpoints_list(progress: Progress) -> tuple[Any, str]:
 
 @command("remove", group=endpoints_group)
 @click.argument("name")
-def endpoints_remove(name: str, progress: Progress) -> tuple[Any, str]:
+def endpoints_remove(name: str, progress: ProgressMeter) -> tuple[Any, str]:
     """Forget an endpoint alias (runs submitted through it keep its name in `gcbundle list`)."""
-    from bundle import endpoints
-
     ep = endpoints.remove(name)
     return ep.to_json(), f"removed {ep.name} ({ep.uuid})"
 
@@ -496,11 +486,10 @@ def endpoints_remove(name: str, progress: Progress) -> tuple[Any, str]:
 @click.option("--public", is_flag=True, help="Let any Globus user run these function ids (for ids an administrator shares with all users).")
 @click.option("--group", "group_id", help="Share the function ids with this Globus group instead.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the ids to this file, for users' `endpoints add --functions`.")
-def register(endpoint: str, public: bool, group_id: str | None, output: str | None, progress: Progress) -> tuple[Any, str]:
+def register(endpoint: str, public: bool, group_id: str | None, output: str | None, progress: ProgressMeter) -> tuple[Any, str]:
     """Register gcbundle's login-node task functions once, for endpoints restricted with
     `allowed_functions`; store their ids in the alias and print them for the administrator."""
-    from bundle import endpoints
-    from bundle.transport.globus import require_globus
+    from bundle.transport.globus import require_globus  # the Globus SDK is heavy: only for the commands that talk to it
 
     transport = require_globus(endpoint)
     ids = transport.register_all(public=public, group=group_id)
@@ -524,9 +513,9 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
 
 @command()
 @click.option("--force", is_flag=True, help="Log in again even if the stored login still works.")
-def login(force: bool, progress: Progress) -> tuple[Any, str]:
+def login(force: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Log in to Globus Compute with the SDK's own flow (or check GLOBUS_COMPUTE_CLIENT_ID/SECRET)."""
-    from bundle.transport.globus import login as globus_login
+    from bundle.transport.globus import login as globus_login  # the Globus SDK is heavy: only for the commands that talk to it
 
     info = globus_login(force=force)
     if info["headless"]:
@@ -540,17 +529,9 @@ def login(force: bool, progress: Progress) -> tuple[Any, str]:
 @click.option("--site", help="Site profile: a built-in name (`gcbundle sites`) or a YAML file.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
 @click.option("-e", "--endpoint", help="Use this endpoint alias's site and --set defaults, as submit would.")
-def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, progress: Progress) -> tuple[Any, str]:
+def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, progress: ProgressMeter) -> tuple[Any, str]:
     """Print the Parsl Config and the exact batch script a site profile gives, submitting nothing."""
-    from bundle import render as site_render
-    from bundle.endpoints import submit_defaults
-
-    params = profiles.parse_sets(sets)
-    if endpoint:
-        site, params = submit_defaults(endpoint, site, params)
-    if not site:
-        raise UsageError("render needs --site", "e.g. `gcbundle render --site slurm --set partition=debug`; `gcbundle sites` lists the profiles")
-    rendered = site_render.render(profiles.load(site), params)
+    rendered = site_render.for_command(site, profiles.parse_sets(sets), endpoint)
     return rendered.to_json(), rendered.text()
 
 
@@ -559,12 +540,9 @@ def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, p
 @click.option("--local", "local_", is_flag=True, help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
 @click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
-def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: Progress) -> tuple[Any, str]:
+def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: ProgressMeter) -> tuple[Any, str]:
     """Check a login node: versions on both sides, scheduler and MPI commands, GCBUNDLE_HOME,
     the profile's address and worker_init. Exits non-zero when a check fails."""
-    from bundle import doctor as doc
-    from bundle.errors import ChecksFailed
-
     report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets))
     human = doc.table(report)
     if not report["ok"]:

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from bundle import profiles
-from bundle.endpoints import submit_defaults
+from bundle.contracts import DoctorRequest, check_reply
+from bundle.endpoints import site_choice
 from bundle.errors import UsageError
-from bundle.transport import Transport
+from bundle.protocol import request, unwrap
+from bundle.transport import Transport, get_transport
+from bundle.transport.wire import task_function
 from bundle.versions import local_versions
 
 STATUS_WORD = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
@@ -20,25 +23,16 @@ def run(*, endpoint: str | None = None, local: bool = False, site: str | None = 
     if bool(endpoint) == bool(local):
         raise UsageError("doctor needs either --endpoint E (checks that endpoint's login node) or --local (checks this machine)",
                          "e.g. `gcbundle doctor --endpoint polaris`, or on the login node itself `gcbundle doctor --local`")
-    params = dict(params or {})
-    if endpoint:
-        site, params = submit_defaults(endpoint, site, params)
-    if params and not site:
-        raise UsageError("--set needs --site", "name the site profile the parameters are for")
+    site, params = site_choice(endpoint, site, dict(params or {}))
     spec = profiles.load(site).to_spec(params) if site else None
     client = local_versions()
     if local:
-        from bundle.protocol import request, unwrap
-        from bundle.transport.wire import task_function
-
-        report = unwrap(task_function("doctor")(request(site=spec)))
+        report = check_reply("doctor", unwrap(task_function("doctor")(request(site=spec)))).to_json()
         report["where"] = None  # this machine
     else:
-        from bundle.transport import get_transport
-
         assert endpoint is not None
         transport = transport or get_transport(endpoint)
-        report = transport.call("doctor", site=spec)
+        report = transport.send(DoctorRequest(site=spec)).to_json()
         report["where"] = endpoint
         report["checks"] = compare(client, report.get("versions") or {}, report.get("driver_versions")) + list(report.get("checks") or [])
     report["checks"] = [every_side(client, report)] + list(report["checks"])

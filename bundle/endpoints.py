@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from bundle import profiles
 from bundle.errors import UsageError
 from bundle.protocol import TASKS
 
@@ -187,8 +188,6 @@ def add(name: str, endpoint_uuid: str, *, site: str | None = None, params: dict[
 
 def _check_site(site: str, params: dict[str, Any]) -> str:
     """A built-in profile name as is, a profile file as an absolute path; unknown parameters refused now."""
-    from bundle import profiles
-
     profile = profiles.load(site)
     profiles.check_names(profile, params)
     if site in profiles.builtin_names():
@@ -201,8 +200,6 @@ def missing_required(ep: Endpoint) -> list[str]:
     submission through it must then bring them with ``--set``."""
     if not ep.site:
         return []
-    from bundle import profiles
-
     known = profiles.load(ep.site).parameters()
     return sorted(n for n, p in known.items() if p.required and p.default is None and n not in ep.set)
 
@@ -263,6 +260,22 @@ def submit_defaults(endpoint: str, site: str | None, params: dict[str, Any], con
         site = ep.site
     if ep.set and site is not None and ep.site is not None and _same_site(site, ep.site):
         params = {**ep.set, **params}
+    return site, params
+
+
+def site_choice(endpoint: str | None, site: str | None, params: dict[str, Any], config: Any = None, *,
+                with_config: bool = False) -> tuple[str | None, dict[str, Any]]:
+    """The site profile and parameters a command uses (submit, resume, render, doctor).
+
+    The one place for the rule: an endpoint alias's site and ``set`` values fill
+    in what ``--site``/``--set`` leave open (``submit_defaults``), and ``--set``
+    without a site profile (or, where the command takes one, ``--config``) is refused.
+    """
+    if endpoint:
+        site, params = submit_defaults(endpoint, site, params, config)
+    if params and not site and not config:
+        raise UsageError("--set needs --site or --config" if with_config else "--set needs --site",
+                         "name the site profile the parameters are for")
     return site, params
 
 

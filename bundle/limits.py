@@ -24,6 +24,11 @@ CHUNK_BYTES = ((TASK_LIMIT - HEADROOM) // 4) * 3 // (1024 * 1024) * (1024 * 1024
 INLINE_BUNDLE_BYTES = CHUNK_BYTES
 
 
+def chunk_count(size: int, chunk: int = CHUNK_BYTES) -> int:
+    """Chunks of ``chunk`` bytes that ``size`` bytes take: ceil(size / chunk), and at least one (an empty upload or package is one chunk)."""
+    return max(1, -(-size // chunk))
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if not value:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 ENVELOPE_VERSION = 1
@@ -25,8 +26,12 @@ def envelope(command: str, data: Any = None, errors: list[dict[str, Any]] | None
     )
 
 
-class Progress:
-    """A one-line progress meter on stderr, drawn only on a terminal."""
+#: progress(phase, done, total): how the library reports progress (packing, upload, a run's tasks, results).
+OnProgress = Callable[[str, int, int], None]
+
+
+class ProgressMeter:
+    """The CLI's ``OnProgress``: a one-line progress meter on stderr, drawn only on a terminal."""
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
@@ -78,7 +83,8 @@ def size(n: float) -> str:
     return _size(n)
 
 
-def ago(ts: float | None) -> str:
+def local_time(ts: float | None) -> str:
+    """A Unix time as local date and time, ``-`` if there is none."""
     if not ts:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bundle import gzipstream, packcache
-from bundle.archive import FIXED_MTIME, GZIP_LEVEL, Progress, write_archive
+from bundle import gzipstream, packcache, preflight
+from bundle.archive import FIXED_MTIME, GZIP_LEVEL, write_archive
 from bundle.errors import BundleError
 from bundle.limits import MAX_MEMBERS, MAX_UNPACKED_BYTES
 from bundle.manifest import FileEntry, Manifest, check_path, hash_file
+from bundle.output import OnProgress
 from bundle.selection import Limits, Selection, select
 from bundle.versions import local_versions
 
@@ -120,7 +121,7 @@ def _created(stats: Any) -> str:
 
 def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] = (), entry: str | None = None,
          args: dict[str, Any] | None = None, config_module: Path | str | None = None,
-         site: str | None = None, mode: str | None = None, progress: Progress | None = None,
+         site: str | None = None, mode: str | None = None, progress: OnProgress | None = None,
          only_imports: bool = False, limits: Limits | None = None, run_args: dict[str, Any] | None = None) -> PackResult:
     """Select, check (``bundle.preflight``), hash and archive a workflow; the one entry point for packing.
 
@@ -128,8 +129,6 @@ def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] 
     submit's ``--arg``, then every required parameter of ``main`` must have
     a value); both are checked against ``main``'s signature.
     """
-    from bundle import preflight
-
     extra: tuple[Path, ...] = ()
     config: dict[str, Any] = {"kind": "workflow"}
     if config_module:

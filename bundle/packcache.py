@@ -33,7 +33,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from bundle.errors import GcbundleError
 from bundle.fileio import write_atomic
+from bundle.manifest import Manifest
 
 #: A file whose mtime or ctime is this close to the time it was hashed is not cached.
 RACY_SECONDS = 3.0
@@ -244,9 +246,6 @@ class ManifestStore:
 
     def recent(self, exclude: str = "") -> list[Any]:
         """Stored manifests, newest first (damaged ones skipped)."""
-        from bundle.errors import GcbundleError
-        from bundle.manifest import Manifest
-
         if not self.on or not self.dir.is_dir():
             return []
         out = []

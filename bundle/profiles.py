@@ -21,6 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from bundle.errors import SiteProfileError, UsageError
+from bundle.suggest import unknown_names
 
 _PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _TOP_KEYS = {"description", "parameters", "engine", "executors", "config"}
@@ -190,8 +191,6 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
 def check_names(profile: Profile, params: dict[str, Any]) -> dict[str, Parameter]:
     """The profile's parameters; a ``--set`` name it does not have is an error that
     suggests the nearest one (``--set partiton=`` -> ``partition``)."""
-    from bundle.suggest import unknown_names
-
     known = profile.parameters()
     unknown = sorted(set(params) - set(known))
     if unknown:
@@ -200,7 +199,7 @@ def check_names(profile: Profile, params: dict[str, Any]) -> dict[str, Parameter
     return known
 
 
-def render(profile: Profile, params: dict[str, Any]) -> dict[str, Any]:
+def substitute(profile: Profile, params: dict[str, Any]) -> dict[str, Any]:
     """The profile with every parameter substituted; unset required ones are an error."""
     known = check_names(profile, params)
     values = {name: p.default for name, p in known.items()}

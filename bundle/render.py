@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bundle import prelude, profiles, schedulers
-from bundle.errors import SiteProfileError
+from bundle.endpoints import site_choice
+from bundle.errors import SiteProfileError, UsageError
 
 RUN = "<run>"
 ENV_BIN = "<env>/bin"
@@ -129,13 +130,21 @@ def check(profile: profiles.Profile, params: dict[str, Any]) -> Any:
     keywords and values of the wrong type are errors here, before anything is
     sent. Returns the (dry) Config."""
     profile.driver_options(params)
-    return profiles.build_config(profiles.render(profile, params), factory=_dry_factory({}))
+    return profiles.build_config(profiles.substitute(profile, params), factory=_dry_factory({}))
+
+
+def for_command(site: str | None, params: dict[str, Any], endpoint: str | None = None) -> Rendered:
+    """``gcbundle render``: the site profile named (or an endpoint alias's), with an alias's defaults filled in."""
+    site, params = site_choice(endpoint, site, params)
+    if not site:
+        raise UsageError("render needs --site", "e.g. `gcbundle render --site slurm --set partition=debug`; `gcbundle sites` lists the profiles")
+    return render(profiles.load(site), params)
 
 
 def render(profile: profiles.Profile, params: dict[str, Any]) -> Rendered:
     """The Config and, for each executor with a batch provider, the script of its first block."""
     dry_runs: dict[int, _DryRun] = {}
-    config = profiles.build_config(profiles.render(profile, params), factory=_dry_factory(dry_runs))
+    config = profiles.build_config(profiles.substitute(profile, params), factory=_dry_factory(dry_runs))
     config.run_dir = f"{RUN}/runinfo"
     # The Config as built from the profile; the driver then adds its worker_init
     # prelude, the run's run_dir and a checkpointing memoizer (all in the scripts below).

@@ -16,14 +16,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from bundle.contracts import (
+    ResultsChunkRequest,
+    ResultsManifestReply,
+    ResultsManifestRequest,
+)
 from bundle.errors import GcbundleError, ResultsError
+from bundle.limits import chunk_count
 from bundle.manifest import check_path, sha256_file
+from bundle.output import OnProgress
 from bundle.transport import Tally, Transport
 
 MARKER = ".gcbundle-results.json"
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -65,21 +71,23 @@ def _local_size(path: Path) -> int:
 
 
 
-def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progress | None = None) -> Fetched:
+def fetch(transport: Transport, run_id: str, dest: Path | str, progress: OnProgress | None = None) -> Fetched:
     """Download, verify and place the results of a finished run in ``dest/<run_id>``."""
     tally = Tally()
     with transport.observing(tally):
         return _fetch(transport, run_id, Path(dest), tally, progress)
 
 
-def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress: Progress | None) -> Fetched:
+def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress: OnProgress | None) -> Fetched:
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / run_id
     partial = dest / f".{run_id}.partial"
-    listing = transport.call("results_manifest", run_id=run_id)
+    reply = transport.send(ResultsManifestRequest(run_id=run_id))
+    assert isinstance(reply, ResultsManifestReply)
+    listing = reply.to_json()
     files = _check_listing(listing)
-    sha = listing["manifest_sha256"]
-    chunk = int(listing["chunk_bytes"])
+    sha = reply.manifest_sha256
+    chunk = reply.chunk_bytes
     total = sum(f["size"] for f in files)
     done_marker = final / MARKER
     if done_marker.is_file():
@@ -125,7 +133,7 @@ def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress
 
 
 def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: list[dict[str, Any]], root: Path,
-              total: int, progress: Progress | None) -> tuple[int, dict[str, str]]:
+              total: int, progress: OnProgress | None) -> tuple[int, dict[str, str]]:
     """Fetch every chunk that holds bytes not yet on disk.
 
     Return the bytes fetched and the sha256 of each file written from its
@@ -151,8 +159,8 @@ def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: li
         return 0, writer.digests
     fetched = 0
     first = resume // chunk
-    count = max(1, -(-total // chunk))
-    requests = ({"run_id": run_id, "manifest_sha256": sha, "index": index} for index in range(first, count))
+    count = chunk_count(total, chunk)
+    requests = (ResultsChunkRequest(run_id=run_id, manifest_sha256=sha, index=index).to_json() for index in range(first, count))
     try:
         for index, reply in zip(range(first, count), transport.call_many("results_chunk", requests)):
             data = reply["data"]

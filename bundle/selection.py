@@ -22,13 +22,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from bundle import ignore, imports
 from bundle.errors import BundleError, UsageError
 from bundle.ignore import IGNORE_FILE
-
-Progress = Callable[[str, int, int], None]
+from bundle.output import OnProgress, size
 
 #: Default size guard: every run unpacks its own copy of the bundle in the
 #: login node's $GCBUNDLE_HOME, under home or project quotas of tens of GiB and
@@ -153,7 +151,7 @@ def config_source(source: str, filename: str) -> str | None:
 
 def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = None,
            extra_files: tuple[Path, ...] = (), mode: str | None = None, *, only_imports: bool = False,
-           limits: Limits | None = None, progress: Progress | None = None,
+           limits: Limits | None = None, progress: OnProgress | None = None,
            leave_out: tuple[Path, ...] = ()) -> Selection:
     """Choose the files of a workflow file or directory.
 
@@ -324,7 +322,7 @@ def local_modules(roots: list[Path], entry: Path, entry_rel: str) -> list[tuple[
 class _Walker:
     """Accumulates the files of one root, their sizes, and the reasons for what is left out."""
 
-    def __init__(self, root: Path, limits: Limits, progress: Progress | None, leave_out: tuple[Path, ...]) -> None:
+    def __init__(self, root: Path, limits: Limits, progress: OnProgress | None, leave_out: tuple[Path, ...]) -> None:
         self.root = root
         self.limits = limits
         self.progress = progress
@@ -530,6 +528,4 @@ class _Walker:
 
 
 def _size(n: float) -> str:
-    from bundle.output import size
-
     return size(n)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from bundle import archive
 from bundle.errors import BundleError, UsageError
-from bundle.limits import CHUNK_BYTES, MAX_BUNDLE_BYTES
+from bundle.limits import CHUNK_BYTES, MAX_BUNDLE_BYTES, chunk_count
 from bundle.manifest import sha256_file
+from login_node.delta import rebuild
 from login_node.rundir import DIGEST, Home, write_atomic
 
 #: Staging directories untouched this long are abandoned uploads.
@@ -27,10 +28,6 @@ def check_digest(value: object, what: str = "digest") -> str:
     if not isinstance(value, str) or not DIGEST.match(value):
         raise UsageError(f"{what} must be 64 lowercase hex digits")
     return value
-
-
-def chunk_count(size: int) -> int:
-    return max(1, -(-size // CHUNK_BYTES))
 
 
 class Cache:
@@ -128,8 +125,6 @@ class Cache:
         if tmp.stat().st_size != size or sha256_file(tmp) != archive_sha256:
             raise BundleError(f"bundle {digest[:12]} arrived corrupted (its sha256 does not match)", "submit it again")
         if base is not None:
-            from login_node.delta import rebuild
-
             whole = rebuild(tmp, self.path(base), base, digest, self.home.staging)
             try:
                 os.replace(whole, tmp)  # checked file by file as it was written

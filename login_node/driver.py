@@ -32,7 +32,7 @@ from bundle.errors import GcbundleError
 from bundle.fileio import write_atomic
 from login_node import blocks, procs, report, siteconfig, spawn, state
 from login_node.entry import import_entry, resolve
-from login_node.rundir import RunPaths, read_json
+from login_node.rundir import RunPaths, RunRequest
 
 log = logging.getLogger("gcbundle.driver")
 
@@ -56,7 +56,7 @@ class Driver:
     def __init__(self, paths: RunPaths) -> None:
         self.paths = paths
         self.home = paths.home
-        self.request: dict[str, Any] = read_json(paths.request)
+        self.request = RunRequest.read(paths)
         self.period = state.heartbeat_seconds()
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -197,30 +197,30 @@ class Driver:
             return dfk
 
         parsl.load = load  # script mode: the script's own parsl.load goes through here
-        if req["mode"] == "script":
+        if req.mode == "script":
             return self._run_script(req)
-        module = import_entry(self.paths.bundle, req["entry"])
+        module = import_entry(self.paths.bundle, req.entry)
         main = getattr(module, "main", None)
         if not callable(main):
-            raise GcbundleError(f"{req['entry']} defines no main()", "define main(**args), or submit it as a script")
+            raise GcbundleError(f"{req.entry} defines no main()", "define main(**args), or submit it as a script")
         load(siteconfig.compose(self.home, self.paths, req, module))
         self._write_state(state="running")
         self.timings["dfk_loaded"] = time.time()
-        value = main(**req["args"])
+        value = main(**req.args)
         value = resolve(value)
         self.timings["main_returned"] = time.time()
         return value
 
-    def _run_script(self, req: dict[str, Any]) -> Any:
+    def _run_script(self, req: RunRequest) -> Any:
         import runpy
 
         self._write_state(state="running")
-        argv = [req["entry"]]
-        for key, value in req["args"].items():
+        argv = [req.entry]
+        for key, value in req.args.items():
             argv.append(f"--{key}={value if isinstance(value, str) else json.dumps(value)}")
         sys.argv = argv
-        os.environ["GCBUNDLE_ARGS"] = json.dumps(req["args"])
-        runpy.run_path(str(self.paths.bundle / req["entry"]), run_name="__main__")
+        os.environ["GCBUNDLE_ARGS"] = json.dumps(req.args)
+        runpy.run_path(str(self.paths.bundle / req.entry), run_name="__main__")
         self.timings["main_returned"] = time.time()
         return None
 
@@ -231,7 +231,7 @@ class Driver:
         from parsl.utils import get_all_checkpoints
 
         config.run_dir = str(self.paths.runinfo)
-        for prev in self.request.get("checkpoint_runs") or []:
+        for prev in self.request.checkpoint_runs:
             prev_runinfo = self.paths.root.parent / prev / "runinfo"
             if prev_runinfo.is_dir():
                 self.checkpoint_files += get_all_checkpoints(str(prev_runinfo))

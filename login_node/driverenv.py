@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bundle import __version__
 from bundle.errors import SiteProfileError
 from login_node.rundir import Home, RunPaths
 
@@ -47,12 +48,6 @@ FALLBACK = ("yaml", "cloudpickle")
 PREFLIGHT_TIMEOUT = 120
 #: The interpreter looked for on PATH after driver_init.
 PYTHON = "python3"
-PLAN = "driver.json"
-
-
-def plan_path(paths: RunPaths) -> Path:
-    """The run's driver plan: how its driver starts (written by launch, read when it is started)."""
-    return paths.root / PLAN
 
 
 def ship(home: Home) -> Path:
@@ -75,8 +70,6 @@ def ship(home: Home) -> Path:
     digest = hashlib.sha256()
     for rel, f in sources:
         digest.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
-    from bundle import __version__
-
     lib = home.root / "lib" / f"gcbundle-{__version__}-{digest.hexdigest()[:16]}"
     if lib.is_dir():
         return lib

@@ -30,6 +30,9 @@ def check(request: dict) -> dict:
         problems.append({"message": "Parsl cannot be imported: %s" % exc,
                          "hint": "install parsl in that environment (`pip install parsl`), or activate one that has it in driver_init"})
         return out
+    # gcbundle's own modules are imported only now, after Python and Parsl were
+    # found usable: this runs in the user's environment (driver_init), and each
+    # missing piece is reported as a problem rather than a traceback.
     from bundle import __version__
 
     out["parsl"] = parsl.__version__

@@ -16,12 +16,12 @@ import os
 import signal
 import time
 
+from login_node.rundir import Home
+
 
 def run_processes(run_id: str, exclude: set[int] | None = None) -> list[int]:
     """Pids of this user's processes whose environment carries the run id, or
     whose working directory is inside the run's directory."""
-    from login_node.rundir import Home
-
     needle = f"GCBUNDLE_RUN_ID={run_id}".encode()
     run_dir = os.path.realpath(Home.default().run(run_id).root)
     me = os.getuid()

@@ -16,7 +16,7 @@ from typing import Any
 
 from bundle.versions import local_versions
 from login_node import state
-from login_node.rundir import RunPaths, write_json
+from login_node.rundir import RunPaths, RunRequest, write_json
 
 #: Seconds ``pip freeze`` may take (a big shared environment takes several).
 PIP_FREEZE_TIMEOUT = 60
@@ -56,25 +56,25 @@ def app_stats(records: list[Any]) -> dict[str, dict[str, Any]]:
     return apps
 
 
-def write(paths: RunPaths, request: dict[str, Any], *, outcome: dict[str, Any], records: list[Any],
+def write(paths: RunPaths, request: RunRequest, *, outcome: dict[str, Any], records: list[Any],
           checkpoint_files: list[str], config: str, pip_freeze: list[str], job_ids: dict[str, str],
           timings: dict[str, float]) -> None:
     """Write the run's ``report.json`` (atomically)."""
     report = {
         "run_id": paths.run_id,
-        "digest": request["digest"],
-        "entry": request["entry"],
-        "mode": request["mode"],
-        "args": request["args"],
-        "site": (request.get("site") or {}).get("name"),
-        "resumed_from": request.get("resumed_from"),
+        "digest": request.digest,
+        "entry": request.entry,
+        "mode": request.mode,
+        "args": request.args,
+        "site": (request.site or {}).get("name"),
+        "resumed_from": request.resumed_from,
         "checkpoint_files": checkpoint_files,
         "outcome": outcome,
         "config": config,
         "host": state.hostname(),
         "python": sys.executable,
         "versions": local_versions(),
-        "client_versions": request.get("client", {}),
+        "client_versions": request.client,
         "pip_freeze": pip_freeze,
         "scheduler_job_ids": job_ids,
         "apps": app_stats(records),

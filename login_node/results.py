@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle.errors import ResultsError
-from bundle.limits import CHUNK_BYTES
+from bundle.limits import CHUNK_BYTES, chunk_count
 from bundle.manifest import check_path, sha256_file
 from login_node.rundir import RunPaths, read_json, write_json
 
@@ -166,7 +166,7 @@ def read_chunk(paths: RunPaths, manifest_sha256: str, index: int) -> bytes:
             raise ResultsError("the run's results changed since their manifest was read", "run `gcbundle results` again")
         files = _cached_listing(paths, manifest_sha256) or [dict(f, mtime_ns=None) for f in current["files"]]
     total = sum(f["size"] for f in files)
-    count = max(1, -(-total // CHUNK_BYTES))
+    count = chunk_count(total)
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
         raise ResultsError(f"chunk index {index!r} is outside 0..{count - 1}")
     start, end = index * CHUNK_BYTES, min(total, (index + 1) * CHUNK_BYTES)

@@ -14,19 +14,22 @@ runs. A run directory says what happened to the run by its files alone:
         result.pkl        main()'s return value, cloudpickled
         result.json       the same, when it is JSON-able
         report.json       digest, config, versions, pip freeze, job ids, per-app counts
+        driver.json       how the driver starts: its environment (driver_init), checked by launch
         cancel.requested  marker written by the cancel task
         results-manifest.json   cache of the results manifest (written by the results task)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from bundle.errors import RunNotFound
+from bundle.contracts import Contract, contract_field
+from bundle.errors import RunNotFound, RunStateError
 from bundle.fileio import write_atomic
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -98,14 +101,78 @@ class RunPaths:
         """The ``$GCBUNDLE_HOME`` this run lives in (runs are ``<home>/runs/<run_id>``)."""
         return Home(self.root.parent.parent)
 
-    def __getattr__(self, name: str) -> Path:
-        try:
-            return self.root / _FILES[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def request(self) -> Path:
+        """``run.json``: the launch request: digest, args, site profile (written once, by launch)."""
+        return self.root / "run.json"
+
+    @property
+    def state(self) -> Path:
+        """``state.json``: the state machine and heartbeat (launch writes it once, then the driver only)."""
+        return self.root / "state.json"
+
+    @property
+    def bundle(self) -> Path:
+        """``bundle``: the extracted bundle; the driver's working directory."""
+        return self.root / "bundle"
+
+    @property
+    def outputs(self) -> Path:
+        """``outputs``: GCBUNDLE_OUTPUT_DIR: part of the results."""
+        return self.root / "outputs"
+
+    @property
+    def runinfo(self) -> Path:
+        """``runinfo``: Parsl's run_dir (parsl.log, checkpoints, executor logs)."""
+        return self.root / "runinfo"
+
+    @property
+    def driver_log(self) -> Path:
+        """``driver.log``: the driver's own log."""
+        return self.root / "driver.log"
+
+    @property
+    def stdout(self) -> Path:
+        """``stdout``: the driver's standard output (and so the workflow's prints)."""
+        return self.root / "stdout"
+
+    @property
+    def stderr(self) -> Path:
+        """``stderr``: the driver's standard error."""
+        return self.root / "stderr"
+
+    @property
+    def result_pkl(self) -> Path:
+        """``result.pkl``: main()'s return value, cloudpickled."""
+        return self.root / "result.pkl"
+
+    @property
+    def result_json(self) -> Path:
+        """``result.json``: the same, when it is JSON-able."""
+        return self.root / "result.json"
+
+    @property
+    def report(self) -> Path:
+        """``report.json``: digest, config, versions, pip freeze, job ids, per-app counts."""
+        return self.root / "report.json"
+
+    @property
+    def cancel_marker(self) -> Path:
+        """``cancel.requested``: marker written by the cancel task."""
+        return self.root / "cancel.requested"
+
+    @property
+    def driver_plan(self) -> Path:
+        """``driver.json``: how the driver starts (``login_node.driverenv``; written by launch)."""
+        return self.root / "driver.json"
+
+    @property
+    def results_manifest(self) -> Path:
+        """``results-manifest.json``: cache of the results manifest (written by the results task)."""
+        return self.root / "results-manifest.json"
 
     def exists(self) -> bool:
-        return (self.root / _FILES["request"]).is_file()
+        return self.request.is_file()
 
     def require(self) -> RunPaths:
         if not self.exists():
@@ -125,21 +192,40 @@ class RunPaths:
         return runs[-1] / "parsl.log" if runs and (runs[-1] / "parsl.log").is_file() else None
 
 
-_FILES = {
-    "request": "run.json",
-    "state": "state.json",
-    "bundle": "bundle",
-    "outputs": "outputs",
-    "runinfo": "runinfo",
-    "driver_log": "driver.log",
-    "stdout": "stdout",
-    "stderr": "stderr",
-    "result_pkl": "result.pkl",
-    "result_json": "result.json",
-    "report": "report.json",
-    "cancel_marker": "cancel.requested",
-    "results_manifest": "results-manifest.json",
-}
+@dataclass(frozen=True, kw_only=True)
+class RunRequest(Contract):
+    """``run.json``: what the run was asked to be, as the launch task recorded it (written once).
+
+    The bundle's manifest (entry, mode, config source, client versions) and
+    the launch spec (arguments over the manifest's, site profile, parameters,
+    what it resumes) in one record, read by the driver and by later resumes.
+    """
+
+    task: ClassVar[str] = "launch"
+    run_id: str = contract_field("str")
+    digest: str = contract_field("str")
+    entry: str = contract_field("str")
+    mode: str = contract_field("str")
+    config: dict[str, Any] = contract_field("dict", default={"kind": "workflow"})
+    args: dict[str, Any] = contract_field("dict", default={})
+    site: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
+    params: dict[str, Any] = contract_field("dict", default={})
+    resumed_from: str | None = contract_field("str", optional=True, default=None)
+    #: Runs whose checkpoints this run loads: the one it resumes, and that one's own.
+    checkpoint_runs: list[str] = contract_field("list", default=[])
+    client: dict[str, Any] = contract_field("dict", default={})
+    submitted: float = contract_field("number", default=0.0)
+
+    @classmethod
+    def _fail(cls, message: str) -> Exception:
+        return RunStateError(f"the run's run.json {message}", "the run directory was changed or damaged: submit the run again")
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def read(cls, paths: RunPaths) -> RunRequest:
+        return cls.from_json(read_json(paths.request))
 
 
 def write_json(path: Path, data: Any) -> None:

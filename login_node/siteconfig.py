@@ -29,7 +29,7 @@ import yaml
 from bundle import prelude, profiles
 from bundle.errors import SiteProfileError
 from login_node.entry import import_entry
-from login_node.rundir import Home, RunPaths
+from login_node.rundir import Home, RunPaths, RunRequest
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ def render_site(home: Home, spec: dict[str, Any]) -> tuple[profiles.Profile, dic
     """A site profile spec (``Profile.to_spec``) rendered with the site's parameter defaults under its own values."""
     profile, params = profiles.Profile.from_spec(spec)
     params = {**SiteDefaults.read(home).params_for(profile), **params}
-    return profile, profiles.render(profile, params)
+    return profile, profiles.substitute(profile, params)
 
 
-def compose(home: Home, paths: RunPaths, request: dict[str, Any], workflow: ModuleType | None = None) -> Any:
+def compose(home: Home, paths: RunPaths, request: RunRequest, workflow: ModuleType | None = None) -> Any:
     """The run's live Parsl Config (see the module's docstring for the order).
 
     ``workflow`` is the imported entry module in function mode; a script
@@ -96,17 +96,17 @@ def compose(home: Home, paths: RunPaths, request: dict[str, Any], workflow: Modu
     return _from_request(home, paths, request) or _from_workflow(workflow) or default_config()
 
 
-def _from_request(home: Home, paths: RunPaths, request: dict[str, Any]) -> Any:
+def _from_request(home: Home, paths: RunPaths, request: RunRequest) -> Any:
     """The Config of the run's site profile or of the bundle's config module, or None."""
-    if request.get("site"):
-        return profiles.build_config(render_site(home, request["site"])[1])
-    config = request.get("config") or {}
+    if request.site:
+        return profiles.build_config(render_site(home, request.site)[1])
+    config = request.config
     if config.get("kind") == "module":
         module = import_entry(paths.bundle, config["path"])
         make = getattr(module, "make_config", None)
         if not callable(make):
             raise SiteProfileError(f"config module {config['path']} defines no make_config()", "define make_config(**params) -> parsl.Config")
-        return make(**(request.get("params") or {}))
+        return make(**request.params)
     return None
 
 
@@ -122,4 +122,4 @@ def _from_workflow(workflow: ModuleType | None) -> Any:
 
 def default_config() -> Any:
     """The ``local`` profile's Config."""
-    return profiles.build_config(profiles.render(profiles.load("local"), {}))
+    return profiles.build_config(profiles.substitute(profiles.load("local"), {}))

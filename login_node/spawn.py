@@ -58,7 +58,7 @@ def spawn(paths: RunPaths) -> int:
 def plan(paths: RunPaths) -> dict[str, Any]:
     """The run's driver plan (``login_node.driverenv``), {} for a run launched before plans."""
     try:
-        return read_json(driverenv.plan_path(paths))
+        return read_json(paths.driver_plan)
     except (OSError, ValueError):
         return {}
 

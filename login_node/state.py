@@ -16,10 +16,9 @@ import socket
 import time
 from typing import Any
 
+from bundle.contracts import TERMINAL
 from login_node.rundir import RunPaths, read_json, write_json
 
-STATES = ("staged", "starting", "running", "succeeded", "failed", "cancelled", "lost")
-TERMINAL = ("succeeded", "failed", "cancelled", "lost")
 DEFAULT_HEARTBEAT = 30.0
 #: A heartbeat older than MISSED periods plus GRACE seconds means the driver is gone.
 MISSED = 2

@@ -8,6 +8,7 @@ before they name anything on disk. These are the functions a site lists in
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -17,14 +18,36 @@ import traceback
 from typing import Any, Callable
 
 from bundle import archive, profiles
+from bundle.contracts import (
+    CancelReply,
+    CancelRequest,
+    Contract,
+    DoctorReply,
+    DoctorRequest,
+    LaunchReply,
+    LaunchRequest,
+    LaunchSpec,
+    LogsReply,
+    LogsRequest,
+    ProbeReply,
+    ProbeRequest,
+    ResultsChunkReply,
+    ResultsChunkRequest,
+    ResultsManifestReply,
+    ResultsManifestRequest,
+    RunState,
+    StageReply,
+    StageRequest,
+    StatusRequest,
+    parse_request,
+)
 from bundle.errors import GcbundleError, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
 from login_node import blocks, driverenv, procs, results, state
 from login_node.cache import Cache, check_digest
 from login_node.doctor import site_report
-from login_node.driverenv import plan_path
-from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
+from login_node.rundir import Home, RunPaths, RunRequest, check_run_id, write_json
 from login_node.siteconfig import SiteDefaults
 from login_node.spawn import driver_env, spawn
 
@@ -32,73 +55,70 @@ from login_node.spawn import driver_env, spawn
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
 
 
-def _task(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _task(fn: Callable[[Any, Home], Contract]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A task function: the request checked (protocol, then its contract), the reply in its envelope."""
     @functools.wraps(fn)
     def wrapper(req: dict[str, Any]) -> dict[str, Any]:
         try:
-            req = check_request(req)
+            parsed = parse_request(fn.__name__, check_request(req))
             home = Home.default()
             home.ensure()
-            return reply(fn(req, home))
+            return reply(fn(parsed, home).to_json())
         except GcbundleError as exc:
             return error_reply(exc)
 
     return wrapper
 
 
-def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
-    value = req.get(key, default)
+def _int(value: Any, key: str, lo: int = 0, hi: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
         raise UsageError(f"{key} must be an integer in {lo}..{hi if hi is not None else 'inf'}, got {value!r}")
     return value
 
 
 @_task
-def probe(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def probe(req: ProbeRequest, home: Home) -> ProbeReply:
     """Which of the given bundles are cached, and which chunks of an upload have arrived."""
     cache = Cache(home)
-    digests = req.get("digests", [])
-    if not isinstance(digests, list) or len(digests) > 1000:
+    digests = req.digests
+    if len(digests) > 1000:
         raise UsageError("digests must be a list of at most 1000 digests")
-    out: dict[str, Any] = {"cached": [d for d in digests if cache.has(check_digest(d))]}
-    if req.get("archive_sha256") and len(digests) == 1:
-        out["staged_chunks"] = cache.staged_chunks(digests[0], req["archive_sha256"])
-    bases = req.get("bases")
-    if bases is not None:  # protocol 2: which of these could a delta be made against
-        if not isinstance(bases, list) or len(bases) > 64:
-            raise UsageError("bases must be a list of at most 64 digests")
-        out["bases"] = [b for b in bases if cache.has(check_digest(b, "base"))]
-        out["protocol"] = PROTOCOL
-    return out
+    cached = [d for d in digests if cache.has(check_digest(d))]
+    staged = cache.staged_chunks(digests[0], req.archive_sha256) if req.archive_sha256 and len(digests) == 1 else None
+    if req.bases is None:
+        return ProbeReply(cached=cached, staged_chunks=staged)
+    # protocol 2: which of these could a delta be made against
+    if len(req.bases) > 64:
+        raise UsageError("bases must be a list of at most 64 digests")
+    bases = [b for b in req.bases if cache.has(check_digest(b, "base"))]
+    return ProbeReply(cached=cached, staged_chunks=staged, bases=bases, protocol=PROTOCOL)
 
 
 @_task
-def stage(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def stage(req: StageRequest, home: Home) -> StageReply:
     """Store one chunk of a bundle in the cache's staging area."""
     complete = Cache(home).put_chunk(
-        check_digest(req.get("digest")),
-        check_digest(req.get("archive_sha256"), "archive_sha256"),
-        _int(req, "size", lo=1),
-        _int(req, "index"),
-        req.get("data"),  # type: ignore[arg-type]
-        base=None if req.get("base") is None else check_digest(req.get("base"), "base"),
+        check_digest(req.digest),
+        check_digest(req.archive_sha256, "archive_sha256"),
+        _int(req.size, "size", lo=1),
+        _int(req.index, "index"),
+        req.data,
+        base=None if req.base is None else check_digest(req.base, "base"),
     )
-    return {"complete": complete}
+    return StageReply(complete=complete)
 
 
 @_task
-def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def launch(req: LaunchRequest, home: Home) -> LaunchReply:
     """Extract a cached bundle into a new run directory and start its detached driver."""
-    run_id = check_run_id(req.get("run_id"))
-    digest = check_digest(req.get("digest"))
-    spec = req.get("spec")
-    if not isinstance(spec, dict):
-        raise UsageError("spec must be an object")
+    run_id = check_run_id(req.run_id)
+    digest = check_digest(req.digest)
+    spec = req.spec
     cache = Cache(home)
-    if req.get("bundle") is not None:
-        cache.put_whole(digest, check_digest(req.get("archive_sha256"), "archive_sha256"), req["bundle"])  # type: ignore[arg-type]
+    if req.bundle is not None:
+        cache.put_whole(digest, check_digest(req.archive_sha256, "archive_sha256"), req.bundle)
     if not cache.has(digest):
-        return {"missing_bundle": True}
+        return LaunchReply(missing_bundle=True)
     paths = home.run(run_id)
     if paths.root.exists():
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
@@ -106,7 +126,7 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
     resumed = _resume_sources(home, spec)
     plan = _driver_plan(home, paths, spec)  # before the run exists: a failed preflight leaves nothing
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
-    write_json(plan_path(paths), plan)
+    write_json(paths.driver_plan, plan)
     try:
         pid = spawn(paths)
     except Exception as exc:
@@ -114,20 +134,20 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         st.update(state="failed", error={"message": f"the driver could not be started: {exc}", "traceback": traceback.format_exc()})
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
-    return {"state": _wait_started(paths, pid)}
+    return LaunchReply(state=RunState.from_json(_wait_started(paths, pid)))
 
 
-def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str, Any]:
+def _driver_plan(home: Home, paths: RunPaths, spec: LaunchSpec) -> dict[str, Any]:
     """How the run's driver starts: in the endpoint's environment, or after
     ``driver_init`` in the user's, checked first (``login_node.driverenv``)."""
     site = SiteDefaults.read(home)
     rendered = None
     options = {"driver_init": "", "placement": "login"}
-    if spec.get("site"):
-        profile, params = profiles.Profile.from_spec(spec["site"])
+    if spec.site:
+        profile, params = profiles.Profile.from_spec(spec.site)
         params = {**site.params_for(profile), **params}
         options = profile.driver_options(params)
-        rendered = profiles.render(profile, params)
+        rendered = profiles.substitute(profile, params)
     driver_init = options["driver_init"] or site.driver_init
     plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"]}
     if driver_init.strip():
@@ -137,9 +157,9 @@ def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str,
     return plan
 
 
-def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
+def _inherit(home: Home, spec: LaunchSpec) -> LaunchSpec:
     """A resume without new arguments runs with the earlier run's arguments and site."""
-    prev = spec.get("resumed_from")
+    prev = spec.resumed_from
     if prev is None:
         return spec
     prev_paths = home.run(check_run_id(prev)).require()
@@ -147,11 +167,11 @@ def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
     if not state.is_terminal(st):
         raise RunStateError(f"run {prev} is still {st.get('state')}", f"cancel it first (`gcbundle cancel {prev}`), or wait for it to end")
     reap(prev_paths, st)
-    if not spec.get("inherit"):
+    if not spec.inherit:
         return spec
-    earlier = read_json(prev_paths.request)
-    return {**spec, "args": spec.get("args") or earlier.get("args") or {}, "site": spec.get("site") or earlier.get("site"),
-            "params": spec.get("params") or earlier.get("params") or {}}
+    earlier = RunRequest.read(prev_paths)
+    return dataclasses.replace(spec, args=spec.args or earlier.args, site=spec.site or earlier.site,
+                               params=spec.params or earlier.params)
 
 
 def _await_change(paths: RunPaths, st: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -192,18 +212,18 @@ def reap(paths: RunPaths, st: dict[str, Any]) -> int:
     return 0
 
 
-def _resume_sources(home: Home, spec: dict[str, Any]) -> list[str]:
+def _resume_sources(home: Home, spec: LaunchSpec) -> list[str]:
     """Run ids whose checkpoints a resumed run loads (the chain of earlier resumes too)."""
-    prev = spec.get("resumed_from")
+    prev = spec.resumed_from
     if prev is None:
         return []
     prev_paths = home.run(check_run_id(prev)).require()
-    earlier = read_json(prev_paths.request).get("checkpoint_runs", [])
+    earlier = RunRequest.read(prev_paths).checkpoint_runs
     chain = [prev, *[r for r in earlier if isinstance(r, str)]]
     return [check_run_id(r) for r in chain]
 
 
-def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec: dict[str, Any], checkpoint_runs: list[str]) -> None:
+def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec: LaunchSpec, checkpoint_runs: list[str]) -> None:
     """Build the run directory beside its final name and rename it into place."""
     tmp = home.runs / f".{paths.run_id}.creating.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -214,23 +234,14 @@ def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec
         for d in (tmp_paths.outputs, tmp_paths.runinfo):
             d.mkdir(mode=0o700)
         args = dict(manifest.args)
-        args.update(spec.get("args") or {})
-        request = {
-            "run_id": paths.run_id,
-            "digest": digest,
-            "entry": manifest.entry,
-            "mode": manifest.mode,
-            "config": manifest.config,
-            "args": args,
-            "site": spec.get("site"),
-            "params": spec.get("params") or {},
-            "resumed_from": spec.get("resumed_from"),
-            "checkpoint_runs": checkpoint_runs,
-            "client": manifest.client,
-            "submitted": time.time(),
-        }
-        write_json(tmp_paths.request, request)
-        state.write(tmp_paths, {"run_id": paths.run_id, "state": "staged", "digest": digest, "resumed_from": spec.get("resumed_from")})
+        args.update(spec.args or {})
+        request = RunRequest(
+            run_id=paths.run_id, digest=digest, entry=manifest.entry, mode=manifest.mode, config=dict(manifest.config),
+            args=args, site=spec.site, params=dict(spec.params or {}), resumed_from=spec.resumed_from,
+            checkpoint_runs=checkpoint_runs, client=dict(manifest.client), submitted=time.time(),
+        )
+        write_json(tmp_paths.request, request.to_json())
+        state.write(tmp_paths, {"run_id": paths.run_id, "state": "staged", "digest": digest, "resumed_from": spec.resumed_from})
         os.rename(tmp, paths.root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -266,16 +277,16 @@ STATUS_WAIT_MAX = 30.0
 
 
 @_task
-def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def status(req: StatusRequest, home: Home) -> RunState:
     """The run's state; with ``wait`` (seconds), first wait that long for it to change or end.
 
     A long poll: the client learns that a run ended within a fraction of a
     second, with one task per ``wait`` seconds instead of one per poll. A
     client that sends no ``wait`` gets the state at once, as before.
     """
-    paths = home.run(check_run_id(req.get("run_id"))).require()
+    paths = home.run(check_run_id(req.run_id)).require()
     st = state.effective(paths)
-    wait = req.get("wait", 0)
+    wait = 0 if req.wait is None else req.wait
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
         raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
     if wait:
@@ -285,19 +296,19 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     reaped = reap(paths, st)
     if reaped:
         st = {**st, "reaped_processes": reaped}
-    return st
+    return RunState.from_json(st)
 
 
 @_task
-def logs(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def logs(req: LogsRequest, home: Home) -> LogsReply:
     """A slice of one of the run's logs, from ``offset``."""
-    paths = home.run(check_run_id(req.get("run_id"))).require()
-    name = req.get("name", "driver")
+    paths = home.run(check_run_id(req.run_id)).require()
+    name = req.name
     available = paths.log_files()
     if name not in available:
         raise UsageError(f"no log named {name!r} for run {paths.run_id}", f"choose one of: {', '.join(sorted(available))}")
-    offset = _int(req, "offset", 0)
-    limit = _int(req, "max_bytes", LOG_SLICE_BYTES, lo=1, hi=LOG_SLICE_BYTES)
+    offset = _int(req.offset, "offset")
+    limit = _int(LOG_SLICE_BYTES if req.max_bytes is None else req.max_bytes, "max_bytes", lo=1, hi=LOG_SLICE_BYTES)
     path = available[name]
     data = b""
     size = 0
@@ -305,42 +316,42 @@ def logs(req: dict[str, Any], home: Home) -> dict[str, Any]:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            if req.get("tail") and offset == 0:
+            if req.tail and offset == 0:
                 offset = max(0, size - limit)
             f.seek(min(offset, size))
             data = f.read(limit)
     st = state.effective(paths)
-    return {"data": data, "offset": offset, "next_offset": offset + len(data), "size": size, "state": st.get("state"), "logs": sorted(available)}
+    return LogsReply(data=data, offset=offset, next_offset=offset + len(data), size=size, state=st.get("state"), logs=sorted(available))
 
 
 @_task
-def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    paths = home.run(check_run_id(req.get("run_id"))).require()
+def results_manifest(req: ResultsManifestRequest, home: Home) -> ResultsManifestReply:
+    paths = home.run(check_run_id(req.run_id)).require()
     st = state.effective(paths)
-    if not state.is_terminal(st) and not req.get("partial"):
+    if not state.is_terminal(st) and not req.partial:
         raise RunStateError(f"run {paths.run_id} is still {st.get('state')}",
                             f"wait for it to end (`gcbundle status {paths.run_id} --wait`), or stop it (`gcbundle cancel {paths.run_id}`)")
-    return {"state": st, **results.manifest(paths)}
+    return ResultsManifestReply.from_json({"state": st, **results.manifest(paths)})
 
 
 @_task
-def results_chunk(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    paths = home.run(check_run_id(req.get("run_id"))).require()
-    sha = req.get("manifest_sha256")
+def results_chunk(req: ResultsChunkRequest, home: Home) -> ResultsChunkReply:
+    paths = home.run(check_run_id(req.run_id)).require()
+    sha = req.manifest_sha256
     if not isinstance(sha, str):
         raise UsageError("manifest_sha256 must be a string")
-    index = _int(req, "index")
-    return {"index": index, "data": results.read_chunk(paths, sha, index)}
+    index = _int(req.index, "index")
+    return ResultsChunkReply(index=index, data=results.read_chunk(paths, sha, index))
 
 
 @_task
-def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def cancel(req: CancelRequest, home: Home) -> CancelReply:
     """Ask the driver to stop, and make sure it and everything it started does."""
-    paths = home.run(check_run_id(req.get("run_id"))).require()
-    grace = float(_int(req, "grace", 30, lo=0, hi=600))
+    paths = home.run(check_run_id(req.run_id)).require()
+    grace = float(_int(req.grace, "grace", lo=0, hi=600))
     st = state.effective(paths)
     if state.is_terminal(st):
-        return {"state": st, "already": True}
+        return CancelReply(state=RunState.from_json(st), already=True)
     if not paths.cancel_marker.exists():
         write_json(paths.cancel_marker, {"requested": time.time(), "host": state.hostname()})
     pid = st.get("pid")
@@ -366,9 +377,9 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             escalated += 1
             blocks.cancel_recorded(state.read_raw(paths).get("batch_jobs") or {})
         escalated += procs.sweep(paths.run_id, grace=2.0)
-    return {"state": state.effective(paths), "escalated": escalated}
+    return CancelReply(state=RunState.from_json(state.effective(paths)), escalated=escalated)
 
 
 @_task
-def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    return site_report(home, req.get("site"))
+def doctor(req: DoctorRequest, home: Home) -> DoctorReply:
+    return DoctorReply.from_json(site_report(home, req.site))

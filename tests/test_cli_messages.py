@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from bundle.cli import main
-from bundle.output import Progress
+from bundle.output import ProgressMeter as Progress
 from tests.conftest import EXAMPLES, write_workflow
 
 

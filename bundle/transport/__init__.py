@@ -1,7 +1,10 @@
 """Where a task goes: the interface every transport implements, and the factory.
 
 A transport sends one login-node task function with one request dict and
-returns the reply's data. Two exist:
+returns the reply's data, checked against the task's reply contract
+(``bundle.contracts``): ``send`` takes a request object and returns the
+reply object; ``call`` takes the request's fields and returns the reply's
+dict. Two exist:
 
     local.py          the embedded ``local`` endpoint: this machine plays the login node
     globus.py         a real Globus Compute endpoint, through the SDK's ``Client``
@@ -24,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from bundle.contracts import Contract, check_reply
 from bundle.protocol import request, unwrap
 
 #: Called with (task name, serialized bytes) for every task sent; bytes is 0 when unknown.
@@ -60,8 +64,18 @@ class Transport(ABC):
         for observer in self._observers:
             observer(task, nbytes)
 
+    def send(self, req: Contract) -> Contract:
+        """The reply to one request object (``bundle.contracts``), as its task's reply object."""
+        return check_reply(req.task, self.call(req.task, **req.to_json()))
+
     def call(self, task: str, **fields: Any) -> Any:
-        return unwrap(self._run(task, request(**fields)))
+        """The reply's data to ``task`` with these request fields, checked against the task's reply contract."""
+        return self._checked(task, unwrap(self._run(task, request(**fields))))
+
+    @staticmethod
+    def _checked(task: str, data: Any) -> Any:
+        check_reply(task, data)  # a reply without a field, or of the wrong type, stops here: one line naming both
+        return data
 
     def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
         """The replies to ``task`` for each request's fields, in order.

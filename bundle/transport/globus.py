@@ -55,6 +55,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bundle import __version__
+from bundle.endpoints import resolve
 from bundle.errors import (
     EndpointUnavailable,
     FunctionNotPermitted,
@@ -71,7 +73,13 @@ from bundle.errors import (
 from bundle.limits import TASK_LIMIT
 from bundle.protocol import PROTOCOL, TASKS
 from bundle.transport import Transport
-from bundle.transport.globus_errors import LOGIN_HINT, remote_failure, stale_function, translate, versions_note
+from bundle.transport.globus_errors import (
+    LOGIN_HINT,
+    remote_failure,
+    stale_function,
+    translate,
+    versions_note,
+)
 from bundle.transport.wire import task_function
 
 log = logging.getLogger(__name__)
@@ -448,8 +456,6 @@ class GlobusTransport(Transport):
 
 
 def _description(task: str) -> str:
-    from bundle import __version__
-
     return f"gcbundle {__version__} login-node task `{task}` (protocol {PROTOCOL})"
 
 
@@ -482,6 +488,4 @@ def require_globus(endpoint: str) -> GlobusTransport:
     """The globus transport for ``endpoint`` (an alias or UUID), refusing ``local``."""
     if endpoint == "local":
         raise UsageError("the local endpoint has no Globus functions to register", "name a Globus Compute endpoint: an alias or a UUID")
-    from bundle.endpoints import resolve
-
     return transport_for(resolve(endpoint))

@@ -169,7 +169,7 @@ class LocalTransport(Transport):
                 while in_flight:
                     raw = worker.results.recv_bytes()
                     in_flight = send_next()
-                    yield unwrap(unpack_result(raw))
+                    yield self._checked(task, unwrap(unpack_result(raw)))
             except (EOFError, OSError):
                 in_flight = 0
                 self._close_worker()

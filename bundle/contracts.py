@@ -1,0 +1,417 @@
+"""The wire contracts: one frozen dataclass per task request and per task reply.
+
+Every login-node task takes one request dict and answers one reply dict
+(wrapped in ``bundle.protocol``'s envelope, which carries the versions). The
+fields of each are stated here, once, for both sides:
+
+- the client builds every request with a ``*Request`` class and checks every
+  reply with the task's ``*Reply`` class (``Transport.call`` does both);
+- the login node parses every request with the ``*Request`` class
+  (``login_node.tasks``) and builds its replies with the ``*Reply`` classes.
+
+``from_json`` checks that each field is there and of its type, and raises one
+line that names the task and the field: a ``UsageError`` for a request (the
+login node refuses it), a ``RemoteError`` for a reply (the client cannot use
+it). What a value means (a run id's pattern, a digest's, a chunk's range)
+is checked where it is used, on the login node. A reply keeps the fields it
+does not declare (``extra``), so a newer login node can add fields that an
+older client passes through.
+
+The launch spec (``LaunchSpec``) is the part of a launch request that the
+login node records in the run's ``run.json``: arguments, site profile,
+parameters, and what the run resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from bundle.errors import RemoteError, UsageError
+
+#: Every state of a run, and those it never leaves (``login_node.state`` writes them).
+STATES = ("staged", "starting", "running", "succeeded", "failed", "cancelled", "lost")
+TERMINAL = ("succeeded", "failed", "cancelled", "lost")
+
+_MISSING: Any = object()
+_REPLY_HINT = "the login node's gcbundle may be damaged or of another version: check it with `gcbundle doctor`"
+
+# JSON-ish kinds a field may have, by name: the check and the words for an error.
+_KINDS: dict[str, tuple[Any, str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "bytes": (lambda v: isinstance(v, (bytes, bytearray)), "bytes"),
+    "list": (lambda v: isinstance(v, list), "a list"),
+    "dict": (lambda v: isinstance(v, dict), "an object"),
+    "any": (lambda v: True, "anything"),
+}
+
+
+def _kind_of(value: Any) -> str:
+    for name in ("bool", "int", "number", "str", "bytes", "list", "dict"):
+        if _KINDS[name][0](value):
+            return {"number": "a number", "dict": "an object", "list": "a list"}.get(name, _KINDS[name][1])
+    return "null" if value is None else type(value).__name__
+
+
+def contract_field(kind: str, *, optional: bool = False, default: Any = _MISSING) -> Any:
+    """A contract field of JSON ``kind``; ``optional`` also accepts null; ``default`` makes it not required."""
+    meta = {"kind": kind, "optional": optional}
+    if default is _MISSING:
+        return field(metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+T = TypeVar("T", bound="Contract")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Contract:
+    """A request or a reply of one task; subclasses declare their fields with ``contract_field``."""
+
+    task: ClassVar[str] = "?"
+    side: ClassVar[str] = "request"
+
+    @classmethod
+    def _fail(cls, message: str) -> Exception:
+        if cls.side == "request":
+            return UsageError(f"the {cls.task} request {message}", "use the gcbundle client to send tasks")
+        return RemoteError(f"the login node sent a {cls.task} reply {message}", _REPLY_HINT)
+
+    @classmethod
+    def from_json(cls: type[T], data: Any) -> T:
+        """Parse and check ``data``; raise one line naming the task and the field if it does not fit."""
+        if not isinstance(data, Mapping):
+            raise cls._fail(f"that is {_kind_of(data)}, not an object")
+        values: dict[str, Any] = {}
+        declared = set()
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            declared.add(f.name)
+            kind, optional = f.metadata["kind"], f.metadata["optional"]
+            value = data.get(f.name, _MISSING)
+            if value is _MISSING:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise cls._fail(f"without `{f.name}`")
+                continue
+            if value is None and optional:
+                values[f.name] = None
+                continue
+            check, words = _KINDS[kind]
+            if not check(value):
+                raise cls._fail(f"with `{f.name}` that is {_kind_of(value)}, not {words}")
+            values[f.name] = cls._nested(f.name, value)
+        if any(f.name == "extra" for f in dataclasses.fields(cls)):
+            values["extra"] = {k: v for k, v in data.items() if k not in declared}
+        obj = cls(**values)
+        obj._check()
+        return obj
+
+    @classmethod
+    def _nested(cls, name: str, value: Any) -> Any:
+        """A field's value as the dataclass holds it (a nested contract parses it here)."""
+        return value
+
+    def _check(self) -> None:
+        """Checks beyond each field's kind (raise ``self._fail``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The dict that travels; a field that is None is left out (the other side's default)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra":
+                out.update(value)
+            elif isinstance(value, Contract):
+                out[f.name] = value.to_json()
+            elif value is not None:
+                out[f.name] = value
+        return out
+
+
+# -- the launch spec ------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchSpec(Contract):
+    """What a run is asked to be: its arguments, site profile and parameters, and what it resumes.
+
+    ``inherit``: a resume without new arguments or site runs with the earlier run's.
+    """
+
+    task: ClassVar[str] = "launch"
+    args: dict[str, Any] = contract_field("dict", default={})
+    site: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
+    params: dict[str, Any] = contract_field("dict", optional=True, default={})
+    resumed_from: str | None = contract_field("str", optional=True, default=None)
+    inherit: bool = contract_field("bool", default=False)
+
+    @classmethod
+    def _fail(cls, message: str) -> Exception:
+        return UsageError(f"the launch request's spec {message}", "use the gcbundle client to send tasks")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"args": dict(self.args), "site": self.site, "params": dict(self.params or {}),
+                "resumed_from": self.resumed_from, "inherit": self.inherit}
+
+
+# -- requests -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeRequest(Contract):
+    task: ClassVar[str] = "probe"
+    digests: list[str] = contract_field("list", default=[])
+    archive_sha256: str | None = contract_field("str", optional=True, default=None)
+    #: Protocol 2: digests the client could make a delta against.
+    bases: list[str] | None = contract_field("list", optional=True, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageRequest(Contract):
+    task: ClassVar[str] = "stage"
+    digest: Any = contract_field("any", optional=True, default=None)
+    archive_sha256: Any = contract_field("any", optional=True, default=None)
+    size: Any = contract_field("any", optional=True, default=None)
+    index: Any = contract_field("any", optional=True, default=None)
+    data: Any = contract_field("any", optional=True, default=None)
+    #: Protocol 2: the chunks are of a delta against this cached bundle.
+    base: str | None = contract_field("str", optional=True, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchRequest(Contract):
+    task: ClassVar[str] = "launch"
+    run_id: Any = contract_field("any", optional=True, default=None)
+    digest: Any = contract_field("any", optional=True, default=None)
+    spec: LaunchSpec = contract_field("dict")
+    archive_sha256: Any = contract_field("any", optional=True, default=None)
+    #: The whole bundle archive, when it is small enough to travel inside the launch task.
+    bundle: bytes | None = contract_field("bytes", optional=True, default=None)
+
+    @classmethod
+    def _nested(cls, name: str, value: Any) -> Any:
+        return LaunchSpec.from_json(value) if name == "spec" else value
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusRequest(Contract):
+    task: ClassVar[str] = "status"
+    run_id: Any = contract_field("any", optional=True, default=None)
+    #: Seconds to wait on the login node for the state to change (a long poll); absent: answer at once.
+    wait: float | None = contract_field("any", optional=True, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogsRequest(Contract):
+    task: ClassVar[str] = "logs"
+    run_id: Any = contract_field("any", optional=True, default=None)
+    name: str = contract_field("str", default="driver")
+    offset: Any = contract_field("any", default=0)
+    tail: bool = contract_field("bool", optional=True, default=False)
+    max_bytes: Any = contract_field("any", optional=True, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsManifestRequest(Contract):
+    task: ClassVar[str] = "results_manifest"
+    run_id: Any = contract_field("any", optional=True, default=None)
+    partial: bool = contract_field("bool", optional=True, default=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsChunkRequest(Contract):
+    task: ClassVar[str] = "results_chunk"
+    run_id: Any = contract_field("any", optional=True, default=None)
+    manifest_sha256: Any = contract_field("any", optional=True, default=None)
+    index: Any = contract_field("any", optional=True, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequest(Contract):
+    task: ClassVar[str] = "cancel"
+    run_id: Any = contract_field("any", optional=True, default=None)
+    grace: Any = contract_field("any", default=30)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoctorRequest(Contract):
+    task: ClassVar[str] = "doctor"
+    #: A site profile spec (``Profile.to_spec``) to check too.
+    site: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
+
+
+# -- replies ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class RunState(Contract):
+    """A run's state as the login node reports it (``state.json``, with ``lost`` derived)."""
+
+    task: ClassVar[str] = "status"
+    side: ClassVar[str] = "reply"
+    state: str = contract_field("str")
+    run_id: str | None = contract_field("str", optional=True, default=None)
+    updated: float | None = contract_field("number", optional=True, default=None)
+    tasks: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
+    error: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        if self.state not in STATES:
+            raise self._fail(f"with the unknown state {self.state[:40]!r}")
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@functools.lru_cache(maxsize=None)
+def _reply_state(cls: type[Contract]) -> type[RunState]:
+    """RunState whose errors name ``cls``'s task (a state nested in another reply)."""
+    return type(f"{cls.__name__}State", (RunState,), {"task": cls.task,
+                                                      "__module__": __name__})  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeReply(Contract):
+    task: ClassVar[str] = "probe"
+    side: ClassVar[str] = "reply"
+    cached: list[str] = contract_field("list")
+    staged_chunks: list[int] | None = contract_field("list", optional=True, default=None)
+    #: Protocol 2: which of the request's ``bases`` the login node holds, and its protocol.
+    bases: list[str] | None = contract_field("list", optional=True, default=None)
+    protocol: int | None = contract_field("int", optional=True, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageReply(Contract):
+    task: ClassVar[str] = "stage"
+    side: ClassVar[str] = "reply"
+    complete: bool = contract_field("bool")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchReply(Contract):
+    task: ClassVar[str] = "launch"
+    side: ClassVar[str] = "reply"
+    #: The login node does not have the bundle: stage it and launch again.
+    missing_bundle: bool = contract_field("bool", default=False)
+    state: RunState | None = contract_field("dict", optional=True, default=None)
+
+    @classmethod
+    def _nested(cls, name: str, value: Any) -> Any:
+        return _reply_state(cls).from_json(value) if name == "state" else value
+
+    def _check(self) -> None:
+        if not self.missing_bundle and self.state is None:
+            raise self._fail("without `state`")
+
+    def to_json(self) -> dict[str, Any]:
+        if self.missing_bundle:
+            return {"missing_bundle": True}
+        return {"state": self.state.to_json() if self.state is not None else None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogsReply(Contract):
+    task: ClassVar[str] = "logs"
+    side: ClassVar[str] = "reply"
+    data: bytes = contract_field("bytes")
+    offset: int = contract_field("int")
+    next_offset: int = contract_field("int")
+    size: int = contract_field("int")
+    state: str | None = contract_field("str", optional=True, default=None)
+    logs: list[str] = contract_field("list", default=[])
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsManifestReply(Contract):
+    task: ClassVar[str] = "results_manifest"
+    side: ClassVar[str] = "reply"
+    state: RunState = contract_field("dict")
+    files: list[dict[str, Any]] = contract_field("list")
+    manifest_sha256: str = contract_field("str")
+    chunk_bytes: int = contract_field("int")
+    total: int = contract_field("int")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _nested(cls, name: str, value: Any) -> Any:
+        return _reply_state(cls).from_json(value) if name == "state" else value
+
+    def _check(self) -> None:
+        if self.chunk_bytes <= 0:
+            raise self._fail(f"with `chunk_bytes` {self.chunk_bytes}, not a positive size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResultsChunkReply(Contract):
+    task: ClassVar[str] = "results_chunk"
+    side: ClassVar[str] = "reply"
+    index: int = contract_field("int")
+    data: bytes = contract_field("bytes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelReply(Contract):
+    task: ClassVar[str] = "cancel"
+    side: ClassVar[str] = "reply"
+    state: RunState = contract_field("dict")
+    #: The run had already ended: nothing was done.
+    already: bool = contract_field("bool", default=False)
+    #: Processes that had to be killed (the driver, and what it left).
+    escalated: int = contract_field("int", default=0)
+
+    @classmethod
+    def _nested(cls, name: str, value: Any) -> Any:
+        return _reply_state(cls).from_json(value) if name == "state" else value
+
+    def to_json(self) -> dict[str, Any]:
+        if self.already:
+            return {"state": self.state.to_json(), "already": True}
+        return {"state": self.state.to_json(), "escalated": self.escalated}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoctorReply(Contract):
+    task: ClassVar[str] = "doctor"
+    side: ClassVar[str] = "reply"
+    checks: list[dict[str, Any]] = contract_field("list")
+    versions: dict[str, Any] = contract_field("dict")
+    ok: bool = contract_field("bool")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _check(self) -> None:
+        for check in self.checks:
+            if not isinstance(check, dict) or not isinstance(check.get("name"),
+                                                             str) or check.get("status") not in ("ok", "warn", "fail"):
+                raise self._fail(f"with a malformed entry in `checks`: {str(check)[:60]}")
+
+
+#: Task name -> (request class, reply class). The status reply is the run's state itself.
+CONTRACTS: dict[str, tuple[type[Contract], type[Contract]]] = {
+    "probe": (ProbeRequest, ProbeReply),
+    "stage": (StageRequest, StageReply),
+    "launch": (LaunchRequest, LaunchReply),
+    "status": (StatusRequest, RunState),
+    "logs": (LogsRequest, LogsReply),
+    "results_manifest": (ResultsManifestRequest, ResultsManifestReply),
+    "results_chunk": (ResultsChunkRequest, ResultsChunkReply),
+    "cancel": (CancelRequest, CancelReply),
+    "doctor": (DoctorRequest, DoctorReply),
+}
+
+
+def check_reply(task: str, data: Any) -> Contract:
+    """The reply of ``task``, parsed and checked (client side)."""
+    return CONTRACTS[task][1].from_json(data)
+
+
+def parse_request(task: str, data: Any) -> Contract:
+    """The request of ``task``, parsed and checked (login-node side)."""
+    return CONTRACTS[task][0].from_json(data)

@@ -1,0 +1,251 @@
+"""Unit tests of the pure rules: when a run reads as lost, how --set values are typed,
+which protocol level a request needs and what each side accepts, and the wire contracts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bundle import contracts, profiles, protocol
+from bundle.errors import (
+    ProtocolMismatch,
+    RemoteError,
+    RunStateError,
+    UsageError,
+)
+from login_node import state
+from login_node.rundir import RunPaths, write_json
+
+# -- state.effective: lost and late cancels are derived, never written ----------------------
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunPaths:
+    paths = RunPaths(tmp_path / "runs" / "0123456789ab")
+    paths.root.mkdir(parents=True)
+    return paths
+
+
+def _write(paths: RunPaths, **fields: Any) -> None:
+    write_json(paths.state, {"run_id": paths.run_id, **fields})
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
+def test_a_live_driver_with_a_fresh_heartbeat_is_running(run: RunPaths) -> None:
+    me = os.getpid()
+    _write(run, state="running", pid=me, pid_start=state.process_start_time(me), host=state.hostname(),
+           heartbeat_seconds=30, updated=time.time())
+    assert state.effective(run)["state"] == "running"
+
+
+def test_a_driver_whose_pid_is_gone_reads_lost_with_a_hint(run: RunPaths, dead_pid: int) -> None:
+    _write(run, state="running", pid=dead_pid, pid_start="1", host=state.hostname(), heartbeat_seconds=30,
+           updated=time.time())
+    st = state.effective(run)
+    assert st["state"] == "lost"
+    assert f"the driver (pid {dead_pid}) is gone" in st["detail"] and "resume" in st["hint"]
+    assert state.read_raw(run)["state"] == "running", "lost is derived, never written"
+
+
+def test_a_reused_pid_is_not_the_driver(run: RunPaths) -> None:
+    me = os.getpid()  # alive, but started at another time than the driver recorded
+    _write(run, state="running", pid=me, pid_start="not-my-start-time", host=state.hostname(), heartbeat_seconds=30,
+           updated=time.time())
+    assert state.effective(run)["state"] == "lost"
+
+
+def test_a_stale_heartbeat_reads_lost_even_on_another_host(run: RunPaths) -> None:
+    now = time.time()
+    period = 10.0
+    limit = state.MISSED * period + state.GRACE
+    _write(run, state="running", pid=1, host="another-login-host", heartbeat_seconds=period, updated=now - limit + 1)
+    assert state.effective(run, now=now)["state"] == "running", "within two periods plus the grace"
+    st = state.effective(run, now=now + 2)
+    assert st["state"] == "lost" and "no heartbeat for" in st["detail"]
+
+
+def test_a_run_staged_too_long_never_got_a_driver(run: RunPaths) -> None:
+    now = time.time()
+    _write(run, state="staged", updated=now)
+    assert state.effective(run, now=now + state.STAGED_TIMEOUT - 1)["state"] == "staged"
+    st = state.effective(run, now=now + state.STAGED_TIMEOUT + 1)
+    assert st["state"] == "lost" and "never started" in st["detail"]
+
+
+def test_a_cancel_whose_driver_is_gone_reads_cancelled(run: RunPaths, dead_pid: int) -> None:
+    _write(run, state="running", pid=dead_pid, host=state.hostname(), heartbeat_seconds=30, updated=time.time())
+    write_json(run.cancel_marker, {"requested": time.time()})
+    st = state.effective(run)
+    assert st["state"] == "cancelled" and st["detail"].startswith("cancel requested")
+
+
+def test_a_terminal_state_is_reported_as_written(run: RunPaths, dead_pid: int) -> None:
+    _write(run, state="failed", pid=dead_pid, host=state.hostname(), updated=0.0, error={"message": "boom"})
+    st = state.effective(run)
+    assert st["state"] == "failed" and st["error"] == {"message": "boom"} and state.is_terminal(st)
+
+
+def test_no_state_file_reads_staged(run: RunPaths) -> None:
+    assert state.read_raw(run)["state"] == "staged"
+
+
+# -- profile value typing ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,value", [
+    ("4", 4), ("-2", -2), ("0.5", 0.5), ("true", True), ("false", False), ("debug", "debug"),
+    ("01:00:00", "01:00:00"), ("1:00:00", "1:00:00"), ("", ""), ("a b", "a b"),
+    ("[1, 2]", "[1, 2]"), ("{a: 1}", "{a: 1}"), ("'quoted'", "quoted"), ("@bad", "@bad"),
+])
+def test_set_values_are_typed_as_yaml_reads_them_but_walltimes_stay_strings(text: str, value: Any) -> None:
+    assert profiles.parse_sets([f"x={text}"]) == {"x": value}
+
+
+def test_parse_sets_splits_at_the_first_equals_sign_and_keeps_the_last_value() -> None:
+    assert profiles.parse_sets(["opts=--a=b", "n=1", "n=2"]) == {"opts": "--a=b", "n": 2}
+
+
+@pytest.mark.parametrize("item", ["noequals", "=value", "1abc=2", "a-b=1", "a b=1"])
+def test_a_set_that_is_not_name_equals_value_is_refused(item: str) -> None:
+    with pytest.raises(UsageError, match="is not name=value"):
+        profiles.parse_sets([item])
+
+
+# -- protocol level negotiation ------------------------------------------------------------
+
+def test_a_request_carries_the_lowest_level_that_serves_it() -> None:
+    assert protocol.request_level({"digests": []}) == 1
+    assert protocol.request_level({"base": None}) == 1
+    assert protocol.request_level({"base": "a" * 64}) == protocol.DELTA
+    req = protocol.request(run_id="x")
+    assert req["protocol"] == 1 and req["run_id"] == "x" and "client_version" in req
+
+
+def test_the_login_node_refuses_what_it_cannot_serve() -> None:
+    assert protocol.check_request({"protocol": protocol.PROTOCOL}) == {"protocol": protocol.PROTOCOL}
+    assert protocol.check_request({"protocol": protocol.MIN_PROTOCOL})
+    for bad, words in [("not a dict", "not a gcbundle request"), ({}, "no protocol version"),
+                       ({"protocol": True}, "no protocol version"), ({"protocol": "2"}, "no protocol version"),
+                       ({"protocol": protocol.PROTOCOL + 1}, "only up to"), ({"protocol": protocol.MIN_PROTOCOL - 1},
+                                                                             "at least")]:
+        with pytest.raises(ProtocolMismatch, match=words):
+            protocol.check_request(bad)
+
+
+def test_unwrap_gives_the_data_or_raises_the_error_it_names() -> None:
+    assert protocol.unwrap(protocol.reply({"a": 1})) == {"a": 1}
+    with pytest.raises(RunStateError, match="still running"):
+        protocol.unwrap(protocol.error_reply(RunStateError("still running", "wait")))
+    with pytest.raises(RemoteError, match="strange"):  # an unknown class name: the base of remote errors
+        protocol.unwrap({"ok": False, "error": {"type": "NoSuchError", "message": "strange"}})
+    with pytest.raises(RemoteError, match="does not understand"):
+        protocol.unwrap({"data": 1})
+    with pytest.raises(ProtocolMismatch, match="needs at least"):
+        protocol.unwrap({"ok": True, "protocol": protocol.MIN_PROTOCOL - 1, "data": 1})
+
+
+def test_a_delta_goes_only_to_a_login_node_that_said_it_takes_one() -> None:
+    assert protocol.supports_delta({"cached": [], "bases": [], "protocol": 2})
+    assert not protocol.supports_delta({"cached": [], "bases": []})  # protocol 1 by default
+    assert not protocol.supports_delta({"cached": [], "protocol": 2})  # it did not answer bases
+
+
+# -- the wire contracts --------------------------------------------------------------------
+
+GOOD_STATE = {"state": "running", "run_id": "0123456789ab", "updated": 1.0, "tasks": {"total": 0}, "pid": 7}
+
+GOOD_REPLIES: dict[str, dict[str, Any]] = {
+    "probe": {"cached": [], "bases": [], "protocol": 2},
+    "stage": {"complete": False},
+    "launch": {"state": GOOD_STATE},
+    "status": GOOD_STATE,
+    "logs": {"data": b"x", "offset": 0, "next_offset": 1, "size": 1, "state": "running", "logs": ["driver"]},
+    "results_manifest": {"state": {**GOOD_STATE, "state": "succeeded"}, "files": [], "manifest_sha256": "0" * 64,
+                         "chunk_bytes": 7, "total": 0, "future_field": 1},
+    "results_chunk": {"index": 0, "data": b""},
+    "cancel": {"state": {**GOOD_STATE, "state": "cancelled"}, "escalated": 0},
+    "doctor": {"checks": [{"name": "x", "status": "ok", "detail": ""}], "versions": {}, "ok": True, "host": "h"},
+}
+
+#: (task, the reply with a field missing or of the wrong type, words of the one-line error)
+BAD_REPLIES = [
+    ("probe", {}, "probe reply without `cached`"),
+    ("probe", {"cached": "abc"}, "probe reply with `cached` that is a string, not a list"),
+    ("probe", {"cached": [], "protocol": "2"}, "`protocol` that is a string, not an integer"),
+    ("stage", {}, "stage reply without `complete`"),
+    ("stage", {"complete": 1}, "`complete` that is an integer, not true or false"),
+    ("launch", {}, "launch reply without `state`"),
+    ("launch", {"state": {"run_id": "x"}}, "launch reply without `state`"),
+    ("launch", {"state": "running"}, "`state` that is a string, not an object"),
+    ("status", {"run_id": "x"}, "status reply without `state`"),
+    ("status", {"state": 3}, "status reply with `state` that is an integer, not a string"),
+    ("status", {"state": "exploded"}, "unknown state 'exploded'"),
+    ("status", {"state": "running", "updated": "now"}, "`updated` that is a string, not a number"),
+    ("status", [], "status reply that is a list, not an object"),
+    ("logs", {**GOOD_REPLIES["logs"], "data": "text"}, "logs reply with `data` that is a string, not bytes"),
+    ("logs", {k: v for k, v in GOOD_REPLIES["logs"].items() if k != "next_offset"}, "logs reply without `next_offset`"),
+    ("results_manifest", {k: v for k, v in GOOD_REPLIES["results_manifest"].items() if k != "files"},
+     "without `files`"),
+    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "chunk_bytes": 0}, "`chunk_bytes` 0"),
+    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "state": {}}, "results_manifest reply without `state`"),
+    ("results_chunk", {"index": 0}, "results_chunk reply without `data`"),
+    ("results_chunk", {"index": True, "data": b""}, "`index` that is true or false, not an integer"),
+    ("cancel", {"escalated": 0}, "cancel reply without `state`"),
+    ("doctor", {"checks": [{"name": "x"}], "versions": {}, "ok": True}, "malformed entry in `checks`"),
+    ("doctor", {"checks": [], "ok": True}, "doctor reply without `versions`"),
+]
+
+
+@pytest.mark.parametrize("task", list(GOOD_REPLIES))
+def test_every_good_reply_parses_and_travels_back_unchanged(task: str) -> None:
+    parsed = contracts.check_reply(task, GOOD_REPLIES[task])
+    assert parsed.to_json() == GOOD_REPLIES[task]
+
+
+@pytest.mark.parametrize("task,reply,words", BAD_REPLIES)
+def test_a_bad_reply_is_one_line_naming_task_and_field(task: str, reply: Any, words: str) -> None:
+    with pytest.raises(RemoteError) as info:
+        contracts.check_reply(task, reply)
+    message = info.value.message
+    assert words in message and "\n" not in message and message.startswith("the login node sent a ")
+    assert "gcbundle doctor" in (info.value.hint or "")
+
+
+def test_a_launch_reply_that_says_the_bundle_is_missing_needs_no_state() -> None:
+    assert contracts.check_reply("launch", {"missing_bundle": True}).missing_bundle
+
+
+@pytest.mark.parametrize("task,request_fields,words", [
+    ("probe", {"digests": "abc"}, "probe request with `digests` that is a string, not a list"),
+    ("launch", {"run_id": "0123456789ab", "digest": "0" * 64}, "launch request without `spec`"),
+    ("launch", {"spec": None}, "launch request with `spec` that is null, not an object"),
+    ("launch", {"spec": {"args": []}}, "launch request's spec with `args` that is a list, not an object"),
+    ("launch", {"spec": {}, "bundle": "text"}, "`bundle` that is a string, not bytes"),
+    ("logs", {"name": 3}, "logs request with `name` that is an integer, not a string"),
+    ("doctor", {"site": "slurm"}, "doctor request with `site` that is a string, not an object"),
+])
+def test_a_bad_request_is_refused_on_the_login_node_naming_task_and_field(task: str, request_fields: dict[str, Any],
+                                                                          words: str) -> None:
+    with pytest.raises(UsageError, match=words.replace("`", ".").replace("(", ".").replace(")", ".")):
+        contracts.parse_request(task, request_fields)
+
+
+def test_the_launch_spec_round_trips_and_fills_defaults() -> None:
+    spec = contracts.LaunchSpec(args={"n": 1}, site=None, params={}, resumed_from="0123456789ab", inherit=True)
+    again = contracts.LaunchSpec.from_json(spec.to_json())
+    assert again == spec
+    assert contracts.LaunchSpec.from_json({}) == contracts.LaunchSpec()
+    req = contracts.LaunchRequest(run_id="0123456789ab", digest="0" * 64, spec=spec)
+    assert contracts.LaunchRequest.from_json(req.to_json()) == req
+    assert "bundle" not in req.to_json(), "an absent bundle is left out, as the login node's default"
