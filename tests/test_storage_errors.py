@@ -143,4 +143,4 @@ def test_an_unwritable_gcbundle_home(other_user: tuple[Path, dict[str, str], dic
     proc = _gcbundle(["doctor", "--local", "--json"], env, kwargs, scratch)
     assert proc.returncode == 10, proc.stderr
     checks = {c["name"]: c for c in json.loads(proc.stdout)["data"]["checks"]}
-    assert checks["GCBUNDLE_HOME"]["status"] == "fail" and "not writable" in checks["GCBUNDLE_HOME"]["detail"]
+    assert checks["GCBUNDLE_HOME"]["status"] == "fail" and "Permission denied" in checks["GCBUNDLE_HOME"]["detail"]
