@@ -47,6 +47,13 @@ class SiteProfileError(GcbundleError):
     exit_code = 4
 
 
+class SiteEnvironmentError(GcbundleError):
+    """The login node's Python environment lacks what the workflow or its site profile needs
+    (found by the launch task before a run exists)."""
+
+    exit_code = 11
+
+
 class RunNotFound(GcbundleError):
     """No run matches an id or prefix (client registry or login node)."""
 
@@ -130,6 +137,7 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         BundleError,
         ManifestError,
         SiteProfileError,
+        SiteEnvironmentError,
         RunNotFound,
         RunStateError,
         TransportError,

@@ -107,19 +107,6 @@ class Tree:
     #: Why a path (or a directory above it) is left out, when the folder is known.
     excluded: dict[str, str]
 
-    def dirs(self) -> set[str]:
-        out: set[str] = set()
-        for f in self.files:
-            parts = f.split("/")[:-1]
-            out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        return out
-
-    def is_local(self, top: str, dirs: set[str]) -> bool:
-        """Is ``top`` a module or package of the bundle (not an installed one)?"""
-        if f"{top}.py" in self.files or f"{top}/__init__.py" in self.files:
-            return True
-        return top in dirs and any(f.startswith(f"{top}/") and f.endswith(".py") for f in self.files)
-
     def why_left_out(self, rel: str) -> str | None:
         rel = rel.rstrip("/")
         if rel in self.excluded:
@@ -128,34 +115,13 @@ class Tree:
         for i in range(len(parts), 0, -1):
             key = "/".join(parts[:i]) + "/"
             if key in self.excluded:
-                return f"{key} {self.excluded[key]}"
+                return self.excluded[key] if i == len(parts) else f"{key} {self.excluded[key]}"
         return None
-
-
-def _resolve(tree: Tree, dirs: set[str], dotted: str) -> tuple[str | None, str | None]:
-    """(the bundle file that defines ``dotted``, or None for a package without
-    ``__init__``; an error text when it does not resolve)."""
-    parts = dotted.split(".")
-    for i in range(1, len(parts) + 1):
-        base = "/".join(parts[:i])
-        if f"{base}/__init__.py" in tree.files:
-            last = f"{base}/__init__.py"
-        elif f"{base}.py" in tree.files:
-            if i < len(parts):
-                return None, f"{base}.py is a module, not a package, so it has no {'.'.join(parts[i:])}"
-            last = f"{base}.py"
-        elif base in dirs:
-            last = None
-        else:
-            return None, f"the bundle has no {base}.py or {base}/"
-        if i == len(parts):
-            return last, None
-    return None, None
 
 
 def check_imports(tree: Tree, entry: str, extra: tuple[str, ...] = ()) -> None:
     """Every import of a local module, in the entry and the local modules it reaches, resolves in the bundle."""
-    dirs = tree.dirs()
+    index = imports.ModuleIndex(tree.files)
     todo = [entry, *extra]
     seen: set[str] = set()
     defined: dict[str, set[str] | None] = {}
@@ -168,9 +134,9 @@ def check_imports(tree: Tree, entry: str, extra: tuple[str, ...] = ()) -> None:
         if module is None:
             continue
         for ref in imports.scan(module, rel):
-            if not tree.is_local(ref.top, dirs) and not _left_out_module(tree, ref.top):
+            if not index.is_local(ref.top) and not _left_out_module(tree, ref.top):
                 continue
-            target, problem = _resolve(tree, dirs, ref.module)
+            target, problem = index.resolve(ref.module)
             if problem is None and target is not None:
                 todo.append(target)
             if problem is not None:
@@ -178,7 +144,7 @@ def check_imports(tree: Tree, entry: str, extra: tuple[str, ...] = ()) -> None:
                     continue
                 raise _import_error(tree, ref, ref.module, problem)
             for name in ref.names:
-                sub, sub_problem = _resolve(tree, dirs, f"{ref.module}.{name}")
+                sub, sub_problem = index.resolve(f"{ref.module}.{name}")
                 if sub_problem is None:
                     if sub is not None:
                         todo.append(sub)
@@ -222,9 +188,8 @@ def literal_paths(tree: Tree, root: Path, sources: Iterable[str], only_imports: 
         module = imports.parse(tree.read(rel), rel)
         if module is None:
             continue
-        for node in ast.walk(module):
-            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
-                continue
+        constants = [n for n in ast.walk(module) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        for node in sorted(constants, key=lambda n: (n.lineno, n.col_offset)):
             path = _path_like(node.value)
             if path is None or path in seen:
                 continue

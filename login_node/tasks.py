@@ -21,7 +21,7 @@ from bundle import archive
 from bundle.errors import GcbundleError, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import package, procs, state
+from login_node import package, preflight, procs, state
 from login_node.cache import Cache, check_digest
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
 
@@ -188,6 +188,7 @@ def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec
     try:
         tmp_paths = RunPaths(tmp)
         manifest = archive.extract(bundle_path, tmp_paths.bundle, expected_digest=digest)
+        checked = preflight.check(tmp_paths.bundle, manifest, spec.get("site"))  # before the run exists
         for d in (tmp_paths.outputs, tmp_paths.runinfo):
             d.mkdir(mode=0o700)
         args = dict(manifest.args)
@@ -204,6 +205,7 @@ def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec
             "resumed_from": spec.get("resumed_from"),
             "checkpoint_runs": checkpoint_runs,
             "client": manifest.client,
+            "preflight": checked,
             "submitted": time.time(),
         }
         write_json(tmp_paths.request, request)
