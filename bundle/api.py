@@ -285,6 +285,8 @@ class Run:
             if reply["data"]:
                 yield reply["data"].decode("utf-8", "replace")
             offset = reply["next_offset"]
+            if reply["state"] != self.last_state.get("state"):
+                self._remember({"state": reply["state"]})
             more = offset < reply["size"]
             if more:
                 continue

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
-from bundle.errors import SiteProfileError
+from bundle.errors import SiteProfileError, UsageError
 
 _PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _TOP_KEYS = {"description", "parameters", "engine", "executors", "config", "parsl"}
@@ -174,17 +174,27 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise SiteProfileError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
+            raise UsageError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
         out[name] = _typed(value)
     return out
 
 
+def check_names(profile: Profile, params: dict[str, Any]) -> dict[str, Parameter]:
+    """The profile's parameters; a ``--set`` name it does not have is an error that
+    suggests the nearest one (``--set partiton=`` -> ``partition``)."""
+    from bundle.suggest import unknown_names
+
+    known = profile.parameters()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise SiteProfileError(f"site profile {profile.name!r} has no parameter {', '.join(unknown)}",
+                               unknown_names(unknown, known, "--set {}=...", label="its parameters"))
+    return known
+
+
 def render(profile: Profile, params: dict[str, Any]) -> dict[str, Any]:
     """The profile with every parameter substituted; unset required ones are an error."""
-    known = profile.parameters()
-    unknown = set(params) - set(known)
-    if unknown:
-        raise SiteProfileError(f"site profile {profile.name!r} has no parameter {', '.join(sorted(unknown))}", f"its parameters: {', '.join(known) or 'none'}")
+    known = check_names(profile, params)
     values = {name: p.default for name, p in known.items()}
     values.update(params)
     missing = sorted(name for name, v in values.items() if v is None and known[name].required)

@@ -297,7 +297,8 @@ def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
     if not state.is_terminal(st) and not req.get("partial"):
-        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}", "wait for it to finish (`gcbundle status --wait`), or cancel it")
+        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}",
+                            f"wait for it to end (`gcbundle status {paths.run_id} --wait`), or stop it (`gcbundle cancel {paths.run_id}`)")
     return {"state": st, **package.manifest(paths)}
 
 
