@@ -15,7 +15,6 @@ the login node can answer (are the third-party imports installed there?) is
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import os
 import tarfile
@@ -26,6 +25,7 @@ from typing import Any, Callable, Iterable
 from bundle import imports
 from bundle.errors import BundleError, UsageError
 from bundle.manifest import Manifest
+from bundle.suggest import did_you_mean
 
 #: Warnings beyond this many are counted, not listed.
 MAX_WARNINGS = 20
@@ -84,8 +84,8 @@ def check_args(source: str | bytes, entry: str, mode: str, args: dict[str, Any],
             raise UsageError(f"--arg {name}: main() in {entry} takes {name!r} only by position", f"make it an ordinary parameter: def main({name}, ...)")
         if a.kwarg is not None:
             continue
-        close = difflib.get_close_matches(name, named, n=1, cutoff=0.6)
-        hint = f"did you mean --arg {close[0]}=...? main() takes: {known}" if close else f"main() takes: {known}"
+        tip = did_you_mean(name, named, "--arg {}=...")
+        hint = f"{tip} main() takes: {known}" if tip else f"main() takes: {known}"
         raise UsageError(f"--arg {name}: main() in {entry}:{main.lineno} has no parameter {name!r}", hint)
     defaults_from = len(a.posonlyargs) + len(a.args) - len(a.defaults)
     required = [p.arg for i, p in enumerate([*a.posonlyargs, *a.args]) if i < defaults_from]

@@ -167,7 +167,7 @@ def test_login_node_refuses_a_third_party_import_it_lacks_before_a_run_exists(tm
     assert not runs.exists() or not list(runs.iterdir()), "no run directory, not even a half-made one"
     assert Registry().list(10) == []
     res = CliRunner().invoke(main, ["submit", str(wf), "--json"])
-    assert res.exit_code == 11 and json.loads(res.stdout)["errors"][0]["type"] == "SiteEnvironmentError"
+    assert res.exit_code == 13 and json.loads(res.stdout)["errors"][0]["type"] == "SiteEnvironmentError"
 
 
 def test_login_node_refuses_a_parsl_older_than_the_site_profile_needs(tmp_path: Path, home: Path) -> None:
