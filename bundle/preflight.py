@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -268,12 +267,7 @@ def check_archive(path: Path | str, manifest: Manifest, args: dict[str, Any]) ->
 
 def archive_sources(path: Path, manifest: Manifest) -> dict[str, bytes]:
     """The Python sources of a verified bundle, read in one pass over the archive."""
-    wanted = {f.path for f in manifest.files if f.path.endswith(".py") and f.size <= MAX_SOURCE_BYTES}
-    out: dict[str, bytes] = {}
-    with tarfile.open(path, mode="r|gz") as tar:
-        for member in tar:
-            if member.isreg() and member.name in wanted:
-                f = tar.extractfile(member)
-                if f is not None:
-                    out[member.name] = f.read(MAX_SOURCE_BYTES)
-    return out
+    from bundle import archive
+
+    wanted = {f.path for f in manifest.files if f.path.endswith(".py")}
+    return archive.read_sources(path, wanted, MAX_SOURCE_BYTES)

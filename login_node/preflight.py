@@ -1,155 +1,77 @@
-"""Before a run exists: does the driver's environment have what the workflow needs?
+"""Can this interpreter run a gcbundle driver? Run in the driver's environment, after ``driver_init``.
 
-The launch task calls ``check`` on the bundle it has just extracted (beside
-the run directory's final name, before it is renamed into place), so a
-refusal leaves no run directory, no registry row on the client and no DFK.
+    python3 -c '<stub: shipped code on sys.path>; from login_node.preflight import main; main()' REQUEST_JSON
 
-What is checked:
-
-- every third-party module the workflow imports when the driver loads it
-  (module-level imports of the entry, its ``--config`` module and the local
-  modules they import; not those inside functions, ``try: ... except
-  ImportError`` or ``if TYPE_CHECKING:``) resolves in the driver's
-  environment, by ``importlib.util.find_spec`` on the top-level name, which
-  runs no package code;
-- Parsl is there, at the version the run's site profile needs
-  (``Profile.parsl_requirement``: gcbundle's minimum, narrowed by the
-  profile's ``parsl:``).
-
-The login node scans the bundle itself rather than trusting a list from the
-client: the bundle it is about to run is the truth, so a bundle made by
-``gcbundle pack`` elsewhere, a resume of an older bundle, or a client of
-another version get the same check; "local or third-party" is decided
-against the bundle's own files; and the scan reads files the launch has just
-extracted anyway, at no extra transfer or task. ``find_spec`` runs in a child
-``python -I`` (as the driver runs), not in the endpoint's worker, whose
-``sys.path`` may differ (``PYTHONPATH``, user site-packages).
+prints one JSON line: this interpreter's Python, Parsl and gcbundle (the
+shipped copy) versions and its executable, ``problems``, each a
+``message`` and a ``hint``, and which of the request's ``imports`` (the
+workflow's third-party modules) it cannot find (``missing_imports``; judged
+by ``login_node.envcheck``). It builds the run's Config from the rendered
+site profile as ``gcbundle render`` does (no address function, no scheduler
+command), so a keyword this Parsl does not know is found here. Kept to
+syntax every Python 3 reads, so that a too-old Python is told it is.
 """
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
-from bundle import imports
-from bundle.errors import SiteEnvironmentError
-from bundle.manifest import Manifest
-from bundle.profiles import MIN_PARSL, Profile
+MIN_PYTHON = (3, 10)
 
-#: Import names whose package is named otherwise on PyPI (for the install hint).
-PIP_NAMES = {
-    "yaml": "PyYAML", "sklearn": "scikit-learn", "skimage": "scikit-image", "cv2": "opencv-python",
-    "PIL": "Pillow", "bs4": "beautifulsoup4", "Bio": "biopython", "dateutil": "python-dateutil",
-    "attr": "attrs", "jwt": "PyJWT", "OpenSSL": "pyOpenSSL", "Crypto": "pycryptodome", "mpl_toolkits": "matplotlib",
-}
 
-_PROBE = """
-import importlib.metadata, importlib.util, json, sys
-missing = []
-for name in json.loads(sys.argv[1]):
+def check(request: dict) -> dict:
+    out = {"python": ".".join(str(v) for v in sys.version_info[:3]), "executable": sys.executable, "problems": []}
+    problems = out["problems"]
+    if sys.version_info[:2] < MIN_PYTHON:
+        problems.append({"message": "Python %s is older than 3.10, which gcbundle's driver needs" % out["python"],
+                         "hint": "activate an environment with Python 3.10 or newer in driver_init"})
+        return out
+    names = request.get("imports") or []
+    if names:
+        # The workflow's third-party imports (login_node.envcheck): found without importing them.
+        import importlib.util
+
+        missing = []
+        for name in names:
+            try:
+                if importlib.util.find_spec(name) is None:
+                    missing.append(name)
+            except (ImportError, ValueError):
+                missing.append(name)
+        out["missing_imports"] = missing
     try:
-        if importlib.util.find_spec(name) is None:
-            missing.append(name)
-    except (ImportError, ValueError):
-        missing.append(name)
-try:
-    parsl = importlib.metadata.version("parsl") if importlib.util.find_spec("parsl") else None
-except importlib.metadata.PackageNotFoundError:
-    parsl = None
-print(json.dumps({"missing": missing, "parsl": parsl}))
-"""
+        import parsl
+    except ImportError as exc:
+        problems.append({"message": "Parsl cannot be imported: %s" % exc,
+                         "hint": "install parsl in that environment (`pip install parsl`), or activate one that has it in driver_init"})
+        return out
+    from bundle import __version__
 
+    out["parsl"] = parsl.__version__
+    out["gcbundle"] = __version__
+    rendered = request.get("rendered")
+    if rendered:
+        from bundle import profiles, render
+        from bundle.errors import GcbundleError
+        from login_node import pitfalls
 
-def third_party(bundle_dir: Path, manifest: Manifest) -> list[imports.ImportRef]:
-    """The first import of each third-party top-level module that loading the workflow runs."""
-    index = imports.ModuleIndex({f.path for f in manifest.files})
-    roots = [manifest.entry]
-    if manifest.config.get("kind") == "module" and isinstance(manifest.config.get("path"), str):
-        roots.append(manifest.config["path"])
-    found: dict[str, imports.ImportRef] = {}
-    seen: set[str] = set()
-    todo = list(roots)
-    while todo:
-        rel = todo.pop(0)
-        if rel in seen or rel not in index.files or not rel.endswith(".py"):
-            continue
-        seen.add(rel)
         try:
-            tree = imports.parse((bundle_dir / rel).read_bytes(), rel)
-        except OSError:
-            continue
-        if tree is None:
-            continue  # the driver reports the syntax error with its traceback
-        for ref in imports.scan(tree, rel):
-            if not ref.module_level or ref.optional:
-                continue
-            if index.is_local(ref.top):
-                for name in (ref.module, *(f"{ref.module}.{n}" for n in ref.names)):
-                    target, _ = index.resolve(name)
-                    if target:
-                        todo.append(target)
-            elif not imports.is_stdlib(ref.top) and ref.top not in found:
-                found[ref.top] = ref
-    return list(found.values())
+            config = profiles.build_config(rendered, factory=render._dry_factory({}))
+        except GcbundleError as exc:
+            problems.append({"message": "Parsl %s cannot build the site profile's Config: %s" % (parsl.__version__, exc.message),
+                             "hint": "upgrade parsl there (`pip install -U parsl`) to a version that has these keywords"})
+            return out
+        except Exception as exc:  # noqa: BLE001 - Parsl refusing a value
+            problems.append({"message": "Parsl %s refuses the site profile: %s: %s" % (parsl.__version__, type(exc).__name__, exc),
+                             "hint": "upgrade parsl there (`pip install -U parsl`), or fix the profile's values"})
+            return out
+        providers = [type(getattr(e, "provider", None)).__name__ for e in config.executors]
+        pbs = pitfalls.pbs_job_states(parsl.__version__, providers)
+        if pbs is not None and pbs["status"] == "fail":
+            problems.append({"message": pbs["detail"], "hint": pbs["fix"]})
+    return out
 
 
-def probe(names: list[str], timeout: float = 60.0) -> dict[str, Any]:
-    """Ask a ``python -I`` like the driver's which of ``names`` it cannot find, and its Parsl version."""
-    try:
-        out = subprocess.run([sys.executable, "-I", "-c", _PROBE, json.dumps(names)], capture_output=True, text=True,
-                             timeout=timeout, check=False, cwd="/")
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SiteEnvironmentError(f"the login node's Python ({sys.executable}) could not be asked about the workflow's imports: {exc}",
-                                   "check the environment with `gcbundle doctor`") from None
-    try:
-        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-    except (ValueError, IndexError):
-        raise SiteEnvironmentError(f"the login node's Python ({sys.executable}) could not be asked about the workflow's imports: "
-                                   + (out.stderr.strip().splitlines() or ["no output"])[-1],
-                                   "check the environment with `gcbundle doctor`") from None
-
-
-def check(bundle_dir: Path, manifest: Manifest, site: dict[str, Any] | None) -> dict[str, Any]:
-    """Refuse (``SiteEnvironmentError``) a run whose imports or Parsl the driver's environment lacks.
-
-    Returns what was checked (for the launch reply): the modules and the Parsl version.
-    """
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import InvalidVersion, Version
-
-    needs = third_party(bundle_dir, manifest)
-    found = probe([ref.top for ref in needs])
-    python = sys.executable
-    missing = [ref for ref in needs if ref.top in set(found.get("missing") or [])]
-    if missing:
-        listed = _and([f"{ref.top} (imported by {ref.where})" for ref in missing])
-        packages = " ".join(PIP_NAMES.get(ref.top, ref.top) for ref in missing)
-        raise SiteEnvironmentError(
-            f"the login node's environment lacks {listed}",
-            f"install {'it' if len(missing) == 1 else 'them'} there: {python} -m pip install {packages}"
-            " (the endpoint's environment; with the Ansible roles, list it in gcbundle_python_extra_packages)",
-        )
-    if site:
-        profile, _ = Profile.from_spec(site)
-        name, requirement = profile.name, profile.parsl_requirement()
-    else:
-        name, requirement = "", f">={MIN_PARSL}"
-    version = found.get("parsl")
-    if version is None:
-        raise SiteEnvironmentError("the login node's environment lacks parsl, which the driver of every run needs",
-                                   f"install it there: {python} -m pip install 'parsl{requirement}'")
-    try:
-        ok = Version(str(version)) in SpecifierSet(requirement)
-    except InvalidVersion:
-        ok = True  # a development build: let the driver try
-    if not ok:
-        whose = f"the site profile {name!r}" if name else "gcbundle"
-        raise SiteEnvironmentError(f"the login node's environment has Parsl {version}, {whose} needs parsl{requirement}",
-                                   f"install it there: {python} -m pip install 'parsl{requirement}'")
-    return {"imports": sorted(ref.top for ref in needs), "parsl": version}
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+def main() -> None:
+    request = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    print(json.dumps(check(request)), flush=True)

@@ -21,8 +21,9 @@ from bundle import archive
 from bundle.errors import GcbundleError, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import package, preflight, procs, state
+from login_node import envcheck, package, procs, state
 from login_node.cache import Cache, check_digest
+from login_node.driverenv import plan_path
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
 
 #: How long ``launch`` waits for the driver to report that it started.
@@ -101,7 +102,11 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
+    needs = envcheck.needed(cache.path(digest))  # the workflow's third-party imports
+    plan = _driver_plan(home, paths, spec, [ref.top for ref in needs])  # before the run exists: a failed preflight leaves nothing
+    envcheck.check(needs, spec.get("site"), plan.get("environment"))
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
+    write_json(plan_path(paths), plan)
     from login_node.driver import spawn
 
     try:
@@ -112,6 +117,31 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
+
+
+def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: list[str]) -> dict[str, Any]:
+    """How the run's driver starts: in the endpoint's environment, or after
+    ``driver_init`` in the user's, checked first (``login_node.driverenv``; it
+    also looks for the workflow's third-party ``imports`` there)."""
+    from login_node import driverenv
+    from login_node.driver import driver_env, site_file, site_defaults
+
+    rendered = None
+    options = {"driver_init": "", "placement": "login"}
+    if spec.get("site"):
+        from bundle import profiles
+
+        profile, params = profiles.Profile.from_spec(spec["site"])
+        params = {**site_defaults(home, profile), **params}
+        options = profile.driver_options(params)
+        rendered = profiles.render(profile, params)
+    driver_init = options["driver_init"] or str(site_file(home).get("driver_init") or "")
+    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"]}
+    if driver_init.strip():
+        lib = driverenv.ship(home)
+        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib, imports)
+        plan.update(lib=str(lib), environment=found)
+    return plan
 
 
 def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +218,6 @@ def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec
     try:
         tmp_paths = RunPaths(tmp)
         manifest = archive.extract(bundle_path, tmp_paths.bundle, expected_digest=digest)
-        checked = preflight.check(tmp_paths.bundle, manifest, spec.get("site"))  # before the run exists
         for d in (tmp_paths.outputs, tmp_paths.runinfo):
             d.mkdir(mode=0o700)
         args = dict(manifest.args)
@@ -205,7 +234,6 @@ def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec
             "resumed_from": spec.get("resumed_from"),
             "checkpoint_runs": checkpoint_runs,
             "client": manifest.client,
-            "preflight": checked,
             "submitted": time.time(),
         }
         write_json(tmp_paths.request, request)

@@ -214,3 +214,23 @@ def test_a_bundle_with_a_broken_local_import_is_refused_before_sending(tmp_path:
     with pytest.raises(BundleError, match=r"workflow\.py:1 imports lib\.missing, but .*lib\.py defines no missing"):
         api.submit(bundle, "local")
     nothing_sent(home)
+
+
+def test_with_driver_init_the_imports_are_looked_for_in_the_users_environment(tmp_path: Path, home: Path) -> None:
+    """`six` is in the user's environment (driver_init) and not the endpoint's: found there;
+    a module in neither is refused, with the user's Python in the hint."""
+    from tests.test_driver_env import SCIENCE_PARSL, _venv
+
+    science = _venv("science", [f"parsl=={SCIENCE_PARSL}", "six"])
+    wf = write_workflow(tmp_path / "w", "import six\n\ndef main():\n    return six.__version__\n")
+    with pytest.raises(SiteEnvironmentError, match=r"lacks six \(imported by workflow\.py:1\)"):
+        api.submit(wf, "local")  # the endpoint's own environment has no six
+    params = {"driver_init": f"source {science}/bin/activate"}
+    run = api.submit(wf, "local", site="local", params=params, wait=True)
+    assert run.last_state["state"] == "succeeded", run.last_state
+    wf.write_text("import six\nimport gcb_absent_pkg\n\ndef main():\n    return 0\n")
+    with pytest.raises(SiteEnvironmentError) as err:
+        api.submit(wf, "local", site="local", params=params)
+    assert err.value.message == "the login node's environment lacks gcb_absent_pkg (imported by workflow.py:2)"
+    assert err.value.hint.startswith(f"install it there: {science}/bin/python") and "driver_init" in err.value.hint
+    assert [r.run_id for r in Registry().list(10)] == [run.id]
