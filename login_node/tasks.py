@@ -421,3 +421,12 @@ def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     from login_node.checks import site_report
 
     return site_report(home, req.get("site"))
+
+
+@_task
+def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
+    from login_node.prune import Criteria
+    from login_node.prune import prune as prune_home
+
+    return prune_home(home, Criteria.from_json(req.get("prune")))
