@@ -132,3 +132,55 @@ def test_preflight_refuses_a_parsl_too_old_for_a_pbs_profile(tmp_path: Path, hom
 def test_placement_must_be_known(tmp_path: Path, home: Path) -> None:
     err = _submit_fails(tmp_path, home, "local", {"placement": "moon"})
     assert "placement must be one of login, batch" in err.message
+
+
+def _doctor(*argv: str) -> tuple[int, dict[str, object], dict[str, dict[str, str]]]:
+    from click.testing import CliRunner
+
+    from bundle.cli import main
+
+    res = CliRunner().invoke(main, ["doctor", "--local", *argv, "--json"])
+    env = json.loads(res.stdout)
+    return res.exit_code, env, {c["name"]: c for c in env["data"]["checks"]}
+
+
+def test_doctor_reports_every_side_with_driver_init(home: Path, science_env: Path) -> None:
+    code, env, by_name = _doctor("--site", "local", "--set", f"driver_init=source {science_env}/bin/activate")
+    assert code == 0, env
+    driver = by_name["driver environment"]
+    assert driver["status"] == "ok" and "Parsl 2026.07.27" in driver["detail"] and str(science_env) in driver["detail"]
+    sides = by_name["versions on every side"]["detail"]
+    assert f"endpoint: Python {sys.version.split()[0]}, Parsl {parsl.__version__}" in sides, sides
+    assert "driver: Python 3.11.2, Parsl 2026.07.27, gcbundle 0.1.0" in sides and "workers: Python 3.11.2, Parsl 2026.07.27" in sides, sides
+    assert by_name["worker_init"]["status"] == "ok" and str(science_env) in by_name["worker_init"]["detail"]
+
+
+LOCAL_WITH_WORKER_INIT = """
+engine:
+  type: HighThroughputExecutor
+  label: htex_local
+  provider:
+    type: LocalProvider
+    worker_init: ${worker_init}
+"""
+
+
+def test_doctor_flags_workers_on_another_parsl(tmp_path: Path, home: Path, science_env: Path, old_env: Path) -> None:
+    """driver_init gives the driver Parsl 2026.7.27; a worker_init that activates another environment
+    gives the workers 2026.4.6, which the interchange would refuse."""
+    site = tmp_path / "mixed.yaml"
+    site.write_text(LOCAL_WITH_WORKER_INIT)
+    code, env, by_name = _doctor("--site", str(site), "--set", f"driver_init=source {science_env}/bin/activate",
+                                 "--set", f"worker_init=source {old_env}/bin/activate")
+    assert code != 0
+    check = by_name["worker_init"]
+    assert check["status"] == "fail" and "workers would run Parsl 2026.04.06" in check["detail"] and "the driver runs 2026.07.27" in check["detail"]
+    assert "refuses managers of another Parsl" in check["fix"]
+
+
+def test_doctor_fails_a_driver_init_without_parsl(tmp_path: Path, home: Path) -> None:
+    bare = tmp_path / "bare"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    code, env, by_name = _doctor("--site", "local", "--set", f"driver_init=source {bare}/bin/activate")
+    assert code != 0 and by_name["driver environment"]["status"] == "fail"
+    assert "Parsl cannot be imported" in by_name["driver environment"]["detail"]
