@@ -133,6 +133,7 @@ def check(profile: profiles.Profile, params: dict[str, Any]) -> Any:
     this machine: unset required parameters, unknown ``type:`` names, unknown
     keywords and values of the wrong type are errors here, before anything is
     sent. Returns the (dry) Config."""
+    profile.driver_options(params)
     return profiles.build_config(profiles.render(profile, params), factory=_dry_factory({}))
 
 

@@ -23,6 +23,7 @@ from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
 from login_node import package, procs, state
 from login_node.cache import Cache, check_digest
+from login_node.driverenv import plan_path
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
 
 #: How long ``launch`` waits for the driver to report that it started.
@@ -101,7 +102,9 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
+    plan = _driver_plan(home, paths, spec)  # before the run exists: a failed preflight leaves nothing
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
+    write_json(plan_path(paths), plan)
     from login_node.driver import spawn
 
     try:
@@ -112,6 +115,30 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
+
+
+def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str, Any]:
+    """How the run's driver starts: in the endpoint's environment, or after
+    ``driver_init`` in the user's, checked first (``login_node.driverenv``)."""
+    from login_node import driverenv
+    from login_node.driver import driver_env, site_file, site_defaults
+
+    rendered = None
+    options = {"driver_init": "", "placement": "login"}
+    if spec.get("site"):
+        from bundle import profiles
+
+        profile, params = profiles.Profile.from_spec(spec["site"])
+        params = {**site_defaults(home, profile), **params}
+        options = profile.driver_options(params)
+        rendered = profiles.render(profile, params)
+    driver_init = options["driver_init"] or str(site_file(home).get("driver_init") or "")
+    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"]}
+    if driver_init.strip():
+        lib = driverenv.ship(home)
+        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib)
+        plan.update(lib=str(lib), environment=found)
+    return plan
 
 
 def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
@@ -295,7 +322,8 @@ def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
     if not state.is_terminal(st) and not req.get("partial"):
-        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}", "wait for it to finish (`gcbundle status --wait`), or cancel it")
+        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}",
+                            f"wait for it to end (`gcbundle status {paths.run_id} --wait`), or stop it (`gcbundle cancel {paths.run_id}`)")
     return {"state": st, **package.manifest(paths)}
 
 
