@@ -105,6 +105,15 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
     plan = _driver_plan(home, paths, spec)  # before the run exists: a failed preflight leaves nothing
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
     write_json(plan_path(paths), plan)
+    if plan["placement"] == "batch":
+        from login_node import driverjob
+        from login_node.driver import site_file
+
+        try:
+            return {"state": driverjob.submit(home, paths, plan, str(site_file(home).get("worker_init") or ""))}
+        except BaseException:
+            shutil.rmtree(paths.root, ignore_errors=True)  # a job that was never queued leaves no run
+            raise
     from login_node.driver import spawn
 
     try:
@@ -133,7 +142,11 @@ def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str,
         options = profile.driver_options(params)
         rendered = profiles.render(profile, params)
     driver_init = options["driver_init"] or str(site_file(home).get("driver_init") or "")
-    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"]}
+    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"], "rendered": rendered}
+    if options["placement"] == "batch":
+        from bundle.placement import batch_provider_node
+
+        batch_provider_node(rendered or {})
     if driver_init.strip():
         lib = driverenv.ship(home)
         found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib)
@@ -279,6 +292,10 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
+    if st.get("state") == "queued":
+        from login_node.driverjob import check_queued
+
+        st = check_queued(paths, st)
     wait = req.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
         raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
@@ -347,6 +364,16 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
         return {"state": st, "already": True}
     if not paths.cancel_marker.exists():
         write_json(paths.cancel_marker, {"requested": time.time(), "host": state.hostname()})
+    if st.get("state") == "queued":
+        # placement=batch, the job not started yet: end it; a driver starting meanwhile sees the marker.
+        from login_node import driverjob
+
+        driverjob.cancel(st)
+        fresh = state.read_raw(paths)
+        if fresh.get("state") == "queued":
+            fresh.update(state="cancelled", finished=time.time(), detail="cancelled while its batch job was queued")
+            state.write(paths, fresh)
+        st = state.effective(paths)
     pid = st.get("pid")
     local = st.get("host") == state.hostname()
     if local and state.alive(pid, st.get("pid_start")):
@@ -361,6 +388,11 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             break
         time.sleep(0.1)
     escalated = 0
+    if not local and not state.is_terminal(st) and st.get("driver_job"):
+        # placement=batch: the driver did not stop by itself in time: end its job.
+        from login_node import driverjob
+
+        escalated += int(driverjob.cancel(st))
     if local:
         if state.alive(pid, st.get("pid_start")):
             try:
@@ -389,3 +421,12 @@ def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     from login_node.checks import site_report
 
     return site_report(home, req.get("site"))
+
+
+@_task
+def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
+    from login_node.prune import Criteria
+    from login_node.prune import prune as prune_home
+
+    return prune_home(home, Criteria.from_json(req.get("prune")))
