@@ -262,8 +262,21 @@ def _owner(where: str) -> str:
     return where.rsplit(".", 1)[0] if where.endswith(".address") else where
 
 
+#: Interfaces published site configs name for the login node's address (Polaris: hsn0 today, bond0 in
+#: Parsl's older config; Perlmutter and Aurora: hsn0; InfiniBand clusters: ib0).
+KNOWN_INTERFACES = ("hsn0", "bond0", "ib0")
+
+
 def _address_fix(kwargs: dict[str, Any]) -> str:
     if "ifname" in kwargs:
+        try:
+            here = [name for _index, name in socket.if_nameindex()]
+        except OSError:
+            here = []
+        others = [name for name in KNOWN_INTERFACES if name in here and name != kwargs.get("ifname")]
+        if others:
+            return (f"no {kwargs.get('ifname')} on this login node, but it has {', '.join(others)}: if compute nodes reach it there, "
+                    f"--set ifname={others[0]} (`ip -br addr` lists every interface)")
         return ("no such interface on this login node: list them with `ip -br addr` and set the one compute nodes reach, "
                 "e.g. --set ifname=<name>")
     return "set an address the compute nodes can reach (see the profile's parameters: `gcbundle sites`)"

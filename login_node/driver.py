@@ -300,7 +300,14 @@ class Driver:
 
             profile, params = profiles.Profile.from_spec(req["site"])
             params = {**_site_defaults(self.paths, profile), **params}
-            return profiles.build_config(profiles.render(profile, params))
+            rendered = profiles.render(profile, params)
+            if _plan(self.paths).get("placement") == "batch":
+                from bundle.placement import use_the_jobs_nodes
+
+                rendered, replaced = use_the_jobs_nodes(rendered)  # this job's nodes, no further job
+                for line in replaced:
+                    log.info("placement=batch: %s", line)
+            return profiles.build_config(rendered)
         if req["config"].get("kind") == "module":
             module = _import_entry(self.paths.bundle, req["config"]["path"])
             make = getattr(module, "make_config", None)
