@@ -427,6 +427,62 @@ def sites(progress: Progress) -> tuple[Any, str]:
     return out, "\n".join(lines)
 
 
+@command(epilog="Nothing is asked before deleting: run with --dry-run first to see what would go.")
+@click.option("--older-than", "older_than", metavar="AGE", help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
+@click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled", "lost"]),
+              help="Only runs that ended in this state (repeatable; default every ended state).")
+@click.option("-e", "--endpoint", "endpoints", multiple=True, help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, and how much, and delete nothing.")
+@click.option("--force", is_flag=True, help="Also runs whose results this client has not fetched (never a run that has not ended).")
+@click.option("--results", is_flag=True, help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")
+@click.option("--no-login-node", is_flag=True, help="Only this machine: send no task.")
+@click.option("--no-caches", is_flag=True, help="Keep this machine's pack caches.")
+def prune(older_than: str | None, states: tuple[str, ...], endpoints: tuple[str, ...], dry_run: bool, force: bool,
+          results: bool, no_login_node: bool, no_caches: bool, progress: Progress) -> tuple[Any, str]:
+    """Reclaim disk: finished runs and unused bundles on the login nodes (one task per
+    endpoint), this machine's pack caches and, with --results, fetched results."""
+    from bundle import prune as pruning
+
+    options = pruning.Options(
+        older_than=pruning.parse_age(older_than), states=states or pruning.TERMINAL, force=force, dry_run=dry_run,
+        endpoints=endpoints, login_node=not no_login_node, caches=not no_caches, results=results,
+    )
+    report = pruning.prune(options)
+    return report, _prune_text(report)
+
+
+def _prune_text(report: dict[str, Any]) -> str:
+    would = report["dry_run"]
+    verb = "would free" if would else "freed"
+    lines = []
+    for endpoint, rep in report["endpoints"].items():
+        runs = rep.get("runs", [])
+        gone = [r for r in runs if r["action"] in ("prune", "pruned")]
+        unfetched = [r for r in runs if r["reason"].startswith("results not fetched")]
+        bundles = [b for b in rep.get("bundles", []) if b["action"] in ("prune", "pruned")]
+        lines.append(f"endpoint {endpoint} ({rep.get('home')}): {len(gone)} of {len(runs)} runs, {len(bundles)} bundles; "
+                     f"{verb} {size(rep['freed_bytes'])}" + (f", {size(rep['free_bytes'])} free" if rep.get("free_bytes") is not None else ""))
+        lines += [f"  {'prune' if would else 'pruned'} run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in gone]
+        lines += [f"  {'prune' if would else 'pruned'} bundle {b['digest'][:12]}  {size(b['bytes']):>10}  {b['reason']}" for b in bundles]
+        lines += [f"  kept run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in runs if r["state"] not in TERMINAL_STATES]
+        if unfetched:
+            ids = " ".join(r["run_id"] for r in unfetched[:5]) + (" ..." if len(unfetched) > 5 else "")
+            lines.append(f"  kept {len(unfetched)} runs whose results you have not fetched ({size(sum(r['bytes'] for r in unfetched))}): "
+                         f"`gcbundle results ID` first, or --force ({ids})")
+    caches = report["client"].get("caches")
+    if caches is not None:
+        lines.append(f"this machine's pack caches: {len(caches)} entries, {verb} {size(sum(c['bytes'] for c in caches))}")
+    res = report["client"].get("results")
+    if res is not None:
+        lines.append(f"this machine's results: {len(res)} packages, {verb} {size(sum(r['bytes'] for r in res))}")
+        lines += [f"  {'prune' if would else 'pruned'} {r['path']}  {size(r['bytes'])}" for r in res]
+    lines.append(f"{'would free' if would else 'freed'} {size(report['freed_bytes'])} in all" + (" (dry run: nothing deleted)" if would else ""))
+    return "\n".join(lines)
+
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
+
+
 # -- Globus Compute endpoints: aliases, registered functions, login ----------------------
 
 @main.group("endpoints")

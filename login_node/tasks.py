@@ -16,13 +16,15 @@ import time
 import traceback
 from typing import Any, Callable
 
-from bundle import archive, profiles
+from bundle import archive, placement, profiles
 from bundle.errors import GcbundleError, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import blocks, driverenv, procs, results, state
+from login_node import blocks, driverenv, driverjob, envcheck, procs, results, state
 from login_node.cache import Cache, check_digest
 from login_node.doctor import site_report
+from login_node.prune import Criteria
+from login_node.prune import prune as prune_home
 from login_node.driverenv import plan_path
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
 from login_node.siteconfig import SiteDefaults
@@ -32,18 +34,25 @@ from login_node.spawn import driver_env, spawn
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
 
 
-def _task(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    @functools.wraps(fn)
-    def wrapper(req: dict[str, Any]) -> dict[str, Any]:
-        try:
-            req = check_request(req)
-            home = Home.default()
-            home.ensure()
-            return reply(fn(req, home))
-        except GcbundleError as exc:
-            return error_reply(exc)
+def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_home: bool = True) -> Any:
+    """A task function: the request checked, ``$GCBUNDLE_HOME`` made ready (a
+    HomeError otherwise; ``doctor`` reports it as a check instead), errors as
+    envelopes."""
+    def decorate(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        @functools.wraps(fn)
+        def wrapper(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                req = check_request(req)
+                home = Home.default()
+                if ensure_home:
+                    home.ensure()
+                return reply(fn(req, home))
+            except GcbundleError as exc:
+                return error_reply(exc)
 
-    return wrapper
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
@@ -104,9 +113,17 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
-    plan = _driver_plan(home, paths, spec)  # before the run exists: a failed preflight leaves nothing
+    needs = envcheck.needed(cache.path(digest))  # the workflow's third-party imports
+    plan = _driver_plan(home, paths, spec, [ref.top for ref in needs])  # before the run exists: a failed preflight leaves nothing
+    envcheck.check(needs, spec.get("site"), plan.get("environment"))
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
     write_json(plan_path(paths), plan)
+    if plan["placement"] == "batch":
+        try:
+            return {"state": driverjob.submit(home, paths, plan, SiteDefaults.read(home).worker_init)}
+        except BaseException:
+            shutil.rmtree(paths.root, ignore_errors=True)  # a job that was never queued leaves no run
+            raise
     try:
         pid = spawn(paths)
     except Exception as exc:
@@ -117,9 +134,10 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
     return {"state": _wait_started(paths, pid)}
 
 
-def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str, Any]:
+def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: list[str]) -> dict[str, Any]:
     """How the run's driver starts: in the endpoint's environment, or after
-    ``driver_init`` in the user's, checked first (``login_node.driverenv``)."""
+    ``driver_init`` in the user's, checked first (``login_node.driverenv``; it
+    also looks for the workflow's third-party ``imports`` there)."""
     site = SiteDefaults.read(home)
     rendered = None
     options = {"driver_init": "", "placement": "login"}
@@ -129,10 +147,12 @@ def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str,
         options = profile.driver_options(params)
         rendered = profiles.render(profile, params)
     driver_init = options["driver_init"] or site.driver_init
-    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"]}
+    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"], "rendered": rendered}
+    if options["placement"] == "batch":
+        placement.batch_provider_node(rendered or {})
     if driver_init.strip():
         lib = driverenv.ship(home)
-        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib)
+        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib, imports)
         plan.update(lib=str(lib), environment=found)
     return plan
 
@@ -275,6 +295,8 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
+    if st.get("state") == "queued":
+        st = driverjob.check_queued(paths, st)
     wait = req.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
         raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
@@ -343,6 +365,14 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
         return {"state": st, "already": True}
     if not paths.cancel_marker.exists():
         write_json(paths.cancel_marker, {"requested": time.time(), "host": state.hostname()})
+    if st.get("state") == "queued":
+        # placement=batch, the job not started yet: end it; a driver starting meanwhile sees the marker.
+        driverjob.cancel(st)
+        fresh = state.read_raw(paths)
+        if fresh.get("state") == "queued":
+            fresh.update(state="cancelled", finished=time.time(), detail="cancelled while its batch job was queued")
+            state.write(paths, fresh)
+        st = state.effective(paths)
     pid = st.get("pid")
     local = st.get("host") == state.hostname()
     if local and state.alive(pid, st.get("pid_start")):
@@ -357,6 +387,9 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             break
         time.sleep(0.1)
     escalated = 0
+    if not local and not state.is_terminal(st) and st.get("driver_job"):
+        # placement=batch: the driver did not stop by itself in time: end its job.
+        escalated += int(driverjob.cancel(st))
     if local:
         if state.alive(pid, st.get("pid_start")):
             try:
@@ -369,6 +402,12 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
     return {"state": state.effective(paths), "escalated": escalated}
 
 
-@_task
+@_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     return site_report(home, req.get("site"))
+
+
+@_task
+def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
+    return prune_home(home, Criteria.from_json(req.get("prune")))
