@@ -157,16 +157,18 @@ def _local_size(path: Path) -> int:
 def _exclusive(dest: Path, run_id: str) -> Iterator[None]:
     """One ``results`` of a run into one folder at a time (a lock file beside the results).
 
-    ``flock`` is released by the kernel when its holder dies, so a killed
-    fetch never blocks the next one; the holder's pid is written in the file
-    to name it.
+    A POSIX record lock (``lockf``): the kernel releases it when its holder
+    dies, so a killed fetch never blocks the next one, and unlike ``flock``
+    it is not inherited by a forked child (the local endpoint's worker
+    outlives a killed client for a moment). The holder's pid is written in
+    the file to name it.
     """
     lock = dest / f".{run_id}.lock"
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             try:
                 holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
             finally:
