@@ -28,17 +28,10 @@ class CommandError(click.ClickException):
 
 
 def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
-    """``--arg name=value``; values are JSON when they parse as JSON, else strings."""
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise GcbundleError(f"--arg {item!r} is not name=value", "write e.g. --arg n=20")
-        try:
-            out[name] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name] = value
-    return out
+    """``--arg name=value``: JSON values parsed, malformed JSON refused (``bundle.preflight``)."""
+    from bundle.preflight import parse_args
+
+    return parse_args(items)
 
 
 def command(name: str | None = None, group: click.Group | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
@@ -101,7 +94,18 @@ _workflow_options = [
     click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Python module with make_config(**params) -> Config."),
     click.option("--mode", type=click.Choice(["auto", "function", "script"]), default="auto", show_default=True,
                  help="function: call main(**args); script: run as __main__; auto: function if main() exists."),
+    click.option("--only-imports", is_flag=True, help="Ship only the workflow file, its local imports and the named paths, not its folder."),
+    click.option("--max-size", help="Size guard: most bytes the folder may bring, e.g. 1G (default 256M, or $GCBUNDLE_MAX_FOLDER_BYTES)."),
+    click.option("--max-files", type=int, help="Size guard: most files the folder may bring (default 5000, or $GCBUNDLE_MAX_FOLDER_FILES)."),
 ]
+
+
+def _bundle_notes(summary: Any, warnings: Any) -> None:
+    """What travelled and the preflight's warnings, on stderr (data keeps them for --json)."""
+    for line in summary:
+        click.echo(line, err=True)
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,13 +119,17 @@ def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-o", "--output", type=click.Path(), default="bundle.tar.gz", show_default=True, help="Archive to write.")
 @workflow_options
 def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | None, args: tuple[str, ...],
-         config: str | None, mode: str, progress: Progress) -> tuple[Any, str]:
-    """Pack a workflow into a deterministic bundle archive."""
+         config: str | None, mode: str, only_imports: bool, max_size: str | None, max_files: int | None,
+         progress: Progress) -> tuple[Any, str]:
+    """Pack a workflow (its folder, or with --only-imports its imports) into a deterministic bundle archive."""
     from bundle.pack import pack as do_pack
+    from bundle.selection import Limits
 
-    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode, progress=progress)
+    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode,
+                  progress=progress, only_imports=only_imports, limits=Limits.resolve(max_size, max_files))
+    progress.close()
+    _bundle_notes(res.summary, res.warnings)
     lines = [f"{res.path}: {len(res.manifest.files)} files, {size(res.manifest.total_size)} -> {size(res.size)}", f"digest {res.digest}"]
-    lines += [f"left out {p}: {r}" for p, r in res.excluded]
     return res.to_json(), "\n".join(lines)
 
 
@@ -152,14 +160,20 @@ def inspect(bundle_file: str, progress: Progress) -> tuple[Any, str]:
 @click.option("--wait", is_flag=True, help="Wait for the run to finish and print its result.")
 @workflow_options
 def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...], wait: bool, includes: tuple[str, ...],
-           entry: str | None, args: tuple[str, ...], config: str | None, mode: str, progress: Progress) -> tuple[Any, str]:
-    """Pack WORKFLOW (or take a ready bundle) and start it on an endpoint."""
+           entry: str | None, args: tuple[str, ...], config: str | None, mode: str, only_imports: bool,
+           max_size: str | None, max_files: int | None, progress: Progress) -> tuple[Any, str]:
+    """Pack WORKFLOW (its folder; or take a bundle made by `gcbundle pack`), check it and start it on an endpoint."""
+    from bundle.selection import Limits
+
     run = api.submit(
         workflow, endpoint, args=_parse_args(args), includes=includes, entry=entry, site=site,
         params=profiles.parse_sets(sets), config=config, mode=mode, progress=progress,
+        only_imports=only_imports, limits=Limits.resolve(max_size, max_files),
     )
+    progress.close()
+    _bundle_notes(run.bundle.get("summary", ()), run.bundle.get("warnings", ()))
     click.echo(f"submitted run {run.id} to {endpoint}", err=True)
-    data: dict[str, Any] = {"run_id": run.id, "endpoint": endpoint, "state": run.last_state}
+    data: dict[str, Any] = {"run_id": run.id, "endpoint": endpoint, "state": run.last_state, "bundle": run.bundle}
     if not wait:
         return data, run.id
     progress.enabled = progress.enabled  # unchanged: the meter shows task counts

@@ -59,12 +59,14 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
-        if label == self.label and now - self.last < 0.1 and done < total:
+        if label == self.label and now - self.last < 0.1 and (done < total or not total):
             return
         if label != self.label and self.label:
             sys.stderr.write("\n")
         self.label, self.last = label, now
-        if label.startswith("run "):
+        if label == "scan":
+            text = f"scanning the workflow's folder: {done:,} files to bundle so far"
+        elif label.startswith("run "):
             text = f"{label}: {done}/{total} tasks done" if total else label
         elif total:
             text = f"{label}: {_size(done)} / {_size(total)} ({100 * done // max(total, 1)}%)"

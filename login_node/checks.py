@@ -71,6 +71,7 @@ def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any
     if built is not None and built.config is not None:
         checks += built.address_checks
     checks.append(_worker_init(home, built, versions))
+    found = [c.to_json() for c in checks] + _pitfalls(home, built, versions)
     return {
         "host": socket.gethostname(),
         "user": _user(),
@@ -78,9 +79,41 @@ def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any
         "home": str(home.root),
         "site": (site or {}).get("name"),
         "versions": versions,
-        "checks": [c.to_json() for c in checks],
-        "ok": not any(c.status == "fail" for c in checks),
+        "checks": found,
+        "ok": not any(c["status"] == "fail" for c in found),
     }
+
+
+def _pitfalls(home: Home, built: _Built | None, versions: dict[str, str]) -> list[dict[str, str]]:
+    """The known ways a queued run fails (``login_node.pitfalls``), for this site profile."""
+    from parsl.providers.cluster_provider import ClusterProvider
+
+    from login_node import pitfalls
+
+    config = built.config if built is not None else None
+    providers = [getattr(e, "provider", None) for e in (config.executors if config is not None else [])]
+    providers = [p for p in providers if p is not None]
+    out = [
+        pitfalls.pbs_job_states(versions.get("parsl", "absent"), [type(p).__name__ for p in providers], "the endpoint's environment"),
+        pitfalls.endpoint_version(versions.get("globus-compute-endpoint", "absent")),
+        pitfalls.run_dir_shared(home.root, batch=any(isinstance(p, ClusterProvider) for p in providers)),
+        pitfalls.idle_timers(os.environ.get("GLOBUS_COMPUTE_ENDPOINT_DIR")),
+    ]
+    batch = [p for p in providers if isinstance(p, ClusterProvider)]
+    if batch:
+        site = _site_file(home)
+        base = home.root / ".doctor" if (home.root / ".doctor").is_dir() else Path(tempfile.gettempdir())
+        prelude = profiles.worker_prelude(
+            bindir=str(Path(sys.executable).parent), bundle_dir=str(home.root / "runs" / "doctor" / "bundle"),
+            outputs_dir=str(home.root / "runs" / "doctor" / "outputs"), run_id="doctor",
+            site_init=str(site.get("worker_init") or ""), tmpdir=str(site.get("tmpdir") or ""),
+        )
+        scheduler = PROVIDER_SCHEDULER.get(type(batch[0]).__name__)
+        # Only the TMPDIR matters here: the prelude's `cd` to a run that does not exist is cut off.
+        prelude = "\n".join(line for line in prelude.splitlines() if not line.startswith("cd ")) + "\n"
+        launcher = type(getattr(batch[0], "launcher", None)).__name__
+        out.append(pitfalls.worker_tmpdir(prelude, getattr(batch[0], "worker_init", "") or "", scheduler, launcher, base))
+    return [c for c in out if c is not None]
 
 
 def _user() -> str:
