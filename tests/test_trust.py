@@ -379,3 +379,31 @@ def test_a_killed_clients_temporary_folders_are_swept_at_the_next_start(tmp_path
     res = CliRunner().invoke(main, ["sites"])  # any command: the CLI sweeps when it starts
     assert res.exit_code == 0 and not left.exists()
     assert live.is_dir() and (tmp_path / "gcbundle-not-ours").is_dir()
+
+
+# -- secrets stay home ----------------------------------------------------------------
+
+SECRETS = [
+    ".aws/credentials", ".aws/config", ".kube/config", ".docker/config.json", ".config/gcloud/application_default_credentials.json",
+    "keys/application_default_credentials.json", "my-project-service-account.json", "gcp_service_account_key.json",
+    ".npmrc", ".vault-token", ".s3cfg", ".boto", ".my.cnf", "host.keytab", ".gnupg/pubring.kbx", "prod.env", ".envrc",
+    "ID_RSA", ".ENV", "Credentials.JSON", "sub/.Netrc",
+]
+KEPT = ["environment.yml", "keynote.txt", "envoy.py", "data/config.json", "docs/aws.md"]
+
+
+def test_the_secret_list_covers_cloud_and_cluster_credentials_case_insensitively_and_symlink_targets(tmp_path: Path) -> None:
+    root = tmp_path / "wf"
+    write_workflow(root, "def main():\n    return 1\n")
+    for rel in SECRETS + KEPT:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    (root / "notes.txt").symlink_to(root / ".aws" / "credentials")  # judged by its target
+    (root / "readme.txt").symlink_to(root / "prod.env")
+    res = pack(root, tmp_path / "b.tar.gz")
+    packed = {f.path for f in res.manifest.files}
+    assert packed == {"workflow.py", *KEPT}, packed
+    reasons = dict(res.excluded)
+    for rel in ["my-project-service-account.json", ".npmrc", "host.keytab", "prod.env", "ID_RSA", "notes.txt", "readme.txt"]:
+        assert "secret" in reasons[rel], (rel, reasons.get(rel))
+    assert "secret" in reasons[".aws/"] and "secret" in reasons[".gnupg/"]
