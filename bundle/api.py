@@ -343,7 +343,7 @@ def _login_node_runs(transport: Transport, run_ids: list[str] | None = None) -> 
         after = reply["next"]
 
 
-_RUN_STATES = ("staged", "starting", "running", "succeeded", "failed", "cancelled", "lost", "unknown", "gone")
+_RUN_STATES = ("staged", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost", "unknown", "gone")
 
 
 def _check_runs_reply(reply: Any) -> dict[str, Any]:
@@ -476,6 +476,8 @@ class Run:
             if reply["data"]:
                 yield reply["data"].decode("utf-8", "replace")
             offset = reply["next_offset"]
+            if reply["state"] != self.last_state.get("state"):
+                self._remember({"state": reply["state"]})
             more = offset < reply["size"]
             if more:
                 continue

@@ -75,6 +75,12 @@ class Progress:
         sys.stderr.write("\r\x1b[2K" + text)
         sys.stderr.flush()
 
+    def note(self, text: str) -> None:
+        """A line on stderr for the user, after ending the progress line it would otherwise join."""
+        self.close()
+        sys.stderr.write(f"gcbundle: {text}\n")
+        sys.stderr.flush()
+
     def close(self) -> None:
         if self.enabled and self.label:
             sys.stderr.write("\n")

@@ -130,6 +130,27 @@ def detect_mode(source: str, filename: str) -> str:
     return "script"
 
 
+def config_source(source: str, filename: str) -> str | None:
+    """What of a module the driver takes its Config from: ``make_config`` (a
+    top-level function, or one imported by that name), ``config``, or None, in
+    which case a function-mode run without ``--site``/``--config`` gets the
+    ``local`` profile."""
+    names: set[str] = set()
+    for node in _parse(source, filename).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    for name in ("make_config", "config"):
+        if name in names:
+            return name
+    return None
+
+
 def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = None,
            extra_files: tuple[Path, ...] = (), mode: str | None = None, *, only_imports: bool = False,
            limits: Limits | None = None, progress: Progress | None = None,
