@@ -21,7 +21,7 @@ from bundle import archive
 from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import package, procs, state
+from login_node import envcheck, package, procs, state
 from login_node.cache import Cache, check_digest
 from login_node.driverenv import plan_path
 from login_node.rundir import DIGEST, RUN_ID, Home, RunPaths, check_run_id, read_json, write_json
@@ -30,18 +30,25 @@ from login_node.rundir import DIGEST, RUN_ID, Home, RunPaths, check_run_id, read
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
 
 
-def _task(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    @functools.wraps(fn)
-    def wrapper(req: dict[str, Any]) -> dict[str, Any]:
-        try:
-            req = check_request(req)
-            home = Home.default()
-            home.ensure()
-            return reply(fn(req, home))
-        except GcbundleError as exc:
-            return error_reply(exc)
+def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_home: bool = True) -> Any:
+    """A task function: the request checked, ``$GCBUNDLE_HOME`` made ready (a
+    HomeError otherwise; ``doctor`` reports it as a check instead), errors as
+    envelopes."""
+    def decorate(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        @functools.wraps(fn)
+        def wrapper(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                req = check_request(req)
+                home = Home.default()
+                if ensure_home:
+                    home.ensure()
+                return reply(fn(req, home))
+            except GcbundleError as exc:
+                return error_reply(exc)
 
-    return wrapper
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
@@ -102,16 +109,16 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
-    plan = _driver_plan(home, paths, spec)  # before the run exists: a failed preflight leaves nothing
+    try:
+        needs = envcheck.needed(cache.path(digest))  # the workflow's third-party imports
+    except BundleError as exc:
+        return _damaged(cache, digest, req, exc)
+    plan = _driver_plan(home, paths, spec, [ref.top for ref in needs])  # before the run exists: a failed preflight leaves nothing
+    envcheck.check(needs, spec.get("site"), plan.get("environment"))
     try:
         _create_run(home, paths, cache.path(digest), digest, spec, resumed)
     except BundleError as exc:
-        if req.get("bundle") is not None:
-            raise  # checked as it arrived, in this very task: the bundle itself is bad
-        # The cached copy no longer verifies (damaged on disk): drop it, and the
-        # client sends the bundle again, once, as for a bundle that was never cached.
-        cache.evict(digest)
-        return {"missing_bundle": True, "evicted": str(exc)[:200]}
+        return _damaged(cache, digest, req, exc)
     write_json(plan_path(paths), plan)
     if plan["placement"] == "batch":
         from login_node import driverjob
@@ -132,6 +139,17 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
+
+
+def _damaged(cache: Cache, digest: str, req: dict[str, Any], exc: BundleError) -> dict[str, Any]:
+    """A cached bundle failed its checks at launch. One that came in this very
+    task was checked as it arrived: then the bundle itself is bad. Otherwise the
+    cached copy was damaged on disk: drop it, and the client sends the bundle
+    again, once, as for a bundle that was never cached."""
+    if req.get("bundle") is not None:
+        raise exc
+    cache.evict(digest)
+    return {"missing_bundle": True, "evicted": str(exc)[:200]}
 
 
 _SPEC_KEYS = {"args", "site", "params", "resumed_from", "inherit"}
@@ -175,9 +193,10 @@ def check_spec(spec: Any) -> dict[str, Any]:
     return {**spec, "args": args, "params": params}
 
 
-def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str, Any]:
+def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: list[str]) -> dict[str, Any]:
     """How the run's driver starts: in the endpoint's environment, or after
-    ``driver_init`` in the user's, checked first (``login_node.driverenv``)."""
+    ``driver_init`` in the user's, checked first (``login_node.driverenv``; it
+    also looks for the workflow's third-party ``imports`` there)."""
     from login_node import driverenv
     from login_node.driver import driver_env, site_file, site_defaults
 
@@ -198,7 +217,7 @@ def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str,
         batch_provider_node(rendered or {})
     if driver_init.strip():
         lib = driverenv.ship(home)
-        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib)
+        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib, imports)
         plan.update(lib=str(lib), environment=found)
     return plan
 
@@ -534,7 +553,7 @@ def _cancel_batch_jobs(st: dict[str, Any]) -> None:
             subprocess.run([command, *ids], capture_output=True, timeout=60, check=False)
 
 
-@_task
+@_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     from login_node.checks import site_report
 
