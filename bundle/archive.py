@@ -190,3 +190,16 @@ def _create(root: Path, rel: str, mode: int) -> IO[bytes]:
     except FileExistsError:
         raise BundleError(f"bundle member {rel!r} appears twice", _HINT) from None
     return os.fdopen(fd, "wb")
+
+
+def read_sources(path: Path | str, names: set[str], max_bytes: int) -> dict[str, bytes]:
+    """The contents of the members named ``names`` (each up to ``max_bytes``), in one pass:
+    the Python sources that preflight checks scan, without extracting anything."""
+    out: dict[str, bytes] = {}
+    with _open(Path(path)) as tar:
+        for member in _members(tar):
+            if member.isreg() and member.name in names and member.size <= max_bytes:
+                f = tar.extractfile(member)
+                if f is not None:
+                    out[member.name] = _read_exact(f, member.size, member.name)
+    return out

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import atexit
 import pickle
+import shutil
+import signal
+import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
-from bundle.errors import PayloadTooLarge, RemoteError, TransportError, UsageError
+from bundle.errors import PayloadTooLarge, ProtocolMismatch, RemoteError, TransportError, UsageError
 from bundle.limits import TASK_LIMIT
-from bundle.protocol import TASKS, request, unwrap
+from bundle.protocol import TASK_SINCE, TASKS, request, unwrap
 
 
 def task_function(name: str) -> Callable[..., Any]:
@@ -50,7 +53,11 @@ class Transport(ABC):
 
     def call(self, task: str, **fields: Any) -> Any:
         self.calls[task] += 1
-        return unwrap(self._run(task, request(**fields)))
+        try:
+            return unwrap(self._run(task, request(**fields)))
+        except RemoteError as exc:
+            raise _missing_task(task, exc) from None
+
 
     def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
         """The replies to ``task`` for each request's fields, in order.
@@ -74,6 +81,15 @@ class Transport(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _missing_task(task: str, exc: RemoteError) -> RemoteError:
+    """A task newer than the login node's gcbundle fails there as a missing function: say to upgrade."""
+    since = TASK_SINCE.get(task)
+    if since and task in exc.message and ("attribute" in exc.message or "import" in exc.message):
+        return ProtocolMismatch(f"the login node's gcbundle has no `{task}` task (it came with gcbundle protocol {since})",
+                                "upgrade gcbundle on the login node (re-run the Ansible playbook)")
+    return exc
 
 
 def pack_task(fn: Callable[..., Any], req: dict[str, Any]) -> tuple[uuid.UUID, bytes]:
@@ -148,9 +164,13 @@ class _Worker:
         self.tasks.send_bytes(pickle.dumps((task_id, workdir)))
         self.tasks.send_bytes(packed)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, kill: bool = False) -> None:
+        """Let the worker finish its task and exit; with ``kill`` (an interrupted
+        caller, who will not read the reply), end it at once."""
         for end in (self.tasks, self.results):
             end.close()  # the worker reads EOF and exits
+        if kill:
+            self.proc.kill()
         self.proc.join(timeout)
         if self.proc.is_alive():
             self.proc.kill()
@@ -158,7 +178,13 @@ class _Worker:
 
 
 def _serve(tasks: Any, results: Any, parent_ends: tuple[Any, ...]) -> None:
-    """The worker's loop: a (task id, working dir) header, the packed task; the packed result back."""
+    """The worker's loop: a (task id, working dir) header, the packed task; the packed result back.
+
+    Ctrl-C in a terminal signals the whole foreground process group, this
+    worker too: it ignores SIGINT, and the client, which handles it, ends the
+    worker (a real endpoint's worker is not in the user's terminal either).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for end in parent_ends:
         end.close()
     while True:
@@ -185,14 +211,22 @@ class LocalTransport(Transport):
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
         self._holder: int | None = None  # the thread inside call_many
+        self._scratch: str | None = None  # working directory when GCBUNDLE_HOME cannot hold one
 
-    @staticmethod
-    def _workdir() -> str:
+    def _workdir(self) -> str:
+        """The tasks' working directory, in GCBUNDLE_HOME; if that cannot be made, a
+        private temporary one, so that the task itself runs and says what is wrong
+        with GCBUNDLE_HOME (a HomeError; ``doctor``: a failed check)."""
         from login_node.rundir import Home
 
         workdir = Home.default().endpoint_workdir
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return str(workdir)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return str(workdir)
+        except OSError:
+            if self._scratch is None:
+                self._scratch = tempfile.mkdtemp(prefix="gcbundle-local-endpoint-")
+            return self._scratch
 
     def _refuse_reentry(self) -> None:
         if self._holder == threading.get_ident():
@@ -216,7 +250,7 @@ class LocalTransport(Transport):
                 self._close_worker()
                 raise TransportError(f"the local endpoint's worker died while running the {task} task", "run the command again") from None
             except BaseException:
-                self._close_worker()  # interrupted half-way: the pipes are out of step
+                self._close_worker(kill=True)  # interrupted half-way: the pipes are out of step
                 raise
         return unpack_result(result)
 
@@ -262,16 +296,19 @@ class LocalTransport(Transport):
             finally:
                 self._holder = None
                 if in_flight:
-                    self._close_worker()  # abandoned with a reply still in the pipe
+                    self._close_worker(kill=True)  # abandoned with a reply still in the pipe
 
-    def _close_worker(self) -> None:
+    def _close_worker(self, kill: bool = False) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.stop()
+            worker.stop(kill=kill)
 
     def close(self) -> None:
         with self._lock:
             self._close_worker()
+            scratch, self._scratch = self._scratch, None
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def get_transport(endpoint: str) -> Transport:
