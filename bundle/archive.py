@@ -74,7 +74,8 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progre
     total = manifest.total_size
     done = 0
     try:
-        with open(tmp, "wb") as raw:
+        # The user's alone: a bundle may hold private code and data.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as raw:
             hashing = HashingWriter(raw)
             with gzipstream.ParallelGzipWriter(hashing, GZIP_LEVEL) as gz:
                 with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:

@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bundle.protocol import request, unwrap
+from bundle.errors import ProtocolMismatch, RemoteError
+from bundle.protocol import TASK_SINCE, request, unwrap
 
 #: Called with (task name, serialized bytes) for every task sent; bytes is 0 when unknown.
 Observer = Callable[[str, int], None]
@@ -61,7 +62,10 @@ class Transport(ABC):
             observer(task, nbytes)
 
     def call(self, task: str, **fields: Any) -> Any:
-        return unwrap(self._run(task, request(**fields)))
+        try:
+            return unwrap(self._run(task, request(**fields)))
+        except RemoteError as exc:
+            raise _missing_task(task, exc) from None
 
     def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
         """The replies to ``task`` for each request's fields, in order.
@@ -114,6 +118,15 @@ class Tally:
     @property
     def sent(self) -> int:
         return sum(self.calls.values())
+
+
+def _missing_task(task: str, exc: RemoteError) -> RemoteError:
+    """A task newer than the login node's gcbundle fails there as a missing function: say to upgrade."""
+    since = TASK_SINCE.get(task)
+    if since and task in exc.message and ("attribute" in exc.message or "import" in exc.message):
+        return ProtocolMismatch(f"the login node's gcbundle has no `{task}` task (it came with gcbundle protocol {since})",
+                                "upgrade gcbundle on the login node (re-run the Ansible playbook)")
+    return exc
 
 
 def get_transport(endpoint: str) -> Transport:
