@@ -416,7 +416,7 @@ class _Walker:
     def _reason(self, rel: str, name: str, *, secrets: bool, bundle_ignore: bool, gitignore: bool) -> str | None:
         if ignore.is_never(name):
             return ignore.NEVER_REASON
-        if secrets and ignore.is_secret(name):
+        if secrets and (ignore.is_secret(name) or ignore.in_secret_dir(rel) or ignore.secret_target(self.root / rel)):
             return ignore.SECRET_REASON
         verdict = self.rules.bundle_verdict(rel) if bundle_ignore else None
         if verdict is True:
@@ -484,6 +484,8 @@ class _Walker:
                 full = Path(dirpath, d)
                 rel = f"{prefix}/{d}" if prefix else d
                 why = ignore.excluded_dir_reason(full, d)
+                if why is None and d.casefold() in ignore.SECRET_DIRS:
+                    why = ignore.SECRET_REASON
                 if why is None and full.is_symlink():
                     why = "symlinked directory (not followed)"
                 if why is None and not named:
