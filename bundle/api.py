@@ -431,6 +431,12 @@ class Run:
                         "hint": "a pending task waits for the endpoint's worker; ask again in a while"}
             return {"state": "unlaunched", "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was lost)",
                     "hint": "nothing runs; submit the workflow again"}
+        pruned = json.loads(rec.extra or "{}").get("pruned")
+        if pruned:
+            kept = self.local_results()
+            raise RunNotFound(f"run {self.id} was pruned from the login node of {self.endpoint} on "
+                              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(pruned))} (`gcbundle prune`)",
+                              f"its results are in {kept}" if kept else "its results were not kept on this machine")
         self.registry.update(self.id, state="gone")
         raise RunNotFound(f"run {self.id} is gone: the login node of {self.endpoint} no longer has its directory",
                           "nothing of it is left there; `gcbundle list --endpoint " + self.endpoint + "` shows the runs it has")
