@@ -51,11 +51,18 @@ PARSL_RUNINFO = "runinfo"
 RESULTS_MARKER = ".gcbundle-results.json"
 
 #: File names (gitignore syntax, no slash) that hold credentials: left out unless named one by one.
+#: Matched case-insensitively (``ID_RSA``, ``.ENV`` and ``Credentials.JSON`` are secrets too).
 SECRET_NAMES = [
-    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
-    "id_ed25519*", ".netrc", "_netrc", ".pgpass", ".pypirc", ".git-credentials",
-    "storage.db", ".globus*", "credentials.json",
+    ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.keytab", "id_rsa*", "id_dsa*",
+    "id_ecdsa*", "id_ed25519*", ".netrc", "_netrc", ".pgpass", ".pypirc", ".git-credentials", ".npmrc",
+    ".vault-token", ".s3cfg", ".boto", ".my.cnf", "storage.db", ".globus*", "credentials.json",
+    "application_default_credentials.json", "*service-account*.json", "*service_account*.json",
 ]
+
+#: Folders that hold credentials as a whole (cloud, cluster, container registry, GnuPG,
+#: SSH): everything under them is left out; gcloud's lives in ``.config/gcloud``.
+SECRET_DIRS = {".aws", ".kube", ".docker", ".gnupg", ".ssh"}
+_SECRET_SUBPATHS = (".config/gcloud",)
 
 #: Other files never bundled.
 NEVER_NAMES = ["*.pyc", "*.pyo", ".DS_Store", MANIFEST_NAME]
@@ -64,7 +71,7 @@ SECRET_REASON = "looks like a secret (name it with --include to bundle it anyway
 NEVER_REASON = "never bundled"
 
 
-def _basename_matcher(globs: list[str]) -> Callable[[str], bool]:
+def _basename_matcher(globs: list[str], flags: int = 0) -> Callable[[str], bool]:
     """One regex for a list of slash-free globs, matched against a file's name.
 
     A gitignore pattern without a slash matches a name at any depth, which is
@@ -72,11 +79,28 @@ def _basename_matcher(globs: list[str]) -> Callable[[str], bool]:
     walked file in one call instead of one call per pattern.
     """
     assert not any("/" in g or g.startswith("!") for g in globs)
-    rx = re.compile("|".join(fnmatch.translate(g) for g in globs))
+    rx = re.compile("|".join(fnmatch.translate(g) for g in globs), flags)
     return lambda name: rx.match(name) is not None
 
 
-is_secret = _basename_matcher(SECRET_NAMES)
+is_secret = _basename_matcher(SECRET_NAMES, re.IGNORECASE)
+
+
+def in_secret_dir(rel: str) -> bool:
+    """Whether ``rel`` (a POSIX path) lies in a folder of credentials, case-insensitively."""
+    folded = "/" + rel.casefold().strip("/") + "/"
+    return any(f"/{d}/" in folded for d in SECRET_DIRS) or any(f"/{p}/" in folded for p in _SECRET_SUBPATHS)
+
+
+def secret_target(path: str | Path) -> bool:
+    """A symlink is judged by its target too: ``notes.txt -> ~/.aws/credentials`` is a secret."""
+    try:
+        if not os.path.islink(path):
+            return False
+        target = os.path.realpath(path)
+    except OSError:
+        return False
+    return is_secret(os.path.basename(target)) or in_secret_dir(target.replace(os.sep, "/"))
 is_never = _basename_matcher(NEVER_NAMES)
 
 

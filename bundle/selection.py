@@ -417,10 +417,12 @@ class _Walker:
         )
 
     def _reason(self, rel: str, name: str, *, secrets: bool, bundle_ignore: bool, gitignore: bool,
-                chain: list[tuple[int, Any]] | None = None) -> str | None:
+                chain: list[tuple[int, Any]] | None = None, link: bool = True) -> str | None:
+        """Why a file is left out, or None; ``link`` False when the walk's listing already
+        says it is not a symlink (no need to look at a target)."""
         if ignore.is_never(name):
             return ignore.NEVER_REASON
-        if secrets and ignore.is_secret(name):
+        if secrets and (ignore.is_secret(name) or ignore.in_secret_dir(rel) or (link and ignore.secret_target(self.root / rel))):
             return ignore.SECRET_REASON
         verdict = self.rules.bundle_verdict(rel) if bundle_ignore else None
         if verdict is True:
@@ -508,6 +510,8 @@ class _Walker:
             rel = f"{prefix}/{e.name}" if prefix else e.name
             if e.is_dir(follow_symlinks=False):
                 why = ignore.excluded_dir_reason(e.name)
+                if why is None and e.name.casefold() in ignore.SECRET_DIRS:
+                    why = ignore.SECRET_REASON
                 back = brought_back
                 if why is None and not named:
                     if self.rules.bundle_prunes(rel + "/"):
@@ -527,7 +531,7 @@ class _Walker:
             if rel in self.files or e.path in self.leave_out:
                 continue
             reason = self._reason(rel, e.name, secrets=True, bundle_ignore=not named,
-                                  gitignore=chain is not None, chain=chain)
+                                  gitignore=chain is not None, chain=chain, link=e.is_symlink())
             if reason:
                 self.excluded[rel] = reason
                 continue

@@ -55,6 +55,13 @@ def test_prune_by_state_age_and_fetched_never_a_running_run(tmp_path: Path, home
     failed = api.submit(wf, "local", args={"fail": True}, wait=True)  # failed, results not fetched
     slow_wf = write_workflow(tmp_path / "slow", WORKFLOW.replace("s: float = 0", "s: float = 120"))
     running = api.submit(slow_wf, "local")
+    try:
+        _prune_all_ways(home, done, failed, running, wf)
+    finally:
+        running.cancel(grace=5)
+
+
+def _prune_all_ways(home: Path, done: api.Run, failed: api.Run, running: api.Run, wf: Path) -> None:
     assert done.last_state["state"] == "succeeded" and failed.last_state["state"] == "failed"
     assert running.status()["state"] in ("starting", "running")
     before = {r: (home / "runs" / r).is_dir() for r in (done.id, failed.id, running.id)}
@@ -95,7 +102,6 @@ def test_prune_by_state_age_and_fetched_never_a_running_run(tmp_path: Path, home
     # a resubmit of the pruned bundle uploads it again and runs
     again = api.submit(wf, "local", wait=True)
     assert again.last_state["state"] == "succeeded"
-    running.cancel(grace=5)
 
 
 def test_client_caches_and_results(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
