@@ -129,7 +129,9 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
     transport = transport or get_transport(endpoint)
     with tempdirs.workdir("submit") as tmp:
         packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode,
-                         progress=progress, args=dict(args or {}), only_imports=only_imports, limits=limits)
+                         progress=progress, only_imports=only_imports, limits=limits,
+                         # a resume without --arg runs with the earlier run's arguments: nothing to complete here
+                         args=None if inherit and not args else dict(args or {}))
         run_id = _new_run_id()
         spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from, "inherit": inherit}
         inline = None
