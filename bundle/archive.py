@@ -78,7 +78,8 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: OnProg
     total = manifest.total_size
     done = 0
     try:
-        with open(tmp, "wb") as raw:
+        # The user's alone: a bundle may hold private code and data.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as raw:
             hashing = HashingWriter(raw)
             with gzipstream.ParallelGzipWriter(hashing, GZIP_LEVEL) as gz:
                 with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:
@@ -301,3 +302,16 @@ def _create(root: Path, rel: str, mode: int) -> IO[bytes]:
     except FileExistsError:
         raise BundleError(f"bundle member {rel!r} appears twice", _HINT) from None
     return os.fdopen(fd, "wb")
+
+
+def read_sources(path: Path | str, names: set[str], max_bytes: int) -> dict[str, bytes]:
+    """The contents of the members named ``names`` (each up to ``max_bytes``), in one pass:
+    the Python sources that preflight checks scan, without extracting anything."""
+    out: dict[str, bytes] = {}
+    with _open(Path(path)) as tar:
+        for member in _members(tar):
+            if member.isreg() and member.name in names and member.size <= max_bytes:
+                f = tar.extractfile(member)
+                if f is not None:
+                    out[member.name] = _read_exact(f, member.size, member.name)
+    return out

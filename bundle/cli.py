@@ -14,10 +14,10 @@ from bundle import __version__, api, archive, endpoints, profiles
 from bundle import doctor as doc
 from bundle import render as site_render
 from bundle.errors import ChecksFailed, GcbundleError, RunFailed, UsageError
+from bundle.output import ProgressMeter, envelope, local_time, printable, size
 from bundle.pack import pack as pack_workflow
 from bundle.preflight import parse_args
 from bundle.selection import Limits, config_source
-from bundle.output import ProgressMeter, envelope, local_time, size
 
 
 class CommandError(click.ClickException):
@@ -28,7 +28,8 @@ class CommandError(click.ClickException):
         self.exit_code = exc.exit_code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"gcbundle: error: {self.format_message()}", err=True)
+        # One line, whatever the message holds: text from the login node may carry escape sequences.
+        click.echo(f"gcbundle: error: {printable(self.format_message())}", err=True)
 
 
 def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                 if as_json:
                     click.echo(envelope(full_name, getattr(exc, "data", None), [exc.to_json()]))
                     if not debug:
-                        sys.stderr.write(f"gcbundle: error: {exc}\n")
+                        sys.stderr.write(f"gcbundle: error: {printable(exc)}\n")
                     sys.exit(exc.exit_code)
                 if getattr(exc, "human", ""):
                     click.echo(exc.human)  # e.g. doctor's table, above the one-line error
@@ -157,6 +158,9 @@ class Gcbundle(click.Group):
 @click.version_option(__version__, prog_name="gcbundle")
 def main() -> None:
     """gcbundle: run a whole Parsl workflow on an HPC login node through Globus Compute."""
+    from bundle import tempdirs
+
+    tempdirs.sweep()  # what a killed client left behind
 
 
 _workflow_options = [
@@ -257,11 +261,12 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: ProgressMeter) -> 
         data["results"] = fetched.to_json()
         result_json = fetched.path / "result.json"
         if result_json.is_file():
-            data["result"] = json.loads(result_json.read_text())
-            human.append(f"result: {result_json.read_text().strip()}")
+            data["result"] = api.read_json_file(result_json, "result.json")  # never result.pkl: the CLI does not unpickle
+            human.append(f"result: {printable(json.dumps(data['result']))}")
         human.append(f"results in {fetched.path}")
         return data, "\n".join(human)
-    err = (st.get("error") or {}).get("message") or st.get("detail") or ""
+    err = st.get("error")
+    err = (err.get("message") if isinstance(err, dict) else None) or st.get("detail") or ""
     raise RunFailed(f"run {run.id} {st.get('state')}" + (f": {err}" if err else ""),
                     f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened", data=data)
 
@@ -298,36 +303,51 @@ def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...]
 
 
 @command("list")
-@click.option("-n", "--limit", default=50, show_default=True, help="How many runs, newest first.")
-def list_(limit: int, progress: ProgressMeter) -> tuple[Any, str]:
-    """List the runs in this client's registry."""
-    runs = api.list_runs(limit)
+@click.option("-n", "--limit", default=50, show_default=True, help="How many runs, newest first (0: all).")
+@click.option("-e", "--endpoint", help="List the runs that exist on this endpoint's login node, and adopt them into the registry.")
+@click.option("--offline", is_flag=True, help="Do not ask the login nodes; show the states last recorded.")
+def list_(limit: int, endpoint: str | None, offline: bool, progress: ProgressMeter) -> tuple[Any, str]:
+    """List runs: this client's registry, unfinished ones refreshed (one task per endpoint).
+
+    With --endpoint, the runs that exist on that login node, wherever they were
+    submitted from; they join the registry, so status, results and cancel work
+    on them (this also rebuilds a lost or damaged registry).
+    """
+    listing = api.listing(limit, endpoint=endpoint, refresh=not offline)
+    for note in listing.notes:
+        click.echo(f"gcbundle: note: {printable(note)}", err=True)
+    if listing.adopted:
+        click.echo(f"adopted {len(listing.adopted)} run{'s' if len(listing.adopted) != 1 else ''} into the registry: {', '.join(listing.adopted)}", err=True)
+    runs = listing.runs
     lines = [f"{'RUN':<12}  {'STATE':<10}  {'ENDPOINT':<12}  {'SUBMITTED':<19}  WORKFLOW"]
-    lines += [f"{r.run_id:<12}  {r.state:<10}  {r.endpoint[:12]:<12}  {local_time(r.submitted):<19}  {r.workflow}" for r in runs]
-    return [r.to_json() for r in runs], "\n".join(lines) if runs else "no runs yet"
+    lines += [f"{r.run_id:<12}  {printable(r.state):<10}  {printable(r.endpoint[:12]):<12}  {local_time(r.submitted):<19}  {printable(r.workflow)}" for r in runs]
+    empty = f"no runs on {endpoint}" if endpoint else "no runs yet"
+    return [r.to_json() for r in runs], "\n".join(lines) if runs else empty
 
 
 def _state_text(run_id: str, st: dict[str, Any]) -> str:
-    lines = [f"run      {run_id}", f"state    {st.get('state')}"]
+    """The state as lines; every value came from the login node, so control characters are escaped."""
+    p = printable
+    lines = [f"run      {run_id}", f"state    {p(st.get('state'))}"]
     if st.get("detail"):
-        lines.append(f"detail   {st['detail']}")
+        lines.append(f"detail   {p(st['detail'])}")
     if st.get("host"):
-        lines.append(f"driver   pid {st.get('pid')} on {st.get('host')}, heartbeat {local_time(st.get('updated'))}")
+        lines.append(f"driver   pid {p(st.get('pid'))} on {p(st.get('host'))}, heartbeat {local_time(st.get('updated'))}")
     tasks = st.get("tasks") or {}
-    if tasks.get("total"):
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(tasks.items()) if k not in ("total",) and v)
-        lines.append(f"tasks    {tasks['total']} ({parts})")
+    if isinstance(tasks, dict) and tasks.get("total"):
+        parts = ", ".join(f"{p(k)} {p(v)}" for k, v in sorted(tasks.items(), key=lambda kv: str(kv[0])) if k not in ("total",) and v)
+        lines.append(f"tasks    {p(tasks['total'])} ({parts})")
     if st.get("scheduler_job_ids"):
-        lines.append("jobs     " + ", ".join(st["scheduler_job_ids"]))
+        lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
     if st.get("resumed_from"):
-        lines.append(f"resumed  from {st['resumed_from']}")
+        lines.append(f"resumed  from {p(st['resumed_from'])}")
     err = st.get("error") or {}
-    if err.get("message"):
-        lines.append(f"error    {err['message']}")
+    if isinstance(err, dict) and err.get("message"):
+        lines.append(f"error    {p(err['message'])}")
         if err.get("traceback"):
-            lines.append(err["traceback"].rstrip())
+            lines.append(p(str(err["traceback"]).rstrip(), lines=True))
     if st.get("hint"):
-        lines.append(f"hint     {st['hint']}")
+        lines.append(f"hint     {p(st['hint'])}")
     return "\n".join(lines)
 
 
@@ -421,6 +441,62 @@ def sites(progress: ProgressMeter) -> tuple[Any, str]:
             req = "required" if x.required else ("optional" if x.default is None else f"default {x.default!r}")
             lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
     return out, "\n".join(lines)
+
+
+@command(epilog="Nothing is asked before deleting: run with --dry-run first to see what would go.")
+@click.option("--older-than", "older_than", metavar="AGE", help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
+@click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled", "lost"]),
+              help="Only runs that ended in this state (repeatable; default every ended state).")
+@click.option("-e", "--endpoint", "endpoints", multiple=True, help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, and how much, and delete nothing.")
+@click.option("--force", is_flag=True, help="Also runs whose results this client has not fetched (never a run that has not ended).")
+@click.option("--results", is_flag=True, help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")
+@click.option("--no-login-node", is_flag=True, help="Only this machine: send no task.")
+@click.option("--no-caches", is_flag=True, help="Keep this machine's pack caches.")
+def prune(older_than: str | None, states: tuple[str, ...], endpoints: tuple[str, ...], dry_run: bool, force: bool,
+          results: bool, no_login_node: bool, no_caches: bool, progress: ProgressMeter) -> tuple[Any, str]:
+    """Reclaim disk: finished runs and unused bundles on the login nodes (one task per
+    endpoint), this machine's pack caches and, with --results, fetched results."""
+    from bundle import prune as pruning
+
+    options = pruning.Options(
+        older_than=pruning.parse_age(older_than), states=states or pruning.TERMINAL, force=force, dry_run=dry_run,
+        endpoints=endpoints, login_node=not no_login_node, caches=not no_caches, results=results,
+    )
+    report = pruning.prune(options)
+    return report, _prune_text(report)
+
+
+def _prune_text(report: dict[str, Any]) -> str:
+    would = report["dry_run"]
+    verb = "would free" if would else "freed"
+    lines = []
+    for endpoint, rep in report["endpoints"].items():
+        runs = rep.get("runs", [])
+        gone = [r for r in runs if r["action"] in ("prune", "pruned")]
+        unfetched = [r for r in runs if r["reason"].startswith("results not fetched")]
+        bundles = [b for b in rep.get("bundles", []) if b["action"] in ("prune", "pruned")]
+        lines.append(f"endpoint {endpoint} ({rep.get('home')}): {len(gone)} of {len(runs)} runs, {len(bundles)} bundles; "
+                     f"{verb} {size(rep['freed_bytes'])}" + (f", {size(rep['free_bytes'])} free" if rep.get("free_bytes") is not None else ""))
+        lines += [f"  {'prune' if would else 'pruned'} run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in gone]
+        lines += [f"  {'prune' if would else 'pruned'} bundle {b['digest'][:12]}  {size(b['bytes']):>10}  {b['reason']}" for b in bundles]
+        lines += [f"  kept run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in runs if r["state"] not in TERMINAL_STATES]
+        if unfetched:
+            ids = " ".join(r["run_id"] for r in unfetched[:5]) + (" ..." if len(unfetched) > 5 else "")
+            lines.append(f"  kept {len(unfetched)} runs whose results you have not fetched ({size(sum(r['bytes'] for r in unfetched))}): "
+                         f"`gcbundle results ID` first, or --force ({ids})")
+    caches = report["client"].get("caches")
+    if caches is not None:
+        lines.append(f"this machine's pack caches: {len(caches)} entries, {verb} {size(sum(c['bytes'] for c in caches))}")
+    res = report["client"].get("results")
+    if res is not None:
+        lines.append(f"this machine's results: {len(res)} packages, {verb} {size(sum(r['bytes'] for r in res))}")
+        lines += [f"  {'prune' if would else 'pruned'} {r['path']}  {size(r['bytes'])}" for r in res]
+    lines.append(f"{'would free' if would else 'freed'} {size(report['freed_bytes'])} in all" + (" (dry run: nothing deleted)" if would else ""))
+    return "\n".join(lines)
+
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 
 
 # -- Globus Compute endpoints: aliases, registered functions, login ----------------------

@@ -32,8 +32,10 @@ from typing import Any, ClassVar, TypeVar
 from bundle.errors import RemoteError, UsageError
 
 #: Every state of a run, and those it never leaves (``login_node.state`` writes them).
-STATES = ("staged", "starting", "running", "succeeded", "failed", "cancelled", "lost")
+STATES = ("staged", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
 TERMINAL = ("succeeded", "failed", "cancelled", "lost")
+#: What a reader reports when ``state.json`` cannot be read (never written).
+UNKNOWN = "unknown"
 
 _MISSING: Any = object()
 _REPLY_HINT = "the login node's gcbundle may be damaged or of another version: check it with `gcbundle doctor`"
@@ -221,7 +223,10 @@ class LogsRequest(Contract):
 class ResultsManifestRequest(Contract):
     task: ClassVar[str] = "results_manifest"
     run_id: Any = contract_field("any", optional=True, default=None)
-    partial: bool = contract_field("bool", optional=True, default=False)
+    partial: Any = contract_field("any", optional=True, default=None)
+    #: Protocol 3: the listing in pages, from this file on; later pages name the listing they continue.
+    page: Any = contract_field("any", optional=True, default=None)
+    manifest_sha256: Any = contract_field("any", optional=True, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,6 +242,24 @@ class CancelRequest(Contract):
     task: ClassVar[str] = "cancel"
     run_id: Any = contract_field("any", optional=True, default=None)
     grace: Any = contract_field("any", default=30)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunsRequest(Contract):
+    """Protocol 3: the runs on the login node, ``run_ids`` only, or a page of all after ``after``."""
+
+    task: ClassVar[str] = "runs"
+    run_ids: list[str] | None = contract_field("list", optional=True, default=None)
+    after: Any = contract_field("any", optional=True, default=None)
+    limit: Any = contract_field("any", optional=True, default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneRequest(Contract):
+    """Protocol 3: remove finished runs and cached bundles by these criteria (``login_node.prune.Criteria``)."""
+
+    task: ClassVar[str] = "prune"
+    prune: Any = contract_field("any", optional=True, default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -262,7 +285,7 @@ class RunState(Contract):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _check(self) -> None:
-        if self.state not in STATES:
+        if self.state not in STATES and self.state != UNKNOWN:
             raise self._fail(f"with the unknown state {self.state[:40]!r}")
 
     @property
@@ -393,6 +416,32 @@ class DoctorReply(Contract):
                 raise self._fail(f"with a malformed entry in `checks`: {str(check)[:60]}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunsReply(Contract):
+    task: ClassVar[str] = "runs"
+    side: ClassVar[str] = "reply"
+    runs: list[dict[str, Any]] = contract_field("list")
+    #: The run id to ask ``after`` for the next page, or None at the end.
+    next: str | None = contract_field("str", optional=True, default=None)
+
+    def _check(self) -> None:
+        for run in self.runs:
+            if not isinstance(run, dict) or not isinstance(run.get("run_id"), str) or not isinstance(run.get("state"), str):
+                raise self._fail(f"with a malformed entry in `runs`: {str(run)[:60]}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": self.runs, "next": self.next}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneReply(Contract):
+    task: ClassVar[str] = "prune"
+    side: ClassVar[str] = "reply"
+    runs: list[dict[str, Any]] = contract_field("list")
+    bundles: list[dict[str, Any]] = contract_field("list")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 #: Task name -> (request class, reply class). The status reply is the run's state itself.
 CONTRACTS: dict[str, tuple[type[Contract], type[Contract]]] = {
     "probe": (ProbeRequest, ProbeReply),
@@ -404,6 +453,8 @@ CONTRACTS: dict[str, tuple[type[Contract], type[Contract]]] = {
     "results_chunk": (ResultsChunkRequest, ResultsChunkReply),
     "cancel": (CancelRequest, CancelReply),
     "doctor": (DoctorRequest, DoctorReply),
+    "runs": (RunsRequest, RunsReply),
+    "prune": (PruneRequest, PruneReply),
 }
 
 

@@ -11,12 +11,34 @@ stderr, and progress only when stderr is a terminal.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 ENVELOPE_VERSION = 1
+
+#: C0 and C1 control characters and DEL: what starts a terminal escape sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group(0)
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c, f"\\x{ord(c):02x}")
+
+
+def printable(text: Any, lines: bool = False) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), for a terminal.
+
+    What the login node sends (states, errors, host names, tracebacks) is
+    printed through here, so no escape sequence it holds reaches the user's
+    terminal (to move the cursor, retitle the window, hide text). With
+    ``lines``, newlines and tabs stay (multi-line text such as a traceback).
+    """
+    text = text if isinstance(text, str) else str(text)
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(_escape, text)
 
 
 def envelope(command: str, data: Any = None, errors: list[dict[str, Any]] | None = None) -> str:
@@ -83,8 +105,8 @@ def size(n: float) -> str:
     return _size(n)
 
 
-def local_time(ts: float | None) -> str:
-    """A Unix time as local date and time, ``-`` if there is none."""
-    if not ts:
+def local_time(ts: Any) -> str:
+    """A Unix time as local date and time; ``-`` if there is none (or it is not a plausible time)."""
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts < 1e11:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

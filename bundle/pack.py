@@ -157,5 +157,6 @@ def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] 
             packcache.HashCache(sel.root).forget()
             raise
         archives.store(key, output, sha, size)
+    os.chmod(output, 0o600)  # also a cached copy, and an -o file that existed with wider modes
     packcache.ManifestStore().put(manifest)
     return PackResult(Path(output), manifest, sha, size, sel.excluded, tuple(sel.summary()), tuple(warnings))

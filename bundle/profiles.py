@@ -24,7 +24,9 @@ from bundle.errors import SiteProfileError, UsageError
 from bundle.suggest import unknown_names
 
 _PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
-_TOP_KEYS = {"description", "parameters", "engine", "executors", "config"}
+_TOP_KEYS = {"description", "parameters", "engine", "executors", "config", "parsl"}
+#: The Parsl every run needs, whatever the profile (``Config(memoizer=...)``); as in pyproject.toml.
+MIN_PARSL = "2025.12.1"
 #: Config keywords a profile may set (anything else is ours to decide: run_dir, memoizer).
 CONFIG_KEYS = {"retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode", "usage_tracking", "std_autopath"}
 #: Where the driver runs on the login node's site: login (a detached process on the login node) or batch
@@ -83,6 +85,22 @@ class Profile:
             helptext = str(spec.get("help", "")) or (DRIVER_PARAMETERS[name][1] if name in DRIVER_PARAMETERS else "")
             out[name] = Parameter(name, default, required=required, help=helptext)
         return out
+
+    def parsl_requirement(self) -> str:
+        """The Parsl versions a run with this profile needs (PEP 440): gcbundle's own
+        minimum, narrowed by the profile's optional ``parsl: ">=2026.1"`` (a profile that
+        names a class or keyword only newer Parsl has)."""
+        extra = self.data.get("parsl")
+        spec = f">={MIN_PARSL}"
+        if extra is None:
+            return spec
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet  # only then: a driver's environment may lack it
+
+        try:
+            return str(SpecifierSet(f"{spec},{extra}"))
+        except (InvalidSpecifier, TypeError):
+            raise SiteProfileError(f"site profile {self.name!r}: `parsl: {extra}` is not a version specifier",
+                                   'write e.g. parsl: ">=2026.1"') from None
 
     def driver_options(self, params: dict[str, Any]) -> dict[str, Any]:
         """How the driver of a run with these parameters starts: ``driver_init`` and ``placement``."""
@@ -149,7 +167,10 @@ def parse(name: str, text: str) -> Profile:
     config = data.get("config") or {}
     if not isinstance(config, dict) or set(config) - CONFIG_KEYS:
         raise SiteProfileError(f"site profile {name!r}: `config:` may only set {', '.join(sorted(CONFIG_KEYS))}")
-    return Profile(name, text, data)
+    profile = Profile(name, text, data)
+    if "parsl" in data:
+        profile.parsl_requirement()  # a malformed `parsl:` is an error here, on the laptop
+    return profile
 
 
 def _placeholders(node: Any) -> list[tuple[str, Any]]:
@@ -182,7 +203,7 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise UsageError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
         out[name] = _typed(value)
     return out

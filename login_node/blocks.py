@@ -23,6 +23,23 @@ log = logging.getLogger("gcbundle.driver")
 CANCEL_TIMEOUT = 60
 
 
+def start_blocks(dfk: Any) -> None:
+    """Run Parsl's first scaling pass now, not one ``strategy_period`` after the DFK loads.
+
+    This Parsl submits a Config's ``init_blocks`` only on the strategy's first
+    tick, 5 s after load by default: every run would wait that long for its
+    first workers (on ``local``, most of a short workflow's time). The pass
+    is the poller's own, run once here; the poller's timer takes over after.
+    """
+    poller = getattr(dfk, "job_status_poller", None)
+    if poller is None:
+        return
+    try:
+        poller.poll()
+    except Exception:  # noqa: BLE001 - the timer's pass will try again, as it would have anyway
+        log.exception("the first scaling pass failed; Parsl's own will retry")
+
+
 def collect(dfk: Any, job_ids: dict[str, str], batch_jobs: dict[str, list[str]]) -> None:
     """Add the DFK's blocks to ``job_ids`` (``executor/block`` -> job id) and, for batch
     providers, to ``batch_jobs`` (provider class -> job ids, kept after the blocks end)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle import profiles, schedulers
-from bundle.errors import GcbundleError
+from bundle.errors import GcbundleError, HomeError
 from bundle.versions import local_versions
 from login_node import driverenv, pitfalls
 from login_node.pitfalls import version_tuple
@@ -177,13 +177,14 @@ def _home(home: Home) -> Check:
         with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-", delete=True) as f:
             f.write(b"x")
             f.flush()
-    except OSError as exc:
-        return Check("GCBUNDLE_HOME", "fail", f"{root} is not writable: {exc.strerror or exc}",
+    except (OSError, HomeError) as exc:
+        why = exc.message if isinstance(exc, HomeError) else f"{root} is not writable: {exc.strerror or exc}"
+        return Check("GCBUNDLE_HOME", "fail", why,
                      "set GCBUNDLE_HOME to a writable directory on a file system the compute nodes mount (the Ansible role's gcbundle_site_home)")
     usage = shutil.disk_usage(root)
     detail = f"{root} writable, {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
     if usage.free < LOW_SPACE:
-        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (old runs: runs/<run_id>), or move GCBUNDLE_HOME to a bigger file system")
+        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (`gcbundle prune` removes finished runs), or move GCBUNDLE_HOME to a bigger file system")
     return Check("GCBUNDLE_HOME", "ok", detail)
 
 
@@ -234,8 +235,21 @@ def _owner(where: str) -> str:
     return where.rsplit(".", 1)[0] if where.endswith(".address") else where
 
 
+#: Interfaces published site configs name for the login node's address (Polaris: hsn0 today, bond0 in
+#: Parsl's older config; Perlmutter and Aurora: hsn0; InfiniBand clusters: ib0).
+KNOWN_INTERFACES = ("hsn0", "bond0", "ib0")
+
+
 def _address_fix(kwargs: dict[str, Any]) -> str:
     if "ifname" in kwargs:
+        try:
+            here = [name for _index, name in socket.if_nameindex()]
+        except OSError:
+            here = []
+        others = [name for name in KNOWN_INTERFACES if name in here and name != kwargs.get("ifname")]
+        if others:
+            return (f"no {kwargs.get('ifname')} on this login node, but it has {', '.join(others)}: if compute nodes reach it there, "
+                    f"--set ifname={others[0]} (`ip -br addr` lists every interface)")
         return ("no such interface on this login node: list them with `ip -br addr` and set the one compute nodes reach, "
                 "e.g. --set ifname=<name>")
     return "set an address the compute nodes can reach (see the profile's parameters: `gcbundle sites`)"
@@ -274,6 +288,14 @@ def _launchers(built: _Built | None) -> Check:
         name, cmd = missing[0]
         return Check("MPI launchers", "warn", detail + f"; {name} runs `{cmd}` in each block",
                      f"`{cmd}` is not on this login node's PATH: make sure the compute nodes have it (a module load in worker_init, --set worker_init=...)")
+    if needed:
+        return Check("MPI launchers", "ok", detail)
+    if built is not None and built.config is not None:
+        return Check("MPI launchers", "ok", detail + " (the profile starts its workers without one)")
+    if not any(found.values()):
+        return Check("MPI launchers", "warn", detail,
+                     "no MPI launcher on this login node's PATH: profiles with MpiExecLauncher or SrunLauncher need one "
+                     "(load the MPI module in the endpoint's environment or in worker_init); the `local` profile needs none")
     return Check("MPI launchers", "ok", detail)
 
 

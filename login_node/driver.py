@@ -194,6 +194,7 @@ class Driver:
             self._prepare(config)
             dfk = original_load(config, *a, **k)
             self._instrument(dfk)
+            blocks.start_blocks(dfk)
             return dfk
 
         parsl.load = load  # script mode: the script's own parsl.load goes through here

@@ -121,10 +121,12 @@ def env_for(paths: RunPaths, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def preflight(paths: RunPaths, driver_init: str, rendered: dict[str, Any] | None, env: dict[str, str], lib: Path) -> dict[str, Any]:
-    """Run ``login_node.preflight`` after ``driver_init``; its findings, or SiteProfileError."""
+def preflight(paths: RunPaths, driver_init: str, rendered: dict[str, Any] | None, env: dict[str, str], lib: Path,
+              imports: list[str] | None = None) -> dict[str, Any]:
+    """Run ``login_node.preflight`` after ``driver_init``; its findings, or SiteProfileError.
+    ``imports`` (top-level module names) come back in ``missing_imports`` when not found."""
     bash = shutil.which("bash") or "/bin/bash"
-    request = {"rendered": rendered}
+    request = {"rendered": rendered, "imports": list(imports or [])}
     text = script(driver_init, ["-c", stub(lib, "preflight"), json.dumps(request)])
     try:
         proc = subprocess.run([bash, "-c", text], capture_output=True, text=True, timeout=PREFLIGHT_TIMEOUT,

@@ -18,6 +18,7 @@ module's ``make_config()``/``config``, else the ``local`` profile.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,13 @@ from typing import Any
 
 import yaml
 
-from bundle import prelude, profiles
+from bundle import placement, prelude, profiles
 from bundle.errors import SiteProfileError
+from login_node import spawn
 from login_node.entry import import_entry
 from login_node.rundir import Home, RunPaths, RunRequest
+
+log = logging.getLogger("gcbundle.driver")
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,14 @@ def compose(home: Home, paths: RunPaths, request: RunRequest, workflow: ModuleTy
 def _from_request(home: Home, paths: RunPaths, request: RunRequest) -> Any:
     """The Config of the run's site profile or of the bundle's config module, or None."""
     if request.site:
-        return profiles.build_config(render_site(home, request.site)[1])
+        rendered = render_site(home, request.site)[1]
+        if spawn.plan(paths).get("placement") == "batch":
+            # The driver runs inside a batch job (login_node.driverjob): the
+            # executors use this job's nodes and submit no further job.
+            rendered, replaced = placement.use_the_jobs_nodes(rendered)
+            for line in replaced:
+                log.info("placement=batch: %s", line)
+        return profiles.build_config(rendered)
     config = request.config
     if config.get("kind") == "module":
         module = import_entry(paths.bundle, config["path"])

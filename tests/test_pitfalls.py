@@ -130,3 +130,14 @@ def test_doctor_report_carries_the_pitfall_checks(tmp_path: Path, monkeypatch: p
     assert by_name["run directories on a shared file system"]["status"] == "ok"
     assert "Parsl reads PBS Pro job states" not in by_name and "TMPDIR of the batch jobs" not in by_name
     assert report["ok"], report
+
+
+def test_a_missing_interface_names_the_known_ones_this_node_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polaris' address moved from bond0 to hsn0: on a login node with only the other, doctor says which to set.
+    (The rule only: the list of this node's interfaces is given, as `ip -br addr` would show it.)"""
+    import socket
+
+    monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0"), (3, "bond0")])
+    assert "it has bond0" in site_doctor._address_fix({"ifname": "hsn0"}) and "--set ifname=bond0" in site_doctor._address_fix({"ifname": "hsn0"})
+    monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0")])
+    assert "--set ifname=<name>" in site_doctor._address_fix({"ifname": "hsn0"})

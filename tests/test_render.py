@@ -293,6 +293,78 @@ srun --ntasks 1 -l -c 128 bash ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh
 
 """
 
+# gcbundle render --site slurm --set placement=batch --set partition=debug --set nodes_per_block=2
+# (the driver's own job, written by Parsl's SlurmProvider with the profile's settings)
+SLURM_DRIVER_JOB_SUBMIT = 'sbatch <run>/driver-job/gcbundle.<run_id>.<time>'
+SLURM_DRIVER_JOB = r"""#!/bin/bash
+
+#SBATCH --job-name=gcbundle.<run_id>.<time>
+#SBATCH --output=<run>/driver-job/gcbundle.<run_id>.<time>.stdout
+#SBATCH --error=<run>/driver-job/gcbundle.<run_id>.<time>.stderr
+#SBATCH --nodes=2
+#SBATCH --time=30
+#SBATCH --ntasks-per-node=1
+
+#SBATCH --exclusive
+#SBATCH --partition=debug
+
+
+
+
+export JOBNAME="gcbundle.<run_id>.<time>"
+
+# gcbundle: the run's driver, in this job (placement=batch)
+export GCBUNDLE_HOME='<home>' GCBUNDLE_RUN_ID='<run_id>' GCBUNDLE_RUN_DIR='<run>'
+export GCBUNDLE_OUTPUT_DIR='<run>/outputs' PYTHONUNBUFFERED=1
+export PYTHONPATH='<run>/bundle'${PYTHONPATH:+:$PYTHONPATH}
+if [ -n "${SLURM_JOB_NODELIST:-}" ] && [ -z "${PBS_NODEFILE:-}" ]; then
+  scontrol show hostnames "$SLURM_JOB_NODELIST" > '<run>/driver-job.nodes' && export PBS_NODEFILE='<run>/driver-job.nodes'
+fi
+if [ -z "${TMPDIR:-}" ] || [ "${#TMPDIR}" -gt 40 ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
+cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
+exec >> '<run>/stdout' 2>> '<run>/stderr'
+exec <env>/bin/python -I -u -m login_node.driver <run>
+
+"""
+
+# gcbundle render --site pbspro --set placement=batch --set queue=workq --set nodes_per_block=2
+#     --set driver_init='source /opt/envs/science/bin/activate'
+PBS_DRIVER_JOB_SUBMIT = 'qsub -q workq <run>/driver-job/gcbundle.<run_id>.<time>'
+PBS_DRIVER_JOB = r"""#!/bin/bash
+
+#PBS -S /bin/bash
+#PBS -N gcbundle.<run_id>.<time>
+#PBS -m n
+#PBS -l walltime=00:30:00
+#PBS -l select=2:ncpus=1
+#PBS -o <run>/driver-job/gcbundle.<run_id>.<time>.stdout
+#PBS -e <run>/driver-job/gcbundle.<run_id>.<time>.stderr
+
+
+
+
+export JOBNAME="gcbundle.<run_id>.<time>"
+
+# gcbundle: the run's driver, in this job (placement=batch)
+export GCBUNDLE_HOME='<home>' GCBUNDLE_RUN_ID='<run_id>' GCBUNDLE_RUN_DIR='<run>'
+export GCBUNDLE_OUTPUT_DIR='<run>/outputs' PYTHONUNBUFFERED=1
+export PYTHONPATH='<run>/bundle'${PYTHONPATH:+:$PYTHONPATH}
+if [ -n "${SLURM_JOB_NODELIST:-}" ] && [ -z "${PBS_NODEFILE:-}" ]; then
+  scontrol show hostnames "$SLURM_JOB_NODELIST" > '<run>/driver-job.nodes' && export PBS_NODEFILE='<run>/driver-job.nodes'
+fi
+if [ -z "${TMPDIR:-}" ] || [ "${#TMPDIR}" -gt 40 ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
+cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
+exec >> '<run>/stdout' 2>> '<run>/stderr'
+# gcbundle: the driver's environment (driver_init)
+{
+source /opt/envs/science/bin/activate
+} || { code=$?; echo "gcbundle: driver_init failed (exit code $code)" >&2; exit 3; }
+command -v python3 >/dev/null 2>&1 || { echo "gcbundle: no python3 on PATH after driver_init" >&2; exit 127; }
+exec python3 -u -c 'import sys; sys.path.insert(0, '"'"'<home>/lib/<gcbundle>/gcbundle'"'"'); sys.path.append('"'"'<home>/lib/<gcbundle>/fallback'"'"'); from login_node.driver import main; main()' '<run>'
+
+
+"""
+
 def rendered_script(site: str, params: dict[str, object]) -> tuple[str, str]:
     out = render.render(profiles.load(site), params)
     assert len(out.scripts) == 1
@@ -341,6 +413,42 @@ def test_alcf_profiles_keep_tmpdir_short_whatever_worker_init_says(site: str) ->
     """ALCF's known issue (AF_UNIX path too long): TMPDIR=/tmp comes before the user's own worker_init."""
     _, script = rendered_script(site, {"account": "p", "worker_init": "module load frameworks"})
     assert "exit 1; }\nexport TMPDIR=/tmp\nmodule load frameworks\n" in script
+
+
+def test_batch_placement_slurm_driver_job_exact_text() -> None:
+    out = render.render(profiles.load("slurm"), {"placement": "batch", "partition": "debug", "nodes_per_block": 2})
+    assert [(s.executor, s.provider, s.submit_command, s.script) for s in out.scripts] == [
+        ("driver", "SlurmProvider", SLURM_DRIVER_JOB_SUBMIT, SLURM_DRIVER_JOB)]
+    # inside the job the DFK uses the job's nodes: no further sbatch
+    assert "SlurmProvider(" not in out.config and "LocalProvider(" in out.config and "nodes_per_block=2" in out.config
+    assert "launcher=MpiExecLauncher(" in out.config and "export PATH=\\'<env>/bin\\'" in out.config
+    assert out.notes[0] == "inside the driver's job, executor htex: SlurmProvider -> LocalProvider over the job's 2 node(s)"
+
+
+def test_batch_placement_pbs_driver_job_with_driver_init_exact_text() -> None:
+    params = {"placement": "batch", "queue": "workq", "nodes_per_block": 2, "driver_init": "source /opt/envs/science/bin/activate"}
+    out = render.render(profiles.load("pbspro"), params)
+    assert [(s.provider, s.submit_command, s.script) for s in out.scripts] == [("PBSProProvider", PBS_DRIVER_JOB_SUBMIT, PBS_DRIVER_JOB)]
+    assert "PBSProProvider(" not in out.config and "LocalProvider(" in out.config
+
+
+@pytest.mark.parametrize(("site", "params", "words"), [
+    ("local", {"placement": "batch"}, ["placement=batch needs a batch provider", "LocalProvider"]),
+    ("slurm", {"placement": "cloud"}, ["placement must be one of login, batch"]),
+    ("slurm", {"driver_init": 3}, ["driver_init must be shell lines"]),
+])
+def test_driver_options_are_checked_before_anything_is_sent(site: str, params: dict[str, object], words: list[str]) -> None:
+    with pytest.raises(SiteProfileError) as info:
+        render.check(profiles.load(site), params)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_every_profile_has_the_driver_parameters() -> None:
+    for name in profiles.builtin_names():
+        known = profiles.load(name).parameters()
+        assert known["driver_init"].default == "" and known["placement"].default == "login", name
+        assert not known["driver_init"].required and "Python 3.10+ and Parsl" in known["driver_init"].help
 
 
 def test_pbspro_script_exact_text() -> None:

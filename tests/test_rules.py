@@ -97,8 +97,12 @@ def test_a_terminal_state_is_reported_as_written(run: RunPaths, dead_pid: int) -
     assert st["state"] == "failed" and st["error"] == {"message": "boom"} and state.is_terminal(st)
 
 
-def test_no_state_file_reads_staged(run: RunPaths) -> None:
-    assert state.read_raw(run)["state"] == "staged"
+def test_a_missing_or_damaged_state_file_reads_unknown_with_the_reason(run: RunPaths) -> None:
+    missing = state.read_raw(run)
+    assert missing["state"] == "unknown" and missing["detail"]
+    run.state.write_text("{not json")
+    damaged = state.read_raw(run)
+    assert damaged["state"] == "unknown" and damaged["detail"]
 
 
 # -- profile value typing ------------------------------------------------------------------

@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from bundle.contracts import Contract, check_reply
-from bundle.protocol import request, unwrap
+from bundle.errors import ProtocolMismatch, RemoteError
+from bundle.protocol import TASK_SINCE, request, unwrap
 
 #: Called with (task name, serialized bytes) for every task sent; bytes is 0 when unknown.
 Observer = Callable[[str, int], None]
@@ -70,7 +71,11 @@ class Transport(ABC):
 
     def call(self, task: str, **fields: Any) -> Any:
         """The reply's data to ``task`` with these request fields, checked against the task's reply contract."""
-        return self._checked(task, unwrap(self._run(task, request(**fields))))
+        try:
+            data = unwrap(self._run(task, request(**fields)))
+        except RemoteError as exc:
+            raise _missing_task(task, exc) from None
+        return self._checked(task, data)
 
     @staticmethod
     def _checked(task: str, data: Any) -> Any:
@@ -128,6 +133,15 @@ class Tally:
     @property
     def sent(self) -> int:
         return sum(self.calls.values())
+
+
+def _missing_task(task: str, exc: RemoteError) -> RemoteError:
+    """A task newer than the login node's gcbundle fails there as a missing function: say to upgrade."""
+    since = TASK_SINCE.get(task)
+    if since and task in exc.message and ("attribute" in exc.message or "import" in exc.message):
+        return ProtocolMismatch(f"the login node's gcbundle has no `{task}` task (it came with gcbundle protocol {since})",
+                                "upgrade gcbundle on the login node (re-run the Ansible playbook)")
+    return exc
 
 
 def get_transport(endpoint: str) -> Transport:
