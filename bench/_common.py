@@ -19,11 +19,13 @@ import atexit
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a fresh clone without `pip install .`
@@ -129,7 +131,7 @@ def direct_runner(wf_dir: Path, run_dir: Path) -> tuple[list[str], dict[str, str
 MARKER = "GCBUNDLE_BENCH_DIRECT"
 
 
-def stop_direct(proc: "subprocess.Popen[Any]", env: dict[str, str], grace: float = 30.0) -> None:
+def stop_direct(proc: subprocess.Popen[Any], env: dict[str, str], grace: float = 30.0) -> None:
     """Stop a direct run as a user would (Ctrl-C: its DFK cleans up), then anything it left."""
     import signal
     import subprocess

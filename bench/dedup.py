@@ -55,7 +55,8 @@ def main() -> int:
     victim.write_text(victim.read_text() + "\n# one more line\n")
     changed, changed_tasks = submit()
     print(f"workflow: {opts.files} files, {opts.mb:g} MB; changed file: {victim.relative_to(tree)} ({fmt_bytes(victim.stat().st_size)})")
-    for label, total, tasks in (("first submit", first, first_tasks), ("unchanged resubmit", again, again_tasks), ("one file changed", changed, changed_tasks)):
+    for label, total, tasks in (("first submit", first, first_tasks), ("unchanged resubmit", again, again_tasks),
+                                ("one file changed", changed, changed_tasks)):
         print(f"  {label:20s} {fmt_bytes(total):>10s} in tasks " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in sorted(tasks.items())))
     result("dedup: unchanged resubmit / first submit (bytes)", again / first, "<=", 0.01, f"{again} of {first} bytes")
     ratio = changed / first

@@ -117,7 +117,8 @@ def main() -> int:
                 run.cancel(grace=10)
     d_cpu, b_cpu = median(cpu["driver"]), median(cpu["direct"])
     d_rss, b_rss = median([float(x) for x in rss["driver"]]), median([float(x) for x in rss["direct"]])
-    result("driver: CPU while waiting (fraction of a core)", d_cpu, "<=", 0.01, f"driver {d_cpu:.2%}, bare DFK {b_cpu:.2%} of a core over {opts.window:g} s", label="cpu")
+    result("driver: CPU while waiting (fraction of a core)", d_cpu, "<=", 0.01,
+           f"driver {d_cpu:.2%}, bare DFK {b_cpu:.2%} of a core over {opts.window:g} s", label="cpu")
     result("driver: RSS driver / bare DFK", d_rss / b_rss, "<=", 1.2, f"driver {fmt_bytes(d_rss)}, bare DFK {fmt_bytes(b_rss)}")
     return 0
 

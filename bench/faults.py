@@ -207,7 +207,8 @@ def hostile_cases(tmp: Path) -> tuple[int, int]:
         [manifest_member({**m, "digest": "f" * 64}), reg("workflow.py", wf)],
         [manifest_member(b"{bad json"), reg("workflow.py", wf)],
         [reg("workflow.py", wf), manifest_member(m)],
-        [manifest_member(manifest_for({"A.txt": b"", "a.txt": b"", "workflow.py": wf})), reg("A.txt", b""), reg("a.txt", b""), reg("workflow.py", wf)],
+        [manifest_member(manifest_for({"A.txt": b"", "a.txt": b"", "workflow.py": wf})),
+         reg("A.txt", b""), reg("a.txt", b""), reg("workflow.py", wf)],
         [manifest_member(manifest_for({f"f/{i:06d}": b"" for i in range(100_000)} | {"workflow.py": wf})), reg("workflow.py", wf)],
     ]
     tried = rejected = 0

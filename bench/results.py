@@ -138,7 +138,8 @@ def main() -> int:
     size = sum(f.stat().st_size for f in (dest / run.id).rglob("*") if f.is_file())
     print(f"verified: the fetched outputs equal the originals byte for byte ({fmt_bytes(size)} in the package, {median(tasks):.0f} tasks)")
     met = result("results: gcbundle results / cp -r throughput", median(c) / median(g), ">=", 0.5,
-                 f"gcbundle {fmt_s(median(g))} ({written / median(g) / 1e6:.0f} MB/s), cp -r {fmt_s(median(c))} ({written / median(c) / 1e6:.0f} MB/s)")
+                 f"gcbundle {fmt_s(median(g))} ({written / median(g) / 1e6:.0f} MB/s), cp -r {fmt_s(median(c))} ({written / median(c) / 1e6:.0f} "
+                 "MB/s)")
     print(f"floor: the endpoint's own result path (ComputeSerializer: dill + base64 with line breaks; messagepack Result "
           f"as JSON; then the client's decode) costs {fmt_s(floor)} per {fmt_bytes(CHUNK_BYTES)} chunk on one core, "
           f"{CHUNK_BYTES / floor / 1e6:.0f} MB/s, before any file is read or written; the local transport overlaps the "

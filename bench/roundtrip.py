@@ -125,7 +125,8 @@ def main() -> int:
     print(f"gcbundle medians: total {fmt_s(b['total'])} = until state succeeded {fmt_s(b['wait_end'])} + results {fmt_s(b['results'])}; "
           f"in the driver: start -> DFK loaded {fmt_s(b['driver_to_dfk'])}, main {fmt_s(b['main'])}, "
           f"main returned -> final state {fmt_s(b['cleanup_report'])}")
-    result("roundtrip: added time (gcbundle - direct)", added, "<=", 1.0, f"seconds; gcbundle {fmt_s(median(g))}, direct {fmt_s(median(d))}", label="added_s")
+    result("roundtrip: added time (gcbundle - direct)", added, "<=", 1.0, f"seconds; gcbundle {fmt_s(median(g))}, direct {fmt_s(median(d))}",
+           label="added_s")
     result("roundtrip: gcbundle / direct", median(g) / median(d), "<=", 1.2, f"{opts.seconds:g} s workflow, median of {opts.runs}")
 
     trivial_dir = root / "trivial"

@@ -77,7 +77,8 @@ def main() -> int:
     transport.close()
     b, d = median(rates["bundled"]), median(rates["direct"])
     print(f"apps/s per round: bundled {[round(r) for r in rates['bundled']]}, direct {[round(r) for r in rates['direct']]}")
-    result("throughput: bundled / direct apps/s", b / d, ">=", 0.95, f"bundled {b:.0f} apps/s, direct {d:.0f} apps/s; {opts.apps} no-op apps, median of {opts.runs}")
+    result("throughput: bundled / direct apps/s", b / d, ">=", 0.95,
+           f"bundled {b:.0f} apps/s, direct {d:.0f} apps/s; {opts.apps} no-op apps, median of {opts.runs}")
     return 0
 
 

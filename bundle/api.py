@@ -13,26 +13,40 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import platformdirs
 
 from bundle import archive, contracts, delta, preflight, profiles, tempdirs
 from bundle.contracts import CancelRequest, LaunchRequest, LaunchSpec, LogsRequest, ProbeRequest, StageRequest, StatusRequest
 from bundle.endpoints import site_choice
-from bundle.errors import (BundleError, EndpointUnavailable, FunctionNotPermitted, GcbundleError, NotLoggedIn, PayloadTooLarge,
-                           ProtocolMismatch, RemoteError, ResultsError, RunNotFound, RunStateError, TransportError, UsageError)
+from bundle.errors import (
+    BundleError,
+    EndpointUnavailable,
+    FunctionNotPermitted,
+    GcbundleError,
+    NotLoggedIn,
+    PayloadTooLarge,
+    ProtocolMismatch,
+    RemoteError,
+    ResultsError,
+    RunNotFound,
+    RunStateError,
+    TransportError,
+    UsageError,
+)
 from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES, RUNS_PAGE, chunk_count
 from bundle.manifest import sha256_file
+from bundle.output import OnProgress
 from bundle.pack import PackResult, pack
-from bundle.selection import Limits
 from bundle.protocol import supports_delta
 from bundle.registry import Registry, RunRecord
-from bundle.output import OnProgress
 from bundle.render import check as check_site
 from bundle.results import Fetched, fetch
+from bundle.selection import Limits
 from bundle.transport import Transport, get_transport
 
 #: States after which a run in this client's registry changes no more: the login node's
@@ -210,7 +224,8 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
     def send() -> dict[str, Any]:
         reply = _send_launch(transport, new_id, rec.digest, spec)
         if reply.get("missing_bundle"):
-            raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}", "submit the workflow again; it will be uploaded once more")
+            raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}",
+                              "submit the workflow again; it will be uploaded once more")
         return reply
 
     st = _launch(registry, new_rec, send)
@@ -439,7 +454,9 @@ class Run:
             if age < launch_grace():
                 return {"state": LAUNCHING, "detail": f"the launch was sent {age:.0f} s ago and has not reached the login node yet",
                         "hint": "a pending task waits for the endpoint's worker; ask again in a while"}
-            return {"state": "unlaunched", "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was lost)",
+            return {"state": "unlaunched",
+                    "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was "
+                              "lost)",
                     "hint": "nothing runs; submit the workflow again"}
         pruned = json.loads(rec.extra or "{}").get("pruned")
         if pruned:
@@ -528,7 +545,8 @@ class Run:
             path = self.results(dest or default_results_dir()).path
         state = read_json_file(path / "state.json", "the results' state.json")
         if not isinstance(state, dict) or not isinstance(state.get("state"), str):
-            raise ResultsError(f"the results' state.json of run {self.id} holds no state", "run `gcbundle results` again; check the login node with `gcbundle doctor`")
+            raise ResultsError(f"the results' state.json of run {self.id} holds no state",
+                               "run `gcbundle results` again; check the login node with `gcbundle doctor`")
         if state.get("state") != "succeeded":
             err = state.get("error")
             err = err.get("message", "") if isinstance(err, dict) else ""

@@ -94,7 +94,8 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: OnProg
                         if progress:
                             progress("pack", done, total)
             if hashing.size > MAX_BUNDLE_BYTES:
-                raise BundleError(f"the bundle is {hashing.size} bytes, more than the cap of {MAX_BUNDLE_BYTES}", "leave large data out with .gcbundleignore and stage it on the site's file system")
+                raise BundleError(f"the bundle is {hashing.size} bytes, more than the cap of {MAX_BUNDLE_BYTES}",
+                                  "leave large data out with .gcbundleignore and stage it on the site's file system")
         os.replace(tmp, output)
     finally:
         if tmp.exists():
@@ -195,7 +196,8 @@ def _read_manifest(tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo]) -> 
     assert f is not None
     manifest = Manifest.loads(_read_exact(f, first.size, MANIFEST_NAME))
     if manifest.total_size > MAX_UNPACKED_BYTES:
-        raise BundleError(f"the bundle unpacks to {manifest.total_size} bytes, more than the cap of {MAX_UNPACKED_BYTES}", "leave large data out of the bundle")
+        raise BundleError(f"the bundle unpacks to {manifest.total_size} bytes, more than the cap of {MAX_UNPACKED_BYTES}",
+                          "leave large data out of the bundle")
     return manifest
 
 
@@ -248,7 +250,8 @@ def _walk(path: Path, dest: Path | None, expected_digest: str | None, subset: bo
         members = _members(tar)
         manifest = _read_manifest(tar, members)
         if expected_digest is not None and manifest.digest != expected_digest:
-            raise BundleError(f"the bundle's digest is {manifest.digest[:12]}, not the expected {expected_digest[:12]}", "the bundle was altered in transit or on disk; submit it again")
+            raise BundleError(f"the bundle's digest is {manifest.digest[:12]}, not the expected {expected_digest[:12]}",
+                              "the bundle was altered in transit or on disk; submit it again")
         expected = iter(manifest.files)
         root = str(dest) if dest else "/nonexistent-root"
         for member in members:
@@ -258,7 +261,8 @@ def _walk(path: Path, dest: Path | None, expected_digest: str | None, subset: bo
             if entry is None:
                 raise BundleError(f"bundle member {member.name!r} is not listed in {MANIFEST_NAME}", _HINT)
             if member.name != entry.path:
-                raise BundleError(f"bundle member {member.name!r} is out of place (expected {entry.path!r}): duplicate, extra or unsorted member", _HINT)
+                raise BundleError(f"bundle member {member.name!r} is out of place (expected {entry.path!r}): duplicate, extra or unsorted member",
+                                  _HINT)
             _check_member(member, root)
             if member.size != entry.size:
                 raise BundleError(f"bundle member {member.name!r} is {member.size} bytes, the manifest says {entry.size}", _HINT)
@@ -278,7 +282,8 @@ def _walk(path: Path, dest: Path | None, expected_digest: str | None, subset: bo
                 if out is not None:
                     out.close()
             if h.hexdigest() != entry.sha256:
-                raise BundleError(f"bundle member {entry.path!r} does not match its sha256 in {MANIFEST_NAME}", "the bundle was altered; rebuild it with `gcbundle pack`")
+                raise BundleError(f"bundle member {entry.path!r} does not match its sha256 in {MANIFEST_NAME}",
+                                  "the bundle was altered; rebuild it with `gcbundle pack`")
         missing = None if subset else next(expected, None)
         if missing is not None:
             raise BundleError(f"{missing.path!r} is listed in {MANIFEST_NAME} but missing from the archive", _HINT)

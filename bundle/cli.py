@@ -5,8 +5,9 @@ import functools
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -317,10 +318,12 @@ def list_(limit: int, endpoint: str | None, offline: bool, progress: ProgressMet
     for note in listing.notes:
         click.echo(f"gcbundle: note: {printable(note)}", err=True)
     if listing.adopted:
-        click.echo(f"adopted {len(listing.adopted)} run{'s' if len(listing.adopted) != 1 else ''} into the registry: {', '.join(listing.adopted)}", err=True)
+        click.echo(f"adopted {len(listing.adopted)} run{'s' if len(listing.adopted) != 1 else ''} into the registry: {', '.join(listing.adopted)}",
+                   err=True)
     runs = listing.runs
     lines = [f"{'RUN':<12}  {'STATE':<10}  {'ENDPOINT':<12}  {'SUBMITTED':<19}  WORKFLOW"]
-    lines += [f"{r.run_id:<12}  {printable(r.state):<10}  {printable(r.endpoint[:12]):<12}  {local_time(r.submitted):<19}  {printable(r.workflow)}" for r in runs]
+    lines += [f"{r.run_id:<12}  {printable(r.state):<10}  {printable(r.endpoint[:12]):<12}  {local_time(r.submitted):<19}  "
+              f"{printable(r.workflow)}" for r in runs]
     empty = f"no runs on {endpoint}" if endpoint else "no runs yet"
     return [r.to_json() for r in runs], "\n".join(lines) if runs else empty
 
@@ -447,7 +450,8 @@ def sites(progress: ProgressMeter) -> tuple[Any, str]:
 @click.option("--older-than", "older_than", metavar="AGE", help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
 @click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled", "lost"]),
               help="Only runs that ended in this state (repeatable; default every ended state).")
-@click.option("-e", "--endpoint", "endpoints", multiple=True, help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
+@click.option("-e", "--endpoint", "endpoints", multiple=True,
+              help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, and how much, and delete nothing.")
 @click.option("--force", is_flag=True, help="Also runs whose results this client has not fetched (never a run that has not ended).")
 @click.option("--results", is_flag=True, help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")
@@ -519,7 +523,8 @@ def _alias_line(ep: Any) -> str:
 @click.option("--site", help="Default site profile for submissions to this endpoint (a built-in name or a YAML file).")
 @click.option("--set", "sets", multiple=True, help="Default site parameter, name=value (repeatable; --set on submit overrides).")
 @click.option("--function", "function_ids", multiple=True, help="Registered function id of a task, TASK=ID (repeatable).")
-@click.option("--functions", "functions_file", type=click.Path(exists=True, dir_okay=False), help="File of registered function ids (what `gcbundle register -o FILE` writes).")
+@click.option("--functions", "functions_file", type=click.Path(exists=True, dir_okay=False),
+              help="File of registered function ids (what `gcbundle register -o FILE` writes).")
 @click.option("--replace", is_flag=True, help="Overwrite an existing alias of that name.")
 def endpoints_add(name: str, uuid: str, site: str | None, sets: tuple[str, ...], function_ids: tuple[str, ...],
                   functions_file: str | None, replace: bool, progress: ProgressMeter) -> tuple[Any, str]:
@@ -613,7 +618,8 @@ def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, p
 
 @command()
 @click.option("-e", "--endpoint", help="Check the login node behind this endpoint (`local`, a UUID or an alias): one short task.")
-@click.option("--local", "local_", is_flag=True, help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
+@click.option("--local", "local_", is_flag=True,
+              help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
 @click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
 def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: ProgressMeter) -> tuple[Any, str]:

@@ -293,7 +293,7 @@ class RunState(Contract):
         return self.state in TERMINAL
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reply_state(cls: type[Contract]) -> type[RunState]:
     """RunState whose errors name ``cls``'s task (a state nested in another reply)."""
     return type(f"{cls.__name__}State", (RunState,), {"task": cls.task,

@@ -73,7 +73,8 @@ def compare(client: dict[str, str], login: dict[str, str], driver: dict[str, str
                      "or register the functions once (`gcbundle register`) so that they go by id"))
     c, s = client.get("globus-compute-sdk", "absent"), login.get("globus-compute-endpoint", "absent")
     same = c.split(".")[0] == s.split(".")[0]
-    out.append(check("Globus Compute, both sides", "ok" if same else "warn", f"globus-compute-sdk {c} here, globus-compute-endpoint {s} on the login node",
+    out.append(check("Globus Compute, both sides", "ok" if same else "warn",
+                     f"globus-compute-sdk {c} here, globus-compute-endpoint {s} on the login node",
                      "" if same else "use the same major version of globus-compute-sdk here as the endpoint's"))
     c, s = client.get("parsl", "absent"), (driver or login).get("parsl", "absent")
     same = _release(c) == _release(s)

@@ -83,7 +83,8 @@ class Endpoint:
         if not isinstance(alias, str) or not _NAME.fullmatch(alias):
             raise UsageError(f"{where} has no valid name", f"fix or remove {config_path()}")
         if uuid is None:
-            raise UsageError(f"{where} has no valid uuid: {data.get('uuid')!r}", f"fix it, or re-add it with `gcbundle endpoints add {alias} UUID --replace`")
+            raise UsageError(f"{where} has no valid uuid: {data.get('uuid')!r}",
+                             f"fix it, or re-add it with `gcbundle endpoints add {alias} UUID --replace`")
         site = data.get("site")
         params = data.get("set") or {}
         functions = data.get("functions") or {}
@@ -163,7 +164,8 @@ def add(name: str, endpoint_uuid: str, *, site: str | None = None, params: dict[
     check_name(name)
     uuid = normalize_uuid(endpoint_uuid)
     if uuid is None:
-        raise UsageError(f"{endpoint_uuid!r} is not an endpoint UUID", "copy it from `globus-compute-endpoint list` on the login node, or from app.globus.org/compute")
+        raise UsageError(f"{endpoint_uuid!r} is not an endpoint UUID",
+                         "copy it from `globus-compute-endpoint list` on the login node, or from app.globus.org/compute")
     params = dict(params or {})
     if site:
         site = _check_site(site, params)

@@ -195,6 +195,7 @@ EXIT_CODES: dict[int, str] = {
     ChecksFailed.exit_code: "a `doctor` check failed",
     RunFailed.exit_code: "the run waited for (`submit --wait`, `resume --wait`) ended failed, cancelled or lost",
     HomeError.exit_code: "GCBUNDLE_HOME cannot be created or written",
-    SiteEnvironmentError.exit_code: "the login node's environment lacks a module the workflow imports, or the Parsl its site profile needs (no run was created)",
+    SiteEnvironmentError.exit_code: "the login node's environment lacks a module the workflow imports, or the Parsl its site profile needs (no run "
+                                    "was created)",
     130: "interrupted (Ctrl-C); a run already started keeps going",
 }

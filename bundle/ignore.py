@@ -27,8 +27,8 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dulwich.ignore import IgnoreFilter, IgnoreFilterManager
 

@@ -179,7 +179,8 @@ class Manifest:
         except ManifestError:
             raise
         except (ValueError, TypeError, RecursionError, UnicodeError, AttributeError, OverflowError) as exc:
-            raise ManifestError(f"{MANIFEST_NAME} is malformed: {type(exc).__name__}: {str(exc)[:160]}", "rebuild the bundle with `gcbundle pack`") from None
+            raise ManifestError(f"{MANIFEST_NAME} is malformed: {type(exc).__name__}: {str(exc)[:160]}",
+                                "rebuild the bundle with `gcbundle pack`") from None
 
     @classmethod
     def _from_json(cls, data: Any) -> Manifest:
@@ -207,7 +208,8 @@ class Manifest:
         if not isinstance(raw_files, list):
             raise ManifestError("files must be a list")
         if len(raw_files) > MAX_MEMBERS:
-            raise ManifestError(f"bundle lists {len(raw_files)} files, more than the cap of {MAX_MEMBERS}", "include fewer files (archive many small ones into one)")
+            raise ManifestError(f"bundle lists {len(raw_files)} files, more than the cap of {MAX_MEMBERS}",
+                                "include fewer files (archive many small ones into one)")
         files = tuple(FileEntry.from_json(f) for f in raw_files)
         _check_unique(files)
         paths = {f.path for f in files}

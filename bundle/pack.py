@@ -63,7 +63,8 @@ def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: d
     for rel in sel.files:
         check_path(rel, "file path")
     if len(sel.files) > MAX_MEMBERS:
-        raise BundleError(f"the workflow has {len(sel.files)} files, more than the cap of {MAX_MEMBERS}", "leave some out with .gcbundleignore, or archive many small files into one")
+        raise BundleError(f"the workflow has {len(sel.files)} files, more than the cap of {MAX_MEMBERS}",
+                          "leave some out with .gcbundleignore, or archive many small files into one")
     cache = packcache.HashCache(sel.root)
     stats = {rel: os.stat(sel.path(rel)) for rel in sel.files}
     digests = {rel: cache.get(rel, st) for rel, st in stats.items()}
@@ -74,7 +75,8 @@ def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: d
     entries = [FileEntry(rel, stats[rel].st_size, 0o755 if stats[rel].st_mode & 0o111 else 0o644, digests[rel]) for rel in sel.files]
     total = sum(e.size for e in entries)
     if total > MAX_UNPACKED_BYTES:
-        raise BundleError(f"the workflow's files add up to {total} bytes, more than the cap of {MAX_UNPACKED_BYTES}", "leave large data out with .gcbundleignore and stage it on the site's file system")
+        raise BundleError(f"the workflow's files add up to {total} bytes, more than the cap of {MAX_UNPACKED_BYTES}",
+                          "leave large data out with .gcbundleignore and stage it on the site's file system")
     return Manifest(
         entry=sel.entry,
         mode=sel.mode,

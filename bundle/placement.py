@@ -66,7 +66,8 @@ def job_command(*, run_dir: str, bundle_dir: str, home: str, run_id: str, export
         "fi",
         # The driver's DFK makes Unix sockets below TMPDIR: PBS's per-job TMPDIR is too long for them.
         'if [ -z "${TMPDIR:-}" ] || [ "${#TMPDIR}" -gt 40 ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi',
-        f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }}',
+        f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" '
+        f'>&2; exit 1; }}',
         f"exec >> {q(run_dir + '/stdout')} 2>> {q(run_dir + '/stderr')}",
         python_lines.rstrip("\n"),
     ]
@@ -91,7 +92,8 @@ def submit(provider: Any, command: str, run_id: str) -> str:
     except Exception as exc:  # noqa: BLE001 - Parsl's SubmitException carries the scheduler's stderr
         said = "; ".join(line.strip() for line in str(getattr(exc, "stderr", "") or exc).splitlines() if line.strip())
         raise SiteProfileError(f"the scheduler refused the driver's job: {said}",
-                               "check the profile's account, queue/partition and walltime (`gcbundle render --set placement=batch` shows the job)") from None
+                               "check the profile's account, queue/partition and walltime "
+                               "(`gcbundle render --set placement=batch` shows the job)") from None
     if not job_id:
         raise SiteProfileError("the scheduler gave no job id for the driver's job", "check the scheduler with `gcbundle doctor`")
     return str(job_id)

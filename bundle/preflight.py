@@ -17,9 +17,10 @@ from __future__ import annotations
 import ast
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from bundle import imports
 from bundle.errors import BundleError, UsageError
@@ -80,7 +81,8 @@ def check_args(source: str | bytes, entry: str, mode: str, args: dict[str, Any],
         if name in named:
             continue
         if name in positional:
-            raise UsageError(f"--arg {name}: main() in {entry} takes {name!r} only by position", f"make it an ordinary parameter: def main({name}, ...)")
+            raise UsageError(f"--arg {name}: main() in {entry} takes {name!r} only by position",
+                             f"make it an ordinary parameter: def main({name}, ...)")
         if a.kwarg is not None:
             continue
         tip = did_you_mean(name, named, "--arg {}=...")
@@ -88,7 +90,7 @@ def check_args(source: str | bytes, entry: str, mode: str, args: dict[str, Any],
         raise UsageError(f"--arg {name}: main() in {entry}:{main.lineno} has no parameter {name!r}", hint)
     defaults_from = len(a.posonlyargs) + len(a.args) - len(a.defaults)
     required = [p.arg for i, p in enumerate([*a.posonlyargs, *a.args]) if i < defaults_from]
-    required += [p.arg for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
+    required += [p.arg for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is None]
     missing = [n for n in required if n not in args]
     if missing and complete:
         raise UsageError(f"main() in {entry}:{main.lineno} needs {', '.join(missing)}, which no --arg gives",
@@ -172,7 +174,8 @@ def _import_error(tree: Tree, ref: imports.ImportRef, what: str, problem: str) -
     reason = tree.why_left_out(f"{path}.py") or tree.why_left_out(f"{path}/") or tree.why_left_out(f"{path}/__init__.py")
     if reason:
         return BundleError(f"{ref.where} imports {what}, which is left out of the bundle: {reason}",
-                           f"bring it along with --include {path}{'.py' if not reason.startswith(path + '/') else ''}, or change the rule that leaves it out")
+                           f"bring it along with --include {path}{'.py' if not reason.startswith(path + '/') else ''}, or change the rule that "
+                           "leaves it out")
     return BundleError(f"{ref.where} imports {what}, but {problem}", "fix the import, or add the missing module to the workflow's folder")
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -28,7 +29,8 @@ _TOP_KEYS = {"description", "parameters", "engine", "executors", "config", "pars
 #: The Parsl every run needs, whatever the profile (``Config(memoizer=...)``); as in pyproject.toml.
 MIN_PARSL = "2025.12.1"
 #: Config keywords a profile may set (anything else is ours to decide: run_dir, memoizer).
-CONFIG_KEYS = {"retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode", "usage_tracking", "std_autopath"}
+CONFIG_KEYS = {"retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode", "usage_tracking",
+               "std_autopath"}
 #: Where the driver runs on the login node's site: login (a detached process on the login node) or batch
 #: (inside one batch job that gcbundle submits, using that job's nodes).
 PLACEMENTS = ("login", "batch")
@@ -110,7 +112,8 @@ class Profile:
         if init is None:
             init = ""
         if not isinstance(init, str):
-            raise SiteProfileError(f"driver_init must be shell lines, not {init!r}", "e.g. --set driver_init='module load conda; conda activate myenv'")
+            raise SiteProfileError(f"driver_init must be shell lines, not {init!r}",
+                                   "e.g. --set driver_init='module load conda; conda activate myenv'")
         placement = values["placement"]
         if placement not in PLACEMENTS:
             raise SiteProfileError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}", "e.g. --set placement=batch")

@@ -74,7 +74,8 @@ def check_request(req: Any) -> dict[str, Any]:
         raise ProtocolMismatch("the request carries no protocol version", "use the gcbundle client to send tasks")
     if proto > PROTOCOL:
         raise ProtocolMismatch(
-            f"the client speaks gcbundle protocol {proto} (gcbundle {req.get('client_version', '?')}), the login node only up to {PROTOCOL} (gcbundle {__version__})",
+            f"the client speaks gcbundle protocol {proto} (gcbundle {req.get('client_version', '?')}), the login node only up to {PROTOCOL} "
+            f"(gcbundle {__version__})",
             "upgrade gcbundle on the login node (re-run the Ansible playbook), or use an older client",
         )
     if proto < MIN_PROTOCOL:
@@ -96,11 +97,13 @@ def error_reply(exc: GcbundleError) -> dict[str, Any]:
 def unwrap(resp: Any) -> Any:
     """Client side: the reply's data, or the error it names, raised."""
     if not isinstance(resp, dict) or "ok" not in resp:
-        raise RemoteError("the login node sent a reply gcbundle does not understand", "check that the endpoint runs gcbundle's login-node side (`gcbundle doctor`)")
+        raise RemoteError("the login node sent a reply gcbundle does not understand",
+                          "check that the endpoint runs gcbundle's login-node side (`gcbundle doctor`)")
     proto = resp.get("protocol")
     if isinstance(proto, int) and proto < MIN_PROTOCOL:
         raise ProtocolMismatch(
-            f"the login node speaks gcbundle protocol {proto} (gcbundle {resp.get('server_version', '?')}), this client needs at least {MIN_PROTOCOL}",
+            f"the login node speaks gcbundle protocol {proto} (gcbundle {resp.get('server_version', '?')}), "
+            f"this client needs at least {MIN_PROTOCOL}",
             "upgrade gcbundle on the login node (re-run the Ansible playbook)",
         )
     if resp["ok"]:

@@ -18,10 +18,11 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bundle.errors import RegistryError, RegistryLocked, RunNotFound
 from bundle.fileio import folder_problem
@@ -169,13 +170,16 @@ class Registry:
         if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             who = holders(self.path)
             return RegistryLocked(
-                f"the run registry {str(self.path)!r} is locked by {', '.join(who) if who else 'another gcbundle process'} (waited {self.timeout:g} s)",
+                f"the run registry {str(self.path)!r} is locked by {', '.join(who) if who else 'another gcbundle process'} (waited {self.timeout:g} "
+                "s)",
                 "wait for that command to finish, then run this one again; the registry is not damaged, leave it where it is",
             )
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) or "malformed" in text or "not a database" in text:
+        damaged = isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+        if damaged or "malformed" in text or "not a database" in text:
             return RegistryError(
                 f"the run registry {str(self.path)!r} is damaged: {text}",
-                f"move it aside (mv {self.path} {self.path}.damaged), then `gcbundle list --endpoint ENDPOINT` for each endpoint you use rebuilds it from the login node",
+                f"move it aside (mv {self.path} {self.path}.damaged), then `gcbundle list --endpoint ENDPOINT` for each endpoint you use rebuilds it "
+                "from the login node",
             )
         return RegistryError(f"the run registry {str(self.path)!r} cannot be used: {text}", "check the file and its folder (permissions, free disk)")
 
@@ -225,7 +229,8 @@ class Registry:
     def unfinished(self) -> list[RunRecord]:
         """Rows whose last known state is not an end state (what ``list`` refreshes)."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'lost', 'gone', 'unlaunched') ORDER BY submitted").fetchall()
+            rows = db.execute("SELECT * FROM runs WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'lost', 'gone', 'unlaunched') ORDER BY "
+                              "submitted").fetchall()
         return [RunRecord(**dict(r)) for r in rows]
 
     def list(self, limit: int = 50) -> list[RunRecord]:

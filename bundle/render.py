@@ -168,7 +168,8 @@ def render(profile: profiles.Profile, params: dict[str, Any]) -> Rendered:
             continue
         out.scripts.append(_first_block(executor, provider, dry))
     if out.scripts:
-        out.notes.append("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) come first in worker_init when the site sets them")
+        out.notes.append("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) come first in worker_init when the "
+                         "site sets them")
     return out
 
 
@@ -203,7 +204,8 @@ def _first_block(executor: Any, provider: Any, dry: _DryRun) -> BatchScript:
                       dry.commands[-1] if dry.commands else "")
 
         def clean(text: str) -> str:
-            return text.replace(os.path.join(tmp, name), f"{RUN_DIR}/submit_scripts/{shown}").replace(tmp, f"{RUN_DIR}/submit_scripts").replace(name, shown)
+            text = text.replace(os.path.join(tmp, name), f"{RUN_DIR}/submit_scripts/{shown}")
+            return text.replace(tmp, f"{RUN_DIR}/submit_scripts").replace(name, shown)
 
         return BatchScript(executor.label, type(provider).__name__, " ".join(clean(submit).split()), clean(script))
     finally:
@@ -257,5 +259,6 @@ def _render_batch(profile: profiles.Profile, params: dict[str, Any]) -> Rendered
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out.notes += [f"inside the driver's job, executor {r}" for r in replaced]
-    out.notes.append("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) come first in worker_init when the site sets them")
+    out.notes.append("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) come first in worker_init when the site "
+                     "sets them")
     return out

@@ -22,10 +22,11 @@ import re
 import shutil
 import threading
 import unicodedata
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bundle.contracts import ResultsChunkRequest
 from bundle.errors import GcbundleError, ProtocolMismatch, ResultsError
@@ -80,7 +81,8 @@ def check_files(raw: Any) -> list[dict[str, Any]]:
         try:
             path = check_path(f.get("path"), "results path")
         except GcbundleError:
-            raise ResultsError(f"the results listing names an unsafe path: {str(f.get('path'))[:80]!r}", "refusing to write it; check the login node") from None
+            raise ResultsError(f"the results listing names an unsafe path: {str(f.get('path'))[:80]!r}",
+                               "refusing to write it; check the login node") from None
         if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in path.split("/")):
             raise _bad("files[].path", f"a name longer than {MAX_NAME_BYTES} bytes in {path[:60]!r}...")
         if path in _RESERVED or path.split("/")[0].startswith(".gcbundle-"):
@@ -137,7 +139,8 @@ def _listing(transport: Transport, run_id: str) -> tuple[dict[str, Any], list[di
             if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt != len(raw):
                 raise _bad("next_page", f"{nxt!r}, expected {len(raw)}")
             page = transport.call("results_manifest", run_id=run_id, page=nxt, manifest_sha256=head["manifest_sha256"])
-            if not isinstance(page, dict) or page.get("manifest_sha256") != head["manifest_sha256"] or not isinstance(page.get("files"), list) or not page["files"]:
+            continues = isinstance(page, dict) and page.get("manifest_sha256") == head["manifest_sha256"]
+            if not continues or not isinstance(page.get("files"), list) or not page["files"]:
                 raise _bad("page", f"page {nxt} does not continue the listing")
             raw += page["files"]
             nxt = page.get("next_page")
@@ -290,7 +293,8 @@ def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress
         for f in bad:
             (partial / f["path"]).unlink(missing_ok=True)
         if attempt:
-            raise ResultsError(f"{bad[0]['path']} failed verification twice", "run `gcbundle results` again; if it persists, the run directory on the login node is damaged")
+            raise ResultsError(f"{bad[0]['path']} failed verification twice",
+                               "run `gcbundle results` again; if it persists, the run directory on the login node is damaged")
     info = {"manifest_sha256": sha, "complete": True, "run_id": run_id, "files": len(files), "bytes": total,
             "package": {f["path"]: f["sha256"] for f in files}}
     (partial / MARKER).write_text(json.dumps(info))
@@ -356,13 +360,15 @@ def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: li
     count = chunk_count(total, chunk)
     requests = (ResultsChunkRequest(run_id=run_id, manifest_sha256=sha, index=index).to_json() for index in range(first, count))
     try:
-        for index, reply in zip(range(first, count), transport.call_many("results_chunk", requests)):
+        for index, reply in zip(range(first, count), transport.call_many("results_chunk", requests), strict=False):
             data = reply.get("data") if isinstance(reply, dict) else None
             if not isinstance(data, (bytes, bytearray)) or reply.get("index") != index:
-                raise ResultsError(f"the login node sent a results chunk reply without the bytes of chunk {index}", "run `gcbundle results` again; if it persists, check the login node with `gcbundle doctor`")
+                raise ResultsError(f"the login node sent a results chunk reply without the bytes of chunk {index}",
+                                   "run `gcbundle results` again; if it persists, check the login node with `gcbundle doctor`")
             c_start = index * chunk
             if len(data) != min(chunk, total - c_start):
-                raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {min(chunk, total - c_start)}", "run `gcbundle results` again")
+                raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {min(chunk, total - c_start)}",
+                                   "run `gcbundle results` again")
             fetched += len(data)
             writer.write(c_start, data)
             if progress:

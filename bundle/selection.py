@@ -187,7 +187,8 @@ def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = N
     source = _read_source(entry_path)
     detected = detect_mode(source, entry)
     if mode == "function" and detected != "function":
-        raise BundleError(f"{entry} defines no main(), so it cannot run in function mode", "define main(**args) in it, or submit it as a script (--mode script)")
+        raise BundleError(f"{entry} defines no main(), so it cannot run in function mode",
+                          "define main(**args) in it, or submit it as a script (--mode script)")
     mode = detected if mode in (None, "auto") else mode
 
     walker = _Walker(root, limits or Limits.resolve(), progress, leave_out)

@@ -13,9 +13,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 PREFIX = "gcbundle-"
 _NAME = re.compile(r"gcbundle-(\d+)-(\d+)-.+")

@@ -80,7 +80,8 @@ class Cache:
             raise UsageError(f"chunk index {index!r} is outside 0..{count - 1}")
         expected = CHUNK_BYTES if index < count - 1 else size - CHUNK_BYTES * (count - 1)
         if not isinstance(data, (bytes, bytearray)) or len(data) != expected:
-            raise BundleError(f"chunk {index} holds {len(data) if isinstance(data, (bytes, bytearray)) else '?'} bytes, expected {expected}", "upload the bundle again")
+            raise BundleError(f"chunk {index} holds {len(data) if isinstance(data, (bytes, bytearray)) else '?'} bytes, expected {expected}",
+                              "upload the bundle again")
         if self.has(digest):
             return True
         d = self._staging_dir(digest, archive_sha256)

@@ -184,7 +184,8 @@ def _home(home: Home) -> Check:
     usage = shutil.disk_usage(root)
     detail = f"{root} writable, {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
     if usage.free < LOW_SPACE:
-        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (`gcbundle prune` removes finished runs), or move GCBUNDLE_HOME to a bigger file system")
+        return Check("GCBUNDLE_HOME", "warn", detail,
+                     "free space there (`gcbundle prune` removes finished runs), or move GCBUNDLE_HOME to a bigger file system")
     return Check("GCBUNDLE_HOME", "ok", detail)
 
 
@@ -287,7 +288,8 @@ def _launchers(built: _Built | None) -> Check:
     if missing:
         name, cmd = missing[0]
         return Check("MPI launchers", "warn", detail + f"; {name} runs `{cmd}` in each block",
-                     f"`{cmd}` is not on this login node's PATH: make sure the compute nodes have it (a module load in worker_init, --set worker_init=...)")
+                     f"`{cmd}` is not on this login node's PATH: make sure the compute nodes have it (a module load in worker_init, --set "
+                     "worker_init=...)")
     if needed:
         return Check("MPI launchers", "ok", detail)
     if built is not None and built.config is not None:
@@ -370,7 +372,8 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
         for init in dict.fromkeys(inits):
             script = job_prelude + init + probe
             try:
-                proc = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", script], capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
+                proc = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", script], capture_output=True, text=True,
+                                      timeout=WORKER_INIT_TIMEOUT,
                                       check=False, env=env, cwd=tmp, stdin=subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
                 return Check("worker_init", "fail", f"the job's worker_init did not finish in {WORKER_INIT_TIMEOUT} s",
@@ -386,12 +389,14 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
                          f"install parsl in {Path(driver.bindir).parent} (the driver's environment), which the job puts first on PATH")
         if version_tuple(found.get("parsl", "")) != version_tuple(versions.get("parsl", "")):
             return Check("worker_init", "fail",
-                         f"workers would run Parsl {found.get('parsl', '?')} ({found.get('python', found['pool'])}), the driver runs {versions.get('parsl')}{said}",
+                         f"workers would run Parsl {found.get('parsl', '?')} ({found.get('python', found['pool'])}), the driver runs "
+                         f"{versions.get('parsl')}{said}",
                          "the interchange refuses managers of another Parsl: remove what changes PATH after gcbundle's prelude from worker_init "
                          "(e.g. a `conda activate` of another environment), or install the same parsl there")
         if found.get("python_version") and version_tuple(found["python_version"])[:2] != version_tuple(versions.get("python", ""))[:2]:
             return Check("worker_init", "fail",
-                         f"workers would run Python {found['python_version']} ({found.get('python')}), the driver runs {versions.get('python')}{said}",
+                         f"workers would run Python {found['python_version']} ({found.get('python')}), "
+                         f"the driver runs {versions.get('python')}{said}",
                          "Parsl sends apps pickled by the driver's Python: the workers need the same minor version; "
                          "remove what changes PATH after gcbundle's prelude from worker_init")
         python = found.get("python", python)

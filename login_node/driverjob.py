@@ -95,7 +95,8 @@ def check_queued(paths: RunPaths, st: dict[str, Any]) -> dict[str, Any]:
         return state.effective(paths)
     tail = _stderr_tail(paths)
     fresh.update(state="failed", finished=time.time(),
-                 error={"type": "SchedulerError", "message": f"the driver's batch job ended before the driver started: {gone}" + (f": {tail}" if tail else ""),
+                 error={"type": "SchedulerError",
+                        "message": f"the driver's batch job ended before the driver started: {gone}" + (f": {tail}" if tail else ""),
                         "hint": "see `gcbundle logs RUN --name stderr` and the job's own output in the run's driver-job/ folder"})
     if paths.cancel_marker.exists():
         fresh.update(state="cancelled", error=None, detail=f"cancel requested; {gone}")

@@ -23,7 +23,7 @@ def check(request: dict) -> dict:
     out = {"python": ".".join(str(v) for v in sys.version_info[:3]), "executable": sys.executable, "problems": []}
     problems = out["problems"]
     if sys.version_info[:2] < MIN_PYTHON:
-        problems.append({"message": "Python %s is older than 3.10, which gcbundle's driver needs" % out["python"],
+        problems.append({"message": "Python {} is older than 3.10, which gcbundle's driver needs".format(out["python"]),
                          "hint": "activate an environment with Python 3.10 or newer in driver_init"})
         return out
     names = request.get("imports") or []
@@ -42,7 +42,7 @@ def check(request: dict) -> dict:
     try:
         import parsl
     except ImportError as exc:
-        problems.append({"message": "Parsl cannot be imported: %s" % exc,
+        problems.append({"message": f"Parsl cannot be imported: {exc}",
                          "hint": "install parsl in that environment (`pip install parsl`), or activate one that has it in driver_init"})
         return out
     # gcbundle's own modules are imported only now, after Python and Parsl were
@@ -61,11 +61,11 @@ def check(request: dict) -> dict:
         try:
             config = profiles.build_config(rendered, factory=render._dry_factory({}))
         except GcbundleError as exc:
-            problems.append({"message": "Parsl %s cannot build the site profile's Config: %s" % (parsl.__version__, exc.message),
+            problems.append({"message": f"Parsl {parsl.__version__} cannot build the site profile's Config: {exc.message}",
                              "hint": "upgrade parsl there (`pip install -U parsl`) to a version that has these keywords"})
             return out
         except Exception as exc:  # noqa: BLE001 - Parsl refusing a value
-            problems.append({"message": "Parsl %s refuses the site profile: %s: %s" % (parsl.__version__, type(exc).__name__, exc),
+            problems.append({"message": f"Parsl {parsl.__version__} refuses the site profile: {type(exc).__name__}: {exc}",
                              "hint": "upgrade parsl there (`pip install -U parsl`), or fix the profile's values"})
             return out
         providers = [type(getattr(e, "provider", None)).__name__ for e in config.executors]

@@ -186,7 +186,8 @@ class RunPaths:
 
     def require(self) -> RunPaths:
         if not self.exists():
-            raise RunNotFound(f"no run {self.run_id} on this login node", "check the id with `gcbundle list`, and that you asked the endpoint it ran on")
+            raise RunNotFound(f"no run {self.run_id} on this login node",
+                              "check the id with `gcbundle list`, and that you asked the endpoint it ran on")
         return self
 
     def log_files(self) -> dict[str, Path]:

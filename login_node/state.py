@@ -127,7 +127,8 @@ def effective(paths: RunPaths, now: float | None = None) -> dict[str, Any]:
             state["detail"] = f"cancel requested; {reason}"
         else:
             state["state"] = "lost"
-            state["detail"] = f"{reason}; last heartbeat {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(_number(state.get('updated'))))} on {state.get('host', '?')}"
+            last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_number(state.get("updated"))))
+            state["detail"] = f"{reason}; last heartbeat {last} on {state.get('host', '?')}"
             state["hint"] = "`gcbundle resume` starts it again, reusing completed apps' checkpoints"
     return state
 

@@ -14,7 +14,8 @@ import shutil
 import signal
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bundle import archive, placement, profiles
 from bundle.contracts import check_reply, parse_request
@@ -143,7 +144,8 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         st = state.read_raw(paths)
         st.update(state="failed", error={"message": f"the driver could not be started: {exc}", "traceback": traceback.format_exc()})
         state.write(paths, st)
-        raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
+        raise RunStateError(f"the driver of run {run_id} could not be started: {exc}",
+                            "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
 
 
@@ -184,7 +186,8 @@ def check_spec(spec: Any) -> dict[str, Any]:
         raise UsageError(f"spec must be an object, got {type(spec).__name__}")
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
-        raise UsageError(f"spec has unknown fields: {', '.join(sorted(map(str, unknown)))[:120]}", "use a gcbundle client of the login node's version")
+        raise UsageError(f"spec has unknown fields: {', '.join(sorted(map(str, unknown)))[:120]}",
+                         "use a gcbundle client of the login node's version")
     args = spec.get("args") or {}
     if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
         raise UsageError("spec.args must be an object whose keys are Python identifiers")

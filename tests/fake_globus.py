@@ -114,7 +114,8 @@ class FakeComputeService:
 
         return callback
 
-    def fail(self, route: str, status: int, code: str | None = None, message: str = "", headers: dict[str, str] | None = None, times: int = 1) -> None:
+    def fail(self, route: str, status: int, code: str | None = None, message: str = "", headers: dict[str, str] | None = None,
+             times: int = 1) -> None:
         body = {"code": code, "message": message} if code else {"message": message}
         self.failures.setdefault(route, []).append(Failure(status, body, headers or {}, times))
 
@@ -138,7 +139,8 @@ class FakeComputeService:
         ep = path.split("/")[3]
         if ep not in self.endpoints:
             return 404, {"code": "ENDPOINT_NOT_FOUND", "message": f"Endpoint {ep} could not be found"}
-        return 200, {"status": self.endpoints[ep], "details": {"total_workers": 1, "idle_workers": 1, "pending_tasks": 0, "outstanding_tasks": 0, "managers": 1}}
+        return 200, {"status": self.endpoints[ep],
+                     "details": {"total_workers": 1, "idle_workers": 1, "pending_tasks": 0, "outstanding_tasks": 0, "managers": 1}}
 
     def _version(self, request: Any, path: str) -> tuple[int, dict[str, Any]]:
         return 200, {"api": "1.0", "min_sdk_version": "1.0.0", "min_ep_version": "1.0.0"}
@@ -159,7 +161,8 @@ class FakeComputeService:
             for payload in payloads:
                 size = len(self.functions[fid]["function_code"]) + len(payload)
                 if size > self.task_limit:
-                    return 413, {"code": "TASK_PAYLOAD_TOO_LARGE", "message": f"Task payload of {size} bytes exceeds the {self.task_limit}-byte limit"}
+                    return 413, {"code": "TASK_PAYLOAD_TOO_LARGE",
+                                 "message": f"Task payload of {size} bytes exceeds the {self.task_limit}-byte limit"}
             out[fid] = [self._accept(fid, payload) for payload in payloads]
         return 200, {"request_id": str(uuid.uuid4()), "task_group_id": str(uuid.uuid4()), "endpoint_id": ep, "tasks": out}
 
@@ -187,7 +190,8 @@ class FakeComputeService:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         result = messagepack.unpack(self._pool.submit(_execute, packed, task_id, str(self.workdir), self.result_limit).result())
-        doc: dict[str, Any] = {"task_id": str(task_id), "completion_t": str(time.time()), "details": {"python_version": "3.11", "endpoint_id": self.endpoint_id}}
+        doc: dict[str, Any] = {"task_id": str(task_id), "completion_t": str(time.time()),
+                               "details": {"python_version": "3.11", "endpoint_id": self.endpoint_id}}
         if result.is_error:
             doc.update(status="failed", exception=result.data)
         else:

@@ -37,7 +37,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 
 def _workflow(root: Path) -> Path:
-    wf = write_workflow(root, WORKFLOW.format(v=1))
+    write_workflow(root, WORKFLOW.format(v=1))
     (root / "blob.bin").write_bytes(os.urandom(CHUNK_BYTES + 1_000_000))  # too big to travel inside the launch task
     return root
 

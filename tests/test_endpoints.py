@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from bundle import api, endpoints
 from bundle.cli import main
 from bundle.errors import SiteProfileError, UsageError
-from bundle.transport.globus import GlobusTransport
 from bundle.transport import get_transport
+from bundle.transport.globus import GlobusTransport
 from bundle.transport.local import LocalTransport
 from tests.conftest import EXAMPLES
 
@@ -33,7 +33,8 @@ def cli(*args: str) -> tuple[int, dict]:
 def test_add_list_remove_with_json(tmp_path: Path) -> None:
     code, env = cli("endpoints", "add", "polaris", UUID.upper(), "--site", "local", "--set", "workers=3", "--function", f"probe={FID}")
     assert code == 0 and env["command"] == "endpoints add"
-    assert env["data"] == {"name": "polaris", "uuid": UUID, "site": "local", "set": {"workers": 3}, "functions": {"probe": FID}, "missing_parameters": []}
+    assert env["data"] == {"name": "polaris", "uuid": UUID, "site": "local", "set": {"workers": 3}, "functions": {"probe": FID},
+                           "missing_parameters": []}
     code, env = cli("endpoints", "list")
     assert code == 0 and [e["name"] for e in env["data"]] == ["polaris"]
     text = CliRunner().invoke(main, ["endpoints", "list"]).stdout

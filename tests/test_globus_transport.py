@@ -35,9 +35,9 @@ from bundle.errors import (
     TaskTimeout,
     TransportError,
 )
-from bundle.transport.globus import FunctionIds, GlobusTransport, RateLimiter
 from bundle.protocol import PROTOCOL, TASKS, request, unwrap
 from bundle.transport import Tally, get_transport
+from bundle.transport.globus import FunctionIds, GlobusTransport, RateLimiter
 from bundle.transport.wire import pack_task, task_function
 from tests.conftest import EXAMPLES
 from tests.fake_globus import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,6 @@ from bundle.errors import BundleError, GcbundleError, RunNotFound, UsageError
 from bundle.limits import CHUNK_BYTES
 from bundle.transport.local import LocalTransport
 from tests.hostile import manifest_for, manifest_member, reg, special, valid_bundle, write_tar
-
-import tarfile
 
 WF = b"def main():\n    return 1\n"
 RUN = "0123456789ab"
@@ -106,7 +105,8 @@ def test_hostile_bundles_inline_leave_no_cache_entry_and_no_run(t: LocalTranspor
         assert _snapshot(home / "runs") == set(), name
         assert [p for p in (home / "cache" / ".staging").iterdir()] == [], name
     assert not (home.parent / "evil.py").exists() and not (home / "evil.py").exists()
-    assert _outside_untouched(tmp_path) - before <= {"t.tar.gz", "s.tar.gz", "h.tar.gz", "f.tar.gz", "d.tar.gz", "w.tar.gz", "g.tar.gz", "cut.tar.gz", "gchome"}
+    assert _outside_untouched(tmp_path) - before <= {"t.tar.gz", "s.tar.gz", "h.tar.gz", "f.tar.gz", "d.tar.gz", "w.tar.gz", "g.tar.gz", "cut.tar.gz",
+                                                     "gchome"}
 
 
 def test_chunk_that_lies_about_the_archive_hash(t: LocalTransport, tmp_path: Path, home: Path) -> None:

@@ -212,7 +212,8 @@ def test_results_resume_after_the_client_dies(tmp_path: Path) -> None:
 
     wf = write_workflow(tmp_path / "wf", (
         "import os\n\ndef main():\n    out = os.environ['GCBUNDLE_OUTPUT_DIR']\n"
-        f"    for i in range(3):\n        with open(os.path.join(out, f'part{{i}}.bin'), 'wb') as f:\n            f.write(os.urandom({CHUNK_BYTES // 2 + 12345}))\n"
+        f"    for i in range(3):\n        with open(os.path.join(out, f'part{{i}}.bin'), 'wb') as f:\n            "
+        f"f.write(os.urandom({CHUNK_BYTES // 2 + 12345}))\n"
         "    return 'done'\n"
     ))
     run = api.submit(wf, "local", wait=True)

@@ -20,7 +20,8 @@ def test_only_imports_follows_imports_and_declared_includes(tmp_path: Path) -> N
     (tmp_path / "wf" / "helper.py").parent.mkdir(parents=True)
     wf = write_workflow(
         tmp_path / "wf",
-        "import helper\nfrom pkg import mod\nfrom pkg.sub import deep\nimport numpy\nGCBUNDLE_INCLUDE = ['data/in.txt']\n\ndef main(n=1):\n    return n\n",
+        "import helper\nfrom pkg import mod\nfrom pkg.sub import deep\nimport numpy\nGCBUNDLE_INCLUDE = ['data/in.txt']\n\ndef main(n=1):\n    "
+        "return n\n",
     )
     for rel, text in {"helper.py": "X = 1\n", "pkg/__init__.py": "", "pkg/mod.py": "from . import sibling\n", "pkg/sibling.py": "Y = 2\n",
                       "pkg/sub/__init__.py": "", "pkg/sub/deep.py": "Z = 3\n", "data/in.txt": "hi\n", "unused.py": "u = 1\n"}.items():
@@ -29,7 +30,8 @@ def test_only_imports_follows_imports_and_declared_includes(tmp_path: Path) -> N
         p.write_text(text)
     res = pack(wf, tmp_path / "b.tar.gz", only_imports=True)
     paths = [f.path for f in res.manifest.files]
-    assert paths == ["data/in.txt", "helper.py", "pkg/__init__.py", "pkg/mod.py", "pkg/sibling.py", "pkg/sub/__init__.py", "pkg/sub/deep.py", "workflow.py"]
+    assert paths == ["data/in.txt", "helper.py", "pkg/__init__.py", "pkg/mod.py", "pkg/sibling.py", "pkg/sub/__init__.py", "pkg/sub/deep.py",
+                     "workflow.py"]
     assert res.manifest.mode == "function"
     assert res.manifest.entry == "workflow.py"
 

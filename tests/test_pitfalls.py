@@ -52,7 +52,8 @@ def test_endpoint_version() -> None:
 
 
 def _tmpdir_check(site: str, params: dict[str, object], tmp_path: Path) -> dict[str, str]:
-    config = profiles.build_config(profiles.substitute(profiles.load(site), params), factory=lambda k, t, kw, w: "127.0.0.1" if k == "address" else t(**kw))
+    config = profiles.build_config(profiles.substitute(profiles.load(site), params), factory=lambda k, t, kw,
+                                   w: "127.0.0.1" if k == "address" else t(**kw))
     provider = config.executors[0].provider
     prelude = job_prelude.worker_prelude(bindir="/usr/bin", bundle_dir=str(tmp_path / "b"), outputs_dir=str(tmp_path / "o"), run_id="x")
     prelude = "\n".join(line for line in prelude.splitlines() if not line.startswith("cd ")) + "\n"

@@ -81,7 +81,8 @@ def test_a_local_import_that_resolves_to_nothing_is_an_error(tmp_path: Path, hom
         wf.write_text(ok + "\n\ndef main():\n    return 0\n")
         pack(wf, tmp_path / "ok.tar.gz")
     for bad, message in (("import mypkg.gone", "imports mypkg.gone, but the bundle has no mypkg/gone.py or mypkg/gone/"),
-                         ("from mypkg.real import other", "imports mypkg.real.other, but the bundle has no mypkg/real/other.py and mypkg/real.py defines no other"),
+                         ("from mypkg.real import other",
+                          "imports mypkg.real.other, but the bundle has no mypkg/real/other.py and mypkg/real.py defines no other"),
                          ("import mypkg.real.deeper", "mypkg/real.py is a module, not a package")):
         wf.write_text(bad + "\n\ndef main():\n    return 0\n")
         with pytest.raises(BundleError, match=message.replace(".", r"\.")):
@@ -125,9 +126,12 @@ def test_literal_paths_left_out_of_the_bundle_give_warnings(tmp_path: Path) -> N
     (tmp_path / "shared.txt").write_text("s")
     res = pack(wf, tmp_path / "b.tar.gz")
     assert res.warnings == (
-        "workflow.py:4 names 'data/input.csv', which exists here but is left out of the bundle (data/ matched .gitignore (data/)); bring it with --include data/input.csv",
-        "workflow.py:5 names 'scratch/*.npy', which exists here but is left out of the bundle (matched .gcbundleignore (scratch/)); bring it with --include scratch",
-        "workflow.py:6 names '../shared.txt', which is outside the workflow's folder and does not travel; move it into the folder, or stage it on the site and use an absolute path there",
+        "workflow.py:4 names 'data/input.csv', which exists here but is left out of the bundle (data/ matched .gitignore (data/)); bring it with "
+        "--include data/input.csv",
+        "workflow.py:5 names 'scratch/*.npy', which exists here but is left out of the bundle (matched .gcbundleignore (scratch/)); bring it with "
+        "--include scratch",
+        "workflow.py:6 names '../shared.txt', which is outside the workflow's folder and does not travel; move it into the folder, or stage it on "
+        "the site and use an absolute path there",
     )
     res = CliRunner().invoke(main, ["pack", str(wf), "-o", str(tmp_path / "c.tar.gz")])
     assert res.exit_code == 0 and res.stderr.count("warning: workflow.py:") == 3
@@ -158,7 +162,8 @@ def test_login_node_refuses_a_third_party_import_it_lacks_before_a_run_exists(tm
         "import os\nimport json\nfrom parsl import python_app\nimport helper\n\n"
         "def main():\n    import numpy_only_on_workers  # inside a function: not the driver's to check\n    return 0\n"
     ))
-    make(tmp_path / "w", {"helper.py": "try:\n    import fastjson_maybe\nexcept ImportError:\n    fastjson_maybe = None\nimport gcb_absent_pkg.sub as sub\n"})
+    make(tmp_path / "w",
+         {"helper.py": "try:\n    import fastjson_maybe\nexcept ImportError:\n    fastjson_maybe = None\nimport gcb_absent_pkg.sub as sub\n"})
     with pytest.raises(SiteEnvironmentError) as err:
         api.submit(wf, "local")
     assert err.value.message == "the login node's environment lacks gcb_absent_pkg (imported by helper.py:5)"

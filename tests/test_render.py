@@ -493,7 +493,8 @@ def tripwires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_render_runs_no_scheduler_command(tripwires: Path) -> None:
-    for site, params in [("slurm", {}), ("perlmutter", {"account": "m0000"}), ("polaris", {"account": "x"}), ("aurora", {"account": "x"}), ("pbspro", {})]:
+    for site, params in [("slurm", {}), ("perlmutter", {"account": "m0000"}), ("polaris", {"account": "x"}), ("aurora", {"account": "x"}),
+                         ("pbspro", {})]:
         render.render(profiles.load(site), params)
         render.check(profiles.load(site), params)
     assert not tripwires.exists(), tripwires.read_text()

@@ -3,7 +3,6 @@ user's own files in the folder cannot break. Real runs on the local endpoint."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any

@@ -31,7 +31,7 @@ from login_node.procs import run_processes
 from login_node.rundir import check_run_id
 from tests.conftest import write_workflow
 from tests.faults import wait_for
-from tests.hostile import manifest_for, manifest_member, reg, write_tar
+from tests.hostile import manifest_for, reg, write_tar
 
 #: A script-mode workflow: no DFK, so a run takes a couple of seconds. It
 #: sleeps for the seconds in its `s` argument (a run to cancel or lose).
@@ -299,8 +299,8 @@ def _old_login_node(req: Any) -> Any:
 
 
 def test_an_old_login_node_without_the_runs_task_is_told_to_upgrade(t: LocalTransport, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bundle.transport import local as tr  # where the local endpoint looks task functions up
     from bundle.errors import ProtocolMismatch
+    from bundle.transport import local as tr  # where the local endpoint looks task functions up
 
     # Stand-in for an old install: the endpoint runs a function that fails as
     # a missing `login_node.tasks.runs` does there.
@@ -319,7 +319,8 @@ def _start_sleeping(tmp_path: Path, t: LocalTransport, seconds: float = 120) -> 
 
 
 @pytest.mark.parametrize("damage", ["missing", "not json", "a list", "a state that is a dict"])
-def test_a_run_without_a_readable_state_is_unknown_and_cancel_still_stops_it(damage: str, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_without_a_readable_state_is_unknown_and_cancel_still_stops_it(damage: str, tmp_path: Path, home: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GCBUNDLE_HEARTBEAT_SECONDS", "600")  # the driver must not rewrite state.json during the test
     with LocalTransport() as t:
         run = _start_sleeping(tmp_path, t)

@@ -99,8 +99,8 @@ class Transport(ABC):
         An implementation reports each task it sends to ``_sent``.
         """
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - a transport with nothing to release need not override it
+        """Release what the transport holds (the local endpoint's worker)."""
 
     def __enter__(self) -> Transport:
         return self

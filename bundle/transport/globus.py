@@ -341,7 +341,8 @@ class GlobusTransport(Transport):
     def _offline(self, extra: str = "") -> EndpointUnavailable:
         return EndpointUnavailable(
             f"endpoint {self.label} is offline{extra}",
-            f"start it on the login node (`globus-compute-endpoint start NAME`) or ask the site's administrators; `gcbundle doctor --endpoint {self.label}` checks again",
+            "start it on the login node (`globus-compute-endpoint start NAME`) or ask the site's administrators; `gcbundle doctor --endpoint "
+            f"{self.label}` checks again",
         )
 
     def _check_endpoint(self) -> None:
@@ -372,7 +373,8 @@ class GlobusTransport(Transport):
         key = f"{_identity_namespace()}:{hashlib.sha256(code.encode()).hexdigest()}"
         fid = self._function_ids.get(key)
         if fid is None:
-            fid = str(self._guard(f"register the {task} task function", client.register_function, fn, _description(task), idempotent=False, task=task))
+            fid = str(self._guard(f"register the {task} task function", client.register_function, fn, _description(task),
+                                  idempotent=False, task=task))
             self._function_ids.put(key, fid)
         self._auto_ids[task] = (fid, key)
         return fid, key
@@ -405,7 +407,8 @@ class GlobusTransport(Transport):
                 raise PayloadTooLarge(f"the {task} task is {len(payload)} bytes after serialization, above the {TASK_LIMIT}-byte limit",
                                       "this is a gcbundle bug: chunk sizes should keep tasks under the limit")
             try:
-                reply = self._guard(f"submit the {task} task to endpoint {self.label}", client.batch_run, self.endpoint_id, batch, idempotent=False, task=task)
+                reply = self._guard(f"submit the {task} task to endpoint {self.label}", client.batch_run, self.endpoint_id, batch, idempotent=False,
+                                    task=task)
             except TransportError as exc:
                 # A function id we registered ourselves may have been deleted, or
                 # belong to the identity we were logged in as before: register anew, once.
