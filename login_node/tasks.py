@@ -213,7 +213,7 @@ def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: lis
         profile, params = profiles.Profile.from_spec(spec["site"])
         params = {**site.params_for(profile), **params}
         options = profile.driver_options(params)
-        rendered = profiles.render(profile, params)
+        rendered = profiles.substitute(profile, params)
     driver_init = options["driver_init"] or site.driver_init
     plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"], "rendered": rendered}
     if options["placement"] == "batch":
