@@ -104,7 +104,8 @@ class Selection:
 
     def summary(self) -> list[str]:
         """What was included and what was left out, a few lines (a big ignored folder is one)."""
-        lines = [f"included {len(self.files):,} files, {_size(self.total_bytes)}"
+        n = len(self.files)
+        lines = [f"included {n:,} file{'s' if n != 1 else ''}, {_size(self.total_bytes)}"
                  + (f" ({len(self.sources)} from outside the folder)" if self.sources else "")]
         return lines + describe_excluded(self.excluded)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle import profiles
-from bundle.errors import GcbundleError
+from bundle.errors import GcbundleError, HomeError
 from bundle.versions import local_versions
 from login_node.rundir import Home
 
@@ -190,13 +190,14 @@ def _home(home: Home) -> Check:
         with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-", delete=True) as f:
             f.write(b"x")
             f.flush()
-    except OSError as exc:
-        return Check("GCBUNDLE_HOME", "fail", f"{root} is not writable: {exc.strerror or exc}",
+    except (OSError, HomeError) as exc:
+        why = exc.message if isinstance(exc, HomeError) else f"{root} is not writable: {exc.strerror or exc}"
+        return Check("GCBUNDLE_HOME", "fail", why,
                      "set GCBUNDLE_HOME to a writable directory on a file system the compute nodes mount (the Ansible role's gcbundle_site_home)")
     usage = shutil.disk_usage(root)
     detail = f"{root} writable, {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
     if usage.free < LOW_SPACE:
-        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (old runs: runs/<run_id>), or move GCBUNDLE_HOME to a bigger file system")
+        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (`gcbundle prune` removes finished runs), or move GCBUNDLE_HOME to a bigger file system")
     return Check("GCBUNDLE_HOME", "ok", detail)
 
 

@@ -53,8 +53,8 @@ PIP_NAMES = {
     "attr": "attrs", "jwt": "PyJWT", "OpenSSL": "pyOpenSSL", "Crypto": "pycryptodome", "mpl_toolkits": "matplotlib",
 }
 
-_PROBE = """
-import importlib.metadata, importlib.util, json, sys
+_PROBE = r"""
+import importlib.util, json, os, re, sys
 missing = []
 for name in json.loads(sys.argv[1]):
     try:
@@ -62,10 +62,16 @@ for name in json.loads(sys.argv[1]):
             missing.append(name)
     except (ImportError, ValueError):
         missing.append(name)
-try:
-    parsl = importlib.metadata.version("parsl") if importlib.util.find_spec("parsl") else None
-except importlib.metadata.PackageNotFoundError:
-    parsl = None
+parsl = None
+spec = importlib.util.find_spec("parsl")
+if spec is not None:
+    # parsl/version.py read, not imported: cheaper than importlib.metadata, and runs nothing
+    try:
+        with open(os.path.join(list(spec.submodule_search_locations)[0], "version.py")) as f:
+            found = re.search(r"^VERSION\s*=\s*[\x27\x22]([^\x27\x22]+)", f.read(), re.M)
+        parsl = found.group(1) if found else "unknown"
+    except (OSError, IndexError, TypeError):
+        parsl = "unknown"
 print(json.dumps({"missing": missing, "parsl": parsl}))
 """
 

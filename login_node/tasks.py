@@ -30,18 +30,25 @@ from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_jso
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
 
 
-def _task(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    @functools.wraps(fn)
-    def wrapper(req: dict[str, Any]) -> dict[str, Any]:
-        try:
-            req = check_request(req)
-            home = Home.default()
-            home.ensure()
-            return reply(fn(req, home))
-        except GcbundleError as exc:
-            return error_reply(exc)
+def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_home: bool = True) -> Any:
+    """A task function: the request checked, ``$GCBUNDLE_HOME`` made ready (a
+    HomeError otherwise; ``doctor`` reports it as a check instead), errors as
+    envelopes."""
+    def decorate(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        @functools.wraps(fn)
+        def wrapper(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                req = check_request(req)
+                home = Home.default()
+                if ensure_home:
+                    home.ensure()
+                return reply(fn(req, home))
+            except GcbundleError as exc:
+                return error_reply(exc)
 
-    return wrapper
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
@@ -419,7 +426,7 @@ def _cancel_batch_jobs(st: dict[str, Any]) -> None:
             subprocess.run([command, *ids], capture_output=True, timeout=60, check=False)
 
 
-@_task
+@_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     from login_node.checks import site_report
 
