@@ -162,7 +162,7 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progre
     total = manifest.total_size
     done = 0
     try:
-        with open(tmp, "wb") as raw:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as raw:  # the user's alone: a bundle may hold private code and data
             hashing = HashingWriter(raw)
             with gzipstream.ParallelGzipWriter(hashing, GZIP_LEVEL) as gz:
                 with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:
@@ -260,5 +260,6 @@ def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] 
             packcache.HashCache(sel.root).forget()
             raise
         archives.store(key, output, sha, size)
+    os.chmod(output, 0o600)  # also a cached copy, and an -o file that existed with wider modes
     packcache.ManifestStore().put(manifest)
     return PackResult(Path(output), manifest, sha, size, sel.excluded, tuple(sel.summary()), tuple(warnings))

@@ -203,7 +203,7 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise UsageError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
         out[name] = _typed(value)
     return out

@@ -20,9 +20,9 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
-from bundle.errors import PayloadTooLarge, RemoteError, TransportError, UsageError
+from bundle.errors import PayloadTooLarge, ProtocolMismatch, RemoteError, TransportError, UsageError
 from bundle.limits import TASK_LIMIT
-from bundle.protocol import TASKS, request, unwrap
+from bundle.protocol import TASK_SINCE, TASKS, request, unwrap
 
 
 def task_function(name: str) -> Callable[..., Any]:
@@ -53,7 +53,11 @@ class Transport(ABC):
 
     def call(self, task: str, **fields: Any) -> Any:
         self.calls[task] += 1
-        return unwrap(self._run(task, request(**fields)))
+        try:
+            return unwrap(self._run(task, request(**fields)))
+        except RemoteError as exc:
+            raise _missing_task(task, exc) from None
+
 
     def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
         """The replies to ``task`` for each request's fields, in order.
@@ -77,6 +81,15 @@ class Transport(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _missing_task(task: str, exc: RemoteError) -> RemoteError:
+    """A task newer than the login node's gcbundle fails there as a missing function: say to upgrade."""
+    since = TASK_SINCE.get(task)
+    if since and task in exc.message and ("attribute" in exc.message or "import" in exc.message):
+        return ProtocolMismatch(f"the login node's gcbundle has no `{task}` task (it came with gcbundle protocol {since})",
+                                "upgrade gcbundle on the login node (re-run the Ansible playbook)")
+    return exc
 
 
 def pack_task(fn: Callable[..., Any], req: dict[str, Any]) -> tuple[uuid.UUID, bytes]:

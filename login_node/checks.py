@@ -315,6 +315,14 @@ def _launchers(built: _Built | None) -> Check:
         name, cmd = missing[0]
         return Check("MPI launchers", "warn", detail + f"; {name} runs `{cmd}` in each block",
                      f"`{cmd}` is not on this login node's PATH: make sure the compute nodes have it (a module load in worker_init, --set worker_init=...)")
+    if needed:
+        return Check("MPI launchers", "ok", detail)
+    if built is not None and built.config is not None:
+        return Check("MPI launchers", "ok", detail + " (the profile starts its workers without one)")
+    if not any(found.values()):
+        return Check("MPI launchers", "warn", detail,
+                     "no MPI launcher on this login node's PATH: profiles with MpiExecLauncher or SrunLauncher need one "
+                     "(load the MPI module in the endpoint's environment or in worker_init); the `local` profile needs none")
     return Check("MPI launchers", "ok", detail)
 
 

@@ -262,6 +262,7 @@ class Driver:
             self._prepare(config)
             dfk = original_load(config, *a, **k)
             self._instrument(dfk)
+            start_blocks(dfk)
             return dfk
 
         parsl.load = load  # script mode: the script's own parsl.load goes through here
@@ -563,6 +564,23 @@ def _site_file(paths: RunPaths) -> dict[str, Any]:
 
 def _site_defaults(paths: RunPaths, profile: Any) -> dict[str, Any]:
     return site_defaults(_home_of(paths), profile)
+
+
+def start_blocks(dfk: Any) -> None:
+    """Run Parsl's first scaling pass now, not one ``strategy_period`` after the DFK loads.
+
+    This Parsl submits a Config's ``init_blocks`` only on the strategy's first
+    tick, 5 s after load by default: every run would wait that long for its
+    first workers (on ``local``, most of a short workflow's time). The pass
+    is the poller's own, run once here; the poller's timer takes over after.
+    """
+    poller = getattr(dfk, "job_status_poller", None)
+    if poller is None:
+        return
+    try:
+        poller.poll()
+    except Exception:  # noqa: BLE001 - the timer's pass will try again, as it would have anyway
+        log.exception("the first scaling pass failed; Parsl's own will retry")
 
 
 def _default_config() -> Any:

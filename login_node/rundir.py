@@ -38,7 +38,7 @@ def home() -> Path:
 
 
 def check_run_id(run_id: Any) -> str:
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise RunNotFound(f"{str(run_id)[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them")
     return run_id
 
@@ -73,7 +73,7 @@ class Home:
         return self.root / "local-endpoint" / "tasks_working_dir"
 
     def cached_bundle(self, digest: str) -> Path:
-        assert DIGEST.match(digest)
+        assert DIGEST.fullmatch(digest)
         return self.cache / f"{digest}.tar.gz"
 
     def run(self, run_id: str) -> RunPaths:

@@ -137,6 +137,18 @@ def test_missing_scheduler_commands(home: Path, monkeypatch: pytest.MonkeyPatch)
     assert by_name["MPI launchers"]["status"] == "warn" and "MpiExecLauncher runs `mpiexec`" in by_name["MPI launchers"]["detail"]
 
 
+def test_no_mpi_launcher_is_a_warning_not_ok(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither mpiexec nor srun on PATH: without a profile that is a warning (with the
+    fix), with a profile that starts its workers without one it is fine."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    _, _, by_name = doctor("--local")
+    launchers = by_name["MPI launchers"]
+    assert launchers["status"] == "warn" and launchers["detail"] == "mpiexec not found, srun not found"
+    assert "no MPI launcher on this login node's PATH" in launchers["fix"]
+    _, _, by_name = doctor("--local", "--site", "local")
+    assert by_name["MPI launchers"]["status"] == "ok" and by_name["MPI launchers"]["detail"].endswith("(the profile starts its workers without one)")
+
+
 def test_doctor_needs_an_endpoint_or_local() -> None:
     res = CliRunner().invoke(main, ["doctor"])
     assert res.exit_code == 2 and "--endpoint E" in res.stderr and "--local" in res.stderr
