@@ -341,6 +341,9 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
     if isinstance(tasks, dict) and tasks.get("total"):
         parts = ", ".join(f"{p(k)} {p(v)}" for k, v in sorted(tasks.items(), key=lambda kv: str(kv[0])) if k not in ("total",) and v)
         lines.append(f"tasks    {p(tasks['total'])} ({parts})")
+    job = st.get("driver_job")
+    if isinstance(job, dict) and job.get("id"):
+        lines.append(f"in job   {p(job['id'])} ({p(job.get('provider'))}, placement=batch: the driver and its workers run in it)")
     if st.get("scheduler_job_ids"):
         lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
     if st.get("resumed_from"):
