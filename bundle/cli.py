@@ -273,9 +273,9 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: Progress) -> tuple
                     f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened", data=data)
 
 
-_WAIT_HELP = ("Wait for the run to end; on success fetch its results into the user data dir "
-              "(~/.local/share/gcbundle/results/<run_id>/; `gcbundle results -o` puts them elsewhere) and print "
-              "main()'s result; a run that fails exits 11.")
+_WAIT_HELP = ("Wait for the run to end; on success fetch its results into gcbundle's results dir "
+              "(on Linux $XDG_DATA_HOME/gcbundle/results/<run_id>/, by default ~/.local/share/...; "
+              "`gcbundle results RUN -o DIR` puts them elsewhere) and print main()'s result; a run that does not succeed exits 11.")
 
 
 @command(epilog="Without --wait it prints the run id as soon as the driver runs on the login node.")
