@@ -31,6 +31,7 @@ from bundle.errors import GcbundleError, SiteProfileError
 from bundle.versions import local_versions
 from login_node import procs, state
 from login_node.rundir import RunPaths, read_json, write_json
+from login_node.timing import FirstWorkers, split
 
 log = logging.getLogger("gcbundle.driver")
 
@@ -132,6 +133,7 @@ class Driver:
         self.dfk: Any = None
         self.config_repr = ""
         self.records: list[Any] = []
+        self.first_workers: FirstWorkers | None = None  # when the run's first workers connected
         self.job_ids: dict[str, str] = {}
         self.timings: dict[str, float] = {"started": time.time()}
         self.checkpoint_files: list[str] = []
@@ -263,6 +265,8 @@ class Driver:
             dfk = original_load(config, *a, **k)
             self._instrument(dfk)
             start_blocks(dfk)
+            self.first_workers = FirstWorkers(dfk)
+            self.first_workers.start()
             return dfk
 
         parsl.load = load  # script mode: the script's own parsl.load goes through here
@@ -387,6 +391,10 @@ class Driver:
     def _cleanup(self) -> None:
         import parsl
 
+        if self.first_workers is not None:
+            self.first_workers.stop()
+            if self.first_workers.first is not None:
+                self.timings["first_workers"] = self.first_workers.first
         self._collect_job_ids()
         dfk = self.dfk
         try:
@@ -480,15 +488,14 @@ class Driver:
         apps: dict[str, dict[str, Any]] = {}
         for record in list(self.records):
             name = getattr(record.get("func"), "__name__", None) or record.get("func_name", "?")
-            app = apps.setdefault(name, {"count": 0, "from_checkpoint": 0, "states": {}, "seconds": 0.0})
+            app = apps.setdefault(name, {"count": 0, "from_checkpoint": 0, "states": {}, "waiting_s": 0.0, "queued_s": 0.0, "running_s": 0.0})
             app["count"] += 1
             st = _status_name(record)
             app["states"][st] = app["states"].get(st, 0) + 1
             if record.get("from_memo"):
                 app["from_checkpoint"] += 1
-            t0, t1 = record.get("time_invoked"), record.get("time_returned")
-            if t0 and t1:
-                app["seconds"] += (t1 - t0).total_seconds()
+            for key, seconds in zip(("waiting_s", "queued_s", "running_s"), split(record, self.timings.get("first_workers"))):
+                app[key] = round(app[key] + seconds, 6)
         report = {
             "run_id": self.paths.run_id,
             "digest": self.request["digest"],
