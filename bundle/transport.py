@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from bundle.errors import PayloadTooLarge, ProtocolMismatch, RemoteError, TransportError, UsageError
 from bundle.limits import TASK_LIMIT
+from bundle import replies
 from bundle.protocol import TASK_SINCE, TASKS, request, unwrap
 
 
@@ -54,9 +55,10 @@ class Transport(ABC):
     def call(self, task: str, **fields: Any) -> Any:
         self.calls[task] += 1
         try:
-            return unwrap(self._run(task, request(**fields)))
+            data = unwrap(self._run(task, request(**fields)))
         except RemoteError as exc:
             raise _missing_task(task, exc) from None
+        return replies.check(task, data)
 
 
     def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
@@ -288,7 +290,7 @@ class LocalTransport(Transport):
                 while in_flight:
                     raw = worker.results.recv_bytes()
                     in_flight = send_next()
-                    yield unwrap(unpack_result(raw))
+                    yield replies.check(task, unwrap(unpack_result(raw)))
             except (EOFError, OSError):
                 in_flight = 0
                 self._close_worker()
