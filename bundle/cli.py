@@ -576,7 +576,7 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
     """Register gcbundle's login-node task functions once, for endpoints restricted with
     `allowed_functions`; store their ids in the alias and print them for the administrator."""
     from bundle import endpoints
-    from bundle.globus import require_globus
+    from bundle.transport.globus import require_globus
 
     transport = require_globus(endpoint)
     ids = transport.register_all(public=public, group=group_id)
@@ -602,7 +602,7 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
 @click.option("--force", is_flag=True, help="Log in again even if the stored login still works.")
 def login(force: bool, progress: Progress) -> tuple[Any, str]:
     """Log in to Globus Compute with the SDK's own flow (or check GLOBUS_COMPUTE_CLIENT_ID/SECRET)."""
-    from bundle.globus import login as globus_login
+    from bundle.transport.globus import login as globus_login
 
     info = globus_login(force=force)
     if info["headless"]:
