@@ -289,7 +289,7 @@ def launch_kills(tmp: Path) -> dict[str, int]:
     """A client stopped at the launch, before and after the task went out: is the run still reachable?"""
     from bundle import api
     from bundle.registry import Registry
-    from bundle.transport import LocalTransport
+    from bundle.transport.local import LocalTransport
 
     wf = tmp / "launchkill"
     wf.mkdir()

@@ -16,7 +16,7 @@ from typing import Any
 from bundle.limits import CHUNK_BYTES
 from bundle.manifest import listing_sha256
 from bundle.protocol import PROTOCOL
-from bundle.transport import LocalTransport
+from bundle.transport.local import LocalTransport
 
 RUN = "0123456789ab"
 ENVELOPE = "__envelope__"
