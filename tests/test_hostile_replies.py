@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from bundle import api, transport
+from bundle import doctor as client_doctor
 from bundle.cli import main
 from bundle.registry import Registry, RunRecord
 from tests.conftest import write_workflow
@@ -40,6 +41,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, replies:
     hostile = HostileLoginNode(replies)
     monkeypatch.setattr(api, "get_transport", lambda endpoint: hostile)
     monkeypatch.setattr(transport, "get_transport", lambda endpoint: hostile)
+    monkeypatch.setattr(client_doctor, "get_transport", lambda endpoint: hostile)
     wf = write_workflow(tmp_path / "wf", "def main():\n    return 1\n")
     dest = tmp_path / "res"
     _registered()
@@ -87,7 +89,7 @@ def test_a_result_json_that_is_not_json_is_a_results_error(tmp_path: Path, monke
     files = [("result.json", b"{not json"), ("state.json", b'{"state": "succeeded"}')]
     replies = {"launch": {"state": {"state": "running"}}, "status": {"state": "succeeded"},
                "results_manifest": listing(files), "results_chunk": {"index": 0, "data": b"".join(d for _, d in files)}}
-    monkeypatch.setattr(api, "_default_results_dir", lambda: tmp_path / "res")
+    monkeypatch.setattr(api, "default_results_dir", lambda: tmp_path / "res")
     hostile = HostileLoginNode(replies)
     monkeypatch.setattr(api, "get_transport", lambda endpoint: hostile)
     wf = write_workflow(tmp_path / "wf", "def main():\n    return 1\n")
