@@ -6,6 +6,7 @@ README with its default."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -68,6 +69,21 @@ def test_role_layout_and_variables(role: str) -> None:
         assert f"`{name}`" in readme, f"{role}: {name} is not in README.md"
         for shown in _scalars(value):
             assert shown in readme, f"{role}: the default of {name} ({shown!r}) is not in README.md"
+    # Every variable does something: a task, handler or template of the role
+    # reads it (directly, or through another default that one reads).
+    used = "\n".join(
+        p.read_text() for part in ("tasks", "handlers", "templates")
+        for p in sorted((root / part).rglob("*")) if p.is_file()
+    )  # fmt: skip
+    reached = {name for name in defaults if re.search(rf"\b{name}\b", used)}
+    grew = True
+    while grew:
+        more = {name for name in defaults if name not in reached
+                and any(re.search(rf"\b{name}\b", yaml.safe_dump(defaults[r])) for r in reached)}
+        reached |= more
+        grew = bool(more)
+    unused = sorted(set(defaults) - reached)
+    assert not unused, f"{role}: variables no task, handler or template reads: {unused}"
 
 
 def _scalars(value: object) -> list[str]:
