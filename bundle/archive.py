@@ -93,6 +93,18 @@ def read_manifest(path: Path | str) -> Manifest:
         return _read_manifest(tar, _members(tar))
 
 
+def read_text(path: Path | str, name: str, limit: int = 1 << 20) -> str | None:
+    """One small member's text (e.g. the entry file, for ``inspect``), or None if
+    it is absent or larger than ``limit``; call after ``verify``, which checks it."""
+    with _open(Path(path)) as tar:
+        for member in _members(tar):
+            if member.name == name and member.isreg() and member.size <= limit:
+                f = tar.extractfile(member)
+                assert f is not None
+                return _read_exact(f, member.size, name).decode("utf-8", "replace")
+    return None
+
+
 def verify(path: Path | str, expected_digest: str | None = None) -> Manifest:
     """Read the whole bundle and check every member against the manifest, writing nothing."""
     return _walk(Path(path), None, expected_digest)

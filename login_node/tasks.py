@@ -23,6 +23,7 @@ from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
 from login_node import package, procs, state
 from login_node.cache import Cache, check_digest
+from login_node.driverenv import plan_path
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
 
 #: How long ``launch`` waits for the driver to report that it started.
@@ -101,7 +102,18 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
+    plan = _driver_plan(home, paths, spec)  # before the run exists: a failed preflight leaves nothing
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
+    write_json(plan_path(paths), plan)
+    if plan["placement"] == "batch":
+        from login_node import driverjob
+        from login_node.driver import site_file
+
+        try:
+            return {"state": driverjob.submit(home, paths, plan, str(site_file(home).get("worker_init") or ""))}
+        except BaseException:
+            shutil.rmtree(paths.root, ignore_errors=True)  # a job that was never queued leaves no run
+            raise
     from login_node.driver import spawn
 
     try:
@@ -112,6 +124,34 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
+
+
+def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any]) -> dict[str, Any]:
+    """How the run's driver starts: in the endpoint's environment, or after
+    ``driver_init`` in the user's, checked first (``login_node.driverenv``)."""
+    from login_node import driverenv
+    from login_node.driver import driver_env, site_file, site_defaults
+
+    rendered = None
+    options = {"driver_init": "", "placement": "login"}
+    if spec.get("site"):
+        from bundle import profiles
+
+        profile, params = profiles.Profile.from_spec(spec["site"])
+        params = {**site_defaults(home, profile), **params}
+        options = profile.driver_options(params)
+        rendered = profiles.render(profile, params)
+    driver_init = options["driver_init"] or str(site_file(home).get("driver_init") or "")
+    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"], "rendered": rendered}
+    if options["placement"] == "batch":
+        from bundle.placement import batch_provider_node
+
+        batch_provider_node(rendered or {})
+    if driver_init.strip():
+        lib = driverenv.ship(home)
+        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib)
+        plan.update(lib=str(lib), environment=found)
+    return plan
 
 
 def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +292,10 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
+    if st.get("state") == "queued":
+        from login_node.driverjob import check_queued
+
+        st = check_queued(paths, st)
     wait = req.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
         raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
@@ -295,7 +339,8 @@ def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
     if not state.is_terminal(st) and not req.get("partial"):
-        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}", "wait for it to finish (`gcbundle status --wait`), or cancel it")
+        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}",
+                            f"wait for it to end (`gcbundle status {paths.run_id} --wait`), or stop it (`gcbundle cancel {paths.run_id}`)")
     return {"state": st, **package.manifest(paths)}
 
 
@@ -319,6 +364,16 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
         return {"state": st, "already": True}
     if not paths.cancel_marker.exists():
         write_json(paths.cancel_marker, {"requested": time.time(), "host": state.hostname()})
+    if st.get("state") == "queued":
+        # placement=batch, the job not started yet: end it; a driver starting meanwhile sees the marker.
+        from login_node import driverjob
+
+        driverjob.cancel(st)
+        fresh = state.read_raw(paths)
+        if fresh.get("state") == "queued":
+            fresh.update(state="cancelled", finished=time.time(), detail="cancelled while its batch job was queued")
+            state.write(paths, fresh)
+        st = state.effective(paths)
     pid = st.get("pid")
     local = st.get("host") == state.hostname()
     if local and state.alive(pid, st.get("pid_start")):
@@ -333,6 +388,11 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             break
         time.sleep(0.1)
     escalated = 0
+    if not local and not state.is_terminal(st) and st.get("driver_job"):
+        # placement=batch: the driver did not stop by itself in time: end its job.
+        from login_node import driverjob
+
+        escalated += int(driverjob.cancel(st))
     if local:
         if state.alive(pid, st.get("pid_start")):
             try:
@@ -361,3 +421,12 @@ def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     from login_node.checks import site_report
 
     return site_report(home, req.get("site"))
+
+
+@_task
+def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
+    from login_node.prune import Criteria
+    from login_node.prune import prune as prune_home
+
+    return prune_home(home, Criteria.from_json(req.get("prune")))

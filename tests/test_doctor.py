@@ -61,7 +61,7 @@ def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path) -> None:
     assert "2 doctor checks failed: batch scheduler, address of executors[0]" in env["errors"][0]["message"]
     assert by_name["batch scheduler"]["status"] == "fail" and "qsub, qstat, qdel" in by_name["batch scheduler"]["fix"]
     address = by_name["address of executors[0]"]
-    assert address["status"] == "fail" and "address_by_interface(ifname='bond0') failed here" in address["detail"]
+    assert address["status"] == "fail" and "address_by_interface(ifname='hsn0') failed here" in address["detail"]
     assert "--set ifname=" in address["fix"]
     res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj"])
     assert res.exit_code == ChecksFailed.exit_code

@@ -33,7 +33,8 @@ STANDIN = {"address": "127.0.0.1", "strategy_period": 1, "walltime": "00:10:00",
            "cpus_per_node": 2, "select_options": "mpiprocs=2", "scheduler_options": "#PBS -l filesystems=home"}
 #: The Polaris profile's parameters that this two-core machine cannot honour; everything else stays.
 POLARIS_HERE = {"account": "gcbundle-test", "ifname": "lo", "bind_cmd": "--bind-to", "mpi_overrides": "",
-                "cpus_per_node": 2, "select_options": "mpiprocs=2", "strategy_period": 1}
+                "cpus_per_node": 2, "select_options": "mpiprocs=2", "strategy_period": 1,
+                "cpu_affinity": "alternating"}  # ALCF's list names cores 0-63; this machine has two
 
 VIEW = '''\
 from parsl import python_app
