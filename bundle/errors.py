@@ -47,6 +47,13 @@ class SiteProfileError(GcbundleError):
     exit_code = 4
 
 
+class SiteEnvironmentError(GcbundleError):
+    """The login node's Python environment lacks what the workflow or its site profile needs
+    (found by the launch task before a run exists)."""
+
+    exit_code = 13
+
+
 class RunNotFound(GcbundleError):
     """No run matches an id or prefix (client registry or login node)."""
 
@@ -103,6 +110,10 @@ class RegistryError(GcbundleError):
     exit_code = 8
 
 
+class RegistryLocked(RegistryError):
+    """Another gcbundle process holds the registry longer than we wait: not damage; wait and retry."""
+
+
 class ResultsError(GcbundleError):
     """Results could not be fetched or verified."""
 
@@ -148,6 +159,7 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         BundleError,
         ManifestError,
         SiteProfileError,
+        SiteEnvironmentError,
         RunNotFound,
         RunStateError,
         TransportError,
@@ -160,6 +172,7 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         RateLimited,
         TaskTimeout,
         RegistryError,
+        RegistryLocked,
         ResultsError,
         HomeError,
     )
@@ -182,5 +195,6 @@ EXIT_CODES: dict[int, str] = {
     ChecksFailed.exit_code: "a `doctor` check failed",
     RunFailed.exit_code: "the run waited for (`submit --wait`, `resume --wait`) ended failed, cancelled or lost",
     HomeError.exit_code: "GCBUNDLE_HOME cannot be created or written",
+    SiteEnvironmentError.exit_code: "the login node's environment lacks a module the workflow imports, or the Parsl its site profile needs (no run was created)",
     130: "interrupted (Ctrl-C); a run already started keeps going",
 }

@@ -48,3 +48,12 @@ def tree_size(path: Path) -> int:
         except OSError:
             pass
     return total
+
+
+def folder_problem(path: Path, exc: OSError) -> str:
+    """Why a folder could not be made, in words: a file in the way is named, since
+    the system's words for it ("File exists", "Not a directory") say little."""
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            return f"{part} is a file, not a folder"
+    return exc.strerror or str(exc)

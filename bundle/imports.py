@@ -180,3 +180,42 @@ def defined_names(tree: ast.Module) -> set[str] | None:
         elif isinstance(node, ast.Global):
             names.update(node.names)
     return names
+
+
+class ModuleIndex:
+    """A bundle's files seen as Python modules: which top-level names are local, and
+    which file an import of a dotted name executes."""
+
+    def __init__(self, files: frozenset[str] | set[str]) -> None:
+        self.files = frozenset(files)
+        dirs: set[str] = set()
+        for f in self.files:
+            parts = f.split("/")[:-1]
+            dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        self.dirs = dirs
+
+    def is_local(self, top: str) -> bool:
+        """Is ``top`` a module or package of the bundle (not an installed one)? A directory
+        counts only when it holds Python files (a data folder named like a package does not)."""
+        if f"{top}.py" in self.files or f"{top}/__init__.py" in self.files:
+            return True
+        return top in self.dirs and any(f.startswith(f"{top}/") and f.endswith(".py") for f in self.files)
+
+    def resolve(self, dotted: str) -> tuple[str | None, str | None]:
+        """(the bundle file an import of ``dotted`` executes last, None for a namespace
+        package; a text saying why it does not resolve, else None)."""
+        parts = dotted.split(".")
+        last: str | None = None
+        for i in range(1, len(parts) + 1):
+            base = "/".join(parts[:i])
+            if f"{base}/__init__.py" in self.files:
+                last = f"{base}/__init__.py"
+            elif f"{base}.py" in self.files:
+                if i < len(parts):
+                    return None, f"{base}.py is a module, not a package, so it has no {'.'.join(parts[i:])}"
+                last = f"{base}.py"
+            elif base in self.dirs:
+                last = None
+            else:
+                return None, f"the bundle has no {base}.py or {base}/"
+        return last, None

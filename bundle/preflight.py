@@ -15,10 +15,8 @@ the login node can answer (are the third-party imports installed there?) is
 from __future__ import annotations
 
 import ast
-import difflib
 import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,6 +24,7 @@ from typing import Any, Callable, Iterable
 from bundle import imports
 from bundle.errors import BundleError, UsageError
 from bundle.manifest import Manifest
+from bundle.suggest import did_you_mean
 
 #: Warnings beyond this many are counted, not listed.
 MAX_WARNINGS = 20
@@ -84,8 +83,8 @@ def check_args(source: str | bytes, entry: str, mode: str, args: dict[str, Any],
             raise UsageError(f"--arg {name}: main() in {entry} takes {name!r} only by position", f"make it an ordinary parameter: def main({name}, ...)")
         if a.kwarg is not None:
             continue
-        close = difflib.get_close_matches(name, named, n=1, cutoff=0.6)
-        hint = f"did you mean --arg {close[0]}=...? main() takes: {known}" if close else f"main() takes: {known}"
+        tip = did_you_mean(name, named, "--arg {}=...")
+        hint = f"{tip} main() takes: {known}" if tip else f"main() takes: {known}"
         raise UsageError(f"--arg {name}: main() in {entry}:{main.lineno} has no parameter {name!r}", hint)
     defaults_from = len(a.posonlyargs) + len(a.args) - len(a.defaults)
     required = [p.arg for i, p in enumerate([*a.posonlyargs, *a.args]) if i < defaults_from]
@@ -107,19 +106,6 @@ class Tree:
     #: Why a path (or a directory above it) is left out, when the folder is known.
     excluded: dict[str, str]
 
-    def dirs(self) -> set[str]:
-        out: set[str] = set()
-        for f in self.files:
-            parts = f.split("/")[:-1]
-            out.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-        return out
-
-    def is_local(self, top: str, dirs: set[str]) -> bool:
-        """Is ``top`` a module or package of the bundle (not an installed one)?"""
-        if f"{top}.py" in self.files or f"{top}/__init__.py" in self.files:
-            return True
-        return top in dirs and any(f.startswith(f"{top}/") and f.endswith(".py") for f in self.files)
-
     def why_left_out(self, rel: str) -> str | None:
         rel = rel.rstrip("/")
         if rel in self.excluded:
@@ -128,34 +114,13 @@ class Tree:
         for i in range(len(parts), 0, -1):
             key = "/".join(parts[:i]) + "/"
             if key in self.excluded:
-                return f"{key} {self.excluded[key]}"
+                return self.excluded[key] if i == len(parts) else f"{key} {self.excluded[key]}"
         return None
-
-
-def _resolve(tree: Tree, dirs: set[str], dotted: str) -> tuple[str | None, str | None]:
-    """(the bundle file that defines ``dotted``, or None for a package without
-    ``__init__``; an error text when it does not resolve)."""
-    parts = dotted.split(".")
-    for i in range(1, len(parts) + 1):
-        base = "/".join(parts[:i])
-        if f"{base}/__init__.py" in tree.files:
-            last = f"{base}/__init__.py"
-        elif f"{base}.py" in tree.files:
-            if i < len(parts):
-                return None, f"{base}.py is a module, not a package, so it has no {'.'.join(parts[i:])}"
-            last = f"{base}.py"
-        elif base in dirs:
-            last = None
-        else:
-            return None, f"the bundle has no {base}.py or {base}/"
-        if i == len(parts):
-            return last, None
-    return None, None
 
 
 def check_imports(tree: Tree, entry: str, extra: tuple[str, ...] = ()) -> None:
     """Every import of a local module, in the entry and the local modules it reaches, resolves in the bundle."""
-    dirs = tree.dirs()
+    index = imports.ModuleIndex(tree.files)
     todo = [entry, *extra]
     seen: set[str] = set()
     defined: dict[str, set[str] | None] = {}
@@ -168,9 +133,9 @@ def check_imports(tree: Tree, entry: str, extra: tuple[str, ...] = ()) -> None:
         if module is None:
             continue
         for ref in imports.scan(module, rel):
-            if not tree.is_local(ref.top, dirs) and not _left_out_module(tree, ref.top):
+            if not index.is_local(ref.top) and not _left_out_module(tree, ref.top):
                 continue
-            target, problem = _resolve(tree, dirs, ref.module)
+            target, problem = index.resolve(ref.module)
             if problem is None and target is not None:
                 todo.append(target)
             if problem is not None:
@@ -178,7 +143,7 @@ def check_imports(tree: Tree, entry: str, extra: tuple[str, ...] = ()) -> None:
                     continue
                 raise _import_error(tree, ref, ref.module, problem)
             for name in ref.names:
-                sub, sub_problem = _resolve(tree, dirs, f"{ref.module}.{name}")
+                sub, sub_problem = index.resolve(f"{ref.module}.{name}")
                 if sub_problem is None:
                     if sub is not None:
                         todo.append(sub)
@@ -222,9 +187,8 @@ def literal_paths(tree: Tree, root: Path, sources: Iterable[str], only_imports: 
         module = imports.parse(tree.read(rel), rel)
         if module is None:
             continue
-        for node in ast.walk(module):
-            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
-                continue
+        constants = [n for n in ast.walk(module) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        for node in sorted(constants, key=lambda n: (n.lineno, n.col_offset)):
             path = _path_like(node.value)
             if path is None or path in seen:
                 continue
@@ -303,12 +267,7 @@ def check_archive(path: Path | str, manifest: Manifest, args: dict[str, Any]) ->
 
 def archive_sources(path: Path, manifest: Manifest) -> dict[str, bytes]:
     """The Python sources of a verified bundle, read in one pass over the archive."""
-    wanted = {f.path for f in manifest.files if f.path.endswith(".py") and f.size <= MAX_SOURCE_BYTES}
-    out: dict[str, bytes] = {}
-    with tarfile.open(path, mode="r|gz") as tar:
-        for member in tar:
-            if member.isreg() and member.name in wanted:
-                f = tar.extractfile(member)
-                if f is not None:
-                    out[member.name] = f.read(MAX_SOURCE_BYTES)
-    return out
+    from bundle import archive
+
+    wanted = {f.path for f in manifest.files if f.path.endswith(".py")}
+    return archive.read_sources(path, wanted, MAX_SOURCE_BYTES)

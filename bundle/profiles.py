@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.resources
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,9 @@ import yaml
 from bundle.errors import SiteProfileError, UsageError
 
 _PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
-_TOP_KEYS = {"description", "parameters", "engine", "executors", "config"}
+_TOP_KEYS = {"description", "parameters", "engine", "executors", "config", "parsl"}
+#: The Parsl every run needs, whatever the profile (``Config(memoizer=...)``); as in pyproject.toml.
+MIN_PARSL = "2025.12.1"
 #: Config keywords a profile may set (anything else is ours to decide: run_dir, memoizer).
 CONFIG_KEYS = {"retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode", "usage_tracking", "std_autopath"}
 #: Where the driver runs on the login node's site: login (a detached process on the login node) or batch
@@ -83,6 +84,22 @@ class Profile:
             helptext = str(spec.get("help", "")) or (DRIVER_PARAMETERS[name][1] if name in DRIVER_PARAMETERS else "")
             out[name] = Parameter(name, default, required=required, help=helptext)
         return out
+
+    def parsl_requirement(self) -> str:
+        """The Parsl versions a run with this profile needs (PEP 440): gcbundle's own
+        minimum, narrowed by the profile's optional ``parsl: ">=2026.1"`` (a profile that
+        names a class or keyword only newer Parsl has)."""
+        extra = self.data.get("parsl")
+        spec = f">={MIN_PARSL}"
+        if extra is None:
+            return spec
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet  # only then: a driver's environment may lack it
+
+        try:
+            return str(SpecifierSet(f"{spec},{extra}"))
+        except (InvalidSpecifier, TypeError):
+            raise SiteProfileError(f"site profile {self.name!r}: `parsl: {extra}` is not a version specifier",
+                                   'write e.g. parsl: ">=2026.1"') from None
 
     def driver_options(self, params: dict[str, Any]) -> dict[str, Any]:
         """How the driver of a run with these parameters starts: ``driver_init`` and ``placement``."""
@@ -149,7 +166,10 @@ def parse(name: str, text: str) -> Profile:
     config = data.get("config") or {}
     if not isinstance(config, dict) or set(config) - CONFIG_KEYS:
         raise SiteProfileError(f"site profile {name!r}: `config:` may only set {', '.join(sorted(CONFIG_KEYS))}")
-    return Profile(name, text, data)
+    profile = Profile(name, text, data)
+    if "parsl" in data:
+        profile.parsl_requirement()  # a malformed `parsl:` is an error here, on the laptop
+    return profile
 
 
 def _placeholders(node: Any) -> list[tuple[str, Any]]:
@@ -182,7 +202,7 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise UsageError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
         out[name] = _typed(value)
     return out
@@ -317,46 +337,3 @@ def build_config(rendered: dict[str, Any], *, factory: Factory | None = None, **
     kwargs = dict(rendered.get("config") or {})
     kwargs.update(overrides)
     return Config(executors=executors, **kwargs)
-
-
-# -- what every batch job runs first --------------------------------------------------
-
-def worker_prelude(*, bindir: str, bundle_dir: str, outputs_dir: str, run_id: str,
-                   site_init: str = "", tmpdir: str = "") -> str:
-    """Shell lines the driver puts before every provider's ``worker_init``.
-
-    Batch jobs do not always inherit the driver's environment (PBS Pro jobs
-    do not) and start in the scheduler's idea of a working directory, so the
-    job itself must get: the site's own set-up (``site_init``: module loads,
-    the environment's activation, from ``site-defaults.yaml``); the driver's
-    ``bin/`` first on PATH, so that ``process_worker_pool.py`` runs on the
-    same Python and Parsl as the driver (the interchange refuses managers of
-    another version); the bundle on PYTHONPATH (Parsl may pickle apps by
-    reference); the run's id (which finds every process of the run) and
-    outputs directory; a TMPDIR that exists on the node (Open MPI's
-    ``mpiexec`` keeps its session directory there); Open MPI's consent to
-    run as root, only for root; and the bundle as working directory, where
-    MpiExecLauncher writes its host file and where apps find the files they
-    found on the laptop. Here it also fails loudly when the run directory is
-    not visible on the node, instead of starting workers that cannot import
-    the workflow.
-    """
-    q = shlex.quote
-    lines = ["# gcbundle: the driver's Python and Parsl, the bundle, a usable TMPDIR"]
-    if site_init.strip():
-        lines.append(site_init.strip())
-    lines += [
-        f'export PATH={q(bindir)}:"$PATH"',
-        f"export PYTHONPATH={q(bundle_dir)}${{PYTHONPATH:+:$PYTHONPATH}}",
-        f"export GCBUNDLE_OUTPUT_DIR={q(outputs_dir)}",
-        f"export GCBUNDLE_RUN_ID={q(run_id)}",
-    ]
-    if tmpdir.strip():
-        lines.append(f"export TMPDIR={q(tmpdir.strip())}")
-    lines += [
-        'if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi',
-        'if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi',
-        (f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname):'
-         ' put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }'),
-    ]
-    return "\n".join(lines) + "\n"

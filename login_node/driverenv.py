@@ -121,7 +121,7 @@ def script(driver_init: str, argv_after_python: list[str]) -> str:
 def env_for(paths: RunPaths, base: dict[str, str]) -> dict[str, str]:
     """The driver's environment without the endpoint's interpreter first on PATH."""
     env = dict(base)
-    # Both spellings: the driver puts the resolved one first (login_node.driver.run_python).
+    # Both spellings: the driver puts the resolved one first (login_node.spawn.run_python).
     bindirs = {str(Path(sys.executable).parent), str(Path(sys.executable).parent.resolve())}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p not in bindirs) or "/usr/bin:/bin"
     env.pop("PYTHONHOME", None)
@@ -129,10 +129,12 @@ def env_for(paths: RunPaths, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def preflight(paths: RunPaths, driver_init: str, rendered: dict[str, Any] | None, env: dict[str, str], lib: Path) -> dict[str, Any]:
-    """Run ``login_node.preflight`` after ``driver_init``; its findings, or SiteProfileError."""
+def preflight(paths: RunPaths, driver_init: str, rendered: dict[str, Any] | None, env: dict[str, str], lib: Path,
+              imports: list[str] | None = None) -> dict[str, Any]:
+    """Run ``login_node.preflight`` after ``driver_init``; its findings, or SiteProfileError.
+    ``imports`` (top-level module names) come back in ``missing_imports`` when not found."""
     bash = shutil.which("bash") or "/bin/bash"
-    request = {"rendered": rendered}
+    request = {"rendered": rendered, "imports": list(imports or [])}
     text = script(driver_init, ["-c", stub(lib, "preflight"), json.dumps(request)])
     try:
         proc = subprocess.run([bash, "-c", text], capture_output=True, text=True, timeout=PREFLIGHT_TIMEOUT,

@@ -3,8 +3,10 @@
     python3 -c '<stub: shipped code on sys.path>; from login_node.preflight import main; main()' REQUEST_JSON
 
 prints one JSON line: this interpreter's Python, Parsl and gcbundle (the
-shipped copy) versions and its executable, and ``problems``, each a
-``message`` and a ``hint``. It builds the run's Config from the rendered
+shipped copy) versions and its executable, ``problems``, each a
+``message`` and a ``hint``, and which of the request's ``imports`` (the
+workflow's third-party modules) it cannot find (``missing_imports``; judged
+by ``login_node.envcheck``). It builds the run's Config from the rendered
 site profile as ``gcbundle render`` does (no address function, no scheduler
 command), so a keyword this Parsl does not know is found here. Kept to
 syntax every Python 3 reads, so that a too-old Python is told it is.
@@ -24,6 +26,19 @@ def check(request: dict) -> dict:
         problems.append({"message": "Python %s is older than 3.10, which gcbundle's driver needs" % out["python"],
                          "hint": "activate an environment with Python 3.10 or newer in driver_init"})
         return out
+    names = request.get("imports") or []
+    if names:
+        # The workflow's third-party imports (login_node.envcheck): found without importing them.
+        import importlib.util
+
+        missing = []
+        for name in names:
+            try:
+                if importlib.util.find_spec(name) is None:
+                    missing.append(name)
+            except (ImportError, ValueError):
+                missing.append(name)
+        out["missing_imports"] = missing
     try:
         import parsl
     except ImportError as exc:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle.errors import RunNotFound
-from bundle.fileio import write_atomic
+from bundle.errors import HomeError, RunNotFound
+from bundle.fileio import folder_problem, write_atomic
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -38,7 +38,7 @@ def home() -> Path:
 
 
 def check_run_id(run_id: Any) -> str:
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise RunNotFound(f"{str(run_id)[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them")
     return run_id
 
@@ -73,16 +73,26 @@ class Home:
         return self.root / "local-endpoint" / "tasks_working_dir"
 
     def cached_bundle(self, digest: str) -> Path:
-        assert DIGEST.match(digest)
+        assert DIGEST.fullmatch(digest)
         return self.cache / f"{digest}.tar.gz"
 
     def run(self, run_id: str) -> RunPaths:
         return RunPaths(self.runs / check_run_id(run_id))
 
     def ensure(self) -> None:
+        """Create the folders (mode 0700) or fail with HomeError: one line that says what to do."""
+        fix = ("set GCBUNDLE_HOME to a folder this user can write (for an endpoint: in its environment, "
+               "e.g. user_environment.yaml), or fix the folder's permissions")
+        try:
+            for d in (self.root, self.cache, self.staging, self.runs):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else self.root
+            raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} cannot be used: {folder_problem(where, exc)}", fix) from None
         for d in (self.root, self.cache, self.staging, self.runs):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} is not writable" + ("" if d == self.root else f" ({d})"), fix)
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,11 @@ class RunPaths:
     @property
     def run_id(self) -> str:
         return self.root.name
+
+    @property
+    def home(self) -> Home:
+        """The ``$GCBUNDLE_HOME`` this run lives in (runs are ``<home>/runs/<run_id>``)."""
+        return Home(self.root.parent.parent)
 
     def __getattr__(self, name: str) -> Path:
         try:

@@ -2,8 +2,10 @@
 # One-stop set-up on a fresh Debian machine, idempotent.
 #   scripts/setup.sh          the client and the local endpoint in .venv
 #   scripts/setup.sh --test   plus what the test suite needs: a single-node Slurm
-#                             with munge and Open MPI, and a loopback sshd with an
-#                             unprivileged user for the Ansible tests
+#                             with munge and Open MPI, a loopback sshd with an
+#                             unprivileged user for the Ansible tests, and Debian's
+#                             RabbitMQ with an unprivileged user for the tests that
+#                             run the real globus-compute-endpoint daemon
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -40,7 +42,7 @@ extras=""
 .venv/bin/python -m pip install -q -e ".${extras}"
 
 if [ "$with_tests" = 1 ]; then
-  for script in scripts/setup_slurm.sh scripts/setup_sshd.sh; do
+  for script in scripts/setup_slurm.sh scripts/setup_sshd.sh scripts/setup_rabbitmq.sh; do
     if [ -f "$script" ]; then bash "$script"; fi
   done
 fi

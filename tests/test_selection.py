@@ -106,12 +106,14 @@ def test_imported_module_comes_along_even_if_gitignored(tmp_path: Path) -> None:
 def test_default_excludes_parsl_runinfo_results_packages_and_the_archive_being_written(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     make(root, {"workflow.py": MAIN, "runinfo/000/parsl.log": "x", "results/3f2a/.gcbundle-results.json": "{}",
-                "results/3f2a/result.json": "1", "node_modules/x.js": "", "src/pkg/__pycache__/m.cpython-311.pyc": ""})
+                "results/3f2a/result.json": "1", "node_modules/x.js": "", "src/pkg/__pycache__/m.cpython-311.pyc": "",
+                "env/conda-meta/history": "", "env/lib/python3.11/os.py": "", "venv/pyvenv.cfg": "", "venv/lib/x.py": ""})
     res = pack(root / "workflow.py", root / "bundle.tar.gz")
     assert [f.path for f in res.manifest.files] == ["workflow.py"]
     reasons = dict(res.excluded)
     assert reasons["runinfo/"] == "Parsl's run directory of local runs"
     assert reasons["results/3f2a/"] == "results package fetched by gcbundle"
+    assert reasons["env/"] == "conda environment" and reasons["venv/"] == "virtualenv"
     again = pack(root / "workflow.py", root / "bundle.tar.gz")  # the archive from before is not packed into the next
     assert again.digest == res.digest
 
@@ -181,6 +183,38 @@ def test_walk_reports_progress_through_the_callback(tmp_path: Path, monkeypatch:
     assert [c[1] for c in calls] == sorted(c[1] for c in calls)
 
 
+def test_cli_shows_the_walk_on_a_terminal_only(tmp_path: Path) -> None:
+    """stderr a real terminal (a pty): the walk's progress is drawn there; piped (above): not."""
+    import pty
+    import sys
+
+    root = tmp_path / "proj"
+    make(root, {"workflow.py": MAIN, **{f"d{i}/f.txt": "x" for i in range(200)}})
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bundle.cli", "pack", str(root / "workflow.py"), "-o", str(tmp_path / "b.tar.gz")],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False)
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    text = seen.decode()
+    assert "scanning the workflow's folder: " in text and "files to bundle so far" in text
+    assert "included 201 files" in text
+
+
 def test_cli_pack_says_what_it_included_and_left_out_and_refuses_big_folders(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     make(root, {"workflow.py": MAIN, ".gitignore": "big/\n", "big/x.bin": "x", "data.csv": "1", **{f"many/{i}": "" for i in range(30)}})
@@ -197,5 +231,5 @@ def test_cli_pack_says_what_it_included_and_left_out_and_refuses_big_folders(tmp
     assert not (tmp_path / "c.tar.gz").exists()
     res = runner.invoke(main, ["pack", str(root / "workflow.py"), "-o", str(tmp_path / "d.tar.gz"), "--only-imports", "--json"])
     data = json.loads(res.stdout)["data"]
-    assert data["files"] == 1 and data["summary"][0].startswith("included 1 files")
+    assert data["files"] == 1 and data["summary"][0].startswith("included 1 file,")
     os.remove(tmp_path / "b.tar.gz")
