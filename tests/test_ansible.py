@@ -942,7 +942,7 @@ from globus_compute_endpoint.engines.base import GCFuture
 
 from bundle.pack import pack
 from bundle.protocol import request, unwrap
-from bundle.transport import pack_task, task_function, unpack_result
+from bundle.transport.wire import pack_task, task_function, unpack_result
 
 if sys.argv[1:2] != ["start"] or len(sys.argv) != 3:
     sys.exit("usage: standin-gce start NAME")
