@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # One-stop set-up on a fresh Debian machine, idempotent.
 #   scripts/setup.sh          the client and the local endpoint in .venv
-#   scripts/setup.sh --test   plus what the test suite needs: a single-node Slurm
-#                             with munge and Open MPI, and a loopback sshd with an
-#                             unprivileged user for the Ansible tests
+#   scripts/setup.sh --test   plus what the test suite needs: the virtual site
+#                             (scripts/site.sh: compute nodes cn1, cn2 as network
+#                             namespaces behind bonds bond0/hsn0), Slurm with munge
+#                             and Open MPI over it, OpenPBS built from source over
+#                             it (OPENPBS_SRC, see scripts/setup_pbs.sh), and a
+#                             loopback sshd with an unprivileged user for the
+#                             Ansible tests
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -40,7 +44,8 @@ extras=""
 .venv/bin/python -m pip install -q -e ".${extras}"
 
 if [ "$with_tests" = 1 ]; then
-  for script in scripts/setup_slurm.sh scripts/setup_sshd.sh; do
+  # setup_slurm.sh and setup_pbs.sh each bring the site up first (idempotent).
+  for script in scripts/setup_slurm.sh scripts/setup_pbs.sh scripts/setup_sshd.sh; do
     if [ -f "$script" ]; then bash "$script"; fi
   done
 fi

@@ -1,10 +1,11 @@
 """`gcbundle doctor`: through the local endpoint (one task, the same code path as
 a real endpoint) and `--local` (in this process, what the Ansible role runs
-last on a login node), on this machine with its real Slurm, Open MPI and,
-for PBS, the stand-in for the PBS Pro command line (tests/pbs_standin)."""
+last on a login node), on this machine, the virtual site's login node, with
+its real Slurm, OpenPBS, Open MPI and the bond0/hsn0 links (scripts/site.sh)."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from bundle.errors import ChecksFailed
 from bundle.versions import local_versions
 from login_node import checks
 from login_node.rundir import Home
+from tests.conftest_scheduler import LOGIN_ADDRESS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -35,8 +37,9 @@ def test_local_mode_passes_on_this_machine(home: Path) -> None:
     assert code == 0 and env["status"] == "success", env
     data = env["data"]
     assert data["ok"] and data["home"] == str(home) and data["versions"] == local_versions()
-    assert by_name["batch scheduler"]["status"] == "ok" and "slurm answers" in by_name["batch scheduler"]["detail"]
-    assert "/usr/bin/sbatch" in by_name["batch scheduler"]["detail"] and "qsub not found" in by_name["batch scheduler"]["detail"]
+    assert by_name["batch scheduler"]["status"] == "ok"
+    assert "/usr/bin/sbatch" in by_name["batch scheduler"]["detail"] and "qsub /" in by_name["batch scheduler"]["detail"]
+    assert by_name["batch scheduler"]["detail"].endswith("slurm, pbs answers")
     assert by_name["MPI launchers"]["status"] == "ok" and "mpiexec /usr/bin/mpiexec" in by_name["MPI launchers"]["detail"]
     assert by_name["GCBUNDLE_HOME"]["status"] == "ok" and "GiB free" in by_name["GCBUNDLE_HOME"]["detail"]
     assert by_name["worker_init"] == {"name": "worker_init", "status": "ok", "fix": "",
@@ -55,26 +58,29 @@ def test_endpoint_mode_with_the_slurm_profile(home: Path) -> None:
     assert "  ok    batch scheduler" in res.stdout
 
 
-def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path) -> None:
-    code, env, by_name = doctor("--local", "--site", "polaris", "--set", "account=proj")
+def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login node without PBS commands nor the interface the profile names."""
+    monkeypatch.setenv("PATH", os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                                               if not Path(d, "qsub").exists()))
+    code, env, by_name = doctor("--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0")
     assert code == ChecksFailed.exit_code and env["status"] == "error"
     assert "2 doctor checks failed: batch scheduler, address of executors[0]" in env["errors"][0]["message"]
     assert by_name["batch scheduler"]["status"] == "fail" and "qsub, qstat, qdel" in by_name["batch scheduler"]["fix"]
     address = by_name["address of executors[0]"]
-    assert address["status"] == "fail" and "address_by_interface(ifname='bond0') failed here" in address["detail"]
+    assert address["status"] == "fail" and "address_by_interface(ifname='nosuch0') failed here" in address["detail"]
     assert "--set ifname=" in address["fix"]
-    res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj"])
+    res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0"])
     assert res.exit_code == ChecksFailed.exit_code
     assert "  FAIL  address of executors[0]" in res.stdout and "fix: no such interface" in res.stdout
     assert "gcbundle: error: 2 doctor checks failed" in res.stderr
 
 
-def test_polaris_profile_passes_with_the_pbs_standin_and_loopback(pbs_standin: Path, home: Path) -> None:
-    """PBS commands from the STAND-IN for the PBS Pro CLI (not PBS Pro)."""
-    code, env, by_name = doctor("--endpoint", "local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=lo")
+def test_polaris_profile_passes_on_the_virtual_login_node(pbs_cluster: None, home: Path) -> None:
+    """The real OpenPBS answers and bond0 exists, as on a Polaris login node."""
+    code, env, by_name = doctor("--endpoint", "local", "--site", "polaris", "--set", "account=proj")
     assert code == 0, env
     assert by_name["batch scheduler"]["detail"].endswith("pbs answers")
-    assert by_name["address of executors[0]"]["detail"] == "address_by_interface(ifname='lo') = 127.0.0.1"
+    assert by_name["address of executors[0]"]["detail"] == f"address_by_interface(ifname='bond0') = {LOGIN_ADDRESS}"
 
 
 def test_missing_required_parameter_is_a_failing_check(home: Path) -> None:
