@@ -16,12 +16,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bundle import archive, delta, profiles
+from bundle import archive, delta, preflight, profiles
 from bundle.endpoints import submit_defaults as endpoint_defaults
 from bundle.errors import BundleError, RunStateError, UsageError
 from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES
 from bundle.manifest import sha256_file
 from bundle.pack import PackResult, pack
+from bundle.selection import Limits
 from bundle.protocol import supports_delta
 from bundle.registry import Registry, RunRecord
 from bundle.results import Fetched, fetch
@@ -39,13 +40,23 @@ def _new_run_id() -> str:
 
 def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = (), entry: str | None = None,
             config: str | Path | None = None, site: str | None = None, mode: str | None = None,
-            progress: Progress | None = None) -> PackResult:
-    """Pack a workflow, or check a ready-made bundle (``.tar.gz``) and use it as is."""
+            progress: Progress | None = None, args: dict[str, Any] | None = None, only_imports: bool = False,
+            limits: Limits | None = None) -> PackResult:
+    """Pack a workflow, or verify a ready-made bundle (``.tar.gz`` from ``gcbundle pack``) and
+    use it as is; either way the laptop's preflight (``bundle.preflight``) runs first."""
     path = Path(workflow)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        given = [flag for flag, value in (("--include", includes), ("--entry", entry), ("--config", config),
+                                          ("--mode", mode not in (None, "auto") and mode), ("--only-imports", only_imports)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot change a bundle made earlier ({path.name})",
+                             "give them to `gcbundle pack` when making the bundle, or submit the workflow itself")
         manifest = archive.verify(path)
-        return PackResult(path, manifest, sha256_file(path), path.stat().st_size, ())
-    return pack(path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, mode=mode, progress=progress)
+        warnings = preflight.check_archive(path, manifest, dict(args or {}))
+        summary = (f"bundle {path.name} made by gcbundle pack: {len(manifest.files):,} files, digest {manifest.digest[:12]}",)
+        return PackResult(path, manifest, sha256_file(path), path.stat().st_size, (), summary, tuple(warnings))
+    return pack(path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, mode=mode,
+                progress=progress, only_imports=only_imports, limits=limits, run_args=None if args is None else dict(args))
 
 
 def upload(transport: Transport, packed: PackResult, progress: Progress | None = None) -> int:
@@ -93,8 +104,10 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
            includes: tuple[str, ...] = (), entry: str | None = None, site: str | None = None,
            params: dict[str, Any] | None = None, config: str | Path | None = None, mode: str | None = None, wait: bool = False,
            progress: Progress | None = None, registry: Registry | None = None,
-           transport: Transport | None = None, resumed_from: str | None = None, inherit: bool = False) -> Run:
-    """Pack ``workflow``, send it to ``endpoint`` and start it; return once the driver runs."""
+           transport: Transport | None = None, resumed_from: str | None = None, inherit: bool = False,
+           only_imports: bool = False, limits: Limits | None = None) -> Run:
+    """Pack ``workflow`` (or take a bundle made by ``gcbundle pack``), check it, send it to
+    ``endpoint`` and start it; return once the driver runs. ``Run.bundle`` says what travelled."""
     site, params = endpoint_defaults(endpoint, site, dict(params or {}), config)  # an alias's site and --set defaults
     registry = registry or Registry()
     site_spec = None
@@ -108,7 +121,8 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
         raise UsageError("--set needs --site or --config", "name the site profile the parameters are for")
     transport = transport or get_transport(endpoint)
     with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
-        packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode, progress=progress)
+        packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode,
+                         progress=progress, args=dict(args or {}), only_imports=only_imports, limits=limits)
         run_id = _new_run_id()
         spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from, "inherit": inherit}
         inline = None
@@ -136,6 +150,8 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
     ))
     run = Run(run_id, endpoint, registry=registry, transport=transport)
     run.last_state = st
+    run.bundle = {"digest": packed.digest, "files": len(packed.manifest.files), "bytes": packed.manifest.total_size,
+                  "summary": list(packed.summary), "warnings": list(packed.warnings)}
     if wait:
         run.wait(progress=progress)
     return run
@@ -206,6 +222,8 @@ class Run:
         self.registry = registry or Registry()
         self._transport = transport
         self.last_state: dict[str, Any] = {}
+        #: For a run this process submitted: what travelled, and the preflight's warnings.
+        self.bundle: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, endpoint={self.endpoint!r}, state={self.last_state.get('state')!r})"
@@ -267,6 +285,8 @@ class Run:
             if reply["data"]:
                 yield reply["data"].decode("utf-8", "replace")
             offset = reply["next_offset"]
+            if reply["state"] != self.last_state.get("state"):
+                self._remember({"state": reply["state"]})
             more = offset < reply["size"]
             if more:
                 continue

@@ -93,6 +93,18 @@ def read_manifest(path: Path | str) -> Manifest:
         return _read_manifest(tar, _members(tar))
 
 
+def read_text(path: Path | str, name: str, limit: int = 1 << 20) -> str | None:
+    """One small member's text (e.g. the entry file, for ``inspect``), or None if
+    it is absent or larger than ``limit``; call after ``verify``, which checks it."""
+    with _open(Path(path)) as tar:
+        for member in _members(tar):
+            if member.name == name and member.isreg() and member.size <= limit:
+                f = tar.extractfile(member)
+                assert f is not None
+                return _read_exact(f, member.size, name).decode("utf-8", "replace")
+    return None
+
+
 def verify(path: Path | str, expected_digest: str | None = None) -> Manifest:
     """Read the whole bundle and check every member against the manifest, writing nothing."""
     return _walk(Path(path), None, expected_digest)
@@ -178,3 +190,16 @@ def _create(root: Path, rel: str, mode: int) -> IO[bytes]:
     except FileExistsError:
         raise BundleError(f"bundle member {rel!r} appears twice", _HINT) from None
     return os.fdopen(fd, "wb")
+
+
+def read_sources(path: Path | str, names: set[str], max_bytes: int) -> dict[str, bytes]:
+    """The contents of the members named ``names`` (each up to ``max_bytes``), in one pass:
+    the Python sources that preflight checks scan, without extracting anything."""
+    out: dict[str, bytes] = {}
+    with _open(Path(path)) as tar:
+        for member in _members(tar):
+            if member.isreg() and member.name in names and member.size <= max_bytes:
+                f = tar.extractfile(member)
+                if f is not None:
+                    out[member.name] = _read_exact(f, member.size, member.name)
+    return out

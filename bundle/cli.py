@@ -11,7 +11,7 @@ from typing import Any, Callable
 import click
 
 from bundle import __version__, api, archive, profiles
-from bundle.errors import GcbundleError
+from bundle.errors import GcbundleError, RunFailed, UsageError
 from bundle.output import Progress, ago, envelope, size
 
 
@@ -27,17 +27,10 @@ class CommandError(click.ClickException):
 
 
 def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
-    """``--arg name=value``; values are JSON when they parse as JSON, else strings."""
-    out: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.isidentifier():
-            raise GcbundleError(f"--arg {item!r} is not name=value", "write e.g. --arg n=20")
-        try:
-            out[name] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name] = value
-    return out
+    """``--arg name=value``: JSON values parsed, malformed JSON refused (``bundle.preflight``)."""
+    from bundle.preflight import parse_args
+
+    return parse_args(items)
 
 
 def command(name: str | None = None, group: click.Group | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
@@ -53,8 +46,10 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
         @click.option("--debug", is_flag=True, help="Show tracebacks.")
         @functools.wraps(fn)
         def wrapper(as_json: bool, debug: bool, **kw: Any) -> None:
-            click.get_current_context().meta["gcbundle.json"] = as_json
+            ctx = click.get_current_context()
+            ctx.meta["gcbundle.json"] = as_json
             progress = Progress(enabled=None)
+            ctx.meta["gcbundle.progress"] = progress
             try:
                 data, human = fn(progress=progress, **kw)
             except GcbundleError as exc:
@@ -71,8 +66,20 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                 raise CommandError(exc) from None
             except KeyboardInterrupt:
                 progress.close()
-                click.echo("gcbundle: interrupted", err=True)
-                sys.exit(130)
+                _interrupted(full_name, as_json, ctx.meta.get("gcbundle.run"))
+            except click.ClickException:
+                progress.close()
+                raise
+            except Exception as exc:  # a bug: still one line (and the envelope); --debug shows the traceback
+                progress.close()
+                if debug:
+                    raise
+                err = {"type": "InternalError", "message": f"{type(exc).__name__}: {exc}",
+                       "hint": "this is a gcbundle bug: rerun with --debug for the traceback, and report it"}
+                if as_json:
+                    click.echo(envelope(full_name, None, [err]))
+                click.echo(f"gcbundle: error: {err['message']}; {err['hint']}", err=True)
+                sys.exit(1)
             progress.close()
             if as_json:
                 click.echo(envelope(full_name, data))
@@ -84,7 +91,66 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _interrupted(command: str, as_json: bool, run: Any) -> None:
+    """Ctrl-C: exit 130, and say where a run that was already started can be found."""
+    data = None
+    line = "gcbundle: interrupted"
+    if run is not None:
+        data = {"run_id": run.id, "endpoint": run.endpoint}
+        line += (f"; run {run.id} keeps going on endpoint {run.endpoint}: `gcbundle status {run.id}` shows it, "
+                 f"`gcbundle cancel {run.id}` stops it")
+    if as_json:
+        err = {"type": "Interrupted", "message": line.removeprefix("gcbundle: "), "hint": None}
+        click.echo(envelope(command, data, [err]))
+    click.echo(line, err=True)
+    sys.exit(130)
+
+
+def _usage_error(exc: click.ClickException, argv: list[str]) -> None:
+    """Click's own errors (unknown option, missing argument, bad choice) as one line,
+    and under ``--json`` as the envelope on stdout too, like every other error."""
+    words: list[str] = []
+    group: Any = main  # the command named in argv (click leaves exc.ctx unset for some errors)
+    for arg in argv:
+        if not isinstance(group, click.Group) or arg not in group.commands:
+            break
+        words.append(arg)
+        group = group.commands[arg]
+    command = " ".join(words)
+    path = f"gcbundle {command}".strip()
+    message = exc.format_message().rstrip(".")
+    hint = f"see `{path} --help`"
+    if "--json" in (argv[: argv.index("--")] if "--" in argv else argv):
+        click.echo(envelope(command, None, [{"type": "UsageError", "message": message, "hint": hint}]))
+    click.echo(f"gcbundle: error: {message}; {hint}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class Gcbundle(click.Group):
+    """The top-level group: click's usage errors go out like gcbundle's own."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # bare `gcbundle`: the help text
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            _usage_error(exc, argv)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("gcbundle: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=Gcbundle, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gcbundle")
 def main() -> None:
     """gcbundle: run a whole Parsl workflow on an HPC login node through Globus Compute."""
@@ -97,7 +163,18 @@ _workflow_options = [
     click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Python module with make_config(**params) -> Config."),
     click.option("--mode", type=click.Choice(["auto", "function", "script"]), default="auto", show_default=True,
                  help="function: call main(**args); script: run as __main__; auto: function if main() exists."),
+    click.option("--only-imports", is_flag=True, help="Ship only the workflow file, its local imports and the named paths, not its folder."),
+    click.option("--max-size", help="Size guard: most bytes the folder may bring, e.g. 1G (default 256M, or $GCBUNDLE_MAX_FOLDER_BYTES)."),
+    click.option("--max-files", type=int, help="Size guard: most files the folder may bring (default 5000, or $GCBUNDLE_MAX_FOLDER_FILES)."),
 ]
+
+
+def _bundle_notes(summary: Any, warnings: Any) -> None:
+    """What travelled and the preflight's warnings, on stderr (data keeps them for --json)."""
+    for line in summary:
+        click.echo(line, err=True)
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,14 +188,38 @@ def workflow_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-o", "--output", type=click.Path(), default="bundle.tar.gz", show_default=True, help="Archive to write.")
 @workflow_options
 def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | None, args: tuple[str, ...],
-         config: str | None, mode: str, progress: Progress) -> tuple[Any, str]:
-    """Pack a workflow into a deterministic bundle archive."""
+         config: str | None, mode: str, only_imports: bool, max_size: str | None, max_files: int | None,
+         progress: Progress) -> tuple[Any, str]:
+    """Pack a workflow (its folder, or with --only-imports its imports) into a deterministic bundle archive."""
     from bundle.pack import pack as do_pack
+    from bundle.selection import Limits
 
-    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode, progress=progress)
+    res = do_pack(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode,
+                  progress=progress, only_imports=only_imports, limits=Limits.resolve(max_size, max_files))
+    progress.close()
+    _bundle_notes(res.summary, res.warnings)
     lines = [f"{res.path}: {len(res.manifest.files)} files, {size(res.manifest.total_size)} -> {size(res.size)}", f"digest {res.digest}"]
-    lines += [f"left out {p}: {r}" for p, r in res.excluded]
     return res.to_json(), "\n".join(lines)
+
+
+def _config_source(bundle_file: str, manifest: Any) -> str:
+    """Where a run of this bundle takes its Parsl Config from, in words."""
+    from bundle.selection import config_source
+
+    kind = manifest.config.get("kind")
+    if kind == "module":
+        return f"make_config() of {manifest.config['path']}"
+    if kind == "site":
+        return "the site profile given to submit (--site)"
+    if manifest.mode == "script":
+        return f"whatever {manifest.entry} passes to parsl.load()"
+    source = archive.read_text(bundle_file, manifest.entry)
+    found = config_source(source, manifest.entry) if source is not None else None
+    if found == "make_config":
+        return f"make_config() of {manifest.entry}, unless submit gives --site or --config"
+    if found == "config":
+        return f"`config` of {manifest.entry}, unless submit gives --site or --config"
+    return f"the `local` profile ({manifest.entry} defines no make_config() or config), unless submit gives --site or --config"
 
 
 @command()
@@ -127,10 +228,11 @@ def inspect(bundle_file: str, progress: Progress) -> tuple[Any, str]:
     """Show a bundle's manifest after checking every member."""
     manifest = archive.verify(bundle_file)
     data = manifest.to_json()
+    data["config_source"] = _config_source(bundle_file, manifest)
     lines = [
         f"digest  {manifest.digest}",
         f"entry   {manifest.entry} ({manifest.mode} mode)",
-        f"config  {manifest.config.get('kind')}" + (f" {manifest.config['path']}" if manifest.config.get("path") else ""),
+        f"config  {data['config_source']}",
         f"args    {json.dumps(manifest.args)}",
         f"created {manifest.created}",
         "client  " + ", ".join(f"{k} {v}" for k, v in sorted(manifest.client.items())),
@@ -140,25 +242,14 @@ def inspect(bundle_file: str, progress: Progress) -> tuple[Any, str]:
     return data, "\n".join(lines)
 
 
-@command()
-@click.argument("workflow", type=click.Path())
-@click.option("-e", "--endpoint", default="local", show_default=True, help="`local`, an endpoint UUID, or an alias.")
-@click.option("--site", help="Site profile: a built-in name (`gcbundle sites`) or a YAML file.")
-@click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
-@click.option("--wait", is_flag=True, help="Wait for the run to finish and print its result.")
-@workflow_options
-def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...], wait: bool, includes: tuple[str, ...],
-           entry: str | None, args: tuple[str, ...], config: str | None, mode: str, progress: Progress) -> tuple[Any, str]:
-    """Pack WORKFLOW (or take a ready bundle) and start it on an endpoint."""
-    run = api.submit(
-        workflow, endpoint, args=_parse_args(args), includes=includes, entry=entry, site=site,
-        params=profiles.parse_sets(sets), config=config, mode=mode, progress=progress,
-    )
-    click.echo(f"submitted run {run.id} to {endpoint}", err=True)
-    data: dict[str, Any] = {"run_id": run.id, "endpoint": endpoint, "state": run.last_state}
-    if not wait:
-        return data, run.id
-    progress.enabled = progress.enabled  # unchanged: the meter shows task counts
+def _track(run: Any) -> None:
+    """Remember the run this command works on: Ctrl-C then says how to reach it."""
+    click.get_current_context().meta["gcbundle.run"] = run
+
+
+def _wait_and_fetch(run: Any, data: dict[str, Any], progress: Progress) -> tuple[Any, str]:
+    """``--wait`` of submit and resume alike: wait for the run's end; on success
+    fetch its results and print main()'s result, else fail with exit code 11."""
     st = run.wait(progress=progress)
     progress.close()
     data["state"] = st
@@ -173,7 +264,41 @@ def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...]
         human.append(f"results in {fetched.path}")
         return data, "\n".join(human)
     err = (st.get("error") or {}).get("message") or st.get("detail") or ""
-    raise GcbundleError(f"run {run.id} {st.get('state')}" + (f": {err}" if err else ""), f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened")
+    raise RunFailed(f"run {run.id} {st.get('state')}" + (f": {err}" if err else ""),
+                    f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened", data=data)
+
+
+_WAIT_HELP = ("Wait for the run to end; on success fetch its results into the user data dir "
+              "(~/.local/share/gcbundle/results/<run_id>/; `gcbundle results -o` puts them elsewhere) and print "
+              "main()'s result; a run that fails exits 11.")
+
+
+@command(epilog="Without --wait it prints the run id as soon as the driver runs on the login node.")
+@click.argument("workflow", type=click.Path())
+@click.option("-e", "--endpoint", default="local", show_default=True, help="`local`, an endpoint UUID, or an alias.")
+@click.option("--site", help="Site profile: a built-in name (`gcbundle sites`) or a YAML file.")
+@click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
+@click.option("--wait", is_flag=True, help=_WAIT_HELP)
+@workflow_options
+def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...], wait: bool, includes: tuple[str, ...],
+           entry: str | None, args: tuple[str, ...], config: str | None, mode: str, only_imports: bool,
+           max_size: str | None, max_files: int | None, progress: Progress) -> tuple[Any, str]:
+    """Pack WORKFLOW (its folder; or take a bundle made by `gcbundle pack`), check it and start it on an endpoint."""
+    from bundle.selection import Limits
+
+    run = api.submit(
+        workflow, endpoint, args=_parse_args(args), includes=includes, entry=entry, site=site,
+        params=profiles.parse_sets(sets), config=config, mode=mode, progress=progress,
+        only_imports=only_imports, limits=Limits.resolve(max_size, max_files),
+    )
+    _track(run)
+    progress.close()
+    _bundle_notes(run.bundle.get("summary", ()), run.bundle.get("warnings", ()))
+    progress.note(f"submitted run {run.id} to {endpoint}")
+    data: dict[str, Any] = {"run_id": run.id, "endpoint": endpoint, "state": run.last_state, "bundle": run.bundle}
+    if not wait:
+        return data, run.id
+    return _wait_and_fetch(run, data, progress)
 
 
 @command("list")
@@ -216,6 +341,7 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
 def status(run_id: str, wait: bool, progress: Progress) -> tuple[Any, str]:
     """Show a run's state (RUN_ID may be a unique prefix)."""
     run = api.get_run(run_id)
+    _track(run)
     st = run.wait(progress=progress) if wait else run.status()
     return {"run_id": run.id, **st}, _state_text(run.id, st)
 
@@ -228,6 +354,7 @@ def status(run_id: str, wait: bool, progress: Progress) -> tuple[Any, str]:
 def logs(run_id: str, name: str, follow: bool, tail: bool, progress: Progress) -> tuple[Any, str]:
     """Print one of a run's logs."""
     run = api.get_run(run_id)
+    _track(run)
     pieces = []
     stream = follow and not click.get_current_context().meta.get("gcbundle.json")
     for text in run.logs(name, follow=follow, tail=tail):
@@ -237,7 +364,10 @@ def logs(run_id: str, name: str, follow: bool, tail: bool, progress: Progress) -
         else:
             pieces.append(text)
     text = "".join(pieces)
-    return {"run_id": run.id, "name": name, "text": text}, "" if stream else text.rstrip("\n")
+    ended = run.last_state.get("state")
+    if follow:
+        progress.note(f"run {run.id} ended: {ended}")  # --follow stops only when the run does
+    return {"run_id": run.id, "name": name, "text": text, "state": ended}, "" if stream else text.rstrip("\n")
 
 
 @command()
@@ -269,12 +399,16 @@ def cancel(run_id: str, grace: int, progress: Progress) -> tuple[Any, str]:
 @click.option("--allow-changed", is_flag=True, help="Resume even though the workflow changed since that run.")
 @click.option("--workflow", type=click.Path(exists=True), help="Workflow to compare with (default: the one submitted).")
 @click.option("--arg", "args", multiple=True, help="Override an argument, name=value (default: the earlier run's).")
-@click.option("--wait", is_flag=True, help="Wait for the new run to finish.")
+@click.option("--wait", is_flag=True, help=_WAIT_HELP)
 def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[str, ...], wait: bool, progress: Progress) -> tuple[Any, str]:
     """Start a new run from RUN_ID's bundle, reusing its checkpointed app results."""
-    run = api.resume(run_id, allow_changed=allow_changed, workflow=workflow, args=_parse_args(args), wait=wait, progress=progress)
-    st = run.last_state
-    return {"run_id": run.id, "resumed_from": run.record.resumed_from, "state": st}, f"{run.id} (resumes {run.record.resumed_from}): {st.get('state')}"
+    run = api.resume(run_id, allow_changed=allow_changed, workflow=workflow, args=_parse_args(args), progress=progress)
+    _track(run)
+    progress.note(f"resumed run {run.record.resumed_from} as run {run.id}")
+    data: dict[str, Any] = {"run_id": run.id, "resumed_from": run.record.resumed_from, "endpoint": run.endpoint, "state": run.last_state}
+    if not wait:
+        return data, run.id
+    return _wait_and_fetch(run, data, progress)
 
 
 @command()
@@ -291,6 +425,62 @@ def sites(progress: Progress) -> tuple[Any, str]:
             req = "required" if x.required else ("optional" if x.default is None else f"default {x.default!r}")
             lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
     return out, "\n".join(lines)
+
+
+@command(epilog="Nothing is asked before deleting: run with --dry-run first to see what would go.")
+@click.option("--older-than", "older_than", metavar="AGE", help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
+@click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled", "lost"]),
+              help="Only runs that ended in this state (repeatable; default every ended state).")
+@click.option("-e", "--endpoint", "endpoints", multiple=True, help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted, and how much, and delete nothing.")
+@click.option("--force", is_flag=True, help="Also runs whose results this client has not fetched (never a run that has not ended).")
+@click.option("--results", is_flag=True, help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")
+@click.option("--no-login-node", is_flag=True, help="Only this machine: send no task.")
+@click.option("--no-caches", is_flag=True, help="Keep this machine's pack caches.")
+def prune(older_than: str | None, states: tuple[str, ...], endpoints: tuple[str, ...], dry_run: bool, force: bool,
+          results: bool, no_login_node: bool, no_caches: bool, progress: Progress) -> tuple[Any, str]:
+    """Reclaim disk: finished runs and unused bundles on the login nodes (one task per
+    endpoint), this machine's pack caches and, with --results, fetched results."""
+    from bundle import prune as pruning
+
+    options = pruning.Options(
+        older_than=pruning.parse_age(older_than), states=states or pruning.TERMINAL, force=force, dry_run=dry_run,
+        endpoints=endpoints, login_node=not no_login_node, caches=not no_caches, results=results,
+    )
+    report = pruning.prune(options)
+    return report, _prune_text(report)
+
+
+def _prune_text(report: dict[str, Any]) -> str:
+    would = report["dry_run"]
+    verb = "would free" if would else "freed"
+    lines = []
+    for endpoint, rep in report["endpoints"].items():
+        runs = rep.get("runs", [])
+        gone = [r for r in runs if r["action"] in ("prune", "pruned")]
+        unfetched = [r for r in runs if r["reason"].startswith("results not fetched")]
+        bundles = [b for b in rep.get("bundles", []) if b["action"] in ("prune", "pruned")]
+        lines.append(f"endpoint {endpoint} ({rep.get('home')}): {len(gone)} of {len(runs)} runs, {len(bundles)} bundles; "
+                     f"{verb} {size(rep['freed_bytes'])}" + (f", {size(rep['free_bytes'])} free" if rep.get("free_bytes") is not None else ""))
+        lines += [f"  {'prune' if would else 'pruned'} run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in gone]
+        lines += [f"  {'prune' if would else 'pruned'} bundle {b['digest'][:12]}  {size(b['bytes']):>10}  {b['reason']}" for b in bundles]
+        lines += [f"  kept run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in runs if r["state"] not in TERMINAL_STATES]
+        if unfetched:
+            ids = " ".join(r["run_id"] for r in unfetched[:5]) + (" ..." if len(unfetched) > 5 else "")
+            lines.append(f"  kept {len(unfetched)} runs whose results you have not fetched ({size(sum(r['bytes'] for r in unfetched))}): "
+                         f"`gcbundle results ID` first, or --force ({ids})")
+    caches = report["client"].get("caches")
+    if caches is not None:
+        lines.append(f"this machine's pack caches: {len(caches)} entries, {verb} {size(sum(c['bytes'] for c in caches))}")
+    res = report["client"].get("results")
+    if res is not None:
+        lines.append(f"this machine's results: {len(res)} packages, {verb} {size(sum(r['bytes'] for r in res))}")
+        lines += [f"  {'prune' if would else 'pruned'} {r['path']}  {size(r['bytes'])}" for r in res]
+    lines.append(f"{'would free' if would else 'freed'} {size(report['freed_bytes'])} in all" + (" (dry run: nothing deleted)" if would else ""))
+    return "\n".join(lines)
+
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 
 
 # -- Globus Compute endpoints: aliases, registered functions, login ----------------------
@@ -324,10 +514,16 @@ def endpoints_add(name: str, uuid: str, site: str | None, sets: tuple[str, ...],
     for item in function_ids:
         task, sep, fid = item.partition("=")
         if not sep:
-            raise GcbundleError(f"--function {item!r} is not TASK=ID", "write e.g. --function status=6d0ba55f-...")
+            raise UsageError(f"--function {item!r} is not TASK=ID", "write e.g. --function status=6d0ba55f-...")
         functions[task] = fid
     ep = endpoints.add(name, uuid, site=site, params=profiles.parse_sets(sets), functions=functions, replace=replace)
-    return ep.to_json(), f"added {_alias_line(ep)}\n(in {endpoints.config_path()})"
+    missing = endpoints.missing_required(ep)
+    if missing:
+        again = " ".join(["gcbundle endpoints add", name, ep.uuid, "--site", str(ep.site),
+                          *[f"--set {k}={v}" for k, v in sorted(ep.set.items())], *[f"--set {m}=VALUE" for m in missing], "--replace"])
+        click.echo(f"gcbundle: note: site {ep.site} needs {', '.join(missing)}, which this alias does not set: every submit to {name} "
+                   f"must give {' '.join(f'--set {m}=...' for m in missing)}; to store it: `{again}`", err=True)
+    return {**ep.to_json(), "missing_parameters": missing}, f"added {_alias_line(ep)}\n(in {endpoints.config_path()})"
 
 
 @command("list", group=endpoints_group)
@@ -409,7 +605,7 @@ def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, p
     if endpoint:
         site, params = submit_defaults(endpoint, site, params)
     if not site:
-        raise GcbundleError("render needs --site", "e.g. `gcbundle render --site slurm --set partition=debug`; `gcbundle sites` lists the profiles")
+        raise UsageError("render needs --site", "e.g. `gcbundle render --site slurm --set partition=debug`; `gcbundle sites` lists the profiles")
     rendered = site_render.render(profiles.load(site), params)
     return rendered.to_json(), rendered.text()
 

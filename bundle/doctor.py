@@ -40,14 +40,30 @@ def run(*, endpoint: str | None = None, local: bool = False, site: str | None = 
         transport = transport or get_transport(endpoint)
         report = transport.call("doctor", site=spec)
         report["where"] = endpoint
-        report["checks"] = compare(client, report.get("versions") or {}) + list(report.get("checks") or [])
+        report["checks"] = compare(client, report.get("versions") or {}, report.get("driver_versions")) + list(report.get("checks") or [])
+    report["checks"] = [every_side(client, report)] + list(report["checks"])
     report["client_versions"] = client
     report["ok"] = not any(c.get("status") == "fail" for c in report["checks"])
     return report
 
 
-def compare(client: dict[str, str], login: dict[str, str]) -> list[dict[str, str]]:
-    """Versions on both sides, and whether they go together."""
+def every_side(client: dict[str, str], report: dict[str, Any]) -> dict[str, str]:
+    """Python, Parsl and gcbundle where each part of a run runs: here, the endpoint, the driver, the workers."""
+    def side(name: str, v: dict[str, str] | None) -> str:
+        if not v:
+            return f"{name} ?"
+        return f"{name} Python {v.get('python', '?')}, Parsl {v.get('parsl', '?')}" + (f", gcbundle {v['gcbundle']}" if v.get("gcbundle") else "")
+
+    endpoint = report.get("versions") or {}
+    driver = report.get("driver_versions") or endpoint
+    workers = report.get("worker_versions") or {}
+    parts = [side("client:", client), side("endpoint:", endpoint), side("driver:", driver), side("workers:", workers)]
+    return {"name": "versions on every side", "status": "ok", "detail": "; ".join(parts), "fix": ""}
+
+
+def compare(client: dict[str, str], login: dict[str, str], driver: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Versions on both sides, and whether they go together (``driver``: the driver's
+    environment when driver_init makes it another than the endpoint's)."""
     def check(name: str, status: str, detail: str, fix: str = "") -> dict[str, str]:
         return {"name": name, "status": status, "detail": detail, "fix": fix}
 
@@ -65,10 +81,21 @@ def compare(client: dict[str, str], login: dict[str, str]) -> list[dict[str, str
     same = c.split(".")[0] == s.split(".")[0]
     out.append(check("Globus Compute, both sides", "ok" if same else "warn", f"globus-compute-sdk {c} here, globus-compute-endpoint {s} on the login node",
                      "" if same else "use the same major version of globus-compute-sdk here as the endpoint's"))
-    c, s = client.get("parsl", "absent"), login.get("parsl", "absent")
-    out.append(check("Parsl, both sides", "ok" if c == s else "warn", f"{c} here (checks site profiles), {s} on the login node (runs them)",
-                     "" if c == s else f"site profiles are checked here against Parsl {c}: install parsl=={s} here so that both agree on its keywords"))
+    c, s = client.get("parsl", "absent"), (driver or login).get("parsl", "absent")
+    same = _release(c) == _release(s)
+    out.append(check("Parsl, both sides", "ok" if same else "warn", f"{c} here (checks site profiles), {s} on the login node (runs them)",
+                     "" if same else f"site profiles are checked here against Parsl {c}: install parsl=={s} here so that both agree on its keywords"))
     return out
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``2026.07.27`` and ``2026.7.27`` are the same release."""
+    out = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
 
 
 def _minor(version: str) -> str:

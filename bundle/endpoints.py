@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bundle.errors import SiteProfileError, UsageError
+from bundle.errors import UsageError
 from bundle.protocol import TASKS
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -190,13 +190,21 @@ def _check_site(site: str, params: dict[str, Any]) -> str:
     from bundle import profiles
 
     profile = profiles.load(site)
-    known = profile.parameters()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise SiteProfileError(f"site profile {profile.name!r} has no parameter {', '.join(unknown)}", f"its parameters: {', '.join(known) or 'none'}")
+    profiles.check_names(profile, params)
     if site in profiles.builtin_names():
         return site
     return str(Path(site).resolve())
+
+
+def missing_required(ep: Endpoint) -> list[str]:
+    """Required parameters of the alias's site that it gives no value for: each
+    submission through it must then bring them with ``--set``."""
+    if not ep.site:
+        return []
+    from bundle import profiles
+
+    known = profiles.load(ep.site).parameters()
+    return sorted(n for n, p in known.items() if p.required and p.default is None and n not in ep.set)
 
 
 def remove(name: str) -> Endpoint:

@@ -47,6 +47,13 @@ class SiteProfileError(GcbundleError):
     exit_code = 4
 
 
+class SiteEnvironmentError(GcbundleError):
+    """The login node's Python environment lacks what the workflow or its site profile needs
+    (found by the launch task before a run exists)."""
+
+    exit_code = 13
+
+
 class RunNotFound(GcbundleError):
     """No run matches an id or prefix (client registry or login node)."""
 
@@ -109,6 +116,24 @@ class ResultsError(GcbundleError):
     exit_code = 9
 
 
+class HomeError(GcbundleError):
+    """``$GCBUNDLE_HOME`` cannot be created or written (on the login node; on this
+    machine for the ``local`` endpoint)."""
+
+    exit_code = 12
+
+
+class RunFailed(GcbundleError):
+    """A run that a command waited for (``--wait``) ended failed, cancelled or lost."""
+
+    exit_code = 11
+
+    def __init__(self, message: str, hint: str | None = None, *, data: object = None, human: str = "") -> None:
+        super().__init__(message, hint)
+        self.data = data
+        self.human = human
+
+
 class ChecksFailed(GcbundleError):
     """``gcbundle doctor`` found a check that fails; carries the whole report."""
 
@@ -130,6 +155,7 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         BundleError,
         ManifestError,
         SiteProfileError,
+        SiteEnvironmentError,
         RunNotFound,
         RunStateError,
         TransportError,
@@ -143,5 +169,27 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         TaskTimeout,
         RegistryError,
         ResultsError,
+        HomeError,
     )
+}
+
+#: Exit codes of the ``gcbundle`` command, one per error class, and what each
+#: means. The README's table is this one (a test compares them), and a test
+#: walks every command's error cases against it.
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "an unexpected error: a bug (rerun with --debug for the traceback, and report it)",
+    UsageError.exit_code: "usage: an unknown or missing option or argument, a malformed --arg/--set, an unknown endpoint alias",
+    BundleError.exit_code: "bundle: the workflow cannot be packed, or a bundle is malformed or hostile",
+    SiteProfileError.exit_code: "site profile: unknown, broken, a missing required or unknown parameter",
+    RunNotFound.exit_code: "unknown run id (or an ambiguous prefix)",
+    RunStateError.exit_code: "the run's state does not allow this (e.g. results of a running run)",
+    TransportError.exit_code: "transport: Globus login, the endpoint, the service, protocol versions",
+    RegistryError.exit_code: "registry: the client's run registry (or its folder) cannot be read or written",
+    ResultsError.exit_code: "results: cannot be fetched, verified or written",
+    ChecksFailed.exit_code: "a `doctor` check failed",
+    RunFailed.exit_code: "the run waited for (`submit --wait`, `resume --wait`) ended failed, cancelled or lost",
+    HomeError.exit_code: "GCBUNDLE_HOME cannot be created or written",
+    SiteEnvironmentError.exit_code: "the login node's environment lacks a module the workflow imports, or the Parsl its site profile needs (no run was created)",
+    130: "interrupted (Ctrl-C); a run already started keeps going",
 }

@@ -28,3 +28,32 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, durable: bool = Tru
         except FileNotFoundError:
             pass
         raise
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of disk held by the files under ``path`` (links not followed), for ``prune``."""
+    total = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(Path(entry.path))
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total
+
+
+def folder_problem(path: Path, exc: OSError) -> str:
+    """Why a folder could not be made, in words: a file in the way is named, since
+    the system's words for it ("File exists", "Not a directory") say little."""
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            return f"{part} is a file, not a folder"
+    return exc.strerror or str(exc)

@@ -85,6 +85,13 @@ RATE_WINDOW = 10.0
 RATE_LIMIT_PATIENCE = 600.0
 #: Task status polling: first interval, growth, ceiling (seconds).
 POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.5, 1.5, 5.0
+#: A task pending this long is most likely waiting for the endpoint to start a
+#: user endpoint process and its worker (after an idle stop): say so once.
+COLD_START_NOTICE = 5.0
+
+
+def _stderr_note(text: str) -> None:
+    print(f"gcbundle: {text}", file=sys.stderr, flush=True)
 
 LOGIN_HINT = (
     "run `gcbundle login` in a terminal (the Globus Compute SDK's own login), "
@@ -192,7 +199,8 @@ class GlobusTransport(Transport):
     def __init__(self, endpoint_id: str, *, label: str | None = None, functions: Mapping[str, str] | None = None,
                  client: Any = None, task_timeout: float | None = None, interactive: bool | None = None,
                  sleep: Callable[[float], None] | None = None, clock: Callable[[], float] | None = None,
-                 rate_limit_patience: float = RATE_LIMIT_PATIENCE, function_ids: FunctionIds | None = None) -> None:
+                 rate_limit_patience: float = RATE_LIMIT_PATIENCE, function_ids: FunctionIds | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.endpoint_id = endpoint_id
         self.label = label or endpoint_id
@@ -212,6 +220,12 @@ class GlobusTransport(Transport):
         self._ready = False
         self._endpoint_checked = False
         self._warnings: list[str] = []
+        #: Progress notes (stderr by default): a task that waits for a cold start.
+        self.notify = notify or _stderr_note
+        #: Sent with every task. The service starts one user endpoint process per
+        #: distinct user_endpoint_config (each a cold start, each with its own
+        #: worker), so all tasks of one transport, hence of one alias, send the same.
+        self.user_endpoint_config: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"GlobusTransport({self.label!r}, endpoint_id={self.endpoint_id!r})"
@@ -426,7 +440,7 @@ class GlobusTransport(Transport):
         for fresh in (False, True):
             fid, key = self._function_id(task, fn)
             client = self.client()
-            batch = client.create_batch()
+            batch = client.create_batch(user_endpoint_config=self.user_endpoint_config)
             batch.add(fid, (req,), {})
             payload = batch.prepare()["tasks"][fid][0]
             if len(payload) > TASK_LIMIT:
@@ -455,6 +469,7 @@ class GlobusTransport(Transport):
         client = self.client()
         started = self._clock()
         interval = POLL_FIRST
+        noted = False
         self._warnings = []
         while True:
             try:
@@ -478,6 +493,12 @@ class GlobusTransport(Transport):
             elapsed = self._clock() - started
             if elapsed >= self.task_timeout:
                 raise self._pending_too_long(task, task_id, str(st.get("status")), elapsed)
+            if not noted and elapsed >= COLD_START_NOTICE:
+                # An endpoint stops its user endpoint process when idle; the next
+                # task waits while it starts again. Say so rather than look hung.
+                self.notify(f"the {task} task has waited {elapsed:.0f} s ({st.get('status')}): endpoint {self.label} is probably "
+                            "starting a worker (a cold start after idling takes ~20 s), or busy with another task")
+                noted = True
             self._sleep(min(interval, max(0.0, self.task_timeout - elapsed)))
             interval = min(POLL_MAX, interval * POLL_GROWTH)
 

@@ -37,18 +37,26 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
-        if label == self.label and now - self.last < 0.1 and done < total:
+        if label == self.label and now - self.last < 0.1 and (done < total or not total):
             return
         if label != self.label and self.label:
             sys.stderr.write("\n")
         self.label, self.last = label, now
-        if label.startswith("run "):
+        if label == "scan":
+            text = f"scanning the workflow's folder: {done:,} files to bundle so far"
+        elif label.startswith("run "):
             text = f"{label}: {done}/{total} tasks done" if total else label
         elif total:
             text = f"{label}: {_size(done)} / {_size(total)} ({100 * done // max(total, 1)}%)"
         else:
             text = label
         sys.stderr.write("\r\x1b[2K" + text)
+        sys.stderr.flush()
+
+    def note(self, text: str) -> None:
+        """A line on stderr for the user, after ending the progress line it would otherwise join."""
+        self.close()
+        sys.stderr.write(f"gcbundle: {text}\n")
         sys.stderr.flush()
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from bundle import gzipstream, packcache
 from bundle.errors import BundleError
 from bundle.limits import MAX_BUNDLE_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES
 from bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_path
-from bundle.selection import Selection, select
+from bundle.selection import Limits, Selection, select
 from bundle.versions import local_versions
 
 #: The mtime of every member: 1980-01-01, as reproducible-build tools use.
@@ -46,6 +46,10 @@ class PackResult:
     archive_sha256: str
     size: int
     excluded: tuple[tuple[str, str], ...]
+    #: What was included and left out, a few lines for people (``Selection.summary``).
+    summary: tuple[str, ...] = ()
+    #: Preflight warnings: things that may be fine, said before anything is sent.
+    warnings: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -62,6 +66,8 @@ class PackResult:
             "entry": self.manifest.entry,
             "mode": self.manifest.mode,
             "excluded": [{"path": p, "reason": r} for p, r in self.excluded],
+            "summary": list(self.summary),
+            "warnings": list(self.warnings),
         }
 
 
@@ -87,12 +93,11 @@ def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: d
     if len(sel.files) > MAX_MEMBERS:
         raise BundleError(f"the workflow has {len(sel.files)} files, more than the cap of {MAX_MEMBERS}", "leave some out with .gcbundleignore, or archive many small files into one")
     cache = packcache.HashCache(sel.root)
-    base = str(sel.root)
-    stats = {rel: os.stat(os.path.join(base, rel)) for rel in sel.files}
+    stats = {rel: os.stat(sel.path(rel)) for rel in sel.files}
     digests = {rel: cache.get(rel, st) for rel, st in stats.items()}
     missing = [rel for rel, d in digests.items() if d is None]
     if missing:
-        digests.update(_hash_all(sel.root, missing, stats, cache))
+        digests.update(_hash_all(sel, missing, stats, cache))
     cache.save()
     entries = [FileEntry(rel, stats[rel].st_size, 0o755 if stats[rel].st_mode & 0o111 else 0o644, digests[rel]) for rel in sel.files]
     total = sum(e.size for e in entries)
@@ -109,7 +114,7 @@ def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: d
     )
 
 
-def _hash_all(root: Path, rels: list[str], stats: dict[str, os.stat_result], cache: packcache.HashCache) -> dict[str, str]:
+def _hash_all(sel: Selection, rels: list[str], stats: dict[str, os.stat_result], cache: packcache.HashCache) -> dict[str, str]:
     """Hash files on every core (hashlib releases the GIL) and remember the results.
 
     A file whose size when read differs from its stat changed while it was
@@ -117,7 +122,7 @@ def _hash_all(root: Path, rels: list[str], stats: dict[str, os.stat_result], cac
     """
     def one(rel: str) -> tuple[str, str]:
         started = time.time_ns()
-        digest, size = hash_file(root / rel)
+        digest, size = hash_file(sel.path(rel))
         st = stats[rel]
         if size != st.st_size:
             raise BundleError(f"{rel!r} changed while it was being packed", "pack again once nothing writes to the workflow directory")
@@ -142,8 +147,11 @@ def _created(stats: Any) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None) -> tuple[str, int]:
+def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None,
+                  sources: dict[str, str] | None = None) -> tuple[str, int]:
     """Write the archive atomically; return (sha256 of its bytes, its size).
+
+    Files are read from ``root``, except those ``sources`` places elsewhere.
 
     Each file is hashed again while it is written: a file that changed since
     the manifest was built is an error, not a silently inconsistent bundle.
@@ -161,7 +169,7 @@ def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progre
                     data = manifest.dumps()
                     tar.addfile(clean_tarinfo(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
                     for entry in manifest.files:
-                        with open(root / entry.path, "rb") as f:
+                        with open((sources or {}).get(entry.path) or root / entry.path, "rb") as f:
                             checked = _CheckedReader(f, entry)
                             tar.addfile(clean_tarinfo(entry.path, entry.size, entry.mode), checked)
                             checked.finish()
@@ -214,19 +222,29 @@ class _CheckedReader:
 
 def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] = (), entry: str | None = None,
          args: dict[str, Any] | None = None, config_module: Path | str | None = None,
-         site: str | None = None, mode: str | None = None, progress: Progress | None = None) -> PackResult:
-    """Select, hash and archive a workflow; the one entry point for packing."""
+         site: str | None = None, mode: str | None = None, progress: Progress | None = None,
+         only_imports: bool = False, limits: Limits | None = None, run_args: dict[str, Any] | None = None) -> PackResult:
+    """Select, check (``bundle.preflight``), hash and archive a workflow; the one entry point for packing.
+
+    ``args`` are baked into the manifest; ``run_args`` travel beside it (a
+    submit's ``--arg``, then every required parameter of ``main`` must have
+    a value); both are checked against ``main``'s signature.
+    """
+    from bundle import preflight
+
     extra: tuple[Path, ...] = ()
     config: dict[str, Any] = {"kind": "workflow"}
     if config_module:
         extra = (Path(config_module).resolve(),)
-    sel = select(Path(workflow), includes=includes, entry=entry, extra_files=extra, mode=mode)
+    output = Path(output)
+    sel = select(Path(workflow), includes=includes, entry=entry, extra_files=extra, mode=mode,
+                 only_imports=only_imports, limits=limits, progress=progress, leave_out=(output,))
     if config_module:
         config = {"kind": "module", "path": Path(config_module).resolve().relative_to(sel.root).as_posix()}
     elif site:
         config = {"kind": "site"}
+    warnings = preflight.check_selection(sel, None if run_args is None else dict(run_args), dict(args or {}), config.get("path"))
     manifest = build_manifest(sel, args=args, config=config)
-    output = Path(output)
     archives = packcache.ArchiveCache()
     key = archives.key(manifest.to_json(), GZIP_LEVEL)
     hit = archives.fetch(key, output)
@@ -236,11 +254,11 @@ def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] 
             progress("pack", manifest.total_size, manifest.total_size)
     else:
         try:
-            sha, size = write_archive(manifest, sel.root, output, progress)
+            sha, size = write_archive(manifest, sel.root, output, progress, dict(sel.sources))
         except BundleError:
             # A file that disagrees with its hash: never trust a cached hash for it again.
             packcache.HashCache(sel.root).forget()
             raise
         archives.store(key, output, sha, size)
     packcache.ManifestStore().put(manifest)
-    return PackResult(Path(output), manifest, sha, size, sel.excluded)
+    return PackResult(Path(output), manifest, sha, size, sel.excluded, tuple(sel.summary()), tuple(warnings))

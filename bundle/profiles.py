@@ -21,12 +21,26 @@ from typing import Any, Callable
 
 import yaml
 
-from bundle.errors import SiteProfileError
+from bundle.errors import SiteProfileError, UsageError
 
 _PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
-_TOP_KEYS = {"description", "parameters", "engine", "executors", "config"}
+_TOP_KEYS = {"description", "parameters", "engine", "executors", "config", "parsl"}
+#: The Parsl every run needs, whatever the profile (``Config(memoizer=...)``); as in pyproject.toml.
+MIN_PARSL = "2025.12.1"
 #: Config keywords a profile may set (anything else is ours to decide: run_dir, memoizer).
 CONFIG_KEYS = {"retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode", "usage_tracking", "std_autopath"}
+#: Where the driver runs on the login node's site: login (a detached process on the login node) or batch
+#: (inside one batch job that gcbundle submits, using that job's nodes).
+PLACEMENTS = ("login", "batch")
+#: Parameters every profile has, which say how gcbundle starts the driver rather than what Parsl gets;
+#: a profile may declare them itself to change their defaults (e.g. ``placement: {default: batch}``).
+DRIVER_PARAMETERS = {
+    "driver_init": ("", "shell lines run before the driver starts (module load conda; conda activate ENV): the driver, "
+                        "its DFK and, first in every batch job, its workers then use that environment, which needs only "
+                        "Python 3.10+ and Parsl (unset: the endpoint's own environment)"),
+    "placement": ("login", "where the driver runs: login (on the login node) or batch (inside one batch job gcbundle "
+                           "submits, whose nodes the workers use)"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,8 @@ class Profile:
                 found[name] = default
         for name, default in _placeholders(self.data.get("config")):
             found.setdefault(name, default)
+        for name, (default, _help) in DRIVER_PARAMETERS.items():
+            found.setdefault(name, default)
         out = {}
         for name in sorted(set(found) | set(declared)):
             spec = declared.get(name) or {}
@@ -66,8 +82,39 @@ class Profile:
             # `required: false` with no default: the parameter renders as null
             # (the Parsl keyword's "not set", e.g. no `-A` for qsub).
             required = default is None and spec.get("required", True) is not False
-            out[name] = Parameter(name, default, required=required, help=str(spec.get("help", "")))
+            helptext = str(spec.get("help", "")) or (DRIVER_PARAMETERS[name][1] if name in DRIVER_PARAMETERS else "")
+            out[name] = Parameter(name, default, required=required, help=helptext)
         return out
+
+    def parsl_requirement(self) -> str:
+        """The Parsl versions a run with this profile needs (PEP 440): gcbundle's own
+        minimum, narrowed by the profile's optional ``parsl: ">=2026.1"`` (a profile that
+        names a class or keyword only newer Parsl has)."""
+        extra = self.data.get("parsl")
+        spec = f">={MIN_PARSL}"
+        if extra is None:
+            return spec
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet  # only then: a driver's environment may lack it
+
+        try:
+            return str(SpecifierSet(f"{spec},{extra}"))
+        except (InvalidSpecifier, TypeError):
+            raise SiteProfileError(f"site profile {self.name!r}: `parsl: {extra}` is not a version specifier",
+                                   'write e.g. parsl: ">=2026.1"') from None
+
+    def driver_options(self, params: dict[str, Any]) -> dict[str, Any]:
+        """How the driver of a run with these parameters starts: ``driver_init`` and ``placement``."""
+        known = self.parameters()
+        values = {name: params.get(name, known[name].default) for name in DRIVER_PARAMETERS}
+        init = values["driver_init"]
+        if init is None:
+            init = ""
+        if not isinstance(init, str):
+            raise SiteProfileError(f"driver_init must be shell lines, not {init!r}", "e.g. --set driver_init='module load conda; conda activate myenv'")
+        placement = values["placement"]
+        if placement not in PLACEMENTS:
+            raise SiteProfileError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}", "e.g. --set placement=batch")
+        return {"driver_init": init, "placement": placement}
 
     def to_spec(self, params: dict[str, Any]) -> dict[str, Any]:
         """What travels in a launch request."""
@@ -120,7 +167,10 @@ def parse(name: str, text: str) -> Profile:
     config = data.get("config") or {}
     if not isinstance(config, dict) or set(config) - CONFIG_KEYS:
         raise SiteProfileError(f"site profile {name!r}: `config:` may only set {', '.join(sorted(CONFIG_KEYS))}")
-    return Profile(name, text, data)
+    profile = Profile(name, text, data)
+    if "parsl" in data:
+        profile.parsl_requirement()  # a malformed `parsl:` is an error here, on the laptop
+    return profile
 
 
 def _placeholders(node: Any) -> list[tuple[str, Any]]:
@@ -154,17 +204,27 @@ def parse_sets(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise SiteProfileError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
+            raise UsageError(f"--set {item!r} is not name=value", "write e.g. --set account=myproject")
         out[name] = _typed(value)
     return out
 
 
+def check_names(profile: Profile, params: dict[str, Any]) -> dict[str, Parameter]:
+    """The profile's parameters; a ``--set`` name it does not have is an error that
+    suggests the nearest one (``--set partiton=`` -> ``partition``)."""
+    from bundle.suggest import unknown_names
+
+    known = profile.parameters()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise SiteProfileError(f"site profile {profile.name!r} has no parameter {', '.join(unknown)}",
+                               unknown_names(unknown, known, "--set {}=...", label="its parameters"))
+    return known
+
+
 def render(profile: Profile, params: dict[str, Any]) -> dict[str, Any]:
     """The profile with every parameter substituted; unset required ones are an error."""
-    known = profile.parameters()
-    unknown = set(params) - set(known)
-    if unknown:
-        raise SiteProfileError(f"site profile {profile.name!r} has no parameter {', '.join(sorted(unknown))}", f"its parameters: {', '.join(known) or 'none'}")
+    known = check_names(profile, params)
     values = {name: p.default for name, p in known.items()}
     values.update(params)
     missing = sorted(name for name, v in values.items() if v is None and known[name].required)

@@ -16,6 +16,8 @@ and uses a newer feature only after the login node has said it has it.
        the login node holds; ``stage`` with ``base`` takes the chunks of a
        bundle archive that holds only the files the base lacks (by sha256),
        and the login node rebuilds the whole bundle from the two
+    3  the ``prune`` task (finished runs and unused bundles); a login node of
+       an older protocol has no such function, and the client says to upgrade it
 """
 from __future__ import annotations
 
@@ -24,18 +26,25 @@ from typing import Any
 from bundle import __version__
 from bundle.errors import BY_NAME, GcbundleError, ProtocolMismatch, RemoteError
 
-PROTOCOL = 2
+PROTOCOL = 3
 #: Oldest peer protocol this side still understands.
 MIN_PROTOCOL = 1
 #: The version that brought delta staging.
 DELTA = 2
 
+#: The version that brought the ``prune`` task.
+PRUNE = 3
+
 #: Names of the task functions in ``login_node.tasks``.
-TASKS = ("probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk", "cancel", "doctor")
+TASKS = ("probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk", "cancel", "doctor", "prune")
+#: Tasks that a login node of an older protocol does not have.
+TASK_SINCE = {"prune": PRUNE}
 
 
 def request_level(fields: dict[str, Any]) -> int:
     """The lowest protocol version that understands a request with these fields."""
+    if "prune" in fields:
+        return PRUNE
     return DELTA if fields.get("base") is not None else 1
 
 

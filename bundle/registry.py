@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bundle.errors import RegistryError, RunNotFound
+from bundle.fileio import folder_problem
 
 _PREFIX = re.compile(r"^[0-9a-f]{1,12}$")
 _SCHEMA = """
@@ -74,11 +75,28 @@ class RunRecord:
         return out
 
 
+_PLACE_FIX = "make it writable, or set GCBUNDLE_REGISTRY to a file in a folder you can write"
+
+
+def check_place(path: Path) -> None:
+    """The registry's folder exists (made if need be) and this user can write there
+    (SQLite writes a journal beside the file) and to the file itself."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise RegistryError(f"cannot create the run registry's folder {str(folder)!r}: {folder_problem(folder, exc)}", _PLACE_FIX) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RegistryError(f"the run registry's folder {str(folder)!r} is not writable", _PLACE_FIX)
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise RegistryError(f"the run registry {str(path)!r} is not writable", f"fix its permissions (chmod u+rw {path}), or set GCBUNDLE_REGISTRY")
+
+
 class Registry:
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path) if path else default_path()
+        check_place(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with self._connect() as db:
                 db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:

@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bundle import profiles
@@ -133,11 +134,19 @@ def check(profile: profiles.Profile, params: dict[str, Any]) -> Any:
     this machine: unset required parameters, unknown ``type:`` names, unknown
     keywords and values of the wrong type are errors here, before anything is
     sent. Returns the (dry) Config."""
-    return profiles.build_config(profiles.render(profile, params), factory=_dry_factory({}))
+    rendered = profiles.render(profile, params)
+    if profile.driver_options(params)["placement"] == "batch":
+        from bundle.placement import batch_provider_node
+
+        batch_provider_node(rendered, f"site profile {profile.name!r}")
+    return profiles.build_config(rendered, factory=_dry_factory({}))
 
 
 def render(profile: profiles.Profile, params: dict[str, Any]) -> Rendered:
-    """The Config and, for each executor with a batch provider, the script of its first block."""
+    """The Config and, for each executor with a batch provider, the script of its first block
+    (with ``placement=batch``: the driver's job, and the Config as the driver uses it inside)."""
+    if profile.driver_options(params)["placement"] == "batch":
+        return _render_batch(profile, params)
     dry_runs: dict[int, _DryRun] = {}
     config = profiles.build_config(profiles.render(profile, params), factory=_dry_factory(dry_runs))
     config.run_dir = f"{RUN}/runinfo"
@@ -199,3 +208,58 @@ def _first_block(executor: Any, provider: Any, dry: _DryRun) -> BatchScript:
         return BatchScript(executor.label, type(provider).__name__, " ".join(clean(submit).split()), clean(script))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+HOME = "<home>"
+LIB = "<home>/lib/<gcbundle>"
+
+
+def _render_batch(profile: profiles.Profile, params: dict[str, Any]) -> Rendered:
+    """``placement=batch``: the one job gcbundle submits for the driver, as the
+    profile's own provider writes it, and the Config the driver loads inside it."""
+    from bundle import placement
+    from login_node import driverenv
+
+    options = profile.driver_options(params)
+    rendered = profiles.render(profile, params)
+    node = placement.batch_provider_node(rendered, f"site profile {profile.name!r}")
+    dry_runs: dict[int, _DryRun] = {}
+    provider = profiles._build(node, "provider", "driver job", factory=_dry_factory(dry_runs))
+    dry = dry_runs[id(provider)]
+    prelude = profiles.worker_prelude(bindir=ENV_BIN, bundle_dir=f"{RUN}/bundle", outputs_dir=f"{RUN}/outputs", run_id="<run_id>")
+    inside, replaced = placement.use_the_jobs_nodes(rendered)
+    config = profiles.build_config(inside, factory=_dry_factory({}))
+    for executor in config.executors:
+        p = getattr(executor, "provider", None)
+        if p is not None and hasattr(p, "worker_init"):
+            p.worker_init = prelude + (p.worker_init or "")  # as the driver does
+    config.run_dir = f"{RUN}/runinfo"
+    out = Rendered(profile.name, dict(params), _ADDRESS_IN_REPR.sub(">", repr(config)))
+    if options["driver_init"].strip():
+        python_lines = driverenv.script(options["driver_init"], ["-u", "-c", driverenv.stub(Path(LIB), "driver"), RUN])
+    else:
+        python_lines = f"exec {ENV_BIN}/python -I -u -m login_node.driver {RUN}\n"
+    command = placement.job_command(run_dir=RUN, bundle_dir=f"{RUN}/bundle", home=HOME, run_id="<run_id>", exports={}, python_lines=python_lines)
+    tmp = tempfile.mkdtemp(prefix="gcbundle-render-")
+    try:
+        placement.driver_job_provider(provider, node.get("worker_init") or "", tmp)
+        placement.submit(provider, command, "<run_id>")
+        scripts = sorted(n for n in os.listdir(tmp) if not n.endswith((".stdout", ".stderr")))
+        if len(scripts) != 1:
+            raise SiteProfileError(f"expected one batch script for the driver's job, {type(provider).__name__} wrote {scripts}")
+        name = scripts[0]
+        with open(os.path.join(tmp, name), encoding="utf-8") as f:
+            script = f.read()
+        job = placement.JOB_NAME.format(run_id="<run_id>")
+        shown = f"{job}.{TIME}"
+        submit = next((c for c in dry.commands if c.split()[:1] and c.split()[0] in ("sbatch", "qsub")), "")
+
+        def clean(text: str) -> str:
+            return text.replace(os.path.join(tmp, name), f"{RUN}/driver-job/{shown}").replace(tmp, f"{RUN}/driver-job").replace(name, shown)
+
+        out.scripts.append(BatchScript("driver", type(provider).__name__, " ".join(clean(submit).split()), clean(script)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out.notes += [f"inside the driver's job, executor {r}" for r in replaced]
+    out.notes.append("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) come first in worker_init when the site sets them")
+    return out

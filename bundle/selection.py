@@ -1,75 +1,125 @@
 """Which files a workflow needs, found without running it.
 
-A workflow file brings the local modules it imports (read from its AST,
-recursively), the paths it declares in a module-level ``GCBUNDLE_INCLUDE``
-list, and the ``--include`` paths. A workflow directory brings everything
-under it. Either way ``.gcbundleignore`` (gitignore syntax, read once at the
-root) and the default excludes apply, and every file left out is reported
-with its reason. Secrets are left out unless named one by one.
+The working-directory model: a workflow file brings its whole folder (what
+sits beside it, as data read by relative path must), plus the local modules
+it imports from outside that folder (found where ``python path/workflow.py``
+would find them: on ``PYTHONPATH``), the paths it declares in a module-level
+``GCBUNDLE_INCLUDE`` list, and the ``--include`` paths. ``only_imports``
+ships the file, its local imports and those paths alone. A workflow directory
+is the folder itself.
+
+What the ignore rules leave out (``bundle.ignore``) is reported with its
+reason; a folder whose selection grows over the size guard is refused while
+it is walked, before anything is hashed or packed.
 """
 from __future__ import annotations
 
 import ast
-import fnmatch
 import os
-import re
 import stat
-from dataclasses import dataclass
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pathspec
+from bundle import ignore, imports
+from bundle.errors import BundleError, UsageError
+from bundle.ignore import IGNORE_FILE
 
-from bundle.errors import BundleError
-from bundle.manifest import MANIFEST_NAME
+Progress = Callable[[str, int, int], None]
 
-IGNORE_FILE = ".gcbundleignore"
+#: Default size guard: every run unpacks its own copy of the bundle in the
+#: login node's $GCBUNDLE_HOME, under home or project quotas of tens of GiB and
+#: limited file counts; a workflow folder past these is rarely all code.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_FILES = 5_000
+#: Once over the guard, how long the walk goes on counting (to name the largest entries right).
+OVER_COUNTING_SECONDS = 2.0
+ENV_MAX_BYTES = "GCBUNDLE_MAX_FOLDER_BYTES"
+ENV_MAX_FILES = "GCBUNDLE_MAX_FOLDER_FILES"
 
-#: Directories never walked into.
-EXCLUDED_DIRS = {
-    ".git", ".hg", ".svn", "__pycache__", ".venv", ".tox", ".nox", ".mypy_cache",
-    ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints", ".hypothesis", ".eggs",
-}
-
-#: File names (gitignore syntax) that hold credentials: left out unless named one by one.
-_SECRET_NAMES = [
-    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*",
-    "id_ed25519*", ".netrc", "_netrc", ".pgpass", ".pypirc", ".git-credentials",
-    "storage.db", ".globus*", "credentials.json",
-]
-SECRET_PATTERNS = pathspec.GitIgnoreSpec.from_lines(_SECRET_NAMES)
-
-#: Other files never bundled.
-_NEVER_NAMES = ["*.pyc", "*.pyo", ".DS_Store", MANIFEST_NAME]
-EXCLUDED_FILES = pathspec.GitIgnoreSpec.from_lines(_NEVER_NAMES)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1000**3, "gib": 1024**3, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
 
 
-def _basename_matcher(globs: list[str]) -> Callable[[str], bool]:
-    """One regex for a list of slash-free gitignore globs, matched against a file's name.
+def parse_size(text: str | int, what: str = "size") -> int:
+    """``512M``, ``2GiB``, ``1.5g`` or a number of bytes."""
+    if isinstance(text, int):
+        return text
+    raw = str(text).strip().lower().replace(" ", "").replace("_", "").replace(",", "")
+    num = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = raw[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value < 0:
+        raise UsageError(f"{what} {text!r} is not a size", "write e.g. 512M, 2G or a number of bytes")
+    return int(value * _UNITS[unit])
 
-    A gitignore pattern without a slash matches a name at any depth, which is
-    what a glob on the base name does; one compiled alternation checks every
-    walked file in one call instead of one call per pattern (a re-pack walks
-    thousands of files, and this was a third of its time).
-    """
-    assert not any("/" in g or g.startswith("!") for g in globs)
-    rx = re.compile("|".join(fnmatch.translate(g) for g in globs))
-    return lambda name: rx.match(name) is not None
 
+@dataclass(frozen=True)
+class Limits:
+    """The size guard: most bytes and files a workflow folder may bring."""
 
-_is_secret = _basename_matcher(_SECRET_NAMES)
-_is_never = _basename_matcher(_NEVER_NAMES)
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+
+    @classmethod
+    def resolve(cls, max_bytes: str | int | None = None, max_files: str | int | None = None) -> Limits:
+        """Flags first, then the environment, then the defaults."""
+        b = max_bytes if max_bytes is not None else os.environ.get(ENV_MAX_BYTES) or DEFAULT_MAX_BYTES
+        f = max_files if max_files is not None else os.environ.get(ENV_MAX_FILES) or DEFAULT_MAX_FILES
+        try:
+            files = int(str(f).replace(",", "").replace("_", ""))
+        except ValueError:
+            raise UsageError(f"most files {f!r} is not a whole number", f"give --max-files (or {ENV_MAX_FILES}) as e.g. 20000") from None
+        return cls(parse_size(b, "most bytes"), files)
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The files to pack, relative to ``root``, and what was left out."""
+    """The files to pack, as bundle paths, and what was left out and why."""
 
     root: Path
     entry: str
     mode: str
     files: tuple[str, ...]
     excluded: tuple[tuple[str, str], ...]
+    #: Files from outside ``root`` (local modules found on PYTHONPATH): bundle path -> file.
+    sources: tuple[tuple[str, str], ...] = ()
+    total_bytes: int = 0
+    only_imports: bool = False
+    #: Directories searched for local modules, in Python's order (``root`` first).
+    import_roots: tuple[str, ...] = field(default=())
+    #: Bundle paths of the local modules the entry imports, directly or not.
+    modules: tuple[str, ...] = ()
+
+    def path(self, rel: str) -> Path:
+        """Where the file that travels as ``rel`` is on this machine."""
+        outside = dict(self.sources)
+        return Path(outside[rel]) if rel in outside else self.root / rel
+
+    def summary(self) -> list[str]:
+        """What was included and what was left out, a few lines (a big ignored folder is one)."""
+        n = len(self.files)
+        lines = [f"included {n:,} file{'s' if n != 1 else ''}, {_size(self.total_bytes)}"
+                 + (f" ({len(self.sources)} from outside the folder)" if self.sources else "")]
+        return lines + describe_excluded(self.excluded)
+
+
+def describe_excluded(excluded: tuple[tuple[str, str], ...] | list[tuple[str, str]], shown: int = 3) -> list[str]:
+    """One line per reason: its entries (directories count as one), the first few named."""
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for path, reason in excluded:
+        by_reason[reason].append(path)
+    lines = []
+    for reason, paths in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        names = ", ".join(paths[:shown]) + (f" and {len(paths) - shown:,} more" if len(paths) > shown else "")
+        lines.append(f"left out {names}: {reason}")
+    return lines
 
 
 def detect_mode(source: str, filename: str) -> str:
@@ -81,12 +131,37 @@ def detect_mode(source: str, filename: str) -> str:
     return "script"
 
 
+def config_source(source: str, filename: str) -> str | None:
+    """What of a module the driver takes its Config from: ``make_config`` (a
+    top-level function, or one imported by that name), ``config``, or None, in
+    which case a function-mode run without ``--site``/``--config`` gets the
+    ``local`` profile."""
+    names: set[str] = set()
+    for node in _parse(source, filename).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    for name in ("make_config", "config"):
+        if name in names:
+            return name
+    return None
+
+
 def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = None,
-           extra_files: tuple[Path, ...] = (), mode: str | None = None) -> Selection:
+           extra_files: tuple[Path, ...] = (), mode: str | None = None, *, only_imports: bool = False,
+           limits: Limits | None = None, progress: Progress | None = None,
+           leave_out: tuple[Path, ...] = ()) -> Selection:
     """Choose the files of a workflow file or directory.
 
     ``extra_files`` are absolute paths that must come along (a ``--config``
-    module); they must lie under the root like every include.
+    module); they must lie under the root like every include. ``leave_out``
+    are files never to pack (the archive being written, when it is inside
+    the folder).
     """
     workflow = Path(workflow)
     if not workflow.exists():
@@ -102,7 +177,8 @@ def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = N
         if entry and entry != workflow.name:
             raise BundleError("--entry is only for workflow directories", "give the entry file itself as the workflow")
         entry = workflow.name
-    walker = _Walker(root)
+    if mode not in (None, "auto", "function", "script"):
+        raise BundleError(f"unknown mode {mode!r}", "use function, script or auto")
     entry_path = root / entry
     if not entry_path.is_file():
         raise BundleError(f"entry point {entry!r} is not a file in {str(root)!r}", "pass --entry with the workflow's main file")
@@ -110,27 +186,31 @@ def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = N
     detected = detect_mode(source, entry)
     if mode == "function" and detected != "function":
         raise BundleError(f"{entry} defines no main(), so it cannot run in function mode", "define main(**args) in it, or submit it as a script (--mode script)")
-    if mode not in (None, "auto", "function", "script"):
-        raise BundleError(f"unknown mode {mode!r}", "use function, script or auto")
     mode = detected if mode in (None, "auto") else mode
 
-    if workflow.is_dir():
+    walker = _Walker(root, limits or Limits.resolve(), progress, leave_out)
+    if not only_imports:
         walker.walk(root)
-    else:
-        walker.add_explicit(entry_path)
-        declared = _declared_includes(source, entry)
-        for item in (*declared, *includes):
-            walker.add_include(item)
-        for module in _local_imports(root, entry_path):
-            walker.add_found(module)
-    for item in includes if workflow.is_dir() else ():
+    walker.add_explicit(entry_path)
+    for item in (*_declared_includes(source, entry), *includes):
         walker.add_include(item)
+    roots = import_roots(root)
+    modules = local_modules(roots, entry_path, entry)
+    for rel, path in modules:
+        walker.add_found(rel, path)
     for path in extra_files:
         walker.add_explicit(Path(path).resolve())
-    files = tuple(sorted(walker.files))
     if entry not in walker.files:
         raise BundleError(f"entry point {entry!r} is excluded by {IGNORE_FILE} or the default excludes", f"remove it from {IGNORE_FILE}")
-    return Selection(root=root, entry=entry, mode=mode, files=files, excluded=tuple(sorted(walker.excluded.items())))
+    walker.done()
+    return Selection(
+        root=root, entry=entry, mode=mode, files=tuple(sorted(walker.files)),
+        excluded=tuple(sorted(walker.excluded.items())),
+        sources=tuple(sorted((rel, str(p)) for rel, p in walker.outside.items())),
+        total_bytes=sum(walker.files.values()), only_imports=only_imports,
+        import_roots=tuple(str(r) for r in roots),
+        modules=tuple(sorted({walker.rel_of(rel, path) for rel, path in modules} & set(walker.files))),
+    )
 
 
 def _default_entry(root: Path) -> str:
@@ -168,78 +248,96 @@ def _declared_includes(source: str, filename: str) -> list[str]:
     return []
 
 
-def _local_imports(root: Path, entry: Path) -> list[Path]:
-    """Files under ``root`` that ``entry`` imports, directly or through each other."""
-    found: list[Path] = []
+# -- local modules ---------------------------------------------------------------------
+
+def import_roots(folder: Path) -> list[Path]:
+    """Where ``python folder/workflow.py`` finds modules that are not installed: the
+    folder, then the ``PYTHONPATH`` entries outside any Python installation."""
+    roots = [folder]
+    installed = {Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}}
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if not entry:
+            continue
+        p = Path(entry).expanduser().resolve()
+        if not p.is_dir() or p in roots or "site-packages" in p.parts or "dist-packages" in p.parts:
+            continue
+        if any(p == i or i in p.parents for i in installed):
+            continue
+        roots.append(p)
+    return roots
+
+
+def module_files(roots: list[Path], dotted: str) -> tuple[Path, list[Path]] | None:
+    """The root that provides ``dotted`` (the first one holding its top-level name, as
+    Python searches) and the files that importing it executes (packages' ``__init__`` too)."""
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        return None
+    for root in roots:
+        top = root / parts[0]
+        if not (top.is_dir() or top.with_suffix(".py").is_file()):
+            continue
+        files: list[Path] = []
+        for i in range(1, len(parts) + 1):
+            base = root.joinpath(*parts[:i])
+            if base.is_dir():
+                if (base / "__init__.py").is_file():
+                    files.append(base / "__init__.py")
+                continue  # a package, or a namespace package's portion
+            if base.with_suffix(".py").is_file():
+                files.append(base.with_suffix(".py"))
+            break  # a module; what follows are names inside it
+        return root, files
+    return None
+
+
+def local_modules(roots: list[Path], entry: Path, entry_rel: str) -> list[tuple[str, Path]]:
+    """(bundle path, file) of every local module ``entry`` imports, directly or through
+    each other; a module from another root travels at its path relative to that root."""
+    found: list[tuple[str, Path]] = []
     seen: set[Path] = set()
-    todo = [entry]
+    todo: list[tuple[str, Path]] = [(entry_rel, entry)]
     while todo:
-        current = todo.pop()
+        rel, current = todo.pop()
         if current in seen:
             continue
         seen.add(current)
         if current != entry:
-            found.append(current)
+            found.append((rel, current))
         try:
-            tree = ast.parse(current.read_text(encoding="utf-8"), filename=str(current))
-        except (SyntaxError, UnicodeDecodeError, OSError):
+            tree = imports.parse(current.read_bytes(), str(current))
+        except OSError:
+            continue
+        if tree is None:
             continue  # not ours to judge; Python will say it on the login node
-        package = _package_of(root, current)
-        for node in ast.walk(tree):
-            for name in _imported_names(node, package):
-                todo.extend(_module_files(root, name))
+        for ref in imports.scan(tree, rel):
+            for name in (ref.module, *(f"{ref.module}.{n}" for n in ref.names)):
+                hit = module_files(roots, name)
+                if hit is None:
+                    continue
+                root, files = hit
+                todo.extend((f.relative_to(root).as_posix(), f) for f in files)
     return found
 
 
-def _package_of(root: Path, path: Path) -> list[str]:
-    rel = path.relative_to(root).with_suffix("").parts
-    return list(rel[:-1]) if rel[-1] != "__init__" else list(rel[:-1])
-
-
-def _imported_names(node: ast.AST, package: list[str]) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    if isinstance(node, ast.ImportFrom):
-        if node.level:
-            base = package[: len(package) - (node.level - 1)] if node.level - 1 <= len(package) else []
-        else:
-            base = []
-        module = [*base, *(node.module.split(".") if node.module else [])]
-        names = [".".join(module)] if module else []
-        names += [".".join([*module, alias.name]) for alias in node.names if alias.name != "*"]
-        return names
-    return []
-
-
-def _module_files(root: Path, dotted: str) -> list[Path]:
-    """The files under ``root`` that importing ``dotted`` executes (packages' __init__ too)."""
-    parts = [p for p in dotted.split(".") if p]
-    files: list[Path] = []
-    for i in range(1, len(parts) + 1):
-        base = root.joinpath(*parts[:i])
-        if (base / "__init__.py").is_file():
-            files.append(base / "__init__.py")
-        elif base.with_suffix(".py").is_file() and i == len(parts):
-            files.append(base.with_suffix(".py"))
-        elif base.with_suffix(".py").is_file():
-            files.append(base.with_suffix(".py"))
-            break
-        elif not base.is_dir():
-            break
-    return files
-
+# -- the walk --------------------------------------------------------------------------
 
 class _Walker:
-    """Accumulates files and exclusion reasons under one root."""
+    """Accumulates the files of one root, their sizes, and the reasons for what is left out."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: Limits, progress: Progress | None, leave_out: tuple[Path, ...]) -> None:
         self.root = root
-        self.files: set[str] = set()
+        self.limits = limits
+        self.progress = progress
+        self.leave_out = {Path(p).resolve() for p in leave_out}
+        self.rules = ignore.Rules(root)
+        self.files: dict[str, int] = {}
+        self.outside: dict[str, Path] = {}
         self.excluded: dict[str, str] = {}
-        ignore = root / IGNORE_FILE
-        lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.is_file() else []
-        self.ignore = pathspec.GitIgnoreSpec.from_lines(lines)
-        self.has_ignore = any(line.strip() and not line.lstrip().startswith("#") for line in lines)
+        self.by_top: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.total = 0
+        self.over: float | None = None
+        self._shown = 0.0
 
     def _rel(self, path: Path) -> str:
         try:
@@ -250,19 +348,9 @@ class _Walker:
                 "move it under the workflow directory, or pack the parent directory",
             ) from None
 
-    def _reason(self, rel: str, explicit: bool) -> str | None:
-        name = rel.rsplit("/", 1)[-1]
-        if _is_never(name):
-            return "never bundled"
-        if not explicit and _is_secret(name):
-            return "looks like a secret (name it with --include to bundle it anyway)"
-        if not explicit and self.has_ignore and self.ignore.match_file(rel):
-            return f"matched {IGNORE_FILE}"
-        return None
-
-    def _consider(self, path: Path | str, explicit: bool, rel: str | None = None) -> None:
-        """``rel`` may be given when the caller knows it (the walk), to spare a path computation per file."""
-        rel = rel if rel is not None else self._rel(Path(path))
+    # -- adding one file -------------------------------------------------------------
+    def _check_file(self, path: str | Path, rel: str) -> int | None:
+        """The file's size when it can travel (a regular file, or a link to one inside the root), else None."""
         try:
             st = os.lstat(path)
         except OSError as exc:
@@ -273,56 +361,176 @@ class _Walker:
                 target.relative_to(self.root)
             except ValueError:
                 self.excluded[rel] = "symlink pointing outside the workflow directory"
-                return
+                return None
             if not target.is_file():
                 self.excluded[rel] = "symlink to something other than a file"
-                return
+                return None
+            st = target.stat()
         elif not stat.S_ISREG(st.st_mode):
             self.excluded[rel] = "not a regular file"
+            return None
+        if not os.access(path, os.R_OK):
+            raise BundleError(f"cannot read {rel!r}: permission denied", f"make it readable or leave it out with {IGNORE_FILE}")
+        return st.st_size
+
+    def _keep(self, rel: str, size: int, source: Path | None = None) -> None:
+        self.excluded.pop(rel, None)
+        if rel in self.files:
+            if source is not None and self.outside.get(rel, source) != source:
+                raise BundleError(f"two files would travel as {rel!r}: {self.outside[rel]} and {source}",
+                                  "rename one of the modules, or drop one directory from PYTHONPATH")
             return
-        reason = self._reason(rel, explicit)
+        if source is not None:
+            self.outside[rel] = source
+        self.files[rel] = size
+        self.total += size
+        top = rel.split("/", 1)[0] + ("/" if "/" in rel else "")
+        counts = self.by_top[top]
+        counts[0] += size
+        counts[1] += 1
+        if self.over is None and (self.total > self.limits.max_bytes or len(self.files) > self.limits.max_files):
+            # Over the guard: nothing will be hashed or packed. Keep counting for a
+            # moment only, so that the largest entries can be named with their sizes.
+            self.over = time.monotonic() + OVER_COUNTING_SECONDS
+
+    def check_guard(self, finished: bool) -> None:
+        """Raise once over the guard: when the walk is done, or when counting took long enough."""
+        if self.over is not None and (finished or time.monotonic() > self.over):
+            raise self._too_big(finished)
+
+    def _too_big(self, finished: bool) -> BundleError:
+        largest = sorted(self.by_top.items(), key=lambda kv: -kv[1][0])[:5]
+        listing = ", ".join(f"{name} {_size(b)}" + (f" ({n:,} file{'s' if n != 1 else ''})" if name.endswith("/") else "")
+                            for name, (b, n) in largest)
+        biggest = largest[0][0] if largest else "data/"
+        counted = "it would bring" if finished else "it would bring at least"
+        return BundleError(
+            f"the workflow folder {str(self.root)!r} has more to bundle than the size guard allows "
+            f"({_size(self.limits.max_bytes)}, {self.limits.max_files:,} files; {counted} {len(self.files):,} files, "
+            f"{_size(self.total)}); largest: {listing}",
+            f"leave such entries out with a line like `{biggest}` in {IGNORE_FILE}, put the workflow in a folder of its own, "
+            f"ship only what it imports with --only-imports, or raise the guard (--max-size/--max-files, "
+            f"{ENV_MAX_BYTES}/{ENV_MAX_FILES})",
+        )
+
+    def _reason(self, rel: str, name: str, *, secrets: bool, bundle_ignore: bool, gitignore: bool) -> str | None:
+        if ignore.is_never(name):
+            return ignore.NEVER_REASON
+        if secrets and ignore.is_secret(name):
+            return ignore.SECRET_REASON
+        verdict = self.rules.bundle_verdict(rel) if bundle_ignore else None
+        if verdict is True:
+            return self.rules.bundle_reason(rel)
+        if verdict is None and gitignore and self.rules.git_ignores(rel):
+            return self.rules.git_reason(rel)
+        return None
+
+    def add_explicit(self, path: Path) -> None:
+        """Named one by one (the entry, --include and GCBUNDLE_INCLUDE files, a --config
+        module): no ignore rule or secret check applies, only "never bundled"."""
+        rel = self._rel(path)
+        if Path(path).resolve() in self.leave_out:
+            return
+        size = self._check_file(path, rel)
+        if size is None:
+            return
+        reason = self._reason(rel, rel.rsplit("/", 1)[-1], secrets=False, bundle_ignore=False, gitignore=False)
         if reason:
             self.excluded[rel] = reason
             return
-        if not os.access(path, os.R_OK):
-            raise BundleError(f"cannot read {rel!r}: permission denied", "make it readable or leave it out with .gcbundleignore")
-        self.files.add(rel)
-        self.excluded.pop(rel, None)
+        self._keep(rel, size)
 
-    def add_explicit(self, path: Path) -> None:
-        self._consider(path, explicit=True)
+    def rel_of(self, rel: str, path: Path) -> str:
+        """The bundle path of a found module: under the root, its path there."""
+        return self._rel(path) if path.is_relative_to(self.root) else rel
 
-    def add_found(self, path: Path) -> None:
-        self._consider(path, explicit=False)
+    def add_found(self, rel: str, path: Path) -> None:
+        """A local module the workflow imports: it comes along even if .gitignore leaves it
+        out (generated modules often are), but not past .gcbundleignore or the secret list."""
+        inside = path.is_relative_to(self.root)
+        if inside:
+            rel = self._rel(path)
+        size = self._check_file(path, rel) if inside else path.stat().st_size
+        if size is None:
+            return
+        reason = self._reason(rel, path.name, secrets=True, bundle_ignore=inside, gitignore=False)
+        if reason:
+            self.excluded[rel] = reason
+            return
+        self._keep(rel, size, None if inside else path)
 
     def add_include(self, item: str) -> None:
         path = (self.root / item).absolute()
         rel = self._rel(Path(os.path.normpath(path)))
         path = self.root / rel if rel != "." else self.root
         if path.is_dir() and not path.is_symlink():
-            self.walk(path)
+            self.walk(path, named=True)
         elif path.exists() or path.is_symlink():
-            self._consider(path, explicit=True)
+            self.add_explicit(path)
         else:
             raise BundleError(f"include {item!r} does not exist under {str(self.root)!r}", "check the path given to --include or GCBUNDLE_INCLUDE")
 
-    def walk(self, top: Path) -> None:
+    def walk(self, top: Path, named: bool = False) -> None:
+        """Every file under ``top`` that the rules let through. A directory given with
+        --include (``named``) is not subject to the ignore files, only to the default
+        excludes and the secret list."""
         base = str(self.root).rstrip(os.sep)
+        back: set[str] = set()  # directories a .gcbundleignore negation brought back
         for dirpath, dirnames, filenames in os.walk(top):
-            here = Path(dirpath)
             prefix = dirpath[len(base):].lstrip(os.sep).replace(os.sep, "/")
+            brought_back = named or any(prefix == b or prefix.startswith(b + "/") for b in back)
             keep = []
             for d in sorted(dirnames):
-                full = here / d
-                rel = self._rel(full)
-                if d in EXCLUDED_DIRS or (full / "pyvenv.cfg").exists():
-                    self.excluded[rel + "/"] = "tool or virtualenv directory"
-                elif full.is_symlink():
-                    self.excluded[rel + "/"] = "symlinked directory (not followed)"
-                elif self.ignore.match_file(rel + "/"):
-                    self.excluded[rel + "/"] = f"matched {IGNORE_FILE}"
+                full = Path(dirpath, d)
+                rel = f"{prefix}/{d}" if prefix else d
+                why = ignore.excluded_dir_reason(full, d)
+                if why is None and full.is_symlink():
+                    why = "symlinked directory (not followed)"
+                if why is None and not named:
+                    if self.rules.bundle_prunes(rel + "/"):
+                        why = self.rules.bundle_reason(rel + "/")
+                    elif self.rules.bundle_verdict(rel + "/") is False:
+                        back.add(rel)
+                    elif not brought_back and self.rules.git_prunes(rel + "/"):
+                        why = self.rules.git_reason(rel + "/")
+                if why:
+                    self.excluded[rel + "/"] = why
                 else:
                     keep.append(d)
             dirnames[:] = keep
             for name in sorted(filenames):
-                self._consider(os.path.join(dirpath, name), explicit=False, rel=f"{prefix}/{name}" if prefix else name)
+                rel = f"{prefix}/{name}" if prefix else name
+                if rel in self.files:
+                    continue
+                full = os.path.join(dirpath, name)
+                if self.leave_out and Path(full).resolve() in self.leave_out:
+                    continue
+                reason = self._reason(rel, name, secrets=True, bundle_ignore=not named,
+                                      gitignore=not named and not brought_back)
+                if reason:
+                    self.excluded[rel] = reason
+                    continue
+                size = self._check_file(full, rel)
+                if size is not None:
+                    self._keep(rel, size)
+            self._tick()
+            self.check_guard(finished=False)
+
+    def _tick(self) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._shown >= 0.1:
+            self._shown = now
+            self.progress("scan", len(self.files), 0)
+
+    def done(self) -> None:
+        self.check_guard(finished=True)
+        if self.progress is not None and self._shown:
+            self.progress("scan", len(self.files), 0)
+
+
+def _size(n: float) -> str:
+    from bundle.output import size
+
+    return size(n)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import atexit
 import pickle
+import shutil
+import signal
+import tempfile
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -148,9 +151,13 @@ class _Worker:
         self.tasks.send_bytes(pickle.dumps((task_id, workdir)))
         self.tasks.send_bytes(packed)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, kill: bool = False) -> None:
+        """Let the worker finish its task and exit; with ``kill`` (an interrupted
+        caller, who will not read the reply), end it at once."""
         for end in (self.tasks, self.results):
             end.close()  # the worker reads EOF and exits
+        if kill:
+            self.proc.kill()
         self.proc.join(timeout)
         if self.proc.is_alive():
             self.proc.kill()
@@ -158,7 +165,13 @@ class _Worker:
 
 
 def _serve(tasks: Any, results: Any, parent_ends: tuple[Any, ...]) -> None:
-    """The worker's loop: a (task id, working dir) header, the packed task; the packed result back."""
+    """The worker's loop: a (task id, working dir) header, the packed task; the packed result back.
+
+    Ctrl-C in a terminal signals the whole foreground process group, this
+    worker too: it ignores SIGINT, and the client, which handles it, ends the
+    worker (a real endpoint's worker is not in the user's terminal either).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for end in parent_ends:
         end.close()
     while True:
@@ -185,14 +198,22 @@ class LocalTransport(Transport):
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
         self._holder: int | None = None  # the thread inside call_many
+        self._scratch: str | None = None  # working directory when GCBUNDLE_HOME cannot hold one
 
-    @staticmethod
-    def _workdir() -> str:
+    def _workdir(self) -> str:
+        """The tasks' working directory, in GCBUNDLE_HOME; if that cannot be made, a
+        private temporary one, so that the task itself runs and says what is wrong
+        with GCBUNDLE_HOME (a HomeError; ``doctor``: a failed check)."""
         from login_node.rundir import Home
 
         workdir = Home.default().endpoint_workdir
-        workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return str(workdir)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return str(workdir)
+        except OSError:
+            if self._scratch is None:
+                self._scratch = tempfile.mkdtemp(prefix="gcbundle-local-endpoint-")
+            return self._scratch
 
     def _refuse_reentry(self) -> None:
         if self._holder == threading.get_ident():
@@ -216,7 +237,7 @@ class LocalTransport(Transport):
                 self._close_worker()
                 raise TransportError(f"the local endpoint's worker died while running the {task} task", "run the command again") from None
             except BaseException:
-                self._close_worker()  # interrupted half-way: the pipes are out of step
+                self._close_worker(kill=True)  # interrupted half-way: the pipes are out of step
                 raise
         return unpack_result(result)
 
@@ -262,16 +283,19 @@ class LocalTransport(Transport):
             finally:
                 self._holder = None
                 if in_flight:
-                    self._close_worker()  # abandoned with a reply still in the pipe
+                    self._close_worker(kill=True)  # abandoned with a reply still in the pipe
 
-    def _close_worker(self) -> None:
+    def _close_worker(self, kill: bool = False) -> None:
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.stop()
+            worker.stop(kill=kill)
 
     def close(self) -> None:
         with self._lock:
             self._close_worker()
+            scratch, self._scratch = self._scratch, None
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
 
 def get_transport(endpoint: str) -> Transport:

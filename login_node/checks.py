@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle import profiles
-from bundle.errors import GcbundleError
+from bundle.errors import GcbundleError, HomeError
 from bundle.versions import local_versions
 from login_node.rundir import Home
 
@@ -70,7 +70,11 @@ def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any
     checks.append(_launchers(built))
     if built is not None and built.config is not None:
         checks += built.address_checks
-    checks.append(_worker_init(home, built, versions))
+    driver = _driver_environment(home, site, built)
+    if driver.check is not None:
+        checks.append(driver.check)
+    checks.append(_worker_init(home, built, driver.versions or versions, driver))
+    found = [c.to_json() for c in checks] + _pitfalls(home, built, driver.versions or versions, driver)
     return {
         "host": socket.gethostname(),
         "user": _user(),
@@ -78,9 +82,89 @@ def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any
         "home": str(home.root),
         "site": (site or {}).get("name"),
         "versions": versions,
-        "checks": [c.to_json() for c in checks],
-        "ok": not any(c.status == "fail" for c in checks),
+        "driver_versions": driver.versions or versions,
+        "worker_versions": driver.workers,
+        "checks": found,
+        "ok": not any(c["status"] == "fail" for c in found),
     }
+
+
+class _Driver:
+    """The driver's environment: the endpoint's own (no driver_init), or the user's."""
+
+    def __init__(self) -> None:
+        self.init = ""
+        self.check: Check | None = None
+        self.versions: dict[str, str] = {}
+        self.bindir = str(Path(sys.executable).parent)
+        self.workers: dict[str, str] = {}
+        self.where = "the endpoint's environment"
+
+
+def _driver_environment(home: Home, site: dict[str, Any] | None, built: _Built | None) -> _Driver:
+    """Run driver_init and the launch's preflight, as a launch would: which Python,
+    Parsl and gcbundle the driver would run on, or why it cannot."""
+    from login_node import driverenv
+    from login_node.driver import driver_env
+
+    out = _Driver()
+    init = ""
+    if site and built is not None and built.check.status != "fail":
+        try:
+            profile, params = profiles.Profile.from_spec(site)
+            init = profile.driver_options({**_site_file(home).get("profile_params", {}), **params})["driver_init"]
+        except GcbundleError as exc:
+            out.check = Check("driver environment", "fail", exc.message, exc.hint or "")
+            return out
+    init = init or str(_site_file(home).get("driver_init") or "")
+    if not init.strip():
+        return out
+    out.init, out.where = init, "the driver's environment (driver_init)"
+    paths = home.run("000000000000")
+    try:
+        found = driverenv.preflight(paths, init, built.rendered if built is not None and built.rendered else None,
+                                    driverenv.env_for(paths, driver_env(paths)), driverenv.ship(home))
+    except GcbundleError as exc:
+        out.check = Check("driver environment", "fail", exc.message, exc.hint or "")
+        return out
+    out.versions = {"gcbundle": str(found.get("gcbundle")), "python": str(found.get("python")), "parsl": str(found.get("parsl"))}
+    out.bindir = str(Path(str(found.get("executable"))).parent)
+    out.check = Check("driver environment", "ok",
+                      f"driver_init gives Python {found.get('python')} ({found.get('executable')}), Parsl {found.get('parsl')}, "
+                      f"gcbundle {found.get('gcbundle')} (shipped with the launch)")
+    return out
+
+
+def _pitfalls(home: Home, built: _Built | None, versions: dict[str, str], driver: _Driver) -> list[dict[str, str]]:
+    """The known ways a queued run fails (``login_node.pitfalls``), for this site profile."""
+    from parsl.providers.cluster_provider import ClusterProvider
+
+    from login_node import pitfalls
+
+    config = built.config if built is not None else None
+    providers = [getattr(e, "provider", None) for e in (config.executors if config is not None else [])]
+    providers = [p for p in providers if p is not None]
+    out = [
+        pitfalls.pbs_job_states(versions.get("parsl", "absent"), [type(p).__name__ for p in providers], driver.where),
+        pitfalls.endpoint_version(local_versions().get("globus-compute-endpoint", "absent")),
+        pitfalls.run_dir_shared(home.root, batch=any(isinstance(p, ClusterProvider) for p in providers)),
+        pitfalls.idle_timers(os.environ.get("GLOBUS_COMPUTE_ENDPOINT_DIR")),
+    ]
+    batch = [p for p in providers if isinstance(p, ClusterProvider)]
+    if batch:
+        site = _site_file(home)
+        base = home.root / ".doctor" if (home.root / ".doctor").is_dir() else Path(tempfile.gettempdir())
+        prelude = profiles.worker_prelude(
+            bindir=driver.bindir, bundle_dir=str(home.root / "runs" / "doctor" / "bundle"),
+            outputs_dir=str(home.root / "runs" / "doctor" / "outputs"), run_id="doctor",
+            site_init=_job_init(site, driver), tmpdir=str(site.get("tmpdir") or ""),
+        )
+        scheduler = PROVIDER_SCHEDULER.get(type(batch[0]).__name__)
+        # Only the TMPDIR matters here: the prelude's `cd` to a run that does not exist is cut off.
+        prelude = "\n".join(line for line in prelude.splitlines() if not line.startswith("cd ")) + "\n"
+        launcher = type(getattr(batch[0], "launcher", None)).__name__
+        out.append(pitfalls.worker_tmpdir(prelude, getattr(batch[0], "worker_init", "") or "", scheduler, launcher, base))
+    return [c for c in out if c is not None]
 
 
 def _user() -> str:
@@ -106,13 +190,14 @@ def _home(home: Home) -> Check:
         with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-", delete=True) as f:
             f.write(b"x")
             f.flush()
-    except OSError as exc:
-        return Check("GCBUNDLE_HOME", "fail", f"{root} is not writable: {exc.strerror or exc}",
+    except (OSError, HomeError) as exc:
+        why = exc.message if isinstance(exc, HomeError) else f"{root} is not writable: {exc.strerror or exc}"
+        return Check("GCBUNDLE_HOME", "fail", why,
                      "set GCBUNDLE_HOME to a writable directory on a file system the compute nodes mount (the Ansible role's gcbundle_site_home)")
     usage = shutil.disk_usage(root)
     detail = f"{root} writable, {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"
     if usage.free < LOW_SPACE:
-        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (old runs: runs/<run_id>), or move GCBUNDLE_HOME to a bigger file system")
+        return Check("GCBUNDLE_HOME", "warn", detail, "free space there (`gcbundle prune` removes finished runs), or move GCBUNDLE_HOME to a bigger file system")
     return Check("GCBUNDLE_HOME", "ok", detail)
 
 
@@ -177,8 +262,21 @@ def _owner(where: str) -> str:
     return where.rsplit(".", 1)[0] if where.endswith(".address") else where
 
 
+#: Interfaces published site configs name for the login node's address (Polaris: hsn0 today, bond0 in
+#: Parsl's older config; Perlmutter and Aurora: hsn0; InfiniBand clusters: ib0).
+KNOWN_INTERFACES = ("hsn0", "bond0", "ib0")
+
+
 def _address_fix(kwargs: dict[str, Any]) -> str:
     if "ifname" in kwargs:
+        try:
+            here = [name for _index, name in socket.if_nameindex()]
+        except OSError:
+            here = []
+        others = [name for name in KNOWN_INTERFACES if name in here and name != kwargs.get("ifname")]
+        if others:
+            return (f"no {kwargs.get('ifname')} on this login node, but it has {', '.join(others)}: if compute nodes reach it there, "
+                    f"--set ifname={others[0]} (`ip -br addr` lists every interface)")
         return ("no such interface on this login node: list them with `ip -br addr` and set the one compute nodes reach, "
                 "e.g. --set ifname=<name>")
     return "set an address the compute nodes can reach (see the profile's parameters: `gcbundle sites`)"
@@ -259,9 +357,18 @@ def _ask_scheduler(name: str) -> str:
     return ""
 
 
-def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> Check:
+def _job_init(site: dict[str, Any], driver: _Driver) -> str:
+    """What every batch job runs before gcbundle's prelude sets PATH: the site's lines, then driver_init."""
+    return "\n".join(x for x in (str(site.get("worker_init") or "").strip(), driver.init.strip()) if x)
+
+
+def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], driver: _Driver) -> Check:
     """Run the job's prelude and worker_init in a subshell with a bare environment
-    (PBS jobs inherit none), and see which Parsl ``process_worker_pool.py`` gets."""
+    (PBS jobs inherit none), and see which Python and Parsl ``process_worker_pool.py`` gets:
+    the interchange refuses managers of another Parsl, and apps pickled by one
+    Python minor version do not load on another."""
+    from login_node.pitfalls import version_tuple
+
     site = _site_file(home)
     inits = [""]
     if built is not None and built.config is not None:
@@ -271,7 +378,8 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> 
         f'echo "{MARK} pool=$pool"\n'
         'if [ -n "$pool" ]; then\n'
         "  interp=$(head -n 1 \"$pool\" | sed 's/^#! *//')\n"
-        f"  $interp -c 'import sys, parsl; print(\"{MARK} parsl=\" + parsl.__version__); print(\"{MARK} python=\" + sys.executable)'\n"
+        f"  $interp -c 'import sys, platform, parsl; print(\"{MARK} parsl=\" + parsl.__version__); print(\"{MARK} python=\" + sys.executable); "
+        f"print(\"{MARK} python_version=\" + platform.python_version())'\n"
         "fi\n"
     )
     base = home.root / ".doctor"
@@ -283,8 +391,8 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> 
         bundle_dir = Path(tmp) / "bundle"
         bundle_dir.mkdir()
         prelude = profiles.worker_prelude(
-            bindir=str(Path(sys.executable).parent), bundle_dir=str(bundle_dir), outputs_dir=str(Path(tmp) / "outputs"),
-            run_id="doctor", site_init=str(site.get("worker_init") or ""), tmpdir=str(site.get("tmpdir") or ""),
+            bindir=driver.bindir, bundle_dir=str(bundle_dir), outputs_dir=str(Path(tmp) / "outputs"),
+            run_id="doctor", site_init=_job_init(site, driver), tmpdir=str(site.get("tmpdir") or ""),
         )
         env = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")}
         env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
@@ -305,11 +413,17 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str]) -> 
         said = f" (stderr: {errors[-1]})" if errors else ""
         if not found.get("pool"):
             return Check("worker_init", "fail", f"process_worker_pool.py is not on the job's PATH after worker_init{said}",
-                         f"install parsl in {Path(sys.executable).parent.parent} (the driver's environment), which the job puts first on PATH")
-        if found.get("parsl") != versions.get("parsl"):
+                         f"install parsl in {Path(driver.bindir).parent} (the driver's environment), which the job puts first on PATH")
+        if version_tuple(found.get("parsl", "")) != version_tuple(versions.get("parsl", "")):
             return Check("worker_init", "fail",
                          f"workers would run Parsl {found.get('parsl', '?')} ({found.get('python', found['pool'])}), the driver runs {versions.get('parsl')}{said}",
                          "the interchange refuses managers of another Parsl: remove what changes PATH after gcbundle's prelude from worker_init "
                          "(e.g. a `conda activate` of another environment), or install the same parsl there")
+        if found.get("python_version") and version_tuple(found["python_version"])[:2] != version_tuple(versions.get("python", ""))[:2]:
+            return Check("worker_init", "fail",
+                         f"workers would run Python {found['python_version']} ({found.get('python')}), the driver runs {versions.get('python')}{said}",
+                         "Parsl sends apps pickled by the driver's Python: the workers need the same minor version; "
+                         "remove what changes PATH after gcbundle's prelude from worker_init")
         python = found.get("python", python)
-    return Check("worker_init", "ok", f"workers get Parsl {versions.get('parsl')} from {python}")
+        driver.workers = {"python": found.get("python_version", "?"), "parsl": found.get("parsl", "?"), "executable": python}
+    return Check("worker_init", "ok", f"workers get Parsl {found.get('parsl', versions.get('parsl'))} from {python}")

@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,9 +74,14 @@ def driver_env(paths: RunPaths) -> dict[str, str]:
 
 def spawn(paths: RunPaths) -> int:
     """Start the driver detached; return its pid."""
+    env = driver_env(paths)
+    if _plan(paths).get("driver_init"):
+        from login_node.driverenv import env_for
+
+        env = env_for(paths, env)
     proc = subprocess.run(
         [sys.executable, "-I", "-m", "login_node.driver", "--detach", str(paths.root)],
-        env=driver_env(paths), cwd=str(paths.bundle), capture_output=True, text=True, timeout=60, check=False,
+        env=env, cwd=str(paths.bundle), capture_output=True, text=True, timeout=60, check=False,
     )
     if proc.returncode != 0 or not proc.stdout.strip().isdigit():
         lines = (proc.stderr or "no output").strip().splitlines()
@@ -83,12 +89,30 @@ def spawn(paths: RunPaths) -> int:
     return int(proc.stdout.strip())
 
 
+def _plan(paths: RunPaths) -> dict[str, Any]:
+    """The run's driver plan (``login_node.driverenv``), {} for a run launched before plans."""
+    from login_node.driverenv import plan_path
+
+    try:
+        return read_json(plan_path(paths))
+    except (OSError, ValueError):
+        return {}
+
+
 def _detach(root: Path) -> None:
     os.umask(0o077)
     paths = RunPaths(root)
+    plan = _plan(paths)
+    argv = [sys.executable, "-I", "-u", "-m", "login_node.driver", str(root)]
+    if plan.get("driver_init"):
+        from login_node import driverenv
+
+        # The user's environment, as its own lines make it (see login_node.driverenv).
+        text = driverenv.script(plan["driver_init"], ["-u", "-c", driverenv.stub(Path(plan["lib"]), "driver"), str(root)])
+        argv = [shutil.which("bash") or "/bin/bash", "-c", text]
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-u", "-m", "login_node.driver", str(root)],
+            argv,
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=str(paths.bundle),
             start_new_session=True, close_fds=True,
         )
@@ -276,7 +300,14 @@ class Driver:
 
             profile, params = profiles.Profile.from_spec(req["site"])
             params = {**_site_defaults(self.paths, profile), **params}
-            return profiles.build_config(profiles.render(profile, params))
+            rendered = profiles.render(profile, params)
+            if _plan(self.paths).get("placement") == "batch":
+                from bundle.placement import use_the_jobs_nodes
+
+                rendered, replaced = use_the_jobs_nodes(rendered)  # this job's nodes, no further job
+                for line in replaced:
+                    log.info("placement=batch: %s", line)
+            return profiles.build_config(rendered)
         if req["config"].get("kind") == "module":
             module = _import_entry(self.paths.bundle, req["config"]["path"])
             make = getattr(module, "make_config", None)
@@ -492,29 +523,46 @@ def worker_prelude(paths: RunPaths) -> str:
     from bundle.profiles import worker_prelude as prelude
 
     site = _site_file(paths)
+    # The driver's own environment lines come first in every job too: the
+    # workers then run in the environment the driver runs in.
+    init = "\n".join(x for x in (str(site.get("worker_init") or "").strip(), str(_plan(paths).get("driver_init") or "").strip()) if x)
     return prelude(
         bindir=str(Path(sys.executable).parent), bundle_dir=str(paths.bundle), outputs_dir=str(paths.outputs),
-        run_id=paths.run_id, site_init=str(site.get("worker_init") or ""), tmpdir=str(site.get("tmpdir") or ""),
+        run_id=paths.run_id, site_init=init, tmpdir=str(site.get("tmpdir") or ""),
     )
 
 
-def _site_file(paths: RunPaths) -> dict[str, Any]:
+def site_file(home: Any) -> dict[str, Any]:
     """``$GCBUNDLE_HOME/site-defaults.yaml`` (written by the Ansible role), or {}."""
     import yaml
 
     try:
-        data = yaml.safe_load((paths.root.parent.parent / "site-defaults.yaml").read_text()) or {}
+        data = yaml.safe_load((Path(home.root) / "site-defaults.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _site_defaults(paths: RunPaths, profile: Any) -> dict[str, Any]:
+def site_defaults(home: Any, profile: Any) -> dict[str, Any]:
     """Site-wide parameter defaults (``$GCBUNDLE_HOME/site-defaults.yaml``,
     written by the Ansible role), limited to what the profile declares."""
-    params = _site_file(paths).get("profile_params") or {}
+    params = site_file(home).get("profile_params") or {}
     known = profile.parameters()
     return {k: v for k, v in params.items() if k in known} if isinstance(params, dict) else {}
+
+
+def _home_of(paths: RunPaths) -> Any:
+    from login_node.rundir import Home
+
+    return Home(paths.root.parent.parent)
+
+
+def _site_file(paths: RunPaths) -> dict[str, Any]:
+    return site_file(_home_of(paths))
+
+
+def _site_defaults(paths: RunPaths, profile: Any) -> dict[str, Any]:
+    return site_defaults(_home_of(paths), profile)
 
 
 def _default_config() -> Any:

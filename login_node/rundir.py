@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle.errors import RunNotFound
-from bundle.fileio import write_atomic
+from bundle.errors import HomeError, RunNotFound
+from bundle.fileio import folder_problem, write_atomic
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -80,9 +80,19 @@ class Home:
         return RunPaths(self.runs / check_run_id(run_id))
 
     def ensure(self) -> None:
+        """Create the folders (mode 0700) or fail with HomeError: one line that says what to do."""
+        fix = ("set GCBUNDLE_HOME to a folder this user can write (for an endpoint: in its environment, "
+               "e.g. user_environment.yaml), or fix the folder's permissions")
+        try:
+            for d in (self.root, self.cache, self.staging, self.runs):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else self.root
+            raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} cannot be used: {folder_problem(where, exc)}", fix) from None
         for d in (self.root, self.cache, self.staging, self.runs):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} is not writable" + ("" if d == self.root else f" ({d})"), fix)
 
 
 @dataclass(frozen=True)

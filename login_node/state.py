@@ -1,6 +1,8 @@
 """The run state machine, and how a reader tells a live run from a lost one.
 
-    staged -> starting -> running -> succeeded | failed | cancelled | lost
+    staged [-> queued] -> starting -> running -> succeeded | failed | cancelled | lost
+
+(``queued``: placement=batch, the driver's job waits in the scheduler's queue.)
 
 ``state.json`` is written by the launch task once (``staged``) and by the
 driver after that. ``lost`` is never written: a reader derives it when the
@@ -18,7 +20,7 @@ from typing import Any
 
 from login_node.rundir import RunPaths, read_json, write_json
 
-STATES = ("staged", "starting", "running", "succeeded", "failed", "cancelled", "lost")
+STATES = ("staged", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
 TERMINAL = ("succeeded", "failed", "cancelled", "lost")
 DEFAULT_HEARTBEAT = 30.0
 #: A heartbeat older than MISSED periods plus GRACE seconds means the driver is gone.
@@ -85,7 +87,9 @@ def effective(paths: RunPaths, now: float | None = None) -> dict[str, Any]:
     age = now - float(state.get("updated") or 0.0)
     same_host = state.get("host") == hostname()
     reason = None
-    if state.get("state") == "staged":
+    if state.get("state") == "queued":
+        pass  # placement=batch: no heartbeat before the job starts; the status task asks the scheduler
+    elif state.get("state") == "staged":
         if age > STAGED_TIMEOUT:
             reason = "the driver never started"
     elif same_host and not alive(state.get("pid"), state.get("pid_start")):

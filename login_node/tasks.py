@@ -21,26 +21,34 @@ from bundle import archive
 from bundle.errors import GcbundleError, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import package, procs, state
+from login_node import envcheck, package, procs, state
 from login_node.cache import Cache, check_digest
+from login_node.driverenv import plan_path
 from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
 
 #: How long ``launch`` waits for the driver to report that it started.
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
 
 
-def _task(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    @functools.wraps(fn)
-    def wrapper(req: dict[str, Any]) -> dict[str, Any]:
-        try:
-            req = check_request(req)
-            home = Home.default()
-            home.ensure()
-            return reply(fn(req, home))
-        except GcbundleError as exc:
-            return error_reply(exc)
+def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_home: bool = True) -> Any:
+    """A task function: the request checked, ``$GCBUNDLE_HOME`` made ready (a
+    HomeError otherwise; ``doctor`` reports it as a check instead), errors as
+    envelopes."""
+    def decorate(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        @functools.wraps(fn)
+        def wrapper(req: dict[str, Any]) -> dict[str, Any]:
+            try:
+                req = check_request(req)
+                home = Home.default()
+                if ensure_home:
+                    home.ensure()
+                return reply(fn(req, home))
+            except GcbundleError as exc:
+                return error_reply(exc)
 
-    return wrapper
+        return wrapper
+
+    return decorate(fn) if fn is not None else decorate
 
 
 def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
@@ -101,7 +109,20 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
+    needs = envcheck.needed(cache.path(digest))  # the workflow's third-party imports
+    plan = _driver_plan(home, paths, spec, [ref.top for ref in needs])  # before the run exists: a failed preflight leaves nothing
+    envcheck.check(needs, spec.get("site"), plan.get("environment"))
     _create_run(home, paths, cache.path(digest), digest, spec, resumed)
+    write_json(plan_path(paths), plan)
+    if plan["placement"] == "batch":
+        from login_node import driverjob
+        from login_node.driver import site_file
+
+        try:
+            return {"state": driverjob.submit(home, paths, plan, str(site_file(home).get("worker_init") or ""))}
+        except BaseException:
+            shutil.rmtree(paths.root, ignore_errors=True)  # a job that was never queued leaves no run
+            raise
     from login_node.driver import spawn
 
     try:
@@ -112,6 +133,35 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}", "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
+
+
+def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: list[str]) -> dict[str, Any]:
+    """How the run's driver starts: in the endpoint's environment, or after
+    ``driver_init`` in the user's, checked first (``login_node.driverenv``; it
+    also looks for the workflow's third-party ``imports`` there)."""
+    from login_node import driverenv
+    from login_node.driver import driver_env, site_file, site_defaults
+
+    rendered = None
+    options = {"driver_init": "", "placement": "login"}
+    if spec.get("site"):
+        from bundle import profiles
+
+        profile, params = profiles.Profile.from_spec(spec["site"])
+        params = {**site_defaults(home, profile), **params}
+        options = profile.driver_options(params)
+        rendered = profiles.render(profile, params)
+    driver_init = options["driver_init"] or str(site_file(home).get("driver_init") or "")
+    plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"], "rendered": rendered}
+    if options["placement"] == "batch":
+        from bundle.placement import batch_provider_node
+
+        batch_provider_node(rendered or {})
+    if driver_init.strip():
+        lib = driverenv.ship(home)
+        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib, imports)
+        plan.update(lib=str(lib), environment=found)
+    return plan
 
 
 def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +302,10 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
+    if st.get("state") == "queued":
+        from login_node.driverjob import check_queued
+
+        st = check_queued(paths, st)
     wait = req.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
         raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
@@ -295,7 +349,8 @@ def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
     if not state.is_terminal(st) and not req.get("partial"):
-        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}", "wait for it to finish (`gcbundle status --wait`), or cancel it")
+        raise RunStateError(f"run {paths.run_id} is still {st.get('state')}",
+                            f"wait for it to end (`gcbundle status {paths.run_id} --wait`), or stop it (`gcbundle cancel {paths.run_id}`)")
     return {"state": st, **package.manifest(paths)}
 
 
@@ -319,6 +374,16 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
         return {"state": st, "already": True}
     if not paths.cancel_marker.exists():
         write_json(paths.cancel_marker, {"requested": time.time(), "host": state.hostname()})
+    if st.get("state") == "queued":
+        # placement=batch, the job not started yet: end it; a driver starting meanwhile sees the marker.
+        from login_node import driverjob
+
+        driverjob.cancel(st)
+        fresh = state.read_raw(paths)
+        if fresh.get("state") == "queued":
+            fresh.update(state="cancelled", finished=time.time(), detail="cancelled while its batch job was queued")
+            state.write(paths, fresh)
+        st = state.effective(paths)
     pid = st.get("pid")
     local = st.get("host") == state.hostname()
     if local and state.alive(pid, st.get("pid_start")):
@@ -333,6 +398,11 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             break
         time.sleep(0.1)
     escalated = 0
+    if not local and not state.is_terminal(st) and st.get("driver_job"):
+        # placement=batch: the driver did not stop by itself in time: end its job.
+        from login_node import driverjob
+
+        escalated += int(driverjob.cancel(st))
     if local:
         if state.alive(pid, st.get("pid_start")):
             try:
@@ -356,8 +426,17 @@ def _cancel_batch_jobs(st: dict[str, Any]) -> None:
             subprocess.run([command, *ids], capture_output=True, timeout=60, check=False)
 
 
-@_task
+@_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     from login_node.checks import site_report
 
     return site_report(home, req.get("site"))
+
+
+@_task
+def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
+    from login_node.prune import Criteria
+    from login_node.prune import prune as prune_home
+
+    return prune_home(home, Criteria.from_json(req.get("prune")))

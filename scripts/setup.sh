@@ -3,11 +3,13 @@
 #   scripts/setup.sh          the client and the local endpoint in .venv
 #   scripts/setup.sh --test   plus what the test suite needs: the virtual site
 #                             (scripts/site.sh: compute nodes cn1, cn2 as network
-#                             namespaces behind bonds bond0/hsn0), Slurm with munge
+#                             namespaces behind bridges bond0, hsn0), Slurm with munge
 #                             and Open MPI over it, OpenPBS built from source over
 #                             it (OPENPBS_SRC, see scripts/setup_pbs.sh), and a
 #                             loopback sshd with an unprivileged user for the
-#                             Ansible tests
+#                             Ansible tests, and Debian's RabbitMQ with an
+#                             unprivileged user for the tests that run the real
+#                             globus-compute-endpoint daemon
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -45,7 +47,7 @@ extras=""
 
 if [ "$with_tests" = 1 ]; then
   # setup_slurm.sh and setup_pbs.sh each bring the site up first (idempotent).
-  for script in scripts/setup_slurm.sh scripts/setup_pbs.sh scripts/setup_sshd.sh; do
+  for script in scripts/setup_slurm.sh scripts/setup_pbs.sh scripts/setup_sshd.sh scripts/setup_rabbitmq.sh; do
     if [ -f "$script" ]; then bash "$script"; fi
   done
 fi

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 pytest_plugins = [
-    name for name in ("tests.conftest_scheduler", "tests.conftest_ssh")
+    name for name in ("tests.conftest_scheduler", "tests.conftest_ssh", "tests.conftest_daemon")
     if importlib.util.find_spec(name) is not None
 ]
 

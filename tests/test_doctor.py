@@ -20,7 +20,7 @@ from bundle.errors import ChecksFailed
 from bundle.versions import local_versions
 from login_node import checks
 from login_node.rundir import Home
-from tests.conftest_scheduler import LOGIN_ADDRESS
+from tests.conftest_scheduler import LOGIN_HSN_ADDRESS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -76,11 +76,11 @@ def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path, monkeypatch:
 
 
 def test_polaris_profile_passes_on_the_virtual_login_node(pbs_cluster: None, home: Path) -> None:
-    """The real OpenPBS answers and bond0 exists, as on a Polaris login node."""
+    """The real OpenPBS answers and hsn0 exists, as on a Polaris login node."""
     code, env, by_name = doctor("--endpoint", "local", "--site", "polaris", "--set", "account=proj")
     assert code == 0, env
     assert by_name["batch scheduler"]["detail"].endswith("pbs answers")
-    assert by_name["address of executors[0]"]["detail"] == f"address_by_interface(ifname='bond0') = {LOGIN_ADDRESS}"
+    assert by_name["address of executors[0]"]["detail"] == f"address_by_interface(ifname='hsn0') = {LOGIN_HSN_ADDRESS}"
 
 
 def test_missing_required_parameter_is_a_failing_check(home: Path) -> None:

@@ -32,7 +32,7 @@ def cli(*args: str) -> tuple[int, dict]:
 def test_add_list_remove_with_json(tmp_path: Path) -> None:
     code, env = cli("endpoints", "add", "polaris", UUID.upper(), "--site", "local", "--set", "workers=3", "--function", f"probe={FID}")
     assert code == 0 and env["command"] == "endpoints add"
-    assert env["data"] == {"name": "polaris", "uuid": UUID, "site": "local", "set": {"workers": 3}, "functions": {"probe": FID}}
+    assert env["data"] == {"name": "polaris", "uuid": UUID, "site": "local", "set": {"workers": 3}, "functions": {"probe": FID}, "missing_parameters": []}
     code, env = cli("endpoints", "list")
     assert code == 0 and [e["name"] for e in env["data"]] == ["polaris"]
     text = CliRunner().invoke(main, ["endpoints", "list"]).stdout
@@ -162,3 +162,17 @@ def test_alias_defaults_reach_the_login_node(home: Path, tmp_path: Path) -> None
     request = json.loads((home / "runs" / run.id / "run.json").read_text())
     assert request["params"] == {"workers": 1} and request["site"]["name"] == "tiny"
     assert run.record.site == str(profile.resolve()) and run.record.endpoint == "mysite"
+
+
+def test_add_warns_when_the_site_lacks_a_required_parameter() -> None:
+    """The alias is stored (a user may give --set account=... per submit), with a
+    note that names the parameter and the command that stores it."""
+    res = CliRunner().invoke(main, ["endpoints", "add", "polaris", UUID, "--site", "polaris", "--json"])
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["data"]["missing_parameters"] == ["account"]
+    assert res.stderr.count("\n") == 1 and "site polaris needs account" in res.stderr
+    assert f"`gcbundle endpoints add polaris {UUID} --site polaris --set account=VALUE --replace`" in res.stderr
+    # the command it prints works, and then there is nothing to say
+    res = CliRunner().invoke(main, ["endpoints", "add", "polaris", UUID, "--site", "polaris", "--set", "account=p", "--replace"])
+    assert res.exit_code == 0 and res.stderr == ""
+    assert endpoints.missing_required(endpoints.resolve("polaris")) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ from types import ModuleType
 
 import pytest
 import responses
+from click.testing import CliRunner
 
 from bundle import api
+from bundle.cli import main
 from bundle.errors import SiteProfileError
 from tests.conftest import EXAMPLES
 from tests.fake_globus import AUTH, COMPUTE, client_credentials_grant
@@ -43,17 +46,35 @@ def workflow() -> ModuleType:
 
 
 def test_offline_variant_runs_end_to_end(tmp_path: Path, workflow: ModuleType) -> None:
-    run = api.submit(MULTISITE / "workflow.py", "local", site=str(MULTISITE / "offline.yaml"), args={"segments": 3}, wait=True)
-    assert run.last_state["state"] == "succeeded", run.last_state
+    """The command of the README, as written: the workflow reads every file of ./experiments,
+    which travel with its folder and are found on the login node by the same relative path."""
+    res = CliRunner().invoke(main, ["submit", str(MULTISITE / "workflow.py"), "--endpoint", "local",
+                                    "--site", str(MULTISITE / "offline.yaml"), "--wait", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)["data"]
+    assert "included 9 files" in data["bundle"]["summary"][0] and not data["bundle"]["warnings"]
+    run = api.get_run(data["run_id"])
     value = run.result(tmp_path / "res")
 
-    segments = workflow.raw_segments(3, 200, 7)
-    expected = [len(workflow._analyse(workflow._preprocess(s, 3), 2.5)["events"]) for s in segments]
-    assert value["segments"] == 3 and value["events_per_segment"] == expected and sum(expected) > 0
+    files = sorted((MULTISITE / "experiments").glob("*.csv"))
+    assert value["experiments"] == [p.name for p in files] == ["run-01.csv", "run-02.csv", "run-03.csv", "run-04.csv"]
+    expected = [len(workflow._analyse(workflow._preprocess(workflow.read_experiment(str(p)), 3), 2.5)["events"]) for p in files]
+    assert value["events_per_experiment"] == expected and sum(expected) > 0
     rows = list(csv.reader((tmp_path / "res" / run.id / "outputs" / "events.csv").read_text().splitlines()))
-    assert rows[0] == ["segment", "events", "first_event", "peak"] and [int(r[1]) for r in rows[1:]] == expected
+    assert rows[0] == ["experiment", "events", "first_event", "peak"] and [int(r[1]) for r in rows[1:]] == expected
     report = (tmp_path / "res" / run.id / "report.json").read_text()
     assert all(label in report for label in ("preprocess", "analysis", "postprocess"))
+
+
+def test_without_its_folder_the_workflow_is_warned_about_experiments(tmp_path: Path) -> None:
+    """--only-imports leaves ./experiments behind; the literal in main() is named before anything is sent."""
+    from bundle.pack import pack
+
+    res = pack(MULTISITE / "workflow.py", tmp_path / "b.tar.gz", only_imports=True)
+    assert [f.path for f in res.manifest.files] == ["workflow.py"]
+    assert len(res.warnings) == 1 and res.warnings[0].startswith("workflow.py:")
+    assert "names 'experiments', which exists here but is left out of the bundle" in res.warnings[0]
+    assert "--include experiments" in res.warnings[0]
 
 
 def test_remote_apps_travel_by_value(tmp_path: Path, workflow: ModuleType) -> None:

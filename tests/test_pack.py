@@ -16,7 +16,7 @@ from bundle.pack import pack
 from tests.conftest import EXAMPLES, write_workflow
 
 
-def test_selection_follows_imports_and_declared_includes(tmp_path: Path) -> None:
+def test_only_imports_follows_imports_and_declared_includes(tmp_path: Path) -> None:
     (tmp_path / "wf" / "helper.py").parent.mkdir(parents=True)
     wf = write_workflow(
         tmp_path / "wf",
@@ -27,7 +27,7 @@ def test_selection_follows_imports_and_declared_includes(tmp_path: Path) -> None
         p = tmp_path / "wf" / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
-    res = pack(wf, tmp_path / "b.tar.gz")
+    res = pack(wf, tmp_path / "b.tar.gz", only_imports=True)
     paths = [f.path for f in res.manifest.files]
     assert paths == ["data/in.txt", "helper.py", "pkg/__init__.py", "pkg/mod.py", "pkg/sibling.py", "pkg/sub/__init__.py", "pkg/sub/deep.py", "workflow.py"]
     assert res.manifest.mode == "function"
@@ -51,12 +51,12 @@ def test_same_tree_gives_byte_identical_archives(tmp_path: Path) -> None:
 
 
 def test_digest_changes_with_content_and_args_but_not_mtime(tmp_path: Path) -> None:
-    wf = write_workflow(tmp_path / "w", "def main():\n    return 1\n")
+    wf = write_workflow(tmp_path / "w", "def main(n=1):\n    return 1\n")
     first = pack(wf, tmp_path / "1.tar.gz").digest
     os.utime(wf, (1, 1))
     assert pack(wf, tmp_path / "2.tar.gz").digest == first
     assert pack(wf, tmp_path / "3.tar.gz", args={"n": 2}).digest != first
-    wf.write_text("def main():\n    return 2\n")
+    wf.write_text("def main(n=1):\n    return 2\n")
     assert pack(wf, tmp_path / "4.tar.gz").digest != first
 
 
@@ -75,7 +75,7 @@ def test_directory_excludes_secrets_tools_and_ignored_files_with_reasons(tmp_pat
     assert paths == {".gcbundleignore", "workflow.py", "keep/data.bin"}
     reasons = dict(res.excluded)
     assert "secret" in reasons[".env"] and "secret" in reasons["keys/server.pem"] and "secret" in reasons["id_rsa"] and "secret" in reasons[".netrc"]
-    assert reasons["big/"] == "matched .gcbundleignore" and reasons["notes.txt"] == "matched .gcbundleignore"
+    assert reasons["big/"] == "matched .gcbundleignore (big/)" and reasons["notes.txt"] == "matched .gcbundleignore (*.txt)"
     assert "virtualenv" in reasons["venv/"] and "tool" in reasons[".git/"]
     assert "outside" in reasons["escape"]
 

@@ -10,7 +10,7 @@ from parsl import bash_app, python_app
 
 from stats import summarize
 
-# Data files the workflow reads; gcbundle packs them along with the imported modules.
+# Data the workflow reads. Its folder travels anyway; this list is what `--only-imports` still ships.
 GCBUNDLE_INCLUDE = ["data/words.txt"]
 
 

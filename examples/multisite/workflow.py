@@ -6,9 +6,15 @@ GlobusComputeExecutor (one Parsl program whose apps run at several sites): the
 DataFlowKernel runs on the login node as a gcbundle run, and its apps pick where
 they run by executor label:
 
-    raw segments --preprocess--> clean series --analyse--> events --summarise--> outputs/events.csv
-                 (label "preprocess":          (label "analysis":      (label "postprocess":
-                  endpoint A)                   endpoint B)             HTEX on the login node)
+    ./experiments/*.csv --preprocess--> clean series --analyse--> events --summarise--> outputs/events.csv
+                        (label "preprocess":          (label "analysis":      (label "postprocess":
+                         endpoint A)                   endpoint B)             HTEX on the login node)
+
+The raw readings are the files of ./experiments, read by relative path as on
+the laptop: the workflow's folder travels with it, so they are there on the
+login node (the driver's working directory is the bundle's root). The driver
+reads them and hands their contents to the apps, so endpoints A and B need
+neither the files nor the bundle.
 
 The labels are all the workflow knows. On real sites `globus_config.py` maps
 "preprocess" and "analysis" to Parsl's GlobusComputeExecutor; offline,
@@ -17,9 +23,9 @@ See README.md in this folder for both commands.
 """
 from __future__ import annotations
 
-import math
+import csv
+import glob
 import os
-import random
 import types
 from collections.abc import Callable
 from typing import Any
@@ -46,7 +52,7 @@ def shipped_by_value(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _preprocess(segment: list[float], window: int) -> list[float]:
-    """Denoise one raw segment (trailing moving average over ``window`` samples) and standardise it."""
+    """Denoise one experiment's readings (trailing moving average over ``window`` samples) and standardise them."""
     import statistics
 
     smooth = []
@@ -78,40 +84,35 @@ analyse = python_app(executors=["analysis"])(shipped_by_value(_analyse))
 
 @python_app(executors=["postprocess"])
 def summarise(out_dir: str, inputs: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
-    """Post-processing on the login node's workers: one CSV row per segment, and totals."""
+    """Post-processing on the login node's workers: one CSV row per experiment, and totals."""
     import csv
 
     path = os.path.join(out_dir, "events.csv")
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["segment", "events", "first_event", "peak"])
+        writer.writerow(["experiment", "events", "first_event", "peak"])
         for i, found in enumerate(inputs):
             writer.writerow([i, len(found["events"]), found["events"][0] if found["events"] else "", f"{found['peak']:.3f}"])
     return {
-        "segments": len(inputs),
-        "events_per_segment": [len(found["events"]) for found in inputs],
+        "events_per_experiment": [len(found["events"]) for found in inputs],
         "analysed_on": sorted({found["host"] for found in inputs}),
         "csv": os.path.basename(path),
     }
 
 
-def raw_segments(n: int, length: int, seed: int) -> list[list[float]]:
-    """Synthetic instrument data: a slow wave, noise, and three sharp pulses per segment."""
-    rng = random.Random(seed)
-    segments = []
-    for _ in range(n):
-        pulses = set(rng.sample(range(10, length - 10), 3))
-        segments.append([
-            math.sin(2 * math.pi * i / 50) + rng.gauss(0.0, 0.3) + (6.0 if i in pulses else 0.0)
-            for i in range(length)
-        ])
-    return segments
+def read_experiment(path: str) -> list[float]:
+    """One experiment's raw readings: the ``signal`` column of its CSV file."""
+    with open(path, newline="") as f:
+        return [float(row["signal"]) for row in csv.DictReader(f)]
 
 
-def main(segments: int = 4, length: int = 200, window: int = 3, threshold: float = 2.5, seed: int = 7) -> dict[str, Any]:
+def main(window: int = 3, threshold: float = 2.5, experiments: str = "experiments") -> dict[str, Any]:
     out_dir = os.environ.get("GCBUNDLE_OUTPUT_DIR", "outputs")
     os.makedirs(out_dir, exist_ok=True)
-    clean = [preprocess(segment, window) for segment in raw_segments(segments, length, seed)]
+    files = sorted(glob.glob(os.path.join(experiments, "*.csv")))
+    if not files:
+        raise FileNotFoundError(f"no experiments in ./{experiments}/ (run make_experiments.py)")
+    clean = [preprocess(read_experiment(path), window) for path in files]
     found = [analyse(series, threshold) for series in clean]
     summary = summarise(out_dir, inputs=found).result()
-    return {"window": window, "threshold": threshold, **summary}
+    return {"window": window, "threshold": threshold, "experiments": [os.path.basename(p) for p in files], **summary}

@@ -2,7 +2,7 @@
 from a laptop to a Polaris login node by gcbundle and run there with the
 built-in `polaris` profile (PBSProProvider, MpiExecLauncher with ALCF's
 `--cpu-bind` / `--depth=64 --ppn 1`, one worker per GPU, the login node's
-address on bond0). See README.md beside this file for the commands.
+address on hsn0). See README.md beside this file for the commands.
 """
 from __future__ import annotations
 
