@@ -71,7 +71,7 @@ def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path, monkeypatch:
     assert "--set ifname=" in address["fix"]
     res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0"])
     assert res.exit_code == ChecksFailed.exit_code
-    assert "  FAIL  address of executors[0]" in res.stdout and "fix: no such interface" in res.stdout
+    assert "  FAIL  address of executors[0]" in res.stdout and "fix: no nosuch0 on this login node, but it has hsn0, bond0" in res.stdout
     assert "gcbundle: error: 2 doctor checks failed" in res.stderr
 
 
