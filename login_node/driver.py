@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from bundle.errors import GcbundleError, SiteProfileError
 from bundle.versions import local_versions
-from login_node import procs, state
+from login_node import blockwatch, procs, state
 from login_node.rundir import RunPaths, read_json, write_json
 
 log = logging.getLogger("gcbundle.driver")
@@ -137,6 +137,7 @@ class Driver:
         self.checkpoint_files: list[str] = []
         self.providers: list[Any] = []
         self.scheduler_failure: dict[str, str] | None = None
+        self.block_failures: dict[str, dict[str, Any]] = {}
 
     # state.json has one writer: this process, through this method.
     def _write_state(self, **changes: Any) -> None:
@@ -144,6 +145,8 @@ class Driver:
             self.state.update(changes)
             self.state["tasks"] = self._task_counts()
             self.state["scheduler_job_ids"] = sorted(set(self.job_ids.values()))
+            if self.block_failures:
+                self.state["block_failures"] = list(self.block_failures.values())
             try:
                 state.write(self.paths, self.state)
             except OSError as exc:
@@ -171,6 +174,10 @@ class Driver:
         seen_failure = 0
         while not self.stop.wait(self.period):
             self._collect_job_ids()
+            try:
+                blockwatch.failures(self.providers, self.block_failures)
+            except Exception:  # noqa: BLE001 - Parsl's threads change what we read; next beat
+                pass
             self._write_state()
             try:
                 failure = self._scheduler_error() if self.scheduler_failure is None else None
@@ -235,6 +242,10 @@ class Driver:
             outcome = {"state": "cancelled"}
         self.timings["finished"] = time.time()
         self.stop.set()
+        try:
+            blockwatch.failures(self.providers, self.block_failures)  # a block that died in the last beat
+        except Exception:  # noqa: BLE001
+            log.exception("could not read what became of the block jobs")
         try:
             self._write_report(outcome)
         except OSError as exc:
@@ -342,6 +353,8 @@ class Driver:
                 provider.worker_init = prefix + (provider.worker_init or "")
             if provider is not None:
                 self.providers.append(provider)
+                if type(provider).__name__ == "PBSProProvider":
+                    blockwatch.watch_pbs(provider)  # non-zero exits are failures; one qstat per job
         self.config_repr = repr(config)
 
     def _instrument(self, dfk: Any) -> None:

@@ -430,7 +430,7 @@ def _cancel_batch_jobs(st: dict[str, Any]) -> None:
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
     from login_node.checks import site_report
 
-    return site_report(home, req.get("site"))
+    return site_report(home, req.get("site"), probe=bool(req.get("probe")))
 
 
 @_task

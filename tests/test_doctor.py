@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,37 @@ def test_missing_scheduler_commands(home: Path, monkeypatch: pytest.MonkeyPatch)
 def test_doctor_needs_an_endpoint_or_local() -> None:
     res = CliRunner().invoke(main, ["doctor"])
     assert res.exit_code == 2 and "--endpoint E" in res.stderr and "--local" in res.stderr
+
+
+#: The polaris profile on the virtual site: only what the machine lacks overridden (see tests/test_pbs_e2e.py).
+POLARIS_HERE = ("--set", "account=proj", "--set", "bind_cmd=--bind-to", "--set", "mpi_overrides=", "--set", "cpus_per_node=2",
+                "--set", "select_options=mpiprocs=1", "--set", "cpu_affinity=alternating")
+
+
+@pytest.mark.timeout(300)
+def test_probe_job_reaches_the_login_node_on_hsn0(pbs_cluster: None, home: Path) -> None:
+    """`--probe` submits one real PBS job; a compute node connects to the address
+    the profile resolved (hsn0) at a port of the executor's range."""
+    code, env, by_name = doctor("--local", "--site", "polaris", *POLARIS_HERE, "--probe")
+    assert code == 0, env
+    reach = by_name["compute node reaches executors[0]"]
+    assert reach["status"] == "ok"
+    assert re.fullmatch(rf"probe job \d+\.\S+ on cn\d reached {re.escape(LOGIN_HSN_ADDRESS)}:5\d{{4}} in [\d.]+ s", reach["detail"]), reach
+
+
+@pytest.mark.timeout(300)
+def test_probe_catches_an_address_the_compute_nodes_cannot_reach(pbs_cluster: None, home: Path) -> None:
+    """An interface of this login node outside the site's links (eth0 here):
+    the address check passes, but the compute nodes have no route to it, and
+    only the probe can tell."""
+    shown = subprocess.run(["ip", "-4", "-br", "addr"], capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
+    outside = [line.split()[0].split("@")[0] for line in shown
+               if len(line.split()) >= 3 and line.split()[0].split("@")[0] not in ("lo", "bond0", "hsn0")]
+    assert outside, f"this login node has no interface outside the site's links: {shown}"
+    code, env, by_name = doctor("--local", "--site", "polaris", *POLARIS_HERE, "--set", f"ifname={outside[0]}", "--probe")
+    assert code == ChecksFailed.exit_code
+    assert by_name["address of executors[0]"]["status"] == "ok"
+    reach = by_name["compute node reaches executors[0]"]
+    assert reach["status"] == "fail" and "(failed) ran, but nothing reached" in reach["detail"], reach
+    assert "workers would not reach the interchange" in reach["detail"] and "ifname" in reach["fix"]
+    assert "compute node reaches executors[0]" in env["errors"][0]["message"]

@@ -286,3 +286,23 @@ def test_polaris_example_on_real_pbs(tmp_path: Path) -> None:
     nodes = (tmp_path / "res" / run.id / "outputs" / "nodes.txt").read_text()
     assert nodes.startswith(f"job {value['jobs'][0]}: {value['hosts'][0]}")
     finished(run.id, st["scheduler_job_ids"])
+
+
+@pytest.mark.timeout(300)
+def test_a_block_that_exits_non_zero_fails_the_run_saying_which_job_and_why(tmp_path: Path) -> None:
+    """A block that cannot start its workers: Parsl alone calls the PBS job
+    that exited 3 COMPLETED (then MISSING, as no worker registered); gcbundle
+    reads PBS's Exit_status: the run fails, and `status` names the job and why."""
+    wf = write_workflow(tmp_path / "wf", VIEW)
+    run = api.submit(wf, "local", site="pbspro", params={**PBSPRO, "worker_init": "exit 3"}, args={"n": 1}, wait=True)
+    st = run.last_state
+    assert st["state"] == "failed", st
+    [job] = st["scheduler_job_ids"]
+    said = f"PBS job {job} ended with Exit_status 3 (its script exited with 3)"
+    assert qstat_jobs([job])[job]["Exit_status"] == 3
+    assert said in st["error"]["message"] and st["error"]["message"].startswith("the block jobs failed of executor htex")
+    assert [(d["job"], d["scheduler_state"], d["exit_code"]) for d in st["block_failures"]] == [(job, "F", 3)]
+    res = CliRunner().invoke(main, ["status", run.id])
+    assert f"died     {job}: {said}" in res.stdout, res.stdout
+    finished(run.id, [job])
+

@@ -208,7 +208,7 @@ def test_two_node_block_with_mpiexec_runs_apps_on_both_nodes(tmp_path: Path) -> 
 
 @pytest.mark.timeout(300)
 def test_perlmutter_profile_srun_over_hsn0_on_two_nodes(tmp_path: Path) -> None:
-    """The perlmutter profile: `--constraint cpu`, a QOS, an account, srun
+    """The perlmutter profile: `--constraint cpu`, its QOS, an account, srun
     starting one manager per node, and the interchange on the login node's
     hsn0 address (address_by_interface, resolved on the login node)."""
     wf = write_workflow(tmp_path / "wf", WHERE)
@@ -220,7 +220,8 @@ def test_perlmutter_profile_srun_over_hsn0_on_two_nodes(tmp_path: Path) -> None:
     assert {v["host"] for v in value} == set(COMPUTE_NODES[:2]), value
     assert all(v["job"] in ids and v["step"] is not None for v in value)  # steps of the block: srun
     report = json.loads((tmp_path / "res" / run.id / "report.json").read_text())
-    assert "constraint='cpu'" in report["config"] and "qos='regular'" in report["config"]
+    assert "constraint='cpu'" in report["config"] and "account='m0000'" in report["config"]
+    assert "address='10.251.0.1'" in report["config"]  # address_by_interface('hsn0'), on the login node
     assert_nothing_left(run.id, ids)
 
 
@@ -341,3 +342,18 @@ def test_cancel_that_must_kill_the_driver_still_cancels_its_jobs(tmp_path: Path,
     for job in ids:
         shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
         assert "JobState=CANCELLED" in shown, shown
+
+
+@pytest.mark.timeout(300)
+def test_a_block_that_exits_non_zero_fails_the_run_saying_which_job_and_why(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    run = api.submit(wf, "local", site="slurm", params={**FAST, "worker_init": "exit 3"}, args={"n": 1}, wait=True)
+    st = run.last_state
+    assert st["state"] == "failed", st
+    [job] = job_ids(st)
+    [died] = st["block_failures"]
+    assert died["job"] == job and died["scheduler_state"] == "FAILED" and died["exit_code"] == "3:0"
+    assert died["why"].startswith(f"Slurm job {job} FAILED, reason NonZeroExitCode, exit code 3:0, on cn"), died
+    res = CliRunner().invoke(main, ["status", run.id])
+    assert f"died     {job}: Slurm job {job} FAILED, reason NonZeroExitCode" in res.stdout, res.stdout
+    assert_nothing_left(run.id, [job])
