@@ -101,7 +101,11 @@ def worker_kill_during_staging(tmp: Path) -> dict[str, int]:
     from bundle import api, archive
     from bundle.errors import TransportError
     from bundle.limits import CHUNK_BYTES
-    from bundle.transport import LocalTransport, worker_pid
+    from bundle.transport.local import LocalTransport
+
+    def worker_pid(transport: LocalTransport) -> int | None:
+        worker = transport._worker  # fault injection: the worker process to kill
+        return worker.proc.pid if worker is not None else None
 
     wf = tmp / "big"
     wf.mkdir()

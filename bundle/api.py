@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bundle import archive, delta, preflight, profiles
+from bundle import archive, delta, preflight, profiles, tempdirs
 from bundle.endpoints import submit_defaults as endpoint_defaults
-from bundle.errors import BundleError, RunStateError, UsageError
-from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES
+from bundle.errors import (BundleError, EndpointUnavailable, FunctionNotPermitted, GcbundleError, NotLoggedIn, PayloadTooLarge,
+                           ProtocolMismatch, RemoteError, ResultsError, RunNotFound, RunStateError, TransportError, UsageError)
+from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES, RUNS_PAGE
 from bundle.manifest import sha256_file
 from bundle.pack import PackResult, pack
 from bundle.selection import Limits
@@ -29,7 +31,12 @@ from bundle.results import Fetched, fetch
 from bundle.transport import Transport, get_transport
 
 Progress = Callable[[str, int, int], None]
-TERMINAL = ("succeeded", "failed", "cancelled", "lost")
+TERMINAL = ("succeeded", "failed", "cancelled", "lost", "gone", "unlaunched")
+#: A registry row whose launch task was sent but not answered (yet).
+LAUNCHING = "launching"
+
+
+_RUN_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def _new_run_id() -> str:
@@ -120,9 +127,11 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
     elif params and not config:
         raise UsageError("--set needs --site or --config", "name the site profile the parameters are for")
     transport = transport or get_transport(endpoint)
-    with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
+    with tempdirs.workdir("submit") as tmp:
         packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode,
-                         progress=progress, args=dict(args or {}), only_imports=only_imports, limits=limits)
+                         progress=progress, only_imports=only_imports, limits=limits,
+                         # a resume without --arg runs with the earlier run's arguments: nothing to complete here
+                         args=None if inherit and not args else dict(args or {}))
         run_id = _new_run_id()
         spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from, "inherit": inherit}
         inline = None
@@ -134,20 +143,26 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
             # probe finds a bundle the login node already has) rather than send
             # a launch that can only answer "missing" (one task less).
             upload(transport, packed, progress)
-        reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=inline, spec=spec)
-        if reply.get("missing_bundle"):
-            registry.forget_cached(endpoint, packed.digest)
-            upload(transport, packed, progress)
-            reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=None, spec=spec)
+        now = time.time()
+        rec = RunRecord(run_id=run_id, endpoint=endpoint, digest=packed.digest, workflow=str(workflow), site=site,
+                        state=LAUNCHING, submitted=now, updated=now, resumed_from=resumed_from)
+
+        def send() -> dict[str, Any]:
+            reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=inline, spec=spec)
             if reply.get("missing_bundle"):
-                raise BundleError("the login node lost the bundle right after it was uploaded", "submit again")
+                # Not cached after all, or the cached copy failed verification and
+                # the login node dropped it: send the bundle again, once.
+                registry.forget_cached(endpoint, packed.digest)
+                again = packed.path.read_bytes() if packed.size <= INLINE_BUNDLE_BYTES else None
+                if again is None:
+                    upload(transport, packed, progress)
+                reply = transport.call("launch", run_id=run_id, digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=again, spec=spec)
+                if reply.get("missing_bundle"):
+                    raise BundleError("the login node lost the bundle right after it was sent", "submit again")
+            return reply
+
+        st = _launch(registry, rec, send)
     registry.mark_cached(endpoint, packed.digest)
-    st = reply["state"]
-    now = time.time()
-    registry.add(RunRecord(
-        run_id=run_id, endpoint=endpoint, digest=packed.digest, workflow=str(workflow), site=site,
-        state=st.get("state", "staged"), submitted=now, updated=now, resumed_from=resumed_from,
-    ))
     run = Run(run_id, endpoint, registry=registry, transport=transport)
     run.last_state = st
     run.bundle = {"digest": packed.digest, "files": len(packed.manifest.files), "bytes": packed.manifest.total_size,
@@ -173,7 +188,7 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
     source = Path(workflow) if workflow else Path(rec.workflow)
     changed_bundle = None
     if source.exists():
-        with tempfile.TemporaryDirectory(prefix="gcbundle-") as tmp:
+        with tempdirs.workdir("submit") as tmp:
             packed = prepare(source, Path(tmp))
             if packed.digest != rec.digest:
                 if not allow_changed:
@@ -187,19 +202,57 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
                       transport=transport, resumed_from=rec.run_id, inherit=True)
     new_id = _new_run_id()
     spec = {"args": dict(args or {}), "site": None, "params": {}, "resumed_from": rec.run_id, "inherit": True}
-    reply = transport.call("launch", run_id=new_id, digest=rec.digest, archive_sha256=None, bundle=None, spec=spec)
-    if reply.get("missing_bundle"):
-        raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}", "submit the workflow again; it will be uploaded once more")
     now = time.time()
-    registry.add(RunRecord(
-        run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow, site=rec.site,
-        state=reply["state"].get("state", "staged"), submitted=now, updated=now, resumed_from=rec.run_id,
-    ))
+    new_rec = RunRecord(run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow, site=rec.site,
+                        state=LAUNCHING, submitted=now, updated=now, resumed_from=rec.run_id)
+
+    def send() -> dict[str, Any]:
+        reply = transport.call("launch", run_id=new_id, digest=rec.digest, archive_sha256=None, bundle=None, spec=spec)
+        if reply.get("missing_bundle"):
+            raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}", "submit the workflow again; it will be uploaded once more")
+        return reply
+
+    st = _launch(registry, new_rec, send)
     run = Run(new_id, rec.endpoint, registry=registry, transport=transport)
-    run.last_state = reply["state"]
+    run.last_state = st
     if wait:
         run.wait(progress=progress)
     return run
+
+
+def _launch(registry: Registry, rec: RunRecord, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Record the run as ``launching``, send its launch, record what the login node said.
+
+    The row exists before the task leaves, so a client killed while the task
+    is under way leaves a row that ``status`` resolves against the login node.
+    When the login node answers with an error (or the task never left), no
+    run exists and the row goes; when the answer is lost on the way (a
+    timeout, a dead connection), the row stays ``launching`` for ``status``.
+    """
+    registry.add(rec)
+    try:
+        reply = send()
+    except (ProtocolMismatch, PayloadTooLarge, NotLoggedIn, EndpointUnavailable, FunctionNotPermitted):
+        registry.remove(rec.run_id)  # refused before anything ran
+        raise
+    except TransportError as exc:
+        exc.hint = f"{exc.hint + '; ' if exc.hint else ''}the launch may have reached the login node: `gcbundle status {rec.run_id}` tells"
+        raise
+    except GcbundleError:
+        registry.remove(rec.run_id)  # the login node refused it: no run
+        raise
+    # Killed or interrupted mid-launch (KeyboardInterrupt, SIGKILL): the row stays for `status`.
+    st = reply["state"]
+    registry.update(rec.run_id, state=st.get("state") or "unknown")
+    return st
+
+
+def launch_grace() -> float:
+    """How long after its launch a run the login node does not know may still be on its way (a pending task)."""
+    try:
+        return float(os.environ.get("GCBUNDLE_TASK_TIMEOUT", "600")) + 60.0
+    except ValueError:
+        return 660.0
 
 
 def get_run(run_id: str, registry: Registry | None = None) -> Run:
@@ -209,8 +262,131 @@ def get_run(run_id: str, registry: Registry | None = None) -> Run:
     return Run(rec.run_id, rec.endpoint, registry=registry)
 
 
-def list_runs(limit: int = 50, registry: Registry | None = None) -> list[RunRecord]:
-    return (registry or Registry()).list(limit)
+@dataclass(frozen=True)
+class Listing:
+    """What ``gcbundle list`` shows: the runs, and what it learned or could not learn on the way."""
+
+    runs: list[RunRecord]
+    adopted: list[str] = field(default_factory=list)
+    refreshed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def list_runs(limit: int = 50, registry: Registry | None = None, *, endpoint: str | None = None, refresh: bool = False) -> list[RunRecord]:
+    """The registry's runs, newest first (see ``listing``: ``refresh`` asks the login nodes first)."""
+    return listing(limit, registry, endpoint=endpoint, refresh=refresh).runs
+
+
+def listing(limit: int = 50, registry: Registry | None = None, *, endpoint: str | None = None, refresh: bool = True,
+            transports: dict[str, Transport] | None = None) -> Listing:
+    """The registry's runs, newest first; unfinished ones refreshed from their login nodes first.
+
+    Refreshing sends one ``runs`` task per endpoint that has unfinished runs
+    (not one status task per run). With ``endpoint``, the runs that exist on
+    that login node instead: every one is adopted into the registry (a run
+    started from another machine, or whose row was lost, can then be
+    followed and cancelled), which also rebuilds a registry from scratch.
+    """
+    registry = registry or Registry()
+    transports = transports or {}
+
+    def transport_for(ep: str) -> Transport:
+        if ep not in transports:
+            transports[ep] = get_transport(ep)
+        return transports[ep]
+
+    if endpoint is not None:
+        found = _login_node_runs(transport_for(endpoint))
+        adopted = []
+        for entry in found:
+            if entry["state"] == "gone":
+                continue
+            now = time.time()
+            rec = RunRecord(run_id=entry["run_id"], endpoint=endpoint, digest=entry.get("digest") or "",
+                            workflow=f"(adopted) {entry.get('entry') or '?'}", site=entry.get("site"), state=entry["state"],
+                            submitted=entry.get("submitted") or entry.get("updated") or now, updated=now,
+                            resumed_from=entry.get("resumed_from"))
+            if registry.adopt(rec):
+                adopted.append(rec.run_id)
+            else:
+                registry.update(rec.run_id, state=entry["state"])
+        runs = [registry.get(e["run_id"]) for e in found if e["state"] != "gone"]
+        runs.sort(key=lambda r: r.submitted, reverse=True)
+        return Listing(runs[:limit] if limit else runs, adopted, len(found))
+    notes: list[str] = []
+    refreshed = 0
+    if refresh:
+        by_endpoint: dict[str, list[RunRecord]] = {}
+        for rec in registry.unfinished():
+            by_endpoint.setdefault(rec.endpoint, []).append(rec)
+        for ep, recs in by_endpoint.items():
+            try:
+                refreshed += _refresh(transport_for(ep), registry, recs)
+            except GcbundleError as exc:
+                notes.append(f"could not refresh {len(recs)} run{'s' if len(recs) != 1 else ''} on {ep}: {exc.message}")
+    return Listing(registry.list(limit), [], refreshed, notes)
+
+
+def _login_node_runs(transport: Transport, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every run the login node holds (or those of ``run_ids``), page by page."""
+    if run_ids is not None:
+        out = []
+        for i in range(0, len(run_ids), RUNS_PAGE):
+            out += _check_runs_reply(transport.call("runs", run_ids=run_ids[i:i + RUNS_PAGE], after=None))["runs"]
+        return out
+    out, after = [], None
+    while True:
+        reply = _check_runs_reply(transport.call("runs", after=after))
+        out += reply["runs"]
+        if reply["next"] is None:
+            return out
+        if after is not None and reply["next"] <= after:
+            raise RemoteError("the login node's run listing does not advance", "check the login node with `gcbundle doctor`")
+        after = reply["next"]
+
+
+_RUN_STATES = ("staged", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost", "unknown", "gone")
+
+
+def _check_runs_reply(reply: Any) -> dict[str, Any]:
+    """A ``runs`` reply, checked field by field before any of it reaches the registry."""
+    def bad(field_: str) -> RemoteError:
+        return RemoteError(f"the login node sent a runs reply with a malformed `{field_}`", "check the login node with `gcbundle doctor`")
+
+    if not isinstance(reply, dict) or not isinstance(reply.get("runs"), list):
+        raise bad("runs")
+    nxt = reply.get("next")
+    if nxt is not None and not (isinstance(nxt, str) and _RUN_ID.fullmatch(nxt)):
+        raise bad("next")
+    for e in reply["runs"]:
+        if not isinstance(e, dict) or not isinstance(e.get("run_id"), str) or not _RUN_ID.fullmatch(e["run_id"]):
+            raise bad("runs[].run_id")
+        if e.get("state") not in _RUN_STATES:
+            raise bad("runs[].state")
+        for key in ("digest", "entry", "site", "resumed_from", "detail"):
+            if e.get(key) is not None and not isinstance(e[key], str):
+                raise bad(f"runs[].{key}")
+        for key in ("submitted", "updated"):
+            if e.get(key) is not None and (not isinstance(e[key], (int, float)) or isinstance(e[key], bool) or not 0 <= e[key] < 1e11):
+                raise bad(f"runs[].{key}")
+        if e.get("resumed_from") is not None and not _RUN_ID.fullmatch(e["resumed_from"]):
+            raise bad("runs[].resumed_from")
+    return {"runs": reply["runs"], "next": nxt}
+
+
+def _refresh(transport: Transport, registry: Registry, recs: list[RunRecord]) -> int:
+    """Update the states of ``recs`` (all on one endpoint) from one ``runs`` task."""
+    found = {e["run_id"]: e for e in _login_node_runs(transport, [r.run_id for r in recs])}
+    for rec in recs:
+        entry = found.get(rec.run_id)
+        if entry is not None and entry["state"] != "gone":
+            registry.update(rec.run_id, state=entry["state"])
+        elif rec.state == LAUNCHING:
+            if time.time() - rec.submitted >= launch_grace():
+                registry.update(rec.run_id, state="unlaunched")
+        else:
+            registry.update(rec.run_id, state="gone")
+    return len(recs)
 
 
 class Run:
@@ -240,9 +416,32 @@ class Run:
 
     def status(self, wait: float = 0.0) -> dict[str, Any]:
         """The run's state; with ``wait``, the login node first waits up to that many seconds for it to change."""
-        st = self.transport.call("status", run_id=self.id, **({"wait": wait} if wait > 0 else {}))
+        try:
+            st = self.transport.call("status", run_id=self.id, **({"wait": wait} if wait > 0 else {}))
+        except RunNotFound:
+            st = self._not_on_login_node()
         self._remember(st)
         return st
+
+    def _not_on_login_node(self) -> dict[str, Any]:
+        """The login node has no such run: still on its way, never launched, or deleted there."""
+        rec = self.registry.get(self.id)
+        if rec.state == LAUNCHING:
+            age = time.time() - rec.submitted
+            if age < launch_grace():
+                return {"state": LAUNCHING, "detail": f"the launch was sent {age:.0f} s ago and has not reached the login node yet",
+                        "hint": "a pending task waits for the endpoint's worker; ask again in a while"}
+            return {"state": "unlaunched", "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was lost)",
+                    "hint": "nothing runs; submit the workflow again"}
+        pruned = json.loads(rec.extra or "{}").get("pruned")
+        if pruned:
+            kept = self.local_results()
+            raise RunNotFound(f"run {self.id} was pruned from the login node of {self.endpoint} on "
+                              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(pruned))} (`gcbundle prune`)",
+                              f"its results are in {kept}" if kept else "its results were not kept on this machine")
+        self.registry.update(self.id, state="gone")
+        raise RunNotFound(f"run {self.id} is gone: the login node of {self.endpoint} no longer has its directory",
+                          "nothing of it is left there; `gcbundle list --endpoint " + self.endpoint + "` shows the runs it has")
 
     def _remember(self, st: dict[str, Any]) -> None:
         self.last_state = st
@@ -309,24 +508,47 @@ class Run:
         return None
 
     def result(self, dest: str | Path | None = None) -> Any:
-        """main()'s return value (fetching the results first if needed)."""
+        """main()'s return value (fetching the results first if needed), unpickled from ``result.pkl``.
+
+        What this trusts: ``result.pkl`` is unpickled (cloudpickle), which can
+        run code, exactly as the Globus Compute SDK unpickles every task
+        result it receives; it holds what your own workflow returned on the
+        login node you chose. The CLI never unpickles: it shows ``result.json``.
+        """
         path = self.local_results() if dest is None else None
         if path is None or self.record.state not in TERMINAL:
             path = self.results(dest or _default_results_dir()).path
-        state = json.loads((path / "state.json").read_text())
+        state = read_json_file(path / "state.json", "the results' state.json")
+        if not isinstance(state, dict) or not isinstance(state.get("state"), str):
+            raise ResultsError(f"the results' state.json of run {self.id} holds no state", "run `gcbundle results` again; check the login node with `gcbundle doctor`")
         if state.get("state") != "succeeded":
-            err = (state.get("error") or {}).get("message", "")
+            err = state.get("error")
+            err = err.get("message", "") if isinstance(err, dict) else ""
             raise RunStateError(f"run {self.id} {state.get('state')}" + (f": {err}" if err else ""), "see `gcbundle logs` and the results' logs/")
         if (path / "result.pkl").is_file():
             import pickle
 
-            return pickle.loads((path / "result.pkl").read_bytes())  # noqa: S301 - the user's own run
+            try:
+                return pickle.loads((path / "result.pkl").read_bytes())  # noqa: S301 - see the docstring
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises (a class missing here, a truncated file)
+                raise ResultsError(f"result.pkl of run {self.id} cannot be unpickled here: {type(exc).__name__}: {str(exc)[:120]}",
+                                   "install the packages main()'s return value needs, or read result.json") from None
         return None
 
     def cancel(self, grace: int = 30) -> dict[str, Any]:
         reply = self.transport.call("cancel", run_id=self.id, grace=grace)
         self._remember(reply["state"])
         return reply
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file of a results package (it came from the login node): a ResultsError when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{what} is missing from {path.parent}", "run `gcbundle results` again") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ResultsError(f"{what} is not JSON: {str(exc)[:120]}", "the login node sent a damaged file; check it with `gcbundle doctor`") from None
 
 
 def _default_results_dir() -> Path:

@@ -12,7 +12,7 @@ import click
 
 from bundle import __version__, api, archive, profiles
 from bundle.errors import GcbundleError, RunFailed, UsageError
-from bundle.output import Progress, ago, envelope, size
+from bundle.output import Progress, ago, envelope, printable, size
 
 
 class CommandError(click.ClickException):
@@ -23,7 +23,8 @@ class CommandError(click.ClickException):
         self.exit_code = exc.exit_code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"gcbundle: error: {self.format_message()}", err=True)
+        # One line, whatever the message holds: text from the login node may carry escape sequences.
+        click.echo(f"gcbundle: error: {printable(self.format_message())}", err=True)
 
 
 def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                 if as_json:
                     click.echo(envelope(full_name, getattr(exc, "data", None), [exc.to_json()]))
                     if not debug:
-                        sys.stderr.write(f"gcbundle: error: {exc}\n")
+                        sys.stderr.write(f"gcbundle: error: {printable(exc)}\n")
                     sys.exit(exc.exit_code)
                 if getattr(exc, "human", ""):
                     click.echo(exc.human)  # e.g. doctor's table, above the one-line error
@@ -154,6 +155,9 @@ class Gcbundle(click.Group):
 @click.version_option(__version__, prog_name="gcbundle")
 def main() -> None:
     """gcbundle: run a whole Parsl workflow on an HPC login node through Globus Compute."""
+    from bundle import tempdirs
+
+    tempdirs.sweep()  # what a killed client left behind
 
 
 _workflow_options = [
@@ -259,11 +263,12 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: Progress) -> tuple
         data["results"] = fetched.to_json()
         result_json = fetched.path / "result.json"
         if result_json.is_file():
-            data["result"] = json.loads(result_json.read_text())
-            human.append(f"result: {result_json.read_text().strip()}")
+            data["result"] = api.read_json_file(result_json, "result.json")  # never result.pkl: the CLI does not unpickle
+            human.append(f"result: {printable(json.dumps(data['result']))}")
         human.append(f"results in {fetched.path}")
         return data, "\n".join(human)
-    err = (st.get("error") or {}).get("message") or st.get("detail") or ""
+    err = st.get("error")
+    err = (err.get("message") if isinstance(err, dict) else None) or st.get("detail") or ""
     raise RunFailed(f"run {run.id} {st.get('state')}" + (f": {err}" if err else ""),
                     f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened", data=data)
 
@@ -302,38 +307,54 @@ def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...]
 
 
 @command("list")
-@click.option("-n", "--limit", default=50, show_default=True, help="How many runs, newest first.")
-def list_(limit: int, progress: Progress) -> tuple[Any, str]:
-    """List the runs in this client's registry."""
-    runs = api.list_runs(limit)
+@click.option("-n", "--limit", default=50, show_default=True, help="How many runs, newest first (0: all).")
+@click.option("-e", "--endpoint", help="List the runs that exist on this endpoint's login node, and adopt them into the registry.")
+@click.option("--offline", is_flag=True, help="Do not ask the login nodes; show the states last recorded.")
+def list_(limit: int, endpoint: str | None, offline: bool, progress: Progress) -> tuple[Any, str]:
+    """List runs: this client's registry, unfinished ones refreshed (one task per endpoint).
+
+    With --endpoint, the runs that exist on that login node, wherever they were
+    submitted from; they join the registry, so status, results and cancel work
+    on them (this also rebuilds a lost or damaged registry).
+    """
+    listing = api.listing(limit, endpoint=endpoint, refresh=not offline)
+    for note in listing.notes:
+        click.echo(f"gcbundle: note: {printable(note)}", err=True)
+    if listing.adopted:
+        click.echo(f"adopted {len(listing.adopted)} run{'s' if len(listing.adopted) != 1 else ''} into the registry: {', '.join(listing.adopted)}", err=True)
+    runs = listing.runs
     lines = [f"{'RUN':<12}  {'STATE':<10}  {'ENDPOINT':<12}  {'SUBMITTED':<19}  WORKFLOW"]
-    lines += [f"{r.run_id:<12}  {r.state:<10}  {r.endpoint[:12]:<12}  {ago(r.submitted):<19}  {r.workflow}" for r in runs]
-    return [r.to_json() for r in runs], "\n".join(lines) if runs else "no runs yet"
+    lines += [f"{r.run_id:<12}  {printable(r.state):<10}  {printable(r.endpoint[:12]):<12}  {ago(r.submitted):<19}  {printable(r.workflow)}" for r in runs]
+    empty = f"no runs on {endpoint}" if endpoint else "no runs yet"
+    return [r.to_json() for r in runs], "\n".join(lines) if runs else empty
 
 
 def _state_text(run_id: str, st: dict[str, Any]) -> str:
-    lines = [f"run      {run_id}", f"state    {st.get('state')}"]
+    """The state as lines; every value came from the login node, so control characters are escaped."""
+    p = printable
+    lines = [f"run      {run_id}", f"state    {p(st.get('state'))}"]
     if st.get("detail"):
-        lines.append(f"detail   {st['detail']}")
+        lines.append(f"detail   {p(st['detail'])}")
     if st.get("host"):
-        lines.append(f"driver   pid {st.get('pid')} on {st.get('host')}, heartbeat {ago(st.get('updated'))}")
+        lines.append(f"driver   pid {p(st.get('pid'))} on {p(st.get('host'))}, heartbeat {ago(st.get('updated'))}")
     tasks = st.get("tasks") or {}
-    if tasks.get("total"):
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(tasks.items()) if k not in ("total",) and v)
-        lines.append(f"tasks    {tasks['total']} ({parts})")
+    if isinstance(tasks, dict) and tasks.get("total"):
+        parts = ", ".join(f"{p(k)} {p(v)}" for k, v in sorted(tasks.items(), key=lambda kv: str(kv[0])) if k not in ("total",) and v)
+        lines.append(f"tasks    {p(tasks['total'])} ({parts})")
     if st.get("scheduler_job_ids"):
-        lines.append("jobs     " + ", ".join(st["scheduler_job_ids"]))
+        lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
     for died in st.get("block_failures") or []:
-        lines.append(f"died     {died.get('job')}: {died.get('why')}")
+        if isinstance(died, dict):
+            lines.append(f"died     {p(died.get('job'))}: {p(died.get('why'))}")
     if st.get("resumed_from"):
-        lines.append(f"resumed  from {st['resumed_from']}")
+        lines.append(f"resumed  from {p(st['resumed_from'])}")
     err = st.get("error") or {}
-    if err.get("message"):
-        lines.append(f"error    {err['message']}")
+    if isinstance(err, dict) and err.get("message"):
+        lines.append(f"error    {p(err['message'])}")
         if err.get("traceback"):
-            lines.append(err["traceback"].rstrip())
+            lines.append(p(str(err["traceback"]).rstrip(), lines=True))
     if st.get("hint"):
-        lines.append(f"hint     {st['hint']}")
+        lines.append(f"hint     {p(st['hint'])}")
     return "\n".join(lines)
 
 
@@ -558,7 +579,7 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
     """Register gcbundle's login-node task functions once, for endpoints restricted with
     `allowed_functions`; store their ids in the alias and print them for the administrator."""
     from bundle import endpoints
-    from bundle.globus import require_globus
+    from bundle.transport.globus import require_globus
 
     transport = require_globus(endpoint)
     ids = transport.register_all(public=public, group=group_id)
@@ -584,7 +605,7 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
 @click.option("--force", is_flag=True, help="Log in again even if the stored login still works.")
 def login(force: bool, progress: Progress) -> tuple[Any, str]:
     """Log in to Globus Compute with the SDK's own flow (or check GLOBUS_COMPUTE_CLIENT_ID/SECRET)."""
-    from bundle.globus import login as globus_login
+    from bundle.transport.globus import login as globus_login
 
     info = globus_login(force=force)
     if info["headless"]:

@@ -79,7 +79,7 @@ class Endpoint:
             raise UsageError(f"{where} is not a mapping", f"fix or remove {config_path()}")
         alias = name or data.get("name")
         uuid = normalize_uuid(str(data.get("uuid", "")))
-        if not isinstance(alias, str) or not _NAME.match(alias):
+        if not isinstance(alias, str) or not _NAME.fullmatch(alias):
             raise UsageError(f"{where} has no valid name", f"fix or remove {config_path()}")
         if uuid is None:
             raise UsageError(f"{where} has no valid uuid: {data.get('uuid')!r}", f"fix it, or re-add it with `gcbundle endpoints add {alias} UUID --replace`")
@@ -151,7 +151,7 @@ def check_name(name: str) -> str:
         raise UsageError("`local` names the embedded endpoint and cannot be an alias", "choose another name")
     if normalize_uuid(name):
         raise UsageError(f"alias {name!r} looks like an endpoint UUID", "choose a short name, e.g. the site's")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsageError(f"alias {name!r} is not a valid name", "use letters, digits, '.', '_' or '-', starting with a letter")
     return name
 

@@ -110,6 +110,10 @@ class RegistryError(GcbundleError):
     exit_code = 8
 
 
+class RegistryLocked(RegistryError):
+    """Another gcbundle process holds the registry longer than we wait: not damage; wait and retry."""
+
+
 class ResultsError(GcbundleError):
     """Results could not be fetched or verified."""
 
@@ -168,6 +172,7 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         RateLimited,
         TaskTimeout,
         RegistryError,
+        RegistryLocked,
         ResultsError,
         HomeError,
     )

@@ -51,3 +51,13 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 #: Largest log slice returned by one ``logs`` task.
 LOG_SLICE_BYTES = 1024 * 1024
+
+#: Longest single file or directory name (bytes): what common file systems allow.
+MAX_NAME_BYTES = 255
+
+#: Budget of one page of a results listing (bytes of its entries' JSON): a
+#: listing of any length then fits in replies well under TASK_LIMIT.
+LISTING_PAGE_BYTES = _env_int("GCBUNDLE_LISTING_PAGE_BYTES", 2 * 1024 * 1024)
+
+#: Most runs in one ``runs`` reply.
+RUNS_PAGE = 500

@@ -45,6 +45,12 @@ def sha256_file(path: Path | str) -> str:
     return hash_file(path)[0]
 
 
+def listing_sha256(listing: list[dict[str, Any]]) -> str:
+    """The identity of a results listing (path, size, sha256 of every file), the same on both sides."""
+    canonical = json.dumps(listing, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def check_path(path: Any, what: str = "path") -> str:
     """Return ``path`` if it is a safe, canonical, relative POSIX path; raise otherwise.
 
@@ -90,7 +96,7 @@ class FileEntry:
             raise ManifestError(f"file {path!r}: size must be a non-negative integer, got {size!r}")
         if mode not in FILE_MODES or isinstance(mode, bool):
             raise ManifestError(f"file {path!r}: mode must be 0o644 or 0o755, got {mode!r}")
-        if not isinstance(digest, str) or not _SHA256.match(digest):
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise ManifestError(f"file {path!r}: sha256 must be 64 lowercase hex digits")
         return cls(path, size, mode, digest)
 
@@ -156,12 +162,27 @@ class Manifest:
     def loads(cls, raw: bytes) -> Manifest:
         try:
             data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {exc}", "rebuild the bundle with `gcbundle pack`") from None
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, integers past Python's digit limit, deep nesting
+            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {str(exc)[:200]}", "rebuild the bundle with `gcbundle pack`") from None
         return cls.from_json(data)
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:
+        """The manifest in ``data``, or a ``ManifestError``: never another exception.
+
+        Whatever arrives (nesting deep enough to exhaust the stack when hashed,
+        lone surrogates that cannot be encoded, values of any type) is the
+        sender's fault, and one error class lets every caller clean up alike.
+        """
+        try:
+            return cls._from_json(data)
+        except ManifestError:
+            raise
+        except (ValueError, TypeError, RecursionError, UnicodeError, AttributeError, OverflowError) as exc:
+            raise ManifestError(f"{MANIFEST_NAME} is malformed: {type(exc).__name__}: {str(exc)[:160]}", "rebuild the bundle with `gcbundle pack`") from None
+
+    @classmethod
+    def _from_json(cls, data: Any) -> Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"{MANIFEST_NAME} must hold a JSON object")
         fmt = data.get("format")
@@ -201,8 +222,9 @@ class Manifest:
         if not isinstance(created, str):
             raise ManifestError("created must be a string")
         manifest = cls(entry=entry, mode=mode, files=files, args=args, config=config, client=client, created=created)
+        digest = manifest.digest  # hashes args and config: fails here, not later, on what cannot be encoded
         claimed = data.get("digest")
-        if claimed is not None and claimed != manifest.digest:
+        if claimed is not None and claimed != digest:
             raise ManifestError("the manifest's digest does not match its contents", "the bundle was altered; rebuild it with `gcbundle pack`")
         return manifest
 

@@ -11,11 +11,33 @@ stderr, and progress only when stderr is a terminal.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import Any
 
 ENVELOPE_VERSION = 1
+
+#: C0 and C1 control characters and DEL: what starts a terminal escape sequence.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group(0)
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c, f"\\x{ord(c):02x}")
+
+
+def printable(text: Any, lines: bool = False) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), for a terminal.
+
+    What the login node sends (states, errors, host names, tracebacks) is
+    printed through here, so no escape sequence it holds reaches the user's
+    terminal (to move the cursor, retitle the window, hide text). With
+    ``lines``, newlines and tabs stay (multi-line text such as a traceback).
+    """
+    text = text if isinstance(text, str) else str(text)
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(_escape, text)
 
 
 def envelope(command: str, data: Any = None, errors: list[dict[str, Any]] | None = None) -> str:
@@ -78,7 +100,7 @@ def size(n: float) -> str:
     return _size(n)
 
 
-def ago(ts: float | None) -> str:
-    if not ts:
+def ago(ts: Any) -> str:
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not 0 < ts < 1e11:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

@@ -33,7 +33,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from bundle import manifest
 from bundle.fileio import write_atomic
 
 #: A file whose mtime or ctime is this close to the time it was hashed is not cached.
@@ -116,10 +115,6 @@ class HashCache:
             pass
 
 
-def hash_file(path: Path, chunk: int = 1024 * 1024) -> tuple[str, int]:
-    return manifest.hash_file(path, chunk)
-
-
 class ArchiveCache:
     """Finished archives, keyed by the manifest bytes they start with."""
 
@@ -156,8 +151,10 @@ class ArchiveCache:
             return None
         tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         try:
-            shutil.copyfile(data_path, tmp)
-            if tmp.stat().st_size != size:
+            got, got_size = _copy_hashing(data_path, tmp)
+            if got_size != size or got != sha:
+                # Damaged on disk since it was stored: drop it, and the caller packs afresh.
+                self.evict(key)
                 return None
             os.replace(tmp, output)
         except OSError:
@@ -171,6 +168,13 @@ class ArchiveCache:
         except OSError:
             pass
         return sha, size
+
+    def evict(self, key: str) -> None:
+        for p in (self.dir / f"{key}.json", self.dir / f"{key}.tar.gz"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
     def store(self, key: str, archive: Path, sha256: str, size: int) -> None:
         """Keep a copy of a freshly written archive (if it fits), then trim the cache."""
@@ -209,6 +213,24 @@ class ArchiveCache:
                         p.unlink()
                     except FileNotFoundError:
                         pass
+
+
+def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy ``src`` to ``dst`` and return the sha256 and size of what was copied.
+
+    A cached archive is checked against the digest recorded when it was
+    stored on every reuse: one damaged byte would otherwise travel in every
+    later bundle (and be refused by the login node each time). Hashing as it
+    is copied reads the file once.
+    """
+    h = hashlib.sha256()
+    n = 0
+    with open(src, "rb") as fin, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fout:
+        while block := fin.read(1024 * 1024):
+            h.update(block)
+            fout.write(block)
+            n += len(block)
+    return h.hexdigest(), n
 
 
 def _mtime(path: Path) -> float:

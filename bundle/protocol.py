@@ -16,8 +16,12 @@ and uses a newer feature only after the login node has said it has it.
        the login node holds; ``stage`` with ``base`` takes the chunks of a
        bundle archive that holds only the files the base lacks (by sha256),
        and the login node rebuilds the whole bundle from the two
-    3  the ``prune`` task (finished runs and unused bundles); a login node of
-       an older protocol has no such function, and the client says to upgrade it
+    3  the ``runs`` task (the runs a login node holds, to list, refresh and
+       adopt them); ``results_manifest`` with ``page`` sends the listing in
+       pages (any number of files); the ``prune`` task (finished runs and
+       unused bundles). A login node of protocol 2 refuses a paged request
+       (the client then asks for the whole listing) and has neither task
+       (the client says to upgrade it)
 """
 from __future__ import annotations
 
@@ -31,20 +35,24 @@ PROTOCOL = 3
 MIN_PROTOCOL = 1
 #: The version that brought delta staging.
 DELTA = 2
+#: The version that brought the ``runs`` task and paged results listings.
+LISTINGS = 3
 
 #: The version that brought the ``prune`` task.
 PRUNE = 3
 
 #: Names of the task functions in ``login_node.tasks``.
-TASKS = ("probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk", "cancel", "doctor", "prune")
+TASKS = ("probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk", "cancel", "doctor", "prune", "runs")
 #: Tasks that a login node of an older protocol does not have.
-TASK_SINCE = {"prune": PRUNE}
+TASK_SINCE = {"prune": PRUNE, "runs": LISTINGS}
 
 
 def request_level(fields: dict[str, Any]) -> int:
     """The lowest protocol version that understands a request with these fields."""
     if "prune" in fields:
         return PRUNE
+    if "page" in fields or "run_ids" in fields or "after" in fields:
+        return LISTINGS
     return DELTA if fields.get("base") is not None else 1
 
 

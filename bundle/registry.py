@@ -1,8 +1,15 @@
 """The client's record of its runs: SQLite under the user's data directory.
 
-One row per run that the login node accepted (a row is written only after the
-launch task answered, so a failed submit leaves none), plus which bundles each
-endpoint is known to have cached. Runs are found by id or unique id prefix.
+One row per run, written as ``launching`` before the launch task goes out
+(so a client killed mid-launch leaves a row that ``status`` resolves against
+the login node, not a run nobody can reach) and removed again when the login
+node refuses the launch; plus which bundles each endpoint is known to have
+cached. Runs are found by id or unique id prefix. The registry is only an
+index: ``gcbundle list --endpoint E`` adopts the runs a login node holds, so
+a lost or damaged registry can be rebuilt from the login nodes.
+
+A locked registry is not a damaged one: SQLite waits ``timeout`` seconds for
+another gcbundle process to finish, then says which process holds it.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from bundle.errors import RegistryError, RunNotFound
+from bundle.errors import RegistryError, RegistryLocked, RunNotFound
 from bundle.fileio import folder_problem
 
 _PREFIX = re.compile(r"^[0-9a-f]{1,12}$")
@@ -75,6 +82,47 @@ class RunRecord:
         return out
 
 
+def _timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get("GCBUNDLE_REGISTRY_TIMEOUT", "30")))
+    except ValueError:
+        return 30.0
+
+
+def holders(path: Path) -> list[str]:
+    """Other processes that have ``path`` open, as "pid N (command line)": who holds a lock.
+
+    Read from ``/proc/*/fd`` (this user's processes only); empty where there
+    is no ``/proc``.
+    """
+    target = os.path.realpath(path)
+    out = []
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    except OSError:
+        return out
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    break
+            except OSError:
+                continue
+        else:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:
+            cmd = "?"
+        out.append(f"pid {pid} ({cmd[:80]})")
+    return out
+
+
 _PLACE_FIX = "make it writable, or set GCBUNDLE_REGISTRY to a file in a folder you can write"
 
 
@@ -93,24 +141,43 @@ def check_place(path: Path) -> None:
 
 
 class Registry:
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, timeout: float | None = None) -> None:
         self.path = Path(path) if path else default_path()
-        check_place(self.path)
-        try:
-            with self._connect() as db:
-                db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"the run registry {str(self.path)!r} is unreadable: {exc}", "move it aside; gcbundle starts a new one") from None
+        self.timeout = _timeout() if timeout is None else timeout
+        check_place(self.path)  # an unwritable folder or file: its own error, before SQLite's
+        with self._connect() as db:  # damage and locks: ``_error``
+            db.executescript(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
-            db.execute("PRAGMA busy_timeout = 30000")
+            db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             db.row_factory = sqlite3.Row
             yield db
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
         finally:
             db.close()
+
+    def _error(self, exc: sqlite3.Error) -> RegistryError:
+        """The right advice for the case: a lock is another process at work, anything else is damage."""
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            who = holders(self.path)
+            return RegistryLocked(
+                f"the run registry {str(self.path)!r} is locked by {', '.join(who) if who else 'another gcbundle process'} (waited {self.timeout:g} s)",
+                "wait for that command to finish, then run this one again; the registry is not damaged, leave it where it is",
+            )
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) or "malformed" in text or "not a database" in text:
+            return RegistryError(
+                f"the run registry {str(self.path)!r} is damaged: {text}",
+                f"move it aside (mv {self.path} {self.path}.damaged), then `gcbundle list --endpoint ENDPOINT` for each endpoint you use rebuilds it from the login node",
+            )
+        return RegistryError(f"the run registry {str(self.path)!r} cannot be used: {text}", "check the file and its folder (permissions, free disk)")
 
     def add(self, rec: RunRecord) -> None:
         with self._connect() as db:
@@ -129,7 +196,7 @@ class Registry:
             db.execute(f"UPDATE runs SET {cols}, updated = ? WHERE run_id = ?", (*fields.values(), time.time(), run_id))  # noqa: S608 - column names from the allowlist
 
     def get(self, prefix: str) -> RunRecord:
-        if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
             raise RunNotFound(f"{prefix[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them (a unique prefix is enough)")
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE run_id LIKE ? ORDER BY submitted", (prefix + "%",)).fetchall()
@@ -140,9 +207,30 @@ class Registry:
             raise RunNotFound(f"{prefix!r} matches {len(rows)} runs ({ids}{', ...' if len(rows) > 5 else ''})", "give more digits of the run id")
         return RunRecord(**dict(rows[0]))
 
+    def remove(self, run_id: str) -> None:
+        """Drop a row (a launch the login node refused: no run exists)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+    def adopt(self, rec: RunRecord) -> bool:
+        """Add a run found on a login node unless the registry has it; return whether it was new."""
+        with self._connect() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.run_id, rec.endpoint, rec.digest, rec.workflow, rec.site, rec.state, rec.submitted,
+                 rec.updated, rec.results_path, rec.results_sha, rec.resumed_from, rec.extra),
+            )
+            return cur.rowcount == 1
+
+    def unfinished(self) -> list[RunRecord]:
+        """Rows whose last known state is not an end state (what ``list`` refreshes)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'lost', 'gone', 'unlaunched') ORDER BY submitted").fetchall()
+        return [RunRecord(**dict(r)) for r in rows]
+
     def list(self, limit: int = 50) -> list[RunRecord]:
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs ORDER BY submitted DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute("SELECT * FROM runs ORDER BY submitted DESC LIMIT ?", (limit if limit > 0 else -1,)).fetchall()
         return [RunRecord(**dict(r)) for r in rows]
 
     def mark_cached(self, endpoint: str, digest: str) -> None:

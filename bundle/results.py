@@ -4,23 +4,34 @@ The login node lists the package (path, size, sha256) and serves it as one
 byte stream in ``CHUNK_BYTES`` chunks. Files are written into
 ``DIR/.<run_id>.partial/`` in stream order, so after an interruption the bytes
 already on disk say where to resume; every file is checked against its sha256
-before the directory is renamed to ``DIR/<run_id>``. Paths from the login node
-are validated like bundle paths: a hostile listing cannot write outside the
-results directory.
+before the directory is renamed to ``DIR/<run_id>`` (or, when the run was
+fetched there before, its files are moved over the earlier copies, and files
+the user added stay). Everything the login node sends is checked before use:
+paths like bundle paths, so a hostile listing cannot write outside the results
+directory, and sizes, digests and totals, so a wrong one is one error line.
+The listing comes in pages (protocol 3): any number of files. The announced
+total is checked against free disk first, and every chunk against it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import threading
+import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from bundle.errors import GcbundleError, ResultsError
-from bundle.manifest import check_path, sha256_file
-from bundle.transport import Transport
+from bundle.errors import GcbundleError, ProtocolMismatch, ResultsError
+from bundle.fileio import folder_problem
+from bundle.limits import MAX_NAME_BYTES, TASK_LIMIT
+from bundle.manifest import check_path, listing_sha256, sha256_file
+from bundle.transport import Tally, Transport
 
 MARKER = ".gcbundle-results.json"
 Progress = Callable[[str, int, int], None]
@@ -41,19 +52,100 @@ class Fetched:
                 "manifest_sha256": self.manifest_sha256, "tasks": self.tasks, "state": self.state.get("state")}
 
 
-def _check_listing(listing: Any) -> list[dict[str, Any]]:
-    if not isinstance(listing, dict) or not isinstance(listing.get("files"), list):
-        raise ResultsError("the login node sent a malformed results manifest", "check the login node with `gcbundle doctor`")
+_SHA = re.compile(r"[0-9a-f]{64}")
+#: Names the client keeps for itself beside and inside a results folder.
+_RESERVED = (MARKER,)
+
+
+def _bad(field: str, why: str = "") -> ResultsError:
+    return ResultsError(f"the login node sent a results listing with a malformed `{field}`{': ' + why if why else ''}",
+                        "refusing to write it; check the login node with `gcbundle doctor`")
+
+
+def check_files(raw: Any) -> list[dict[str, Any]]:
+    """The files of a results listing, every field checked, before anything is written.
+
+    Paths are checked like bundle paths (relative, no ``..``, no control
+    characters), each name at most ``MAX_NAME_BYTES`` long, no name twice
+    (up to case and Unicode form), and none both a file and another's folder.
+    """
+    if not isinstance(raw, list):
+        raise _bad("files", f"a {type(raw).__name__}, not a list")
     files = []
-    for f in listing["files"]:
+    seen: set[str] = set()
+    for f in raw:
+        if not isinstance(f, dict):
+            raise _bad("files[]", f"a {type(f).__name__}, not an object")
         try:
-            path = check_path(f["path"], "results path")
-        except (GcbundleError, KeyError, TypeError):
-            raise ResultsError(f"the results manifest names an unsafe path: {str(f)[:80]}", "refusing to write it; check the login node") from None
-        if path == MARKER or not isinstance(f.get("size"), int) or f["size"] < 0 or not isinstance(f.get("sha256"), str):
-            raise ResultsError(f"the results manifest has a malformed entry for {path!r}")
-        files.append({"path": path, "size": f["size"], "sha256": f["sha256"]})
+            path = check_path(f.get("path"), "results path")
+        except GcbundleError:
+            raise ResultsError(f"the results listing names an unsafe path: {str(f.get('path'))[:80]!r}", "refusing to write it; check the login node") from None
+        if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in path.split("/")):
+            raise _bad("files[].path", f"a name longer than {MAX_NAME_BYTES} bytes in {path[:60]!r}...")
+        if path in _RESERVED or path.split("/")[0].startswith(".gcbundle-"):
+            raise _bad("files[].path", f"{path!r} is reserved")
+        size, sha = f.get("size"), f.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _bad("files[].size", f"{size!r} for {path!r}")
+        if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+            raise _bad("files[].sha256", f"for {path!r}")
+        key = unicodedata.normalize("NFKC", path).casefold()
+        if key in seen:
+            raise _bad("files[].path", f"{path!r} appears twice")
+        seen.add(key)
+        files.append({"path": path, "size": size, "sha256": sha})
+    for f in files:
+        parts = f["path"].split("/")
+        for i in range(1, len(parts)):
+            prefix = unicodedata.normalize("NFKC", "/".join(parts[:i])).casefold()
+            if prefix in seen:
+                raise _bad("files[].path", f"{'/'.join(parts[:i])!r} is both a file and the folder of {f['path']!r}")
     return files
+
+
+def _check_head(listing: Any) -> dict[str, Any]:
+    """The fields of a listing (or its first page) other than the files."""
+    if not isinstance(listing, dict):
+        raise _bad("reply", f"a {type(listing).__name__}, not an object")
+    sha, chunk, total = listing.get("manifest_sha256"), listing.get("chunk_bytes"), listing.get("total")
+    if not isinstance(sha, str) or not _SHA.fullmatch(sha):
+        raise _bad("manifest_sha256")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or not 0 < chunk <= TASK_LIMIT:
+        raise _bad("chunk_bytes", f"{chunk!r}, not a size in 1..{TASK_LIMIT}")
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise _bad("total", repr(total)[:40])
+    st = listing.get("state")
+    if not isinstance(st, dict) or not isinstance(st.get("state"), str):
+        raise _bad("state", "not an object with a `state` string")
+    return {"manifest_sha256": sha, "chunk_bytes": chunk, "total": total, "state": st}
+
+
+def _listing(transport: Transport, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The whole listing, page by page (protocol 3), or in one reply from an older login node."""
+    try:
+        first = transport.call("results_manifest", run_id=run_id, page=0)
+    except ProtocolMismatch:
+        first = transport.call("results_manifest", run_id=run_id)  # a protocol-2 login node: one reply
+        files = check_files(first.get("files") if isinstance(first, dict) else None)
+        head = _check_head(first)
+    else:
+        raw = list(check_files(first.get("files") if isinstance(first, dict) else None))  # an unsafe path is named first
+        head = _check_head(first)
+        nxt = first.get("next_page")
+        while nxt is not None:
+            if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt != len(raw):
+                raise _bad("next_page", f"{nxt!r}, expected {len(raw)}")
+            page = transport.call("results_manifest", run_id=run_id, page=nxt, manifest_sha256=head["manifest_sha256"])
+            if not isinstance(page, dict) or page.get("manifest_sha256") != head["manifest_sha256"] or not isinstance(page.get("files"), list) or not page["files"]:
+                raise _bad("page", f"page {nxt} does not continue the listing")
+            raw += page["files"]
+            nxt = page.get("next_page")
+        files = check_files(raw)
+    if listing_sha256(files) != head["manifest_sha256"]:
+        raise _bad("manifest_sha256", "it does not match the files listed")
+    if sum(f["size"] for f in files) != head["total"]:
+        raise _bad("total", "it is not the sum of the files' sizes")
+    return head, files
 
 
 def _local_size(path: Path) -> int:
@@ -63,35 +155,125 @@ def _local_size(path: Path) -> int:
         return 0
 
 
+@contextmanager
+def _exclusive(dest: Path, run_id: str) -> Iterator[None]:
+    """One ``results`` of a run into one folder at a time (a lock file beside the results).
+
+    A POSIX record lock (``lockf``): the kernel releases it when its holder
+    dies, so a killed fetch never blocks the next one, and unlike ``flock``
+    it is not inherited by a forked child (the local endpoint's worker
+    outlives a killed client for a moment). The holder's pid is written in
+    the file to name it.
+    """
+    lock = dest / f".{run_id}.lock"
+    key = os.path.realpath(lock)
+    with _HELD_GUARD:  # record locks are per process: threads of one process exclude each other here
+        if key in _HELD:
+            raise ResultsError(f"another fetch in this process (pid {os.getpid()}) is fetching run {run_id} into {dest}",
+                               "wait for it to finish; the results then are complete")
+        _HELD.add(key)
+    try:
+        with _record_lock(lock, dest, run_id):
+            yield
+    finally:
+        with _HELD_GUARD:
+            _HELD.discard(key)
+
+
+_HELD: set[str] = set()
+_HELD_GUARD = threading.Lock()
+
+
+@contextmanager
+def _record_lock(lock: Path, dest: Path, run_id: str) -> Iterator[None]:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise ResultsError(f"another `gcbundle results` (pid {holder}) is fetching run {run_id} into {dest}",
+                               "wait for it to finish; the results then are complete") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino:
+                break  # still the file at that name (not one a finishing holder just removed)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _check_space(dest: Path, need: int) -> None:
+    try:
+        free = shutil.disk_usage(dest).free
+    except OSError:
+        return
+    if need > free:
+        raise ResultsError(f"the results need {_human(need)} more, and {dest} has {_human(free)} free",
+                           "free some space, or fetch into another folder with -o")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _read_marker(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progress | None = None) -> Fetched:
-    """Download, verify and place the results of a finished run in ``dest/<run_id>``."""
+    """Download, verify and place the results of a finished run in ``dest/<run_id>``.
+
+    A fetch into a folder that already holds this run's results updates the
+    package's own files there and leaves every other file alone (a user's
+    notes, plots made from the results); files of the earlier package that
+    the new one no longer has are removed only while unchanged.
+    """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    fix = f"make it writable, or fetch them elsewhere: `gcbundle results {run_id} -o DIR`"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"cannot create the results folder {str(dest)!r}: {folder_problem(dest, exc)}", fix) from None
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise ResultsError(f"the results folder {str(dest)!r} is not writable", fix)
+    tally = Tally()  # the tasks this fetch sends
+    with _exclusive(dest, run_id), transport.observing(tally):
+        return _fetch(transport, run_id, dest, tally, progress)
+
+
+def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress: Progress | None) -> Fetched:
     final = dest / run_id
     partial = dest / f".{run_id}.partial"
-    before = transport.sent
-    listing = transport.call("results_manifest", run_id=run_id)
-    files = _check_listing(listing)
-    sha = listing["manifest_sha256"]
-    chunk = int(listing["chunk_bytes"])
-    total = sum(f["size"] for f in files)
-    done_marker = final / MARKER
-    if done_marker.is_file():
-        try:
-            if json.loads(done_marker.read_text()).get("manifest_sha256") == sha:
-                return Fetched(final, len(files), total, 0, sha, transport.sent - before, listing["state"])
-        except (OSError, ValueError):
-            pass
+    head, files = _listing(transport, run_id)
+    sha, chunk, total = head["manifest_sha256"], head["chunk_bytes"], head["total"]
+    done = _read_marker(final / MARKER)
+    if done.get("manifest_sha256") == sha and done.get("complete"):
+        return Fetched(final, len(files), total, 0, sha, tally.sent, head["state"])
     marker = partial / MARKER
-    if partial.is_dir():
-        try:
-            previous = json.loads(marker.read_text()).get("manifest_sha256")
-        except (OSError, ValueError):
-            previous = None
-        if previous != sha:
-            shutil.rmtree(partial)  # a different package: start over
+    if partial.is_dir() and _read_marker(marker).get("manifest_sha256") != sha:
+        shutil.rmtree(partial)  # a different package: start over
+    _check_space(dest, total - sum(min(_local_size(partial / f["path"]), f["size"]) for f in files) if partial.is_dir() else total)
     partial.mkdir(mode=0o700, exist_ok=True)
     (partial / MARKER).write_text(json.dumps({"manifest_sha256": sha, "complete": False}))
     fetched = 0
@@ -108,16 +290,39 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
             (partial / f["path"]).unlink(missing_ok=True)
         if attempt:
             raise ResultsError(f"{bad[0]['path']} failed verification twice", "run `gcbundle results` again; if it persists, the run directory on the login node is damaged")
-    (partial / MARKER).write_text(json.dumps({"manifest_sha256": sha, "complete": True, "run_id": run_id, "files": len(files), "bytes": total}))
-    if final.exists():
-        old = dest / f".{run_id}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(partial, final)
-        shutil.rmtree(old, ignore_errors=True)
+    info = {"manifest_sha256": sha, "complete": True, "run_id": run_id, "files": len(files), "bytes": total,
+            "package": {f["path"]: f["sha256"] for f in files}}
+    (partial / MARKER).write_text(json.dumps(info))
+    if os.path.lexists(final) and (final.is_symlink() or not final.is_dir()):
+        raise ResultsError(f"{final} exists and is not a folder", "move it away, or fetch into another folder with -o")
+    if final.is_dir():
+        _merge(partial, final, files, done.get("package") if isinstance(done.get("package"), dict) else {})
     else:
         os.rename(partial, final)
-    return Fetched(final, len(files), total, fetched, sha, transport.sent - before, listing["state"])
+    return Fetched(final, len(files), total, fetched, sha, tally.sent, head["state"])
+
+
+def _merge(partial: Path, final: Path, files: list[dict[str, Any]], previous: dict[str, Any]) -> None:
+    """Move a verified package over an earlier copy, touching only the package's own files."""
+    made: set[Any] = set()
+    (final / MARKER).unlink(missing_ok=True)  # incomplete until the end
+    for f in files:
+        target = _parents(final, f["path"], made)  # checks every folder on the way (no symlinks)
+        if os.path.islink(target) or os.path.isdir(target):
+            raise ResultsError(f"{target} is in the way of the results' {f['path']!r}", "move it away and fetch again")
+        os.replace(os.path.join(partial, f["path"]), target)
+    current = {f["path"] for f in files}
+    for path, old_sha in previous.items():
+        if path in current or not isinstance(path, str) or not isinstance(old_sha, str):
+            continue
+        try:
+            target = final / check_path(path, "results path")
+            if target.is_file() and not target.is_symlink() and sha256_file(target) == old_sha:
+                target.unlink()  # the earlier package's, unchanged: not the user's
+        except (GcbundleError, OSError):
+            continue
+    os.replace(partial / MARKER, final / MARKER)
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: list[dict[str, Any]], root: Path,
@@ -151,7 +356,9 @@ def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: li
     requests = ({"run_id": run_id, "manifest_sha256": sha, "index": index} for index in range(first, count))
     try:
         for index, reply in zip(range(first, count), transport.call_many("results_chunk", requests)):
-            data = reply["data"]
+            data = reply.get("data") if isinstance(reply, dict) else None
+            if not isinstance(data, (bytes, bytearray)) or reply.get("index") != index:
+                raise ResultsError(f"the login node sent a results chunk reply without the bytes of chunk {index}", "run `gcbundle results` again; if it persists, check the login node with `gcbundle doctor`")
             c_start = index * chunk
             if len(data) != min(chunk, total - c_start):
                 raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {min(chunk, total - c_start)}", "run `gcbundle results` again")
@@ -178,7 +385,7 @@ class _StreamWriter:
         self.next = 0  # index in spans of the first file not finished
         self.current: tuple[dict[str, Any], Any, Any, int] | None = None  # (entry, handle, hasher, written up to)
         self.digests: dict[str, str] = {}
-        self.dirs: set[Path] = set()
+        self.dirs: set[Any] = set()
 
     def touch(self, rel: str) -> None:
         _open_at(self.root, rel, 0, self.dirs).close()
@@ -233,20 +440,35 @@ class _StreamWriter:
             self.current = None
 
 
-def _open_at(root: Path, rel: str, offset: int, made: set[Path] | None = None) -> Any:
-    path = root / rel
-    parent = root
-    for part in rel.split("/")[:-1]:
-        parent = parent / part
-        if made is not None and parent in made:
-            continue
-        if parent.is_symlink():
-            raise ResultsError(f"{parent} is a symlink; refusing to write through it")
-        parent.mkdir(mode=0o700, exist_ok=True)
-        if made is not None:
-            made.add(parent)
+def _open_at(root: Path, rel: str, offset: int, made: set[Any] | None = None) -> Any:
+    """Open ``root/rel`` for writing at ``offset``, creating its folders, never through a symlink.
+
+    Plain strings, not ``pathlib``: an 80,000-file package spent a sixth of its
+    time building path objects here.
+    """
+    path = _parents(root, rel, made)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     f = os.fdopen(fd, "r+b")
     f.truncate(offset)
     f.seek(offset)
     return f
+
+
+def _parents(root: Path, rel: str, made: set[Any] | None = None) -> str:
+    """Create the folders of ``root/rel`` (refusing symlinks and non-folders on the way); return its path."""
+    base = os.fspath(root)
+    parent = base
+    for part in rel.split("/")[:-1]:
+        parent = os.path.join(parent, part)
+        if made is not None and parent in made:
+            continue
+        if os.path.islink(parent):
+            raise ResultsError(f"{parent} is a symlink; refusing to write through it")
+        try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(parent):
+                raise ResultsError(f"{parent} is in the way of {rel!r}: it is not a folder", "move it away and fetch again") from None
+        if made is not None:
+            made.add(parent)
+    return os.path.join(base, rel)

@@ -24,7 +24,7 @@ STALE_STAGING = 7 * 24 * 3600
 
 
 def check_digest(value: object, what: str = "digest") -> str:
-    if not isinstance(value, str) or not DIGEST.match(value):
+    if not isinstance(value, str) or not DIGEST.fullmatch(value):
         raise UsageError(f"{what} must be 64 lowercase hex digits")
     return value
 
@@ -46,6 +46,15 @@ class Cache:
         if not path.is_file():
             raise BundleError(f"bundle {digest[:12]} is not in the login node's cache", "submit the workflow again; the client uploads it")
         return path
+
+    def evict(self, digest: str) -> None:
+        """Remove an entry that failed verification, so the next launch asks the client to send it again.
+
+        A cache entry is checked when it is made, so one that fails later was
+        damaged on disk (a bad block, a full disk during a copy, a hand edit):
+        keeping it would make every later launch of that bundle fail the same way.
+        """
+        self.home.cached_bundle(check_digest(digest)).unlink(missing_ok=True)
 
     def _staging_dir(self, digest: str, archive_sha256: str) -> Path:
         return self.home.staging / f"{digest}-{archive_sha256[:16]}"

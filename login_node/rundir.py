@@ -38,7 +38,7 @@ def home() -> Path:
 
 
 def check_run_id(run_id: Any) -> str:
-    if not isinstance(run_id, str) or not RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise RunNotFound(f"{str(run_id)[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them")
     return run_id
 
@@ -73,7 +73,7 @@ class Home:
         return self.root / "local-endpoint" / "tasks_working_dir"
 
     def cached_bundle(self, digest: str) -> Path:
-        assert DIGEST.match(digest)
+        assert DIGEST.fullmatch(digest)
         return self.cache / f"{digest}.tar.gz"
 
     def run(self, run_id: str) -> RunPaths:
@@ -102,6 +102,11 @@ class RunPaths:
     @property
     def run_id(self) -> str:
         return self.root.name
+
+    @property
+    def home(self) -> Home:
+        """The ``$GCBUNDLE_HOME`` this run lives in (runs are ``<home>/runs/<run_id>``)."""
+        return Home(self.root.parent.parent)
 
     def __getattr__(self, name: str) -> Path:
         try:

@@ -4,6 +4,8 @@
 
 (``queued``: placement=batch, the driver's job waits in the scheduler's queue.)
 
+and ``unknown`` (with the reason) when ``state.json`` is missing or damaged.
+
 ``state.json`` is written by the launch task once (``staged``) and by the
 driver after that. ``lost`` is never written: a reader derives it when the
 state is not terminal and the driver is gone (its pid is dead, or reused by
@@ -58,7 +60,7 @@ def process_start_time(pid: int) -> str | None:
 
 
 def alive(pid: int | None, start: str | None) -> bool:
-    if not pid:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     now = process_start_time(pid)
     return now is not None and (start is None or now == start)
@@ -71,10 +73,29 @@ def write(paths: RunPaths, state: dict[str, Any]) -> None:
 
 
 def read_raw(paths: RunPaths) -> dict[str, Any]:
+    """``state.json`` as written, or ``unknown`` with the reason when it cannot be read.
+
+    Launch writes the file before the run directory gets its name, and every
+    later write replaces it whole, so a missing, unreadable or malformed file
+    means damage (a full disk, a hand edit, a cleanup script): the state is
+    then not known, and is reported so rather than guessed.
+    """
+    reason = None
     try:
-        return read_json(paths.state)
+        data = read_json(paths.state)
     except FileNotFoundError:
-        return {"run_id": paths.run_id, "state": "staged", "updated": 0.0}
+        reason = "state.json is missing"
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = f"state.json is unreadable: {type(exc).__name__}: {str(exc)[:120]}"
+    else:
+        if not isinstance(data, dict):
+            reason = f"state.json holds a {type(data).__name__}, not an object"
+        elif not isinstance(data.get("state"), str) or data["state"] not in STATES:
+            reason = f"state.json has no valid state ({str(data.get('state'))[:40]!r})"
+        else:
+            return data
+    return {"run_id": paths.run_id, "state": "unknown", "detail": reason,
+            "hint": f"`gcbundle cancel {paths.run_id}` still stops whatever runs of it; `gcbundle results` fetches what it left"}
 
 
 def effective(paths: RunPaths, now: float | None = None) -> dict[str, Any]:
@@ -83,8 +104,12 @@ def effective(paths: RunPaths, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     if state.get("state") in TERMINAL:
         return state
-    period = float(state.get("heartbeat_seconds") or DEFAULT_HEARTBEAT)
-    age = now - float(state.get("updated") or 0.0)
+    if state["state"] == "unknown":
+        if paths.cancel_marker.exists() and not _has_processes(paths.run_id):
+            return {**state, "state": "cancelled", "detail": f"cancel requested; {state['detail']}"}
+        return state
+    period = _number(state.get("heartbeat_seconds")) or DEFAULT_HEARTBEAT
+    age = now - _number(state.get("updated"))
     same_host = state.get("host") == hostname()
     reason = None
     if state.get("state") == "queued":
@@ -103,9 +128,20 @@ def effective(paths: RunPaths, now: float | None = None) -> dict[str, Any]:
             state["detail"] = f"cancel requested; {reason}"
         else:
             state["state"] = "lost"
-            state["detail"] = f"{reason}; last heartbeat {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(state.get('updated') or 0)))} on {state.get('host', '?')}"
+            state["detail"] = f"{reason}; last heartbeat {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(_number(state.get('updated'))))} on {state.get('host', '?')}"
             state["hint"] = "`gcbundle resume` starts it again, reusing completed apps' checkpoints"
     return state
+
+
+def _number(value: Any) -> float:
+    """A number from ``state.json``, 0 for anything else (the file is ours, but a reader must not crash on it)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else 0.0
+
+
+def _has_processes(run_id: str) -> bool:
+    from login_node.procs import run_processes
+
+    return bool(run_processes(run_id))
 
 
 def is_terminal(state: dict[str, Any]) -> bool:

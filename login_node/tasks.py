@@ -12,19 +12,23 @@ import functools
 import os
 import shutil
 import signal
-import subprocess
 import time
 import traceback
 from typing import Any, Callable
 
-from bundle import archive
-from bundle.errors import GcbundleError, RunStateError, UsageError
-from bundle.limits import LOG_SLICE_BYTES
+from bundle import archive, placement, profiles
+from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
+from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import envcheck, package, procs, state
+from login_node import blocks, driverenv, driverjob, envcheck, procs, results, state
 from login_node.cache import Cache, check_digest
+from login_node.doctor import site_report
+from login_node.prune import Criteria
+from login_node.prune import prune as prune_home
 from login_node.driverenv import plan_path
-from login_node.rundir import Home, RunPaths, check_run_id, read_json, write_json
+from login_node.rundir import DIGEST, RUN_ID, Home, RunPaths, check_run_id, read_json, write_json
+from login_node.siteconfig import SiteDefaults
+from login_node.spawn import driver_env, spawn
 
 #: How long ``launch`` waits for the driver to report that it started.
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
@@ -96,9 +100,9 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """Extract a cached bundle into a new run directory and start its detached driver."""
     run_id = check_run_id(req.get("run_id"))
     digest = check_digest(req.get("digest"))
-    spec = req.get("spec")
-    if not isinstance(spec, dict):
-        raise UsageError("spec must be an object")
+    spec = check_spec(req.get("spec"))
+    if req.get("bundle") is not None and not isinstance(req.get("bundle"), (bytes, bytearray)):
+        raise UsageError(f"bundle must be bytes, got {type(req.get('bundle')).__name__}")
     cache = Cache(home)
     if req.get("bundle") is not None:
         cache.put_whole(digest, check_digest(req.get("archive_sha256"), "archive_sha256"), req["bundle"])  # type: ignore[arg-type]
@@ -109,22 +113,23 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
     spec = _inherit(home, spec)
     resumed = _resume_sources(home, spec)
-    needs = envcheck.needed(cache.path(digest))  # the workflow's third-party imports
+    try:
+        needs = envcheck.needed(cache.path(digest))  # the workflow's third-party imports
+    except BundleError as exc:
+        return _damaged(cache, digest, req, exc)
     plan = _driver_plan(home, paths, spec, [ref.top for ref in needs])  # before the run exists: a failed preflight leaves nothing
     envcheck.check(needs, spec.get("site"), plan.get("environment"))
-    _create_run(home, paths, cache.path(digest), digest, spec, resumed)
+    try:
+        _create_run(home, paths, cache.path(digest), digest, spec, resumed)
+    except BundleError as exc:
+        return _damaged(cache, digest, req, exc)
     write_json(plan_path(paths), plan)
     if plan["placement"] == "batch":
-        from login_node import driverjob
-        from login_node.driver import site_file
-
         try:
-            return {"state": driverjob.submit(home, paths, plan, str(site_file(home).get("worker_init") or ""))}
+            return {"state": driverjob.submit(home, paths, plan, SiteDefaults.read(home).worker_init)}
         except BaseException:
             shutil.rmtree(paths.root, ignore_errors=True)  # a job that was never queued leaves no run
             raise
-    from login_node.driver import spawn
-
     try:
         pid = spawn(paths)
     except Exception as exc:
@@ -135,28 +140,74 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
     return {"state": _wait_started(paths, pid)}
 
 
+def _damaged(cache: Cache, digest: str, req: dict[str, Any], exc: BundleError) -> dict[str, Any]:
+    """A cached bundle failed its checks at launch. One that came in this very
+    task was checked as it arrived: then the bundle itself is bad. Otherwise the
+    cached copy was damaged on disk: drop it, and the client sends the bundle
+    again, once, as for a bundle that was never cached."""
+    if req.get("bundle") is not None:
+        raise exc
+    cache.evict(digest)
+    return {"missing_bundle": True, "evicted": str(exc)[:200]}
+
+
+_SPEC_KEYS = {"args", "site", "params", "resumed_from", "inherit"}
+
+
+def check_site_spec(site: Any, what: str = "spec.site") -> dict[str, Any] | None:
+    """A site profile as it travels (``Profile.to_spec``), or None."""
+    if site is None:
+        return None
+    if not isinstance(site, dict) or not isinstance(site.get("text"), str) or not isinstance(site.get("name", ""), str):
+        raise UsageError(f"{what} must be a site profile object with a `text` string, got {type(site).__name__}", "send it with the gcbundle client")
+    params = site.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise UsageError(f"{what}.params must be an object with string keys")
+    return site
+
+
+def check_spec(spec: Any) -> dict[str, Any]:
+    """Every field of a launch's spec, by type, before anything is written.
+
+    The detached driver reads these without the client there to hear about a
+    bad one: a string ``site`` once crashed the driver before it could write a
+    final state, leaving a run that read as lost.
+    """
+    if not isinstance(spec, dict):
+        raise UsageError(f"spec must be an object, got {type(spec).__name__}")
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise UsageError(f"spec has unknown fields: {', '.join(sorted(map(str, unknown)))[:120]}", "use a gcbundle client of the login node's version")
+    args = spec.get("args") or {}
+    if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
+        raise UsageError("spec.args must be an object whose keys are Python identifiers")
+    params = spec.get("params") or {}
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise UsageError("spec.params must be an object with string keys")
+    check_site_spec(spec.get("site"))
+    if spec.get("resumed_from") is not None:
+        check_run_id(spec["resumed_from"])
+    if not isinstance(spec.get("inherit", False), bool):
+        raise UsageError(f"spec.inherit must be true or false, got {spec.get('inherit')!r}"[:120])
+    return {**spec, "args": args, "params": params}
+
+
 def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: list[str]) -> dict[str, Any]:
     """How the run's driver starts: in the endpoint's environment, or after
     ``driver_init`` in the user's, checked first (``login_node.driverenv``; it
     also looks for the workflow's third-party ``imports`` there)."""
-    from login_node import driverenv
-    from login_node.driver import driver_env, site_file, site_defaults
-
+    site = SiteDefaults.read(home)
     rendered = None
     options = {"driver_init": "", "placement": "login"}
     if spec.get("site"):
-        from bundle import profiles
-
         profile, params = profiles.Profile.from_spec(spec["site"])
-        params = {**site_defaults(home, profile), **params}
+        params = {**site.params_for(profile), **params}
         options = profile.driver_options(params)
         rendered = profiles.render(profile, params)
-    driver_init = options["driver_init"] or str(site_file(home).get("driver_init") or "")
+    driver_init = options["driver_init"] or site.driver_init
     plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"], "rendered": rendered}
     if options["placement"] == "batch":
-        from bundle.placement import batch_provider_node
-
-        batch_provider_node(rendered or {})
+        placement.batch_provider_node(rendered or {})
     if driver_init.strip():
         lib = driverenv.ship(home)
         found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib, imports)
@@ -303,9 +354,7 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
     if st.get("state") == "queued":
-        from login_node.driverjob import check_queued
-
-        st = check_queued(paths, st)
+        st = driverjob.check_queued(paths, st)
     wait = req.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
         raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
@@ -313,6 +362,9 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
         started = time.monotonic()
         st = _await_change(paths, st, started + wait)
         st = {**st, "waited": round(time.monotonic() - started, 3)}
+        if not paths.exists():
+            raise RunNotFound(f"run {paths.run_id} is gone: its directory was deleted on the login node while status waited",
+                              "nothing of it is left to fetch; `gcbundle list --endpoint ENDPOINT` shows the runs that remain")
     reaped = reap(paths, st)
     if reaped:
         st = {**st, "reaped_processes": reaped}
@@ -324,6 +376,8 @@ def logs(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """A slice of one of the run's logs, from ``offset``."""
     paths = home.run(check_run_id(req.get("run_id"))).require()
     name = req.get("name", "driver")
+    if not isinstance(name, str) or not isinstance(req.get("tail", False), bool):
+        raise UsageError("logs takes a string `name` and a boolean `tail`")
     available = paths.log_files()
     if name not in available:
         raise UsageError(f"no log named {name!r} for run {paths.run_id}", f"choose one of: {', '.join(sorted(available))}")
@@ -348,10 +402,17 @@ def logs(req: dict[str, Any], home: Home) -> dict[str, Any]:
 def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
+    if not isinstance(req.get("partial", False), bool):
+        raise UsageError("partial must be true or false")
     if not state.is_terminal(st) and not req.get("partial"):
         raise RunStateError(f"run {paths.run_id} is still {st.get('state')}",
                             f"wait for it to end (`gcbundle status {paths.run_id} --wait`), or stop it (`gcbundle cancel {paths.run_id}`)")
-    return {"state": st, **package.manifest(paths)}
+    if "page" in req:  # protocol 3: the listing in pages
+        sha = req.get("manifest_sha256")
+        if sha is not None and not (isinstance(sha, str) and DIGEST.fullmatch(sha)):
+            raise UsageError("manifest_sha256 must be 64 lowercase hex digits")
+        return {"state": st, **results.page(paths, _int(req, "page"), sha)}
+    return {"state": st, **results.manifest(paths)}
 
 
 @_task
@@ -361,7 +422,59 @@ def results_chunk(req: dict[str, Any], home: Home) -> dict[str, Any]:
     if not isinstance(sha, str):
         raise UsageError("manifest_sha256 must be a string")
     index = _int(req, "index")
-    return {"index": index, "data": package.read_chunk(paths, sha, index)}
+    return {"index": index, "data": results.read_chunk(paths, sha, index)}
+
+
+@_task
+def runs(req: dict[str, Any], home: Home) -> dict[str, Any]:
+    """The runs on this login node (protocol 3): each one's state and what it ran.
+
+    ``run_ids`` asks for those runs only (how ``gcbundle list`` refreshes the
+    unfinished runs of an endpoint in one task); otherwise every run, in id
+    order, ``limit`` at a time from after ``after``. A run found here can be
+    adopted into a client's registry: one started from another machine, or
+    whose registry row was lost.
+    """
+    ids = req.get("run_ids")
+    limit = _int(req, "limit", RUNS_PAGE, lo=1, hi=RUNS_PAGE)
+    after = req.get("after")
+    if after is not None:
+        check_run_id(after)
+    if ids is not None:
+        if not isinstance(ids, list) or len(ids) > RUNS_PAGE:
+            raise UsageError(f"run_ids must be a list of at most {RUNS_PAGE} run ids")
+        wanted = sorted({check_run_id(i) for i in ids})
+    else:
+        try:
+            wanted = sorted(name for name in os.listdir(home.runs) if RUN_ID.fullmatch(name))
+        except FileNotFoundError:
+            wanted = []
+        if after is not None:
+            wanted = [r for r in wanted if r > after]
+    page, rest = wanted[:limit], wanted[limit:]
+    out = []
+    for run_id in page:
+        paths = home.run(run_id)
+        if not paths.exists():
+            out.append({"run_id": run_id, "state": "gone"})
+            continue
+        try:
+            request = read_json(paths.request)
+            if not isinstance(request, dict):
+                raise ValueError("run.json holds no object")
+        except (OSError, ValueError, RecursionError):
+            request = {}
+        st = state.effective(paths)
+        site = request.get("site")
+        out.append({
+            "run_id": run_id, "state": st.get("state"), "detail": st.get("detail"), "updated": st.get("updated"),
+            "digest": request.get("digest") if isinstance(request.get("digest"), str) else None,
+            "entry": request.get("entry") if isinstance(request.get("entry"), str) else None,
+            "site": site.get("name") if isinstance(site, dict) and isinstance(site.get("name"), str) else None,
+            "submitted": request.get("submitted") if isinstance(request.get("submitted"), (int, float)) else None,
+            "resumed_from": request.get("resumed_from") if isinstance(request.get("resumed_from"), str) else None,
+        })
+    return {"runs": out, "next": page[-1] if rest and ids is None else None}
 
 
 @_task
@@ -374,10 +487,13 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
         return {"state": st, "already": True}
     if not paths.cancel_marker.exists():
         write_json(paths.cancel_marker, {"requested": time.time(), "host": state.hostname()})
+    if st.get("state") == "unknown":
+        # No readable state.json, so no recorded driver pid: stop whatever of
+        # the run runs on this host, found by its environment and directory.
+        swept = procs.sweep(paths.run_id, grace=min(grace, 10.0))
+        return {"state": state.effective(paths), "escalated": swept}
     if st.get("state") == "queued":
         # placement=batch, the job not started yet: end it; a driver starting meanwhile sees the marker.
-        from login_node import driverjob
-
         driverjob.cancel(st)
         fresh = state.read_raw(paths)
         if fresh.get("state") == "queued":
@@ -400,8 +516,6 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
     escalated = 0
     if not local and not state.is_terminal(st) and st.get("driver_job"):
         # placement=batch: the driver did not stop by itself in time: end its job.
-        from login_node import driverjob
-
         escalated += int(driverjob.cancel(st))
     if local:
         if state.alive(pid, st.get("pid_start")):
@@ -410,33 +524,17 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             except (ProcessLookupError, PermissionError):
                 pass
             escalated += 1
-            _cancel_batch_jobs(state.read_raw(paths))
+            blocks.cancel_recorded(state.read_raw(paths).get("batch_jobs") or {})
         escalated += procs.sweep(paths.run_id, grace=2.0)
     return {"state": state.effective(paths), "escalated": escalated}
 
 
-def _cancel_batch_jobs(st: dict[str, Any]) -> None:
-    """The driver was killed before its DFK cleaned up: cancel the batch jobs it recorded."""
-    from login_node.driver import BATCH_CANCEL
-
-    for kind, ids in (st.get("batch_jobs") or {}).items():
-        command = BATCH_CANCEL.get(kind)
-        ids = [i for i in ids if isinstance(i, str) and i.replace(".", "").replace("-", "").isalnum()]
-        if command and ids and shutil.which(command):
-            subprocess.run([command, *ids], capture_output=True, timeout=60, check=False)
-
-
 @_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    from login_node.checks import site_report
-
-    return site_report(home, req.get("site"), probe=bool(req.get("probe")))
+    return site_report(home, check_site_spec(req.get("site"), "site"), probe=bool(req.get("probe")))
 
 
 @_task
 def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
-    from login_node.prune import Criteria
-    from login_node.prune import prune as prune_home
-
     return prune_home(home, Criteria.from_json(req.get("prune")))

@@ -27,12 +27,13 @@ from tests.rabbitmq import SETUP_HINT, MissingPrerequisite, RabbitMQ
 
 DAEMON_USER = os.environ.get("GCBUNDLE_DAEMON_USER", "gcbdaemon")
 #: The endpoints the role provisions for the tier, with their role variables.
-#: ``gcbundle-idle`` stops its user endpoint process after 2 idle heartbeats;
-#: its heartbeats are shortened to 5 s (the endpoint's minimum), see
-#: ``shorten_heartbeats``. ``gcbundle-allow`` restricts functions (its list is
-#: replaced by the register test).
+#: ``gcbundle``'s manager heartbeats every 5 s (the endpoint's minimum; a
+#: crashed manager's pid file blocks a restart for three heartbeats: 15 s, not
+#: 90 s). ``gcbundle-idle`` stops its user endpoint process after 2 idle
+#: heartbeats, shortened to 5 s (see ``shorten_heartbeats``).
+#: ``gcbundle-allow`` restricts functions (the register test replaces its list).
 ENDPOINTS: dict[str, dict[str, object]] = {
-    "gcbundle": {},
+    "gcbundle": {"gcbundle_endpoint_core_config_extra": {"heartbeat_period": 5}},
     "gcbundle-idle": {"gcbundle_endpoint_idle_heartbeats_soft": 2, "gcbundle_endpoint_idle_heartbeats_hard": 4},
     "gcbundle-allow": {"gcbundle_endpoint_allowed_functions": ["00000000-0000-4000-8000-00000000a110"]},
 }
@@ -86,15 +87,19 @@ class DaemonTier:
         except KeyError:
             return 0
 
+    def is_up(self, name: str, registrations_before: int) -> object:
+        """Endpoint ``name`` has registered since and sends heartbeats: its record, else None."""
+        try:
+            ep = self.service.endpoint_named(name)  # type: ignore[attr-defined]
+        except KeyError:
+            return None
+        return ep if ep.registrations > registrations_before and ep.online(time.time()) else None
+
     def wait_online(self, name: str, registrations_before: int, timeout: float = 90) -> str:
         svc = self.service
 
         def registered() -> object:
-            try:
-                ep = svc.endpoint_named(name)  # type: ignore[attr-defined]
-            except KeyError:
-                return None
-            return ep if ep.registrations > registrations_before and ep.online(time.time()) else None
+            return self.is_up(name, registrations_before)
 
         try:
             ep = svc.wait_for(registered, timeout, f"endpoint {name} to register and send a heartbeat")  # type: ignore[attr-defined]

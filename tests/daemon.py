@@ -20,8 +20,9 @@ and stops it as systemd does for the unit's ``KillMode``:
 
 ``restart()`` is ``systemctl restart`` (stop, start; the cgroup stays, with
 whatever survived the stop in it). ``main_exited()`` is what systemd does
-when the main process dies on its own (a crash): the same kill of what
-remains, then ``Restart=always`` starts it again after ``RestartSec``. What it
+when the main process dies on its own (a crash, or ``globus-compute-endpoint
+stop``): the same kill of what remains, then ``Restart=always`` starts it again
+after ``RestartSec``, as often as it takes. What it
 does not emulate: the journal (output goes to a file), resource limits,
 sandboxing options (the role's unit sets none).
 """
@@ -35,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,15 +294,32 @@ class SystemdUnit:
         self.stop()
         return self.start()
 
-    def main_exited(self) -> int:
-        """What systemd does once the main process died on its own (``Restart=always``)."""
-        assert self.main is not None
-        self.main.wait(30)
-        self._kill(main_already_gone=True)
-        if (self.service.get("Restart") or ["no"])[-1] not in ("always", "on-failure", "on-abnormal", "on-abort"):
+    def main_exited(self, up: Callable[[], bool], timeout: float = 120) -> int:
+        """What systemd does once the main process died on its own, with ``Restart=always``.
+
+        The stop logic of the KillMode for what remains, then a new start
+        after ``RestartSec``; again whenever the new main process exits too
+        (``StartLimitIntervalSec=0``: no limit), until ``up()`` says the
+        service works or ``timeout`` passes. Returns the number of starts.
+        """
+        if (self.service.get("Restart") or ["no"])[-1] != "always":
             raise AssertionError(f"{self.path.name} would not be restarted by systemd")
-        time.sleep(float((self.service.get("RestartSec") or ["0.1"])[-1]))
-        return self.start()
+        pause = float((self.service.get("RestartSec") or ["0.1"])[-1])
+        deadline = time.monotonic() + timeout
+        starts = 0
+        while True:
+            if self.main is not None and self.main.poll() is None:
+                if up():
+                    return starts
+            else:
+                if self.main is not None:
+                    self._kill(main_already_gone=True)
+                time.sleep(pause)
+                self.start()
+                starts += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.path.name}: not up {timeout:.0f} s after its main process exited ({starts} starts)")
+            time.sleep(0.5)
 
     def remove(self, *, kill_rest: bool = True) -> None:
         """Stop, then remove the cgroup (SIGKILL to whatever is left in it when ``kill_rest``)."""

@@ -418,7 +418,7 @@ from globus_compute_endpoint.engines.base import GCFuture
 
 from bundle.pack import pack
 from bundle.protocol import request, unwrap
-from bundle.transport import pack_task, task_function, unpack_result
+from bundle.transport.wire import pack_task, task_function, unpack_result
 
 ep_dir = pathlib.Path.home() / ".globus_compute" / "{name}"
 core = get_config(ep_dir)
@@ -581,11 +581,12 @@ def test_systemd_unit_matches_enable_on_boot(provisioned: Provisioned) -> None:
     ours = [line for line in unit.splitlines() if line and not line.startswith("#")]
     wanted = [line for line in theirs.splitlines() if line]
     # Every line of enable-on-boot's unit, in its order; ours only adds the
-    # environment lines.
+    # environment lines and KillMode=process (a restart must not kill the
+    # detached run drivers in the unit's cgroup; tests/test_daemon_restarts.py).
     positions = [ours.index(line) for line in wanted]
     assert positions == sorted(positions), unit
     extra = [line for line in ours if line not in wanted]
-    assert all(line.startswith(("Environment=", "EnvironmentFile=")) for line in extra), extra
+    assert all(line.startswith(("Environment=", "EnvironmentFile=")) or line == "KillMode=process" for line in extra), extra
     t.target.run(["rm", "-rf", unit_dir], check=True)
 
 

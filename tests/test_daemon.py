@@ -11,7 +11,6 @@ gcbundle's login-node tasks and detached drivers under them.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

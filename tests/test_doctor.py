@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from bundle.cli import main
 from bundle.errors import ChecksFailed
 from bundle.versions import local_versions
-from login_node import checks
+from login_node import doctor as site_doctor
 from login_node.rundir import Home
 from tests.conftest_scheduler import LOGIN_HSN_ADDRESS
 
@@ -122,7 +122,7 @@ def test_worker_init_that_changes_parsl_fails(tmp_path: Path, home: Path) -> Non
 
 
 def test_worker_init_that_hangs_fails(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checks, "WORKER_INIT_TIMEOUT", 1)
+    monkeypatch.setattr(site_doctor, "WORKER_INIT_TIMEOUT", 1)
     code, _, by_name = doctor("--local", "--site", "slurm", "--set", "worker_init=sleep 30")
     assert code == ChecksFailed.exit_code
     assert by_name["worker_init"]["detail"] == "the job's worker_init did not finish in 1 s"
@@ -131,7 +131,7 @@ def test_worker_init_that_hangs_fails(home: Path, monkeypatch: pytest.MonkeyPatc
 def test_unwritable_home_fails(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    report = checks.site_report(Home(blocker / "home"))
+    report = site_doctor.site_report(Home(blocker / "home"))
     by_name = {c["name"]: c for c in report["checks"]}
     assert not report["ok"] and by_name["GCBUNDLE_HOME"]["status"] == "fail"
     assert "set GCBUNDLE_HOME to a writable directory" in by_name["GCBUNDLE_HOME"]["fix"]
@@ -143,6 +143,18 @@ def test_missing_scheduler_commands(home: Path, monkeypatch: pytest.MonkeyPatch)
     assert code == ChecksFailed.exit_code
     assert by_name["batch scheduler"]["status"] == "fail" and "sbatch not found" in by_name["batch scheduler"]["detail"]
     assert by_name["MPI launchers"]["status"] == "warn" and "MpiExecLauncher runs `mpiexec`" in by_name["MPI launchers"]["detail"]
+
+
+def test_no_mpi_launcher_is_a_warning_not_ok(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither mpiexec nor srun on PATH: without a profile that is a warning (with the
+    fix), with a profile that starts its workers without one it is fine."""
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    _, _, by_name = doctor("--local")
+    launchers = by_name["MPI launchers"]
+    assert launchers["status"] == "warn" and launchers["detail"] == "mpiexec not found, srun not found"
+    assert "no MPI launcher on this login node's PATH" in launchers["fix"]
+    _, _, by_name = doctor("--local", "--site", "local")
+    assert by_name["MPI launchers"]["status"] == "ok" and by_name["MPI launchers"]["detail"].endswith("(the profile starts its workers without one)")
 
 
 def test_doctor_needs_an_endpoint_or_local() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from bundle.errors import BundleError, GcbundleError, RunNotFound, UsageError
 from bundle.limits import CHUNK_BYTES
-from bundle.transport import LocalTransport
+from bundle.transport.local import LocalTransport
 from tests.hostile import manifest_for, manifest_member, reg, special, valid_bundle, write_tar
 
 import tarfile

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from bundle import api, packcache
 from bundle.cli import main
 from bundle.registry import Registry
-from bundle.transport import LocalTransport
+from bundle.transport.local import LocalTransport
 from tests.conftest import write_workflow
 
 WORKFLOW = '''
@@ -55,6 +55,13 @@ def test_prune_by_state_age_and_fetched_never_a_running_run(tmp_path: Path, home
     failed = api.submit(wf, "local", args={"fail": True}, wait=True)  # failed, results not fetched
     slow_wf = write_workflow(tmp_path / "slow", WORKFLOW.replace("s: float = 0", "s: float = 120"))
     running = api.submit(slow_wf, "local")
+    try:
+        _prune_all_ways(home, done, failed, running, wf)
+    finally:
+        running.cancel(grace=5)
+
+
+def _prune_all_ways(home: Path, done: api.Run, failed: api.Run, running: api.Run, wf: Path) -> None:
     assert done.last_state["state"] == "succeeded" and failed.last_state["state"] == "failed"
     assert running.status()["state"] in ("starting", "running")
     before = {r: (home / "runs" / r).is_dir() for r in (done.id, failed.id, running.id)}
@@ -92,10 +99,12 @@ def test_prune_by_state_age_and_fetched_never_a_running_run(tmp_path: Path, home
     reg = Registry()
     assert not reg.is_cached("local", done.record.digest)
     assert json.loads(reg.get(done.id).extra)["pruned"] > 0
+    res = CliRunner().invoke(main, ["status", done.id])
+    assert res.exit_code == 5 and f"run {done.id} was pruned from the login node of local on " in res.stderr
+    assert f"its results are in {done.local_results()}" in res.stderr
     # a resubmit of the pruned bundle uploads it again and runs
     again = api.submit(wf, "local", wait=True)
     assert again.last_state["state"] == "succeeded"
-    running.cancel(grace=5)
 
 
 def test_client_caches_and_results(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +151,8 @@ def test_a_login_node_without_the_prune_task_says_to_upgrade(home: Path, monkeyp
     code, env = prune("--endpoint", "local", "--no-caches")
     transport.close()
     assert code == 7 and env["errors"][0]["type"] == "ProtocolMismatch", env
-    assert "has no prune task" in env["errors"][0]["message"] and "upgrade gcbundle on the login node" in env["errors"][0]["hint"]
+    assert env["errors"][0]["message"] == "1 endpoint not pruned: endpoint local: the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)"
+    assert env["errors"][0]["hint"].startswith("upgrade gcbundle on the login node")
 
 
 def test_bad_prune_options_and_requests(home: Path) -> None:

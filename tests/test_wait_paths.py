@@ -97,7 +97,13 @@ def test_results_of_a_running_run_and_logs_follow_of_a_cancelled_one(cwd: Path) 
     res = runner.invoke(main, ["submit", str(wf)])
     assert res.exit_code == 0, res.stderr
     run_id = res.stdout.strip()
+    try:
+        _results_and_follow(runner, run_id)
+    finally:
+        api.get_run(run_id).cancel(grace=5)  # a no-op once it is cancelled; else nothing outlives the test
 
+
+def _results_and_follow(runner: CliRunner, run_id: str) -> None:
     res = runner.invoke(main, ["results", run_id[:6]])
     assert res.exit_code == 6
     assert re.fullmatch(f"gcbundle: error: run {run_id} is still (starting|running); wait for it to end "

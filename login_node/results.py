@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bundle.errors import ResultsError
-from bundle.limits import CHUNK_BYTES
-from bundle.manifest import check_path, sha256_file
+from bundle.limits import CHUNK_BYTES, LISTING_PAGE_BYTES
+from bundle.manifest import check_path, listing_sha256, sha256_file
 from login_node.rundir import RunPaths, read_json, write_json
 
 #: (directory in the run, prefix in the package); single files listed apart.
@@ -109,8 +109,38 @@ def manifest(paths: RunPaths) -> dict[str, Any]:
 
 
 def _listingsha256_file(listing: list[dict[str, Any]]) -> str:
-    canonical = json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()
+    return listing_sha256(listing)
+
+
+def page(paths: RunPaths, start: int, manifest_sha256: str | None) -> dict[str, Any]:
+    """Files ``start`` onwards of the package's listing, as many as fit in ``LISTING_PAGE_BYTES``.
+
+    Page 0 (no ``manifest_sha256`` yet) lists the package afresh; later pages
+    come from the listing cached by that first one, named by its sha256, so
+    every page describes the same package (or the client is told it changed).
+    An 80,000-file package is a few pages instead of one reply over the
+    service's 10 MiB limit.
+    """
+    if manifest_sha256 is None:
+        head = manifest(paths)
+        files, sha = head["files"], head["manifest_sha256"]
+    else:
+        cached = _cached_listing(paths, manifest_sha256)
+        if cached is None:
+            raise ResultsError("the run's results changed since their listing was started", "run `gcbundle results` again")
+        files, sha = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in cached], manifest_sha256
+    if not 0 <= start <= len(files):
+        raise ResultsError(f"listing page {start} is outside 0..{len(files)}")
+    out, used, end = [], 0, start
+    while end < len(files) and (used < LISTING_PAGE_BYTES or not out):
+        f = files[end]
+        out.append(f)
+        used += len(f["path"].encode("utf-8", "surrogatepass")) + 120
+        end += 1
+    return {
+        "files": out, "page": start, "next_page": end if end < len(files) else None, "file_count": len(files),
+        "total": sum(f["size"] for f in files), "chunk_bytes": CHUNK_BYTES, "manifest_sha256": sha,
+    }
 
 
 #: The last results manifest read by ``read_chunk``, by (file, mtime_ns, size):
