@@ -29,7 +29,7 @@ def run(*, endpoint: str | None = None, local: bool = False, site: str | None = 
     client = local_versions()
     if local:
         from bundle.protocol import request, unwrap
-        from bundle.transport import task_function
+        from bundle.transport.wire import task_function
 
         report = unwrap(task_function("doctor")(request(site=spec)))
         report["where"] = None  # this machine

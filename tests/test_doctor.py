@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from bundle.cli import main
 from bundle.errors import ChecksFailed
 from bundle.versions import local_versions
-from login_node import checks
+from login_node import doctor as site_doctor
 from login_node.rundir import Home
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -114,7 +114,7 @@ def test_worker_init_that_changes_parsl_fails(tmp_path: Path, home: Path) -> Non
 
 
 def test_worker_init_that_hangs_fails(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(checks, "WORKER_INIT_TIMEOUT", 1)
+    monkeypatch.setattr(site_doctor, "WORKER_INIT_TIMEOUT", 1)
     code, _, by_name = doctor("--local", "--site", "slurm", "--set", "worker_init=sleep 30")
     assert code == ChecksFailed.exit_code
     assert by_name["worker_init"]["detail"] == "the job's worker_init did not finish in 1 s"
@@ -123,7 +123,7 @@ def test_worker_init_that_hangs_fails(home: Path, monkeypatch: pytest.MonkeyPatc
 def test_unwritable_home_fails(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    report = checks.site_report(Home(blocker / "home"))
+    report = site_doctor.site_report(Home(blocker / "home"))
     by_name = {c["name"]: c for c in report["checks"]}
     assert not report["ok"] and by_name["GCBUNDLE_HOME"]["status"] == "fail"
     assert "set GCBUNDLE_HOME to a writable directory" in by_name["GCBUNDLE_HOME"]["fix"]

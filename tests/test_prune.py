@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from bundle import api, packcache
 from bundle.cli import main
 from bundle.registry import Registry
-from bundle.transport import LocalTransport
+from bundle.transport.local import LocalTransport
 from tests.conftest import write_workflow
 
 WORKFLOW = '''
@@ -99,6 +99,9 @@ def _prune_all_ways(home: Path, done: api.Run, failed: api.Run, running: api.Run
     reg = Registry()
     assert not reg.is_cached("local", done.record.digest)
     assert json.loads(reg.get(done.id).extra)["pruned"] > 0
+    res = CliRunner().invoke(main, ["status", done.id])
+    assert res.exit_code == 5 and f"run {done.id} was pruned from the login node of local on " in res.stderr
+    assert f"its results are in {done.local_results()}" in res.stderr
     # a resubmit of the pruned bundle uploads it again and runs
     again = api.submit(wf, "local", wait=True)
     assert again.last_state["state"] == "succeeded"

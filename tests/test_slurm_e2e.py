@@ -246,16 +246,14 @@ def test_driver_cancels_the_jobs_the_dfk_left(tmp_path: Path) -> None:
     from parsl.launchers import SimpleLauncher
     from parsl.providers import SlurmProvider
 
-    from login_node.driver import Driver
+    from login_node.blocks import cancel_blocks
 
     provider = SlurmProvider(partition="debug", walltime="00:05:00", exclusive=False, launcher=SimpleLauncher())
     provider.script_dir = str(tmp_path)
     job = provider.submit("sleep 600", 1, "gcbundle-test-left-behind")
     try:
         assert active_jobs([job]), "the job did not reach squeue"
-        driver = Driver.__new__(Driver)  # only its providers matter here
-        driver.providers = [provider]
-        driver._cancel_blocks()
+        cancel_blocks([provider])  # what the driver does with its providers on every end
         assert not wait_until_gone([job], timeout=30)
         assert provider.resources[job]["status"].terminal
     finally:
