@@ -33,6 +33,7 @@ from bundle.fileio import write_atomic
 from login_node import blocks, blockwatch, procs, report, siteconfig, spawn, state
 from login_node.entry import import_entry, resolve
 from login_node.rundir import RunPaths, read_json
+from login_node.timing import FirstWorkers
 
 log = logging.getLogger("gcbundle.driver")
 
@@ -64,6 +65,7 @@ class Driver:
         self.dfk: Any = None
         self.config_repr = ""
         self.records: list[Any] = []
+        self.first_workers: FirstWorkers | None = None  # when the run's first workers connected
         self.job_ids: dict[str, str] = {}
         self.timings: dict[str, float] = {"started": time.time()}
         self.checkpoint_files: list[str] = []
@@ -206,6 +208,8 @@ class Driver:
             dfk = original_load(config, *a, **k)
             self._instrument(dfk)
             blocks.start_blocks(dfk)
+            self.first_workers = FirstWorkers(dfk)
+            self.first_workers.start()
             return dfk
 
         parsl.load = load  # script mode: the script's own parsl.load goes through here
@@ -282,6 +286,10 @@ class Driver:
     def _cleanup(self) -> None:
         import parsl
 
+        if self.first_workers is not None:
+            self.first_workers.stop()
+            if self.first_workers.first is not None:
+                self.timings["first_workers"] = self.first_workers.first
         self._collect_job_ids()
         dfk = self.dfk
         try:
