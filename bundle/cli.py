@@ -346,6 +346,9 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
         lines.append(f"in job   {p(job['id'])} ({p(job.get('provider'))}, placement=batch: the driver and its workers run in it)")
     if st.get("scheduler_job_ids"):
         lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
+    for died in st.get("block_failures") or []:
+        if isinstance(died, dict):
+            lines.append(f"died     {p(died.get('job'))}: {p(died.get('why'))}")
     if st.get("resumed_from"):
         lines.append(f"resumed  from {p(st['resumed_from'])}")
     err = st.get("error") or {}
@@ -638,13 +641,18 @@ def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, p
 @click.option("--local", "local_", is_flag=True, help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
 @click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
-def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: Progress) -> tuple[Any, str]:
+@click.option("--probe", is_flag=True, help="With --site: submit one short job per executor that checks a compute node reaches the executor's address.")
+def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], probe: bool, progress: Progress) -> tuple[Any, str]:
     """Check a login node: versions on both sides, scheduler and MPI commands, GCBUNDLE_HOME,
     the profile's address and worker_init. Exits non-zero when a check fails."""
     from bundle import doctor as doc
     from bundle.errors import ChecksFailed
 
-    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets))
+    if probe and not site:
+        raise UsageError("--probe needs --site", "the probe job is submitted with the site profile's provider, e.g. `--site polaris --probe`")
+    if probe:
+        progress.note("doctor: submitting a probe job to a compute node (up to 2 minutes)")
+    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets), probe=probe)
     human = doc.table(report)
     if not report["ok"]:
         failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]
