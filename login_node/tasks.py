@@ -534,7 +534,7 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
 
 @_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    return site_report(home, check_site_spec(req.get("site"), "site"))
+    return site_report(home, check_site_spec(req.get("site"), "site"), probe=bool(req.get("probe")))
 
 
 @_task
