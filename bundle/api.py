@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from bundle import archive, delta, preflight, profiles, tempdirs
 from bundle.endpoints import submit_defaults as endpoint_defaults
 from bundle.errors import (BundleError, EndpointUnavailable, FunctionNotPermitted, GcbundleError, NotLoggedIn, PayloadTooLarge,
-                           ProtocolMismatch, RemoteError, ResultsError, RunNotFound, RunStateError, TransportError, UsageError)
+                           MalformedReply, ProtocolMismatch, RemoteError, ResultsError, RunNotFound, RunStateError, TransportError, UsageError)
 from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES, RUNS_PAGE
 from bundle.manifest import sha256_file
 from bundle.pack import PackResult, pack
@@ -395,9 +395,9 @@ class Run:
     def _not_on_login_node(self) -> dict[str, Any]:
         """The login node has no such run: still on its way, never launched, or deleted there."""
         rec = self.registry.get(self.id)
-        if rec.state == LAUNCHING:
+        if rec.state in (LAUNCHING, "unlaunched"):
             age = time.time() - rec.submitted
-            if age < launch_grace():
+            if rec.state == LAUNCHING and age < launch_grace():
                 return {"state": LAUNCHING, "detail": f"the launch was sent {age:.0f} s ago and has not reached the login node yet",
                         "hint": "a pending task waits for the endpoint's worker; ask again in a while"}
             return {"state": "unlaunched", "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was lost)",
@@ -456,6 +456,9 @@ class Run:
             if reply["state"] != self.last_state.get("state"):
                 self._remember({"state": reply["state"]})
             more = offset < reply["size"]
+            if more and not reply["data"]:
+                raise MalformedReply(f"the login node sent a logs reply with no bytes at offset {offset} of {reply['size']}",
+                                     "the log may have been replaced while it was read: run `gcbundle logs` again")
             if more:
                 continue
             if not follow or reply["state"] in TERMINAL:
@@ -505,7 +508,15 @@ class Run:
         return None
 
     def cancel(self, grace: int = 30) -> dict[str, Any]:
-        reply = self.transport.call("cancel", run_id=self.id, grace=grace)
+        try:
+            reply = self.transport.call("cancel", run_id=self.id, grace=grace)
+        except RunNotFound:
+            st = self._not_on_login_node()  # gone: raises; else still on its way, or never launched
+            self._remember(st)
+            if st["state"] == LAUNCHING:
+                raise RunStateError(f"the launch of run {self.id} has not reached the login node yet: {st['detail']}",
+                                    f"cancel it once `gcbundle status {self.id}` shows it there") from None
+            return {"state": st, "already": True}
         self._remember(reply["state"])
         return reply
 

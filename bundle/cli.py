@@ -79,7 +79,7 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                        "hint": "this is a gcbundle bug: rerun with --debug for the traceback, and report it"}
                 if as_json:
                     click.echo(envelope(full_name, None, [err]))
-                click.echo(f"gcbundle: error: {err['message']}; {err['hint']}", err=True)
+                click.echo(f"gcbundle: error: {printable(err['message'])}; {err['hint']}", err=True)
                 sys.exit(1)
             progress.close()
             if as_json:
@@ -123,7 +123,7 @@ def _usage_error(exc: click.ClickException, argv: list[str]) -> None:
     hint = f"see `{path} --help`"
     if "--json" in (argv[: argv.index("--")] if "--" in argv else argv):
         click.echo(envelope(command, None, [{"type": "UsageError", "message": message, "hint": hint}]))
-    click.echo(f"gcbundle: error: {message}; {hint}", err=True)
+    click.echo(f"gcbundle: error: {printable(message)}; {hint}", err=True)
     sys.exit(exc.exit_code)
 
 
