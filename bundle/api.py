@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any, Callable, Iterator
 from bundle import archive, delta, preflight, profiles, tempdirs
 from bundle.endpoints import submit_defaults as endpoint_defaults
 from bundle.errors import (BundleError, EndpointUnavailable, FunctionNotPermitted, GcbundleError, NotLoggedIn, PayloadTooLarge,
-                           ProtocolMismatch, RemoteError, ResultsError, RunNotFound, RunStateError, TransportError, UsageError)
+                           MalformedReply, ProtocolMismatch, RemoteError, ResultsError, RunNotFound, RunStateError, TransportError, UsageError)
 from bundle.limits import CHUNK_BYTES, INLINE_BUNDLE_BYTES, RUNS_PAGE
 from bundle.manifest import sha256_file
 from bundle.pack import PackResult, pack
@@ -36,7 +35,6 @@ TERMINAL = ("succeeded", "failed", "cancelled", "lost", "gone", "unlaunched")
 LAUNCHING = "launching"
 
 
-_RUN_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def _new_run_id() -> str:
@@ -332,46 +330,17 @@ def _login_node_runs(transport: Transport, run_ids: list[str] | None = None) -> 
     if run_ids is not None:
         out = []
         for i in range(0, len(run_ids), RUNS_PAGE):
-            out += _check_runs_reply(transport.call("runs", run_ids=run_ids[i:i + RUNS_PAGE], after=None))["runs"]
+            out += (transport.call("runs", run_ids=run_ids[i:i + RUNS_PAGE], after=None))["runs"]
         return out
     out, after = [], None
     while True:
-        reply = _check_runs_reply(transport.call("runs", after=after))
+        reply = (transport.call("runs", after=after))
         out += reply["runs"]
         if reply["next"] is None:
             return out
         if after is not None and reply["next"] <= after:
             raise RemoteError("the login node's run listing does not advance", "check the login node with `gcbundle doctor`")
         after = reply["next"]
-
-
-_RUN_STATES = ("staged", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost", "unknown", "gone")
-
-
-def _check_runs_reply(reply: Any) -> dict[str, Any]:
-    """A ``runs`` reply, checked field by field before any of it reaches the registry."""
-    def bad(field_: str) -> RemoteError:
-        return RemoteError(f"the login node sent a runs reply with a malformed `{field_}`", "check the login node with `gcbundle doctor`")
-
-    if not isinstance(reply, dict) or not isinstance(reply.get("runs"), list):
-        raise bad("runs")
-    nxt = reply.get("next")
-    if nxt is not None and not (isinstance(nxt, str) and _RUN_ID.fullmatch(nxt)):
-        raise bad("next")
-    for e in reply["runs"]:
-        if not isinstance(e, dict) or not isinstance(e.get("run_id"), str) or not _RUN_ID.fullmatch(e["run_id"]):
-            raise bad("runs[].run_id")
-        if e.get("state") not in _RUN_STATES:
-            raise bad("runs[].state")
-        for key in ("digest", "entry", "site", "resumed_from", "detail"):
-            if e.get(key) is not None and not isinstance(e[key], str):
-                raise bad(f"runs[].{key}")
-        for key in ("submitted", "updated"):
-            if e.get(key) is not None and (not isinstance(e[key], (int, float)) or isinstance(e[key], bool) or not 0 <= e[key] < 1e11):
-                raise bad(f"runs[].{key}")
-        if e.get("resumed_from") is not None and not _RUN_ID.fullmatch(e["resumed_from"]):
-            raise bad("runs[].resumed_from")
-    return {"runs": reply["runs"], "next": nxt}
 
 
 def _refresh(transport: Transport, registry: Registry, recs: list[RunRecord]) -> int:
@@ -426,9 +395,9 @@ class Run:
     def _not_on_login_node(self) -> dict[str, Any]:
         """The login node has no such run: still on its way, never launched, or deleted there."""
         rec = self.registry.get(self.id)
-        if rec.state == LAUNCHING:
+        if rec.state in (LAUNCHING, "unlaunched"):
             age = time.time() - rec.submitted
-            if age < launch_grace():
+            if rec.state == LAUNCHING and age < launch_grace():
                 return {"state": LAUNCHING, "detail": f"the launch was sent {age:.0f} s ago and has not reached the login node yet",
                         "hint": "a pending task waits for the endpoint's worker; ask again in a while"}
             return {"state": "unlaunched", "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was lost)",
@@ -487,6 +456,9 @@ class Run:
             if reply["state"] != self.last_state.get("state"):
                 self._remember({"state": reply["state"]})
             more = offset < reply["size"]
+            if more and not reply["data"]:
+                raise MalformedReply(f"the login node sent a logs reply with no bytes at offset {offset} of {reply['size']}",
+                                     "the log may have been replaced while it was read: run `gcbundle logs` again")
             if more:
                 continue
             if not follow or reply["state"] in TERMINAL:
@@ -536,7 +508,15 @@ class Run:
         return None
 
     def cancel(self, grace: int = 30) -> dict[str, Any]:
-        reply = self.transport.call("cancel", run_id=self.id, grace=grace)
+        try:
+            reply = self.transport.call("cancel", run_id=self.id, grace=grace)
+        except RunNotFound:
+            st = self._not_on_login_node()  # gone: raises; else still on its way, or never launched
+            self._remember(st)
+            if st["state"] == LAUNCHING:
+                raise RunStateError(f"the launch of run {self.id} has not reached the login node yet: {st['detail']}",
+                                    f"cancel it once `gcbundle status {self.id}` shows it there") from None
+            return {"state": st, "already": True}
         self._remember(reply["state"])
         return reply
 

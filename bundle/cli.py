@@ -79,7 +79,7 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                        "hint": "this is a gcbundle bug: rerun with --debug for the traceback, and report it"}
                 if as_json:
                     click.echo(envelope(full_name, None, [err]))
-                click.echo(f"gcbundle: error: {err['message']}; {err['hint']}", err=True)
+                click.echo(f"gcbundle: error: {printable(err['message'])}; {err['hint']}", err=True)
                 sys.exit(1)
             progress.close()
             if as_json:
@@ -123,7 +123,7 @@ def _usage_error(exc: click.ClickException, argv: list[str]) -> None:
     hint = f"see `{path} --help`"
     if "--json" in (argv[: argv.index("--")] if "--" in argv else argv):
         click.echo(envelope(command, None, [{"type": "UsageError", "message": message, "hint": hint}]))
-    click.echo(f"gcbundle: error: {message}; {hint}", err=True)
+    click.echo(f"gcbundle: error: {printable(message)}; {hint}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -273,9 +273,9 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: Progress) -> tuple
                     f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened", data=data)
 
 
-_WAIT_HELP = ("Wait for the run to end; on success fetch its results into the user data dir "
-              "(~/.local/share/gcbundle/results/<run_id>/; `gcbundle results -o` puts them elsewhere) and print "
-              "main()'s result; a run that fails exits 11.")
+_WAIT_HELP = ("Wait for the run to end; on success fetch its results into gcbundle's results dir "
+              "(on Linux $XDG_DATA_HOME/gcbundle/results/<run_id>/, by default ~/.local/share/...; "
+              "`gcbundle results RUN -o DIR` puts them elsewhere) and print main()'s result; a run that does not succeed exits 11.")
 
 
 @command(epilog="Without --wait it prints the run id as soon as the driver runs on the login node.")
@@ -341,8 +341,14 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
     if isinstance(tasks, dict) and tasks.get("total"):
         parts = ", ".join(f"{p(k)} {p(v)}" for k, v in sorted(tasks.items(), key=lambda kv: str(kv[0])) if k not in ("total",) and v)
         lines.append(f"tasks    {p(tasks['total'])} ({parts})")
+    job = st.get("driver_job")
+    if isinstance(job, dict) and job.get("id"):
+        lines.append(f"in job   {p(job['id'])} ({p(job.get('provider'))}, placement=batch: the driver and its workers run in it)")
     if st.get("scheduler_job_ids"):
         lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
+    for died in st.get("block_failures") or []:
+        if isinstance(died, dict):
+            lines.append(f"died     {p(died.get('job'))}: {p(died.get('why'))}")
     if st.get("resumed_from"):
         lines.append(f"resumed  from {p(st['resumed_from'])}")
     err = st.get("error") or {}
@@ -637,13 +643,18 @@ def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, p
 @click.option("--local", "local_", is_flag=True, help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
 @click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
-def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: Progress) -> tuple[Any, str]:
+@click.option("--probe", is_flag=True, help="With --site: submit one short job per executor that checks a compute node reaches the executor's address.")
+def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], probe: bool, progress: Progress) -> tuple[Any, str]:
     """Check a login node: versions on both sides, scheduler and MPI commands, GCBUNDLE_HOME,
     the profile's address and worker_init. Exits non-zero when a check fails."""
     from bundle import doctor as doc
     from bundle.errors import ChecksFailed
 
-    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets))
+    if probe and not site:
+        raise UsageError("--probe needs --site", "the probe job is submitted with the site profile's provider, e.g. `--site polaris --probe`")
+    if probe:
+        progress.note("doctor: submitting a probe job to a compute node (up to 2 minutes)")
+    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets), probe=probe)
     human = doc.table(report)
     if not report["ok"]:
         failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]

@@ -55,8 +55,10 @@ class Check:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
-def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every check, for ``home`` and, if given, a site profile spec (``Profile.to_spec``)."""
+def site_report(home: Home, site: dict[str, Any] | None = None, probe: bool = False) -> dict[str, Any]:
+    """Every check, for ``home`` and, if given, a site profile spec (``Profile.to_spec``);
+    with ``probe``, also one short batch job per executor that checks a compute node
+    reaches the executor's address (``login_node.reachprobe``)."""
     versions = local_versions()
     checks = [_versions(versions), _home(home)]
     built: _Built | None = None
@@ -71,6 +73,8 @@ def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any
     if driver.check is not None:
         checks.append(driver.check)
     checks.append(_worker_init(home, built, driver.versions or versions, driver))
+    if probe and built is not None and built.config is not None:
+        checks += _reach(home, built, driver)
     found = [c.to_json() for c in checks] + _pitfalls(home, built, driver.versions or versions, driver)
     return {
         "host": socket.gethostname(),
@@ -265,6 +269,44 @@ def _address_check(where: str, call: str, value: Any, kwargs: dict[str, Any]) ->
         return Check(f"address of {_owner(where)}", "fail", f"{call} = {value}, but no listener can bind to it here: {exc.strerror or exc}",
                      "the executor listens on this address: it must be one of this login node's own")
     return Check(f"address of {_owner(where)}", "ok", f"{call} = {value}")
+
+
+def _reach(home: Home, built: _Built, driver: _Driver) -> list[Check]:
+    """A compute node connects to each batch executor's address, in a real job."""
+    from parsl.providers.cluster_provider import ClusterProvider
+
+    from bundle.prelude import worker_prelude
+    from login_node import reachprobe
+
+    out = []
+    assert built.config is not None
+    for i, executor in enumerate(built.config.executors):
+        provider = getattr(executor, "provider", None)
+        if not isinstance(provider, ClusterProvider):
+            continue
+        name = f"compute node reaches executors[{i}]"
+        address = getattr(executor, "address", None)
+        if not isinstance(address, str) or not address:
+            out.append(Check(name, "fail", "the executor has no single address to probe (Parsl would try every address of this node)",
+                             "set the profile's address or ifname to the interface the compute nodes reach"))
+            continue
+        where = home.root / "probe"
+        where.mkdir(parents=True, exist_ok=True)
+        prelude = worker_prelude(bindir=driver.bindir, bundle_dir=str(where), outputs_dir=str(where), run_id="doctor-probe")
+        r = reachprobe.probe(executor, address, prelude=prelude, script_dir=str(where))
+        job = f"probe job {r.job_id}" if r.job_id else "the probe job"
+        if r.reached_from:
+            out.append(Check(name, "ok", f"{job} on {', '.join(r.reached_from)} reached {address}:{r.port} in {r.seconds:.1f} s"))
+        elif r.error:
+            out.append(Check(name, "fail", f"{job} could not run: {r.error}",
+                             "fix what the scheduler said (`gcbundle render` shows the batch script)"))
+        else:
+            out.append(Check(name, "fail",
+                             f"{job} ({r.job_state.lower()}) ran, but nothing reached {address}:{r.port} within {r.seconds:.0f} s: "
+                             "workers would not reach the interchange",
+                             "set the profile's ifname (or address) to the login node's interface on the network the compute "
+                             "nodes share (`ip -br addr` lists them); ask the site if a firewall blocks the port range"))
+    return out
 
 
 def _providers(built: _Built | None) -> list[str]:

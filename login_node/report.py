@@ -8,6 +8,7 @@ The per-app task counts also go into ``state.json`` at every heartbeat
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 from bundle.versions import local_versions
 from login_node import state
 from login_node.rundir import RunPaths, write_json
+from login_node.timing import split
 
 #: Seconds ``pip freeze`` may take (a big shared environment takes several).
 PIP_FREEZE_TIMEOUT = 60
@@ -39,20 +41,20 @@ def task_counts(records: list[Any]) -> dict[str, int]:
     return counts
 
 
-def app_stats(records: list[Any]) -> dict[str, dict[str, Any]]:
-    """Per app: task count, states, tasks from checkpoints, seconds spent."""
+def app_stats(records: list[Any], first_workers: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per app: task count, states, tasks from checkpoints, and where the time went
+    (``login_node.timing``: waiting for inputs, queued until the first workers, running)."""
     apps: dict[str, dict[str, Any]] = {}
     for record in list(records):
         name = getattr(record.get("func"), "__name__", None) or record.get("func_name", "?")
-        app = apps.setdefault(name, {"count": 0, "from_checkpoint": 0, "states": {}, "seconds": 0.0})
+        app = apps.setdefault(name, {"count": 0, "from_checkpoint": 0, "states": {}, "waiting_s": 0.0, "queued_s": 0.0, "running_s": 0.0})
         app["count"] += 1
         st = status_name(record)
         app["states"][st] = app["states"].get(st, 0) + 1
         if record.get("from_memo"):
             app["from_checkpoint"] += 1
-        t0, t1 = record.get("time_invoked"), record.get("time_returned")
-        if t0 and t1:
-            app["seconds"] += (t1 - t0).total_seconds()
+        for key, seconds in zip(("waiting_s", "queued_s", "running_s"), split(record, first_workers)):
+            app[key] = round(app[key] + seconds, 6)
     return apps
 
 
@@ -77,7 +79,7 @@ def write(paths: RunPaths, request: dict[str, Any], *, outcome: dict[str, Any], 
         "client_versions": request.get("client", {}),
         "pip_freeze": pip_freeze,
         "scheduler_job_ids": job_ids,
-        "apps": app_stats(records),
+        "apps": app_stats(records, timings.get("first_workers")),
         "tasks": task_counts(records),
         "timings": timings,
     }
@@ -86,8 +88,11 @@ def write(paths: RunPaths, request: dict[str, Any], *, outcome: dict[str, Any], 
 
 def pip_freeze() -> list[str]:
     """``pip freeze --all`` of the driver's environment, or [] if it cannot be had."""
+    # At the lowest CPU priority: it runs beside the DFK's start and the first
+    # workers', which a short run waits for (a login node may have few cores).
+    nice = ["nice", "-n", "19"] if shutil.which("nice") else []
     try:
-        out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
+        out = subprocess.run([*nice, sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
                              timeout=PIP_FREEZE_TIMEOUT, check=False)
         return out.stdout.splitlines()
     except (OSError, subprocess.TimeoutExpired):

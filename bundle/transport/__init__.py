@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bundle.errors import ProtocolMismatch, RemoteError
+from bundle import replies
 from bundle.protocol import TASK_SINCE, request, unwrap
 
 #: Called with (task name, serialized bytes) for every task sent; bytes is 0 when unknown.
@@ -62,10 +63,12 @@ class Transport(ABC):
             observer(task, nbytes)
 
     def call(self, task: str, **fields: Any) -> Any:
+        """Send ``task`` and return its reply's data, checked against the reply's declared shape (``bundle.replies``)."""
         try:
-            return unwrap(self._run(task, request(**fields)))
+            data = unwrap(self._run(task, request(**fields)))
         except RemoteError as exc:
             raise _missing_task(task, exc) from None
+        return replies.check(task, data)
 
     def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
         """The replies to ``task`` for each request's fields, in order.

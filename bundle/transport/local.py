@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from bundle import replies
 from bundle.errors import TransportError
 from bundle.limits import TASK_LIMIT
 from bundle.protocol import request, unwrap
@@ -190,7 +191,7 @@ class LocalTransport(Transport):
                 while in_flight:
                     raw = worker.results.recv_bytes()
                     in_flight = send_next()
-                    yield unwrap(unpack_result(raw))
+                    yield replies.check(task, unwrap(unpack_result(raw)))
             except (EOFError, OSError):
                 in_flight = 0
                 self._close_worker()
