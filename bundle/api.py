@@ -129,7 +129,9 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
     transport = transport or get_transport(endpoint)
     with tempdirs.workdir("submit") as tmp:
         packed = prepare(workflow, Path(tmp), includes=includes, entry=entry, config=config, site=site, mode=mode,
-                         progress=progress, args=dict(args or {}), only_imports=only_imports, limits=limits)
+                         progress=progress, only_imports=only_imports, limits=limits,
+                         # a resume without --arg runs with the earlier run's arguments: nothing to complete here
+                         args=None if inherit and not args else dict(args or {}))
         run_id = _new_run_id()
         spec = {"args": dict(args or {}), "site": site_spec, "params": params, "resumed_from": resumed_from, "inherit": inherit}
         inline = None
@@ -431,6 +433,12 @@ class Run:
                         "hint": "a pending task waits for the endpoint's worker; ask again in a while"}
             return {"state": "unlaunched", "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was lost)",
                     "hint": "nothing runs; submit the workflow again"}
+        pruned = json.loads(rec.extra or "{}").get("pruned")
+        if pruned:
+            kept = self.local_results()
+            raise RunNotFound(f"run {self.id} was pruned from the login node of {self.endpoint} on "
+                              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(pruned))} (`gcbundle prune`)",
+                              f"its results are in {kept}" if kept else "its results were not kept on this machine")
         self.registry.update(self.id, state="gone")
         raise RunNotFound(f"run {self.id} is gone: the login node of {self.endpoint} no longer has its directory",
                           "nothing of it is left there; `gcbundle list --endpoint " + self.endpoint + "` shows the runs it has")

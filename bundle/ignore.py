@@ -5,7 +5,7 @@ In the order they are asked:
 1. never bundled: compiled Python, ``.DS_Store``, a ``gcbundle.json`` (the
    manifest's own name);
 2. default excludes: tool and cache directories, virtualenvs (any directory
-   holding ``pyvenv.cfg``), Parsl's ``runinfo/`` of local runs, results
+   holding ``pyvenv.cfg``), conda environments, Parsl's ``runinfo/`` of local runs, results
    packages fetched by ``gcbundle results``;
 3. secrets: credential files of every common kind, unless named one by one;
 4. ``.gcbundleignore`` at the workflow's root (gitignore syntax); a negated
@@ -104,15 +104,22 @@ def secret_target(path: str | Path) -> bool:
 is_never = _basename_matcher(NEVER_NAMES)
 
 
-def excluded_dir_reason(path: Path, name: str) -> str | None:
-    """Why a directory is never walked into, or None."""
+def excluded_dir_reason(name: str) -> str | None:
+    """Why a directory is never walked into, from its name alone, or None."""
     if name in EXCLUDED_DIRS:
         return "tool or cache directory"
     if name == PARSL_RUNINFO:
         return "Parsl's run directory of local runs"
-    if (path / "pyvenv.cfg").exists():
+    return None
+
+
+def excluded_listing_reason(names: set[str]) -> str | None:
+    """Why a directory is left out, from the names it holds, or None."""
+    if "pyvenv.cfg" in names:
         return "virtualenv"
-    if (path / RESULTS_MARKER).exists():
+    if "conda-meta" in names:
+        return "conda environment"
+    if RESULTS_MARKER in names:
         return "results package fetched by gcbundle"
     return None
 
@@ -140,6 +147,7 @@ class Rules:
         self.prefix = "" if top == root else root.relative_to(top).as_posix() + "/"
         self.git = IgnoreFilterManager(str(top), [], False)
         self._files: dict[str, IgnoreFilter | None] = {}
+        self._chains: dict[str, list[tuple[int, IgnoreFilter]]] = {}
 
     # .gcbundleignore -------------------------------------------------------------------
     def bundle_prunes(self, rel_dir: str) -> bool:
@@ -157,6 +165,49 @@ class Rules:
 
     def git_ignores(self, rel: str) -> bool:
         return self.git.is_ignored(self.prefix + rel) is True
+
+    def git_ignores_in_walk(self, rel: str, chain: list[tuple[int, IgnoreFilter]]) -> bool:
+        """``git_ignores`` for a file met by a walk that entered its directory only because
+        ``git_prunes`` said no for it and every directory above it.
+
+        Then no directory above excludes it (that is what ``may_prune_directory``
+        asks), and git's answer is the last pattern matching the file itself,
+        from the deepest .gitignore that has one: dulwich's own rule, asked
+        through its public ``IgnoreFilter.patterns`` and ``Pattern.matches``
+        instead of re-deciding every parent directory for every file (a walk of
+        thousands of files spent most of its time there). A folder with no
+        .gitignore on the way costs nothing.
+        """
+        if not chain:
+            return False
+        full = self.prefix + rel
+        for depth, f in reversed(chain):
+            name = full[depth:].encode()
+            for pattern in reversed(f.patterns):
+                if pattern.matches(name, False):
+                    return pattern.is_exclude
+        return False
+
+    def chain(self, rel_dir: str) -> list[tuple[int, IgnoreFilter]]:
+        """The .gitignore files that apply in ``rel_dir`` (from the git top down), each with the
+        length of the path prefix its patterns are relative to (for ``git_ignores_in_walk``)."""
+        if rel_dir in self._chains:
+            return self._chains[rel_dir]
+        full = (self.prefix + rel_dir).rstrip("/")
+        if rel_dir:
+            above = self.chain(rel_dir.rsplit("/", 1)[0] if "/" in rel_dir else "")
+        else:
+            above = []
+            parts = self.prefix.rstrip("/").split("/") if self.prefix else []
+            for i in range(len(parts)):  # the .gitignore files between the git top and the folder
+                f = self._gitignore("/".join(parts[:i]))
+                if f is not None:
+                    where = "/".join(parts[:i])
+                    above.append((len(where) + 1 if where else 0, f))
+        own = self._gitignore(full)
+        chain = above + [(len(full) + 1 if full else 0, own)] if own is not None else above
+        self._chains[rel_dir] = chain
+        return chain
 
     def bundle_reason(self, rel: str) -> str:
         assert self.bundle_ignore is not None
@@ -189,7 +240,8 @@ class Rules:
     def _gitignore(self, where: str) -> IgnoreFilter | None:
         if where not in self._files:
             path = self.git_top / where / GITIGNORE
-            self._files[where] = IgnoreFilter.from_path(path) if path.is_file() else None
+            # as git (and dulwich's manager): a symlinked .gitignore is not read
+            self._files[where] = IgnoreFilter.from_path(path) if path.is_file() and not path.is_symlink() else None
         return self._files[where]
 
 

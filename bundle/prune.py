@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bundle.errors import GcbundleError, ProtocolMismatch, RemoteError, TransportError, UsageError
+from bundle.errors import GcbundleError, ProtocolMismatch, TransportError, UsageError
 from bundle.fileio import tree_size
 from bundle.registry import Registry, RunRecord
 
@@ -107,18 +107,12 @@ def _fetched(records: list[RunRecord], endpoint: str) -> list[str]:
 
 
 def _prune_endpoint(endpoint: str, options: Options, records: list[RunRecord], transport: Any) -> dict[str, Any]:
+    """One ``prune`` task. A login node older than the task fails to load its function,
+    which the transport reports as ProtocolMismatch, "upgrade the login node"."""
     try:
         return transport.call("prune", prune=_criteria(options, _fetched(records, endpoint)))
-    except RemoteError as exc:
-        # A login node older than the prune task fails to load its function.
-        if "prune" in exc.message and ("attribute" in exc.message or "import" in exc.message):
-            from bundle.protocol import PRUNE
-
-            raise ProtocolMismatch(
-                f"the login node behind endpoint {endpoint} has no prune task (it came with gcbundle protocol {PRUNE})",
-                f"upgrade gcbundle on the login node (re-run the Ansible playbook); `gcbundle prune --no-login-node` prunes this machine only",
-            ) from None
-        raise
+    except ProtocolMismatch as exc:
+        raise ProtocolMismatch(f"endpoint {endpoint}: {exc.message}", f"{exc.hint}; `gcbundle prune --no-login-node` prunes this machine only") from None
 
 
 def _record(registry: Registry, endpoint: str, rep: dict[str, Any], now: float) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bundle.errors import GcbundleError, ProtocolMismatch, ResultsError
+from bundle.fileio import folder_problem
 from bundle.limits import MAX_NAME_BYTES, TASK_LIMIT
 from bundle.manifest import check_path, listing_sha256, sha256_file
 from bundle.transport import Transport
@@ -249,7 +250,13 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
     the new one no longer has are removed only while unchanged.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    fix = f"make it writable, or fetch them elsewhere: `gcbundle results {run_id} -o DIR`"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsError(f"cannot create the results folder {str(dest)!r}: {folder_problem(dest, exc)}", fix) from None
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise ResultsError(f"the results folder {str(dest)!r} is not writable", fix)
     with _exclusive(dest, run_id):
         return _fetch(transport, run_id, dest, progress)
 

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from bundle import ignore, imports
 from bundle.errors import BundleError, UsageError
@@ -99,8 +99,11 @@ class Selection:
 
     def path(self, rel: str) -> Path:
         """Where the file that travels as ``rel`` is on this machine."""
-        outside = dict(self.sources)
-        return Path(outside[rel]) if rel in outside else self.root / rel
+        if self.sources:
+            for bundled, source in self.sources:
+                if bundled == rel:
+                    return Path(source)
+        return self.root / rel
 
     def summary(self) -> list[str]:
         """What was included and what was left out, a few lines (a big ignored folder is one)."""
@@ -329,7 +332,7 @@ class _Walker:
         self.root = root
         self.limits = limits
         self.progress = progress
-        self.leave_out = {Path(p).resolve() for p in leave_out}
+        self.leave_out = {str(Path(p).resolve()) for p in leave_out}
         self.rules = ignore.Rules(root)
         self.files: dict[str, int] = {}
         self.outside: dict[str, Path] = {}
@@ -413,15 +416,18 @@ class _Walker:
             f"{ENV_MAX_BYTES}/{ENV_MAX_FILES})",
         )
 
-    def _reason(self, rel: str, name: str, *, secrets: bool, bundle_ignore: bool, gitignore: bool) -> str | None:
+    def _reason(self, rel: str, name: str, *, secrets: bool, bundle_ignore: bool, gitignore: bool,
+                chain: list[tuple[int, Any]] | None = None, link: bool = True) -> str | None:
+        """Why a file is left out, or None; ``link`` False when the walk's listing already
+        says it is not a symlink (no need to look at a target)."""
         if ignore.is_never(name):
             return ignore.NEVER_REASON
-        if secrets and (ignore.is_secret(name) or ignore.in_secret_dir(rel) or ignore.secret_target(self.root / rel)):
+        if secrets and (ignore.is_secret(name) or ignore.in_secret_dir(rel) or (link and ignore.secret_target(self.root / rel))):
             return ignore.SECRET_REASON
         verdict = self.rules.bundle_verdict(rel) if bundle_ignore else None
         if verdict is True:
             return self.rules.bundle_reason(rel)
-        if verdict is None and gitignore and self.rules.git_ignores(rel):
+        if verdict is None and gitignore and (self.rules.git_ignores_in_walk(rel, chain) if chain is not None else self.rules.git_ignores(rel)):
             return self.rules.git_reason(rel)
         return None
 
@@ -429,7 +435,7 @@ class _Walker:
         """Named one by one (the entry, --include and GCBUNDLE_INCLUDE files, a --config
         module): no ignore rule or secret check applies, only "never bundled"."""
         rel = self._rel(path)
-        if Path(path).resolve() in self.leave_out:
+        if str(Path(path).resolve()) in self.leave_out:
             return
         size = self._check_file(path, rel)
         if size is None:
@@ -473,50 +479,68 @@ class _Walker:
     def walk(self, top: Path, named: bool = False) -> None:
         """Every file under ``top`` that the rules let through. A directory given with
         --include (``named``) is not subject to the ignore files, only to the default
-        excludes and the secret list."""
-        base = str(self.root).rstrip(os.sep)
-        back: set[str] = set()  # directories a .gcbundleignore negation brought back
-        for dirpath, dirnames, filenames in os.walk(top):
-            prefix = dirpath[len(base):].lstrip(os.sep).replace(os.sep, "/")
-            brought_back = named or any(prefix == b or prefix.startswith(b + "/") for b in back)
-            keep = []
-            for d in sorted(dirnames):
-                full = Path(dirpath, d)
-                rel = f"{prefix}/{d}" if prefix else d
-                why = ignore.excluded_dir_reason(full, d)
-                if why is None and d.casefold() in ignore.SECRET_DIRS:
+        excludes and the secret list.
+
+        One ``scandir`` per directory: whether an entry is a directory or a link
+        comes from the listing, and a directory is recognised as a virtualenv,
+        conda environment or results package from its own listing, so the walk
+        costs about one ``lstat`` per file, as ``tar`` does."""
+        todo: list[tuple[Path | str, str, bool]] = [(top, "" if top == self.root else self._rel(top), named)]
+        while todo:
+            path, prefix, brought_back = todo.pop()
+            subdirs = self._walk_dir(path, prefix, named, brought_back)
+            todo.extend(reversed(subdirs))
+
+    def _walk_dir(self, path: Path | str, prefix: str, named: bool, brought_back: bool) -> list[tuple[Path | str, str, bool]]:
+        """One directory's files; returns the subdirectories to walk."""
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise BundleError(f"cannot read {prefix or '.'!r}: {exc.strerror}") from None
+        names = {e.name for e in entries}
+        if prefix:
+            why = ignore.excluded_listing_reason(names)
+            if why:
+                self.excluded[prefix + "/"] = why
+                return []
+        chain = None if named or brought_back else self.rules.chain(prefix)
+        subdirs: list[tuple[Path | str, str, bool]] = []
+        for e in entries:
+            rel = f"{prefix}/{e.name}" if prefix else e.name
+            if e.is_dir(follow_symlinks=False):
+                why = ignore.excluded_dir_reason(e.name)
+                if why is None and e.name.casefold() in ignore.SECRET_DIRS:
                     why = ignore.SECRET_REASON
-                if why is None and full.is_symlink():
-                    why = "symlinked directory (not followed)"
+                back = brought_back
                 if why is None and not named:
                     if self.rules.bundle_prunes(rel + "/"):
                         why = self.rules.bundle_reason(rel + "/")
                     elif self.rules.bundle_verdict(rel + "/") is False:
-                        back.add(rel)
+                        back = True  # a .gcbundleignore negation brought it back, whole
                     elif not brought_back and self.rules.git_prunes(rel + "/"):
                         why = self.rules.git_reason(rel + "/")
                 if why:
                     self.excluded[rel + "/"] = why
                 else:
-                    keep.append(d)
-            dirnames[:] = keep
-            for name in sorted(filenames):
-                rel = f"{prefix}/{name}" if prefix else name
-                if rel in self.files:
-                    continue
-                full = os.path.join(dirpath, name)
-                if self.leave_out and Path(full).resolve() in self.leave_out:
-                    continue
-                reason = self._reason(rel, name, secrets=True, bundle_ignore=not named,
-                                      gitignore=not named and not brought_back)
-                if reason:
-                    self.excluded[rel] = reason
-                    continue
-                size = self._check_file(full, rel)
-                if size is not None:
-                    self._keep(rel, size)
-            self._tick()
-            self.check_guard(finished=False)
+                    subdirs.append((e.path, rel, back))
+                continue
+            if e.is_symlink() and os.path.isdir(e.path):
+                self.excluded[rel + "/"] = "symlinked directory (not followed)"
+                continue
+            if rel in self.files or e.path in self.leave_out:
+                continue
+            reason = self._reason(rel, e.name, secrets=True, bundle_ignore=not named,
+                                  gitignore=chain is not None, chain=chain, link=e.is_symlink())
+            if reason:
+                self.excluded[rel] = reason
+                continue
+            size = self._check_file(e.path, rel)
+            if size is not None:
+                self._keep(rel, size)
+        self._tick()
+        self.check_guard(finished=False)
+        return subdirs
 
     def _tick(self) -> None:
         if self.progress is None:

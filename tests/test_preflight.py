@@ -234,3 +234,14 @@ def test_with_driver_init_the_imports_are_looked_for_in_the_users_environment(tm
     assert err.value.message == "the login node's environment lacks gcb_absent_pkg (imported by workflow.py:2)"
     assert err.value.hint.startswith(f"install it there: {science}/bin/python") and "driver_init" in err.value.hint
     assert [r.run_id for r in Registry().list(10)] == [run.id]
+
+
+def test_a_local_module_from_pythonpath_travels_and_imports_on_the_login_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = tmp_path / "lib"
+    make(lib, {"shared/__init__.py": "", "shared/util.py": "def scale(x):\n    return x * 3\n"})
+    wf = write_workflow(tmp_path / "flows", "from shared.util import scale\n\ndef main(x=14):\n    return scale(x)\n")
+    monkeypatch.setenv("PYTHONPATH", str(lib))
+    run = api.submit(wf, "local", wait=True)
+    assert run.last_state["state"] == "succeeded", run.last_state
+    assert run.result(tmp_path / "r") == 42
+    assert run.bundle["summary"][0].startswith("included 3 files") and "(2 from outside the folder)" in run.bundle["summary"][0]

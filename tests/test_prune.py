@@ -99,6 +99,9 @@ def _prune_all_ways(home: Path, done: api.Run, failed: api.Run, running: api.Run
     reg = Registry()
     assert not reg.is_cached("local", done.record.digest)
     assert json.loads(reg.get(done.id).extra)["pruned"] > 0
+    res = CliRunner().invoke(main, ["status", done.id])
+    assert res.exit_code == 5 and f"run {done.id} was pruned from the login node of local on " in res.stderr
+    assert f"its results are in {done.local_results()}" in res.stderr
     # a resubmit of the pruned bundle uploads it again and runs
     again = api.submit(wf, "local", wait=True)
     assert again.last_state["state"] == "succeeded"
@@ -148,7 +151,8 @@ def test_a_login_node_without_the_prune_task_says_to_upgrade(home: Path, monkeyp
     code, env = prune("--endpoint", "local", "--no-caches")
     transport.close()
     assert code == 7 and env["errors"][0]["type"] == "ProtocolMismatch", env
-    assert "has no prune task" in env["errors"][0]["message"] and "upgrade gcbundle on the login node" in env["errors"][0]["hint"]
+    assert env["errors"][0]["message"] == "1 endpoint not pruned: endpoint local: the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)"
+    assert env["errors"][0]["hint"].startswith("upgrade gcbundle on the login node")
 
 
 def test_bad_prune_options_and_requests(home: Path) -> None:

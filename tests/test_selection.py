@@ -106,12 +106,14 @@ def test_imported_module_comes_along_even_if_gitignored(tmp_path: Path) -> None:
 def test_default_excludes_parsl_runinfo_results_packages_and_the_archive_being_written(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     make(root, {"workflow.py": MAIN, "runinfo/000/parsl.log": "x", "results/3f2a/.gcbundle-results.json": "{}",
-                "results/3f2a/result.json": "1", "node_modules/x.js": "", "src/pkg/__pycache__/m.cpython-311.pyc": ""})
+                "results/3f2a/result.json": "1", "node_modules/x.js": "", "src/pkg/__pycache__/m.cpython-311.pyc": "",
+                "env/conda-meta/history": "", "env/lib/python3.11/os.py": "", "venv/pyvenv.cfg": "", "venv/lib/x.py": ""})
     res = pack(root / "workflow.py", root / "bundle.tar.gz")
     assert [f.path for f in res.manifest.files] == ["workflow.py"]
     reasons = dict(res.excluded)
     assert reasons["runinfo/"] == "Parsl's run directory of local runs"
     assert reasons["results/3f2a/"] == "results package fetched by gcbundle"
+    assert reasons["env/"] == "conda environment" and reasons["venv/"] == "virtualenv"
     again = pack(root / "workflow.py", root / "bundle.tar.gz")  # the archive from before is not packed into the next
     assert again.digest == res.digest
 

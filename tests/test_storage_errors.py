@@ -144,3 +144,20 @@ def test_an_unwritable_gcbundle_home(other_user: tuple[Path, dict[str, str], dic
     assert proc.returncode == 10, proc.stderr
     checks = {c["name"]: c for c in json.loads(proc.stdout)["data"]["checks"]}
     assert checks["GCBUNDLE_HOME"]["status"] == "fail" and "Permission denied" in checks["GCBUNDLE_HOME"]["detail"]
+
+
+def test_an_impossible_results_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submit --wait into gcbundle's results dir, and results -o, under a file: exit 9,
+    the run itself fine and its results still fetchable elsewhere."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "afile" / "data"))
+    code, env, err = invoke_json(["submit", HELLO, "--wait"])
+    assert code == 9 and env["errors"][0]["type"] == "ResultsError", (env, err)
+    run_id = env["errors"][0]["hint"].split("`gcbundle results ")[1].split()[0]
+    assert err.strip().splitlines()[-1] == (
+        f"gcbundle: error: cannot create the results folder {str(tmp_path / 'afile' / 'data' / 'gcbundle' / 'results')!r}: "
+        f"{tmp_path / 'afile'} is a file, not a folder; make it writable, or fetch them elsewhere: `gcbundle results {run_id} -o DIR`")
+    code, env, err = invoke_json(["results", run_id, "-o", str(tmp_path / "afile" / "out")])
+    assert code == 9 and "is a file, not a folder" in err
+    code, env, err = invoke_json(["results", run_id, "-o", str(tmp_path / "out")])
+    assert code == 0 and (tmp_path / "out" / run_id / "result.json").is_file()
