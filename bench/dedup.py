@@ -16,7 +16,6 @@ deterministic (no timing), so one round each.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from _common import fmt_bytes, isolate, make_tree, parser, result
 
@@ -33,22 +32,14 @@ def main() -> int:
     make_tree(tree, opts.files, int(opts.mb * 1e6))
 
     import bundle
-    from bundle import transport as transport_module
-    from bundle.transport import LocalTransport
+    from bundle.transport.local import LocalTransport
 
     sent: list[tuple[str, int]] = []
-    real_pack_task = transport_module.pack_task
-
-    def counting_pack_task(fn: Any, req: dict[str, Any]) -> Any:
-        task_id, packed = real_pack_task(fn, req)
-        sent.append((fn.__name__, len(packed)))
-        return task_id, packed
-
-    transport_module.pack_task = counting_pack_task  # type: ignore[assignment]
 
     def submit() -> tuple[int, dict[str, int]]:
         sent.clear()
         with LocalTransport() as t:
+            t.observe(lambda task, nbytes: sent.append((task, nbytes)))
             run = bundle.submit(tree, "local", transport=t)
             of_submit = list(sent)
             st = run.wait()  # so that the next submit finds a quiet login node

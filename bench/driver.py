@@ -83,7 +83,7 @@ def main() -> int:
     direct_cmd, env = direct_runner(wf_dir, root / "direct-runinfo")
 
     import bundle
-    from bundle.transport import LocalTransport
+    from bundle.transport.local import LocalTransport
 
     cpu: dict[str, list[float]] = {"driver": [], "direct": []}
     rss: dict[str, list[int]] = {"driver": [], "direct": []}

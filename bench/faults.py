@@ -5,7 +5,9 @@
 Runs on the embedded local endpoint in a temporary GCBUNDLE_HOME, with real
 drivers, DFKs and HTEX workers. Prints: faults injected, runs recovered, app
 executions repeated (cached apps that had completed and ran again: must be 0),
-orphaned processes (must be 0), hostile cases tried and rejected.
+orphaned processes (must be 0), runs lost by a client stopped at the launch
+(must be 0), hostile bundles tried and rejected, and hostile login-node replies
+tried, with the tracebacks and escapes they caused (both must be 0).
 """
 from __future__ import annotations
 
@@ -101,7 +103,11 @@ def worker_kill_during_staging(tmp: Path) -> dict[str, int]:
     from bundle import api, archive
     from bundle.errors import TransportError
     from bundle.limits import CHUNK_BYTES
-    from bundle.transport import LocalTransport, worker_pid
+    from bundle.transport.local import LocalTransport
+
+    def worker_pid(transport: LocalTransport) -> int | None:
+        worker = transport._worker  # fault injection: the worker process to kill
+        return worker.proc.pid if worker is not None else None
 
     wf = tmp / "big"
     wf.mkdir()
@@ -232,6 +238,90 @@ def hostile_cases(tmp: Path) -> tuple[int, int]:
     return tried, rejected
 
 
+def hostile_replies(tmp: Path) -> dict[str, int]:
+    """Every hostile login-node reply of the test corpus, through the real CLI.
+
+    A traceback is any exception other than the CLI's own exit, or a
+    "Traceback" in its output; an escape is a file written anywhere but the
+    results folder, or an error that is not one line, or an escape sequence
+    on the terminal.
+    """
+    from click.testing import CliRunner
+
+    from bundle import api, transport
+    from bundle.cli import main as cli
+    from bundle.registry import Registry, RunRecord
+    from tests.hostile_replies import CASES, RUN, HostileLoginNode
+
+    args = {"status": ["status", RUN], "logs": ["logs", RUN], "cancel": ["cancel", RUN], "results": ["results", RUN, "-o", "{dest}"],
+            "doctor": ["doctor", "--endpoint", "local"], "list": ["list", "--endpoint", "local"], "submit": ["submit", "{wf}"]}
+    root = tmp / "hostile-replies"
+    wf = root / "wf"
+    wf.mkdir(parents=True)
+    (wf / "workflow.py").write_text("def main():\n    return 1\n")
+    now = time.time()
+    Registry().adopt(RunRecord(run_id=RUN, endpoint="local", digest="0" * 64, workflow="wf.py", site=None, state="running", submitted=now, updated=now))
+    saved = api.get_transport, transport.get_transport
+    figures = {"tried": 0, "refused": 0, "tracebacks": 0, "escapes": 0}
+    try:
+        for i, (command, replies) in enumerate(CASES.values()):
+            dest = root / f"res{i}"
+            before = {p for p in root.rglob("*") if not str(p).startswith(str(dest))}
+            hostile = HostileLoginNode(replies)
+            api.get_transport = transport.get_transport = lambda endpoint, h=hostile: h  # type: ignore[assignment]
+            try:
+                res = CliRunner().invoke(cli, [a.format(dest=dest, wf=wf / "workflow.py") for a in args[command]])
+            finally:
+                hostile.close()
+            Registry().update(RUN, state="running")  # some replies mark it gone: each case starts alike
+            figures["tried"] += 1
+            figures["refused"] += int(res.exit_code not in (0, 1))
+            figures["tracebacks"] += int((res.exception is not None and not isinstance(res.exception, SystemExit)) or "Traceback" in res.output)
+            after = {p for p in root.rglob("*") if not str(p).startswith(str(dest))}
+            lines = [line for line in res.stderr.splitlines() if line.startswith("gcbundle: error:")]
+            figures["escapes"] += int(bool(after - before) or len(lines) != 1 or "\x1b" in res.output)
+    finally:
+        api.get_transport, transport.get_transport = saved
+    return figures
+
+
+def launch_kills(tmp: Path) -> dict[str, int]:
+    """A client stopped at the launch, before and after the task went out: is the run still reachable?"""
+    from bundle import api
+    from bundle.registry import Registry
+    from bundle.transport.local import LocalTransport
+
+    wf = tmp / "launchkill"
+    wf.mkdir()
+    (wf / "workflow.py").write_text("print('done')\n")
+    lost = 0
+    for after_send in (False, True):
+        class Dies(LocalTransport):
+            def call(self, task, **fields):  # type: ignore[no-untyped-def]
+                if task == "launch":
+                    if after_send:
+                        super().call(task, **fields)
+                    raise KeyboardInterrupt
+                return super().call(task, **fields)
+
+        t = Dies()
+        before = {r.run_id for r in Registry().list(0)}
+        try:
+            api.submit(wf / "workflow.py", "local", mode="script", transport=t)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            t.close()
+        new = [r for r in Registry().list(0) if r.run_id not in before]
+        if len(new) != 1:
+            lost += 1
+            continue
+        with LocalTransport() as t2:
+            st = api.Run(new[0].run_id, "local", transport=t2).wait(timeout=60) if after_send else api.Run(new[0].run_id, "local", transport=t2).status()
+        lost += int(st["state"] != ("succeeded" if after_send else "launching"))
+    return {"faults": 2, "recovered": 2 - lost, "lost": lost}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=4, help="driver kills (every other one a simulated reboot)")
@@ -248,8 +338,10 @@ def main() -> int:
             "worker killed while staging": worker_kill_during_staging(tmp),
             "client killed during results": client_kill_during_results(tmp),
             "cancel": repeated_cancels(tmp, args.cancels),
+            "client stopped at launch": launch_kills(tmp),
         }
         tried, rejected = hostile_cases(tmp)
+        replies = hostile_replies(tmp)
         from tests.faults import parsl_processes_under
 
         time.sleep(2.0)
@@ -261,9 +353,13 @@ def main() -> int:
     orphans = sum(p.get("orphans", 0) for p in parts.values())
     for name, p in parts.items():
         print(f"{name:<30} " + ", ".join(f"{k}={v}" for k, v in p.items()))
-    print(f"faults injected: {faults}; runs recovered: {recovered}; app executions repeated: {repeated} (target 0); "
-          f"orphaned processes: {orphans} (target 0); hostile cases tried: {tried}, rejected: {rejected}")
-    return 0 if repeated == 0 and orphans == 0 and recovered == faults and tried == rejected else 1
+    lost = sum(p.get("lost", 0) for p in parts.values())
+    print(f"faults injected: {faults}; runs recovered: {recovered}; runs lost: {lost} (target 0); app executions repeated: {repeated} (target 0); "
+          f"orphaned processes: {orphans} (target 0); hostile bundles tried: {tried}, rejected: {rejected}")
+    print(f"hostile replies tried: {replies['tried']}, refused: {replies['refused']}; tracebacks: {replies['tracebacks']} (target 0); "
+          f"escapes: {replies['escapes']} (target 0)")
+    ok_replies = replies["tracebacks"] == 0 and replies["escapes"] == 0 and replies["refused"] == replies["tried"]
+    return 0 if repeated == 0 and orphans == 0 and lost == 0 and recovered == faults and tried == rejected and ok_replies else 1
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def main() -> int:
 
     import bundle
     from bundle.limits import CHUNK_BYTES
-    from bundle.transport import LocalTransport
+    from bundle.transport.local import LocalTransport
     from login_node.rundir import Home
 
     with LocalTransport() as t:

@@ -87,7 +87,7 @@ def main() -> int:
     out = root / "results"
 
     import bundle
-    from bundle.transport import LocalTransport
+    from bundle.transport.local import LocalTransport
 
     breakdown: list[dict[str, float]] = []
 

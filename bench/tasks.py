@@ -5,7 +5,7 @@
 
 Targets (issue 7): status 1 task; results of N bytes ceil(N / chunk) + 1 tasks.
 
-Counted with the transport's own per-task counter (``Transport.calls``), on
+Counted by a ``Tally`` observing the transport (``bundle.transport.Tally``), on
 the local transport and on the globus transport. The globus transport runs
 against the HTTP-level fake of the Globus Compute service that its tests use
 (tests/fake_globus.py: the SDK's real Client and HTTP layer, tasks run by the
@@ -41,11 +41,11 @@ def main(nbytes=0, seconds=0.0):
 '''
 
 
-def measure(transport: Any, fn: Callable[[], Any], requests: Callable[[], int] | None) -> tuple[dict[str, int], int | None, Any]:
-    before = dict(transport.calls)
+def measure(tally: Any, fn: Callable[[], Any], requests: Callable[[], int] | None) -> tuple[dict[str, int], int | None, Any]:
+    before = dict(tally.calls)
     r0 = requests() if requests else None
     value = fn()
-    counts = {k: v - before.get(k, 0) for k, v in transport.calls.items() if v - before.get(k, 0)}
+    counts = {k: v - before.get(k, 0) for k, v in tally.calls.items() if v - before.get(k, 0)}
     return counts, (requests() - r0 if requests and r0 is not None else None), value
 
 
@@ -55,14 +55,16 @@ def scenario(label: str, make_transport: Callable[[], Any], root: Path, wf_small
     import bundle
     from bundle.limits import CHUNK_BYTES
     from bundle.registry import Registry
+    from bundle.transport import Tally
 
     t = make_transport()
+    tally = Tally.attach(t)
     endpoint = getattr(t, "endpoint_id", "local")
     reg = Registry(root / f"registry-{label}.sqlite3")
     rows: dict[str, tuple[dict[str, int], int | None]] = {}
 
     def op(name: str, fn: Callable[[], Any]) -> Any:
-        counts, reqs, value = measure(t, fn, requests)
+        counts, reqs, value = measure(tally, fn, requests)
         rows[name] = (counts, reqs)
         return value
 
@@ -101,8 +103,8 @@ def globus_scenario(root: Path, *args: Any) -> tuple[dict[str, tuple[dict[str, i
         from tests.fake_globus import FakeComputeService, store_login
     except ImportError as exc:
         return None, f"globus transport not measured: {exc} (install the test extra: pip install -e '.[test]')"
-    import bundle.globus as g
-    from bundle.globus import GlobusTransport, RateLimiter
+    import bundle.transport.globus as g
+    from bundle.transport.globus import GlobusTransport, RateLimiter
 
     compute_dir = root / "globus_compute"
     os.environ["GLOBUS_COMPUTE_USER_DIR"] = str(compute_dir)
@@ -148,7 +150,7 @@ def main() -> int:
     (wf_big / "workflow.py").write_text(WORKFLOW)
     (wf_big / "data.bin").write_bytes(os.urandom(int(CHUNK_BYTES * (1.2 if opts.tiny else 2.5))))
 
-    from bundle.transport import LocalTransport
+    from bundle.transport.local import LocalTransport
 
     local = scenario("local", LocalTransport, root, wf_small, wf_big, nbytes)
     remote, why = globus_scenario(root, wf_small, wf_big, nbytes)

@@ -54,7 +54,7 @@ def main() -> int:
     direct_cmd, env = direct_runner(wf_dir, root / "direct-runinfo")
 
     import bundle
-    from bundle.transport import LocalTransport
+    from bundle.transport.local import LocalTransport
 
     transport = LocalTransport()
     rates: dict[str, list[float]] = {"bundled": [], "direct": []}

@@ -1,7 +1,15 @@
-"""Reading bundles safely: the manifest first, then members checked one by one.
+"""The bundle archive format: writing it deterministically, reading it safely.
 
-Used by ``gcbundle inspect`` on the client and by the login node before a run
-starts. A bundle holds only regular files, each named in the manifest with its
+Archives are built the way flit builds an sdist: entries sorted, owners 0,
+modes normalised to 0644/0755, a fixed mtime, PAX format, and a gzip header
+without a timestamp, so packing the same tree twice gives the same bytes.
+``gcbundle.json`` is the first member, so a reader validates the manifest
+before it touches any other member. The writer is used by ``bundle.pack``,
+by the client's delta (``bundle.delta``) and by the login node when it
+rebuilds a bundle from a delta.
+
+The reader is used by ``gcbundle inspect`` on the client and by the login
+node before a run starts. A bundle holds only regular files, each named in the manifest with its
 size and sha256, in the manifest's order after ``gcbundle.json``. Anything
 else (links, devices, directories, extra or missing members, a size or hash
 that disagrees, a truncated or bomb-like stream) is refused. Extraction goes
@@ -11,21 +19,121 @@ member has been verified, so a refused bundle leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tarfile
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any
 
+from bundle import gzipstream
 from bundle.errors import BundleError, ManifestError
-from bundle.limits import MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES
-from bundle.manifest import MANIFEST_NAME, Manifest
+from bundle.limits import MAX_BUNDLE_BYTES, MAX_MANIFEST_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES
+from bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
+
+#: The mtime of every member: 1980-01-01, as reproducible-build tools use.
+FIXED_MTIME = 315532800
+GZIP_LEVEL = 6
+_READ = 1024 * 1024
+
+#: progress(phase, done, total), called as bytes are written.
+Progress = Callable[[str, int, int], None]
 
 _COPY = 1024 * 1024
 _HINT = "rebuild the bundle with `gcbundle pack`"
 _DATA_FILTER = getattr(tarfile, "data_filter", None)  # PEP 706; absent before 3.11.4
 
+
+# -- writing ----------------------------------------------------------------------------
+
+def clean_tarinfo(name: str, size: int, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = mode
+    info.mtime = FIXED_MTIME
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None,
+                  sources: dict[str, str] | None = None) -> tuple[str, int]:
+    """Write the archive atomically; return (sha256 of its bytes, its size).
+
+    Files are read from ``root``, except those ``sources`` places elsewhere.
+
+    Each file is hashed again while it is written: a file that changed since
+    the manifest was built is an error, not a silently inconsistent bundle.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    total = manifest.total_size
+    done = 0
+    try:
+        # The user's alone: a bundle may hold private code and data.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as raw:
+            hashing = HashingWriter(raw)
+            with gzipstream.ParallelGzipWriter(hashing, GZIP_LEVEL) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:
+                    data = manifest.dumps()
+                    tar.addfile(clean_tarinfo(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
+                    for entry in manifest.files:
+                        with open((sources or {}).get(entry.path) or root / entry.path, "rb") as f:
+                            checked = _CheckedReader(f, entry)
+                            tar.addfile(clean_tarinfo(entry.path, entry.size, entry.mode), checked)
+                            checked.finish()
+                        done += entry.size
+                        if progress:
+                            progress("pack", done, total)
+            if hashing.size > MAX_BUNDLE_BYTES:
+                raise BundleError(f"the bundle is {hashing.size} bytes, more than the cap of {MAX_BUNDLE_BYTES}", "leave large data out with .gcbundleignore and stage it on the site's file system")
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return hashing.sha256.hexdigest(), hashing.size
+
+
+class HashingWriter(io.RawIOBase):
+    """Passes bytes through to ``raw`` and counts and hashes them: the archive's sha256 and size."""
+
+    def __init__(self, raw: io.BufferedWriter) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:  # type: ignore[override]
+        self.sha256.update(b)
+        self.size += len(b)
+        return self.raw.write(b)
+
+
+class _CheckedReader:
+    def __init__(self, f: Any, entry: FileEntry) -> None:
+        self.f = f
+        self.entry = entry
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.h.update(data)
+        self.n += len(data)
+        return data
+
+    def finish(self) -> None:
+        if self.n != self.entry.size or self.h.hexdigest() != self.entry.sha256 or self.f.read(1):
+            raise BundleError(f"{self.entry.path!r} changed while it was being packed", "pack again once nothing writes to the workflow directory")
+
+
+# -- reading ----------------------------------------------------------------------------
 
 def _open(path: Path) -> tarfile.TarFile:
     try:

@@ -273,9 +273,9 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: Progress) -> tuple
                     f"`gcbundle logs {run.id}` and `gcbundle results {run.id}` show what happened", data=data)
 
 
-_WAIT_HELP = ("Wait for the run to end; on success fetch its results into the user data dir "
-              "(~/.local/share/gcbundle/results/<run_id>/; `gcbundle results -o` puts them elsewhere) and print "
-              "main()'s result; a run that fails exits 11.")
+_WAIT_HELP = ("Wait for the run to end; on success fetch its results into gcbundle's results dir "
+              "(on Linux $XDG_DATA_HOME/gcbundle/results/<run_id>/, by default ~/.local/share/...; "
+              "`gcbundle results RUN -o DIR` puts them elsewhere) and print main()'s result; a run that does not succeed exits 11.")
 
 
 @command(epilog="Without --wait it prints the run id as soon as the driver runs on the login node.")
@@ -341,8 +341,14 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
     if isinstance(tasks, dict) and tasks.get("total"):
         parts = ", ".join(f"{p(k)} {p(v)}" for k, v in sorted(tasks.items(), key=lambda kv: str(kv[0])) if k not in ("total",) and v)
         lines.append(f"tasks    {p(tasks['total'])} ({parts})")
+    job = st.get("driver_job")
+    if isinstance(job, dict) and job.get("id"):
+        lines.append(f"in job   {p(job['id'])} ({p(job.get('provider'))}, placement=batch: the driver and its workers run in it)")
     if st.get("scheduler_job_ids"):
         lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
+    for died in st.get("block_failures") or []:
+        if isinstance(died, dict):
+            lines.append(f"died     {p(died.get('job'))}: {p(died.get('why'))}")
     if st.get("resumed_from"):
         lines.append(f"resumed  from {p(st['resumed_from'])}")
     err = st.get("error") or {}
@@ -576,7 +582,7 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
     """Register gcbundle's login-node task functions once, for endpoints restricted with
     `allowed_functions`; store their ids in the alias and print them for the administrator."""
     from bundle import endpoints
-    from bundle.globus import require_globus
+    from bundle.transport.globus import require_globus
 
     transport = require_globus(endpoint)
     ids = transport.register_all(public=public, group=group_id)
@@ -602,7 +608,7 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
 @click.option("--force", is_flag=True, help="Log in again even if the stored login still works.")
 def login(force: bool, progress: Progress) -> tuple[Any, str]:
     """Log in to Globus Compute with the SDK's own flow (or check GLOBUS_COMPUTE_CLIENT_ID/SECRET)."""
-    from bundle.globus import login as globus_login
+    from bundle.transport.globus import login as globus_login
 
     info = globus_login(force=force)
     if info["headless"]:
@@ -635,13 +641,18 @@ def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, p
 @click.option("--local", "local_", is_flag=True, help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
 @click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
-def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: Progress) -> tuple[Any, str]:
+@click.option("--probe", is_flag=True, help="With --site: submit one short job per executor that checks a compute node reaches the executor's address.")
+def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], probe: bool, progress: Progress) -> tuple[Any, str]:
     """Check a login node: versions on both sides, scheduler and MPI commands, GCBUNDLE_HOME,
     the profile's address and worker_init. Exits non-zero when a check fails."""
     from bundle import doctor as doc
     from bundle.errors import ChecksFailed
 
-    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets))
+    if probe and not site:
+        raise UsageError("--probe needs --site", "the probe job is submitted with the site profile's provider, e.g. `--site polaris --probe`")
+    if probe:
+        progress.note("doctor: submitting a probe job to a compute node (up to 2 minutes)")
+    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets), probe=probe)
     human = doc.table(report)
     if not report["ok"]:
         failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]

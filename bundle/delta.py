@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bundle import gzipstream
+from bundle.archive import GZIP_LEVEL, HashingWriter, clean_tarinfo
 from bundle.manifest import MANIFEST_NAME, Manifest
 from bundle.packcache import ManifestStore
 
@@ -92,8 +93,6 @@ def build(archive_path: Path, manifest: Manifest, bases: list[Manifest], held: l
 
 def _write_delta(archive_path: Path, send: set[str], raw: Any) -> tuple[str, int]:
     """Copy the manifest and the ``send`` members of our own archive into a new one, same format."""
-    from bundle.pack import GZIP_LEVEL, HashingWriter, clean_tarinfo
-
     out = HashingWriter(raw)
     with tarfile.open(archive_path, mode="r|gz") as src, \
             gzipstream.ParallelGzipWriter(out, GZIP_LEVEL) as gz, \

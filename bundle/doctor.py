@@ -15,7 +15,7 @@ STATUS_WORD = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
 
 
 def run(*, endpoint: str | None = None, local: bool = False, site: str | None = None, params: dict[str, Any] | None = None,
-        transport: Transport | None = None) -> dict[str, Any]:
+        transport: Transport | None = None, probe: bool = False) -> dict[str, Any]:
     """The doctor report of an endpoint's login node, or of this machine (``local``)."""
     if bool(endpoint) == bool(local):
         raise UsageError("doctor needs either --endpoint E (checks that endpoint's login node) or --local (checks this machine)",
@@ -29,16 +29,16 @@ def run(*, endpoint: str | None = None, local: bool = False, site: str | None = 
     client = local_versions()
     if local:
         from bundle.protocol import request, unwrap
-        from bundle.transport import task_function
+        from bundle.transport.wire import task_function
 
-        report = unwrap(task_function("doctor")(request(site=spec)))
+        report = unwrap(task_function("doctor")(request(site=spec, **({"probe": True} if probe else {}))))
         report["where"] = None  # this machine
     else:
         from bundle.transport import get_transport
 
         assert endpoint is not None
         transport = transport or get_transport(endpoint)
-        report = transport.call("doctor", site=spec)
+        report = transport.call("doctor", site=spec, **({"probe": True} if probe else {}))
         report["where"] = endpoint
         report["checks"] = compare(client, report.get("versions") or {}, report.get("driver_versions")) + list(report.get("checks") or [])
     report["checks"] = [every_side(client, report)] + list(report["checks"])

@@ -80,6 +80,10 @@ class RemoteError(TransportError):
     """A task raised an unexpected exception on the login node."""
 
 
+class MalformedReply(RemoteError):
+    """A login node's reply lacks a field or has one of the wrong type (``bundle.replies``)."""
+
+
 class PayloadTooLarge(TransportError):
     """A task payload or result is above the Globus Compute size limit."""
 
@@ -165,6 +169,7 @@ BY_NAME: dict[str, type[GcbundleError]] = {
         TransportError,
         ProtocolMismatch,
         RemoteError,
+        MalformedReply,
         PayloadTooLarge,
         NotLoggedIn,
         EndpointUnavailable,

@@ -101,6 +101,8 @@ def secret_target(path: str | Path) -> bool:
     except OSError:
         return False
     return is_secret(os.path.basename(target)) or in_secret_dir(target.replace(os.sep, "/"))
+
+
 is_never = _basename_matcher(NEVER_NAMES)
 
 

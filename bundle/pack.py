@@ -1,11 +1,6 @@
-"""Deterministic bundle archives.
+"""Packing a workflow: select its files, hash them into a manifest, write the archive.
 
-Archives are built the way flit builds an sdist: entries sorted, owners 0,
-modes normalised to 0644/0755, a fixed mtime, PAX format, and a gzip header
-without a timestamp, so packing the same tree twice gives the same bytes.
-``gcbundle.json`` is the first member, so a reader validates the manifest
-before it touches any other member.
-
+The archive format (deterministic; reader and writer) is ``bundle.archive``.
 Packing is as fast as ``tar -czf``: files are hashed on every core, the gzip
 stream is compressed on every core (``bundle.gzipstream``), and a re-pack
 reuses the hashes of unchanged files and, when the manifest is unchanged,
@@ -13,30 +8,21 @@ the archive itself (``bundle.packcache``).
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bundle import gzipstream, packcache
+from bundle.archive import FIXED_MTIME, GZIP_LEVEL, Progress, write_archive
 from bundle.errors import BundleError
-from bundle.limits import MAX_BUNDLE_BYTES, MAX_MEMBERS, MAX_UNPACKED_BYTES
-from bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_path
+from bundle.limits import MAX_MEMBERS, MAX_UNPACKED_BYTES
+from bundle.manifest import FileEntry, Manifest, check_path, hash_file
 from bundle.selection import Limits, Selection, select
 from bundle.versions import local_versions
-
-#: The mtime of every member: 1980-01-01, as reproducible-build tools use.
-FIXED_MTIME = 315532800
-GZIP_LEVEL = 6
-_READ = 1024 * 1024
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -69,21 +55,6 @@ class PackResult:
             "summary": list(self.summary),
             "warnings": list(self.warnings),
         }
-
-
-def clean_tarinfo(name: str, size: int, mode: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = mode
-    info.mtime = FIXED_MTIME
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.type = tarfile.REGTYPE
-    return info
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    return packcache.hash_file(path, _READ)
 
 
 def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> Manifest:
@@ -145,79 +116,6 @@ def _created(stats: Any) -> str:
     else:
         ts = max((int(st.st_mtime) for st in stats), default=FIXED_MTIME)
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def write_archive(manifest: Manifest, root: Path, output: Path, progress: Progress | None = None,
-                  sources: dict[str, str] | None = None) -> tuple[str, int]:
-    """Write the archive atomically; return (sha256 of its bytes, its size).
-
-    Files are read from ``root``, except those ``sources`` places elsewhere.
-
-    Each file is hashed again while it is written: a file that changed since
-    the manifest was built is an error, not a silently inconsistent bundle.
-    """
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    total = manifest.total_size
-    done = 0
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as raw:  # the user's alone: a bundle may hold private code and data
-            hashing = HashingWriter(raw)
-            with gzipstream.ParallelGzipWriter(hashing, GZIP_LEVEL) as gz:
-                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=_READ) as tar:
-                    data = manifest.dumps()
-                    tar.addfile(clean_tarinfo(MANIFEST_NAME, len(data), 0o644), io.BytesIO(data))
-                    for entry in manifest.files:
-                        with open((sources or {}).get(entry.path) or root / entry.path, "rb") as f:
-                            checked = _CheckedReader(f, entry)
-                            tar.addfile(clean_tarinfo(entry.path, entry.size, entry.mode), checked)
-                            checked.finish()
-                        done += entry.size
-                        if progress:
-                            progress("pack", done, total)
-            if hashing.size > MAX_BUNDLE_BYTES:
-                raise BundleError(f"the bundle is {hashing.size} bytes, more than the cap of {MAX_BUNDLE_BYTES}", "leave large data out with .gcbundleignore and stage it on the site's file system")
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return hashing.sha256.hexdigest(), hashing.size
-
-
-class HashingWriter(io.RawIOBase):
-    """Passes bytes through to ``raw`` and counts and hashes them: the archive's sha256 and size."""
-
-    def __init__(self, raw: io.BufferedWriter) -> None:
-        self.raw = raw
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:  # type: ignore[override]
-        self.sha256.update(b)
-        self.size += len(b)
-        return self.raw.write(b)
-
-
-class _CheckedReader:
-    def __init__(self, f: Any, entry: FileEntry) -> None:
-        self.f = f
-        self.entry = entry
-        self.h = hashlib.sha256()
-        self.n = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.h.update(data)
-        self.n += len(data)
-        return data
-
-    def finish(self) -> None:
-        if self.n != self.entry.size or self.h.hexdigest() != self.entry.sha256 or self.f.read(1):
-            raise BundleError(f"{self.entry.path!r} changed while it was being packed", "pack again once nothing writes to the workflow directory")
 
 
 def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] = (), entry: str | None = None,

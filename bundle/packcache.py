@@ -33,7 +33,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from bundle import manifest
 from bundle.fileio import write_atomic
 
 #: A file whose mtime or ctime is this close to the time it was hashed is not cached.
@@ -114,10 +113,6 @@ class HashCache:
             self.path.unlink()
         except OSError:
             pass
-
-
-def hash_file(path: Path, chunk: int = 1024 * 1024) -> tuple[str, int]:
-    return manifest.hash_file(path, chunk)
 
 
 class ArchiveCache:

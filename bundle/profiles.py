@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.resources
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -338,46 +337,3 @@ def build_config(rendered: dict[str, Any], *, factory: Factory | None = None, **
     kwargs = dict(rendered.get("config") or {})
     kwargs.update(overrides)
     return Config(executors=executors, **kwargs)
-
-
-# -- what every batch job runs first --------------------------------------------------
-
-def worker_prelude(*, bindir: str, bundle_dir: str, outputs_dir: str, run_id: str,
-                   site_init: str = "", tmpdir: str = "") -> str:
-    """Shell lines the driver puts before every provider's ``worker_init``.
-
-    Batch jobs do not always inherit the driver's environment (PBS Pro jobs
-    do not) and start in the scheduler's idea of a working directory, so the
-    job itself must get: the site's own set-up (``site_init``: module loads,
-    the environment's activation, from ``site-defaults.yaml``); the driver's
-    ``bin/`` first on PATH, so that ``process_worker_pool.py`` runs on the
-    same Python and Parsl as the driver (the interchange refuses managers of
-    another version); the bundle on PYTHONPATH (Parsl may pickle apps by
-    reference); the run's id (which finds every process of the run) and
-    outputs directory; a TMPDIR that exists on the node (Open MPI's
-    ``mpiexec`` keeps its session directory there); Open MPI's consent to
-    run as root, only for root; and the bundle as working directory, where
-    MpiExecLauncher writes its host file and where apps find the files they
-    found on the laptop. Here it also fails loudly when the run directory is
-    not visible on the node, instead of starting workers that cannot import
-    the workflow.
-    """
-    q = shlex.quote
-    lines = ["# gcbundle: the driver's Python and Parsl, the bundle, a usable TMPDIR"]
-    if site_init.strip():
-        lines.append(site_init.strip())
-    lines += [
-        f'export PATH={q(bindir)}:"$PATH"',
-        f"export PYTHONPATH={q(bundle_dir)}${{PYTHONPATH:+:$PYTHONPATH}}",
-        f"export GCBUNDLE_OUTPUT_DIR={q(outputs_dir)}",
-        f"export GCBUNDLE_RUN_ID={q(run_id)}",
-    ]
-    if tmpdir.strip():
-        lines.append(f"export TMPDIR={q(tmpdir.strip())}")
-    lines += [
-        'if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi',
-        'if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi',
-        (f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname):'
-         ' put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }'),
-    ]
-    return "\n".join(lines) + "\n"

@@ -95,7 +95,7 @@ def error_reply(exc: GcbundleError) -> dict[str, Any]:
 
 def unwrap(resp: Any) -> Any:
     """Client side: the reply's data, or the error it names, raised."""
-    if not isinstance(resp, dict) or "ok" not in resp:
+    if not isinstance(resp, dict) or not isinstance(resp.get("ok"), bool):
         raise RemoteError("the login node sent a reply gcbundle does not understand", "check that the endpoint runs gcbundle's login-node side (`gcbundle doctor`)")
     proto = resp.get("protocol")
     if isinstance(proto, int) and proto < MIN_PROTOCOL:
@@ -103,8 +103,12 @@ def unwrap(resp: Any) -> Any:
             f"the login node speaks gcbundle protocol {proto} (gcbundle {resp.get('server_version', '?')}), this client needs at least {MIN_PROTOCOL}",
             "upgrade gcbundle on the login node (re-run the Ansible playbook)",
         )
-    if resp["ok"]:
+    if resp["ok"] is True:
         return resp.get("data")
-    err = resp.get("error") or {}
-    cls = BY_NAME.get(str(err.get("type")), RemoteError)
-    raise cls(str(err.get("message", "the login node reported an error")), err.get("hint"))
+    err = resp.get("error")
+    if not isinstance(err, dict):
+        err = {}
+    cls = BY_NAME.get(str(err.get("type"))[:40], RemoteError)
+    message = err.get("message") if isinstance(err.get("message"), str) else "the login node reported an error it did not describe"
+    hint = err.get("hint") if isinstance(err.get("hint"), str) else None
+    raise cls(message.replace("\n", " ")[:2000], hint[:1000] if hint else None)

@@ -172,7 +172,7 @@ class Registry:
                 f"the run registry {str(self.path)!r} is locked by {', '.join(who) if who else 'another gcbundle process'} (waited {self.timeout:g} s)",
                 "wait for that command to finish, then run this one again; the registry is not damaged, leave it where it is",
             )
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) or "malformed" in text or "not a database" in text:
+        if type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text:  # not IntegrityError & co.
             return RegistryError(
                 f"the run registry {str(self.path)!r} is damaged: {text}",
                 f"move it aside (mv {self.path} {self.path}.damaged), then `gcbundle list --endpoint ENDPOINT` for each endpoint you use rebuilds it from the login node",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundle import profiles
+from bundle import prelude, profiles, schedulers
 from bundle.errors import SiteProfileError
 
 RUN = "<run>"
@@ -87,12 +87,7 @@ class _DryRun:
 
     def __call__(self, cmd: str, timeout: Any = None) -> tuple[int, str, str]:
         self.commands.append(cmd)
-        word = cmd.split()[0] if cmd.split() else ""
-        if word == "sbatch":
-            return 0, "Submitted batch job 1\n", ""
-        if word == "qsub":
-            return 0, "1.server\n", ""
-        return 1, "", "gcbundle render: not run"
+        return schedulers.dry_run_answer(cmd)
 
 
 def _dry_factory(dry_runs: dict[int, _DryRun]) -> profiles.Factory:
@@ -153,12 +148,10 @@ def render(profile: profiles.Profile, params: dict[str, Any]) -> Rendered:
     # The Config as built from the profile; the driver then adds its worker_init
     # prelude, the run's run_dir and a checkpointing memoizer (all in the scripts below).
     out = Rendered(profile.name, dict(params), _ADDRESS_IN_REPR.sub(">", repr(config)))
-    prelude = profiles.worker_prelude(bindir=ENV_BIN, bundle_dir=f"{RUN}/bundle", outputs_dir=f"{RUN}/outputs", run_id="<run_id>")
+    prelude.prepend(config, prelude.for_run(RUN, "<run_id>", bindir=ENV_BIN))  # as the driver does
     for executor in config.executors:
         provider = getattr(executor, "provider", None)
         dry = dry_runs.get(id(provider))
-        if provider is not None and hasattr(provider, "worker_init"):
-            provider.worker_init = prelude + (provider.worker_init or "")  # as the driver does
         if dry is None:
             kind = type(provider).__name__ if provider is not None else "no provider"
             out.notes.append(f"executor {executor.label}: {kind} submits no batch script")
@@ -199,7 +192,7 @@ def _first_block(executor: Any, provider: Any, dry: _DryRun) -> BatchScript:
             script = f.read()
         job_name = f"parsl.{executor.label}.block-0"  # what _launch_block names it; the provider adds .<time.time()>
         shown = f"{job_name}.{TIME}" if name.startswith(job_name + ".") else name
-        submit = next((c for c in dry.commands if c.split()[:1] and c.split()[0] in ("sbatch", "qsub", "bsub", "condor_submit")),
+        submit = next((c for c in dry.commands if c.split()[:1] and c.split()[0] in schedulers.SUBMIT_COMMANDS),
                       dry.commands[-1] if dry.commands else "")
 
         def clean(text: str) -> str:
@@ -226,13 +219,9 @@ def _render_batch(profile: profiles.Profile, params: dict[str, Any]) -> Rendered
     dry_runs: dict[int, _DryRun] = {}
     provider = profiles._build(node, "provider", "driver job", factory=_dry_factory(dry_runs))
     dry = dry_runs[id(provider)]
-    prelude = profiles.worker_prelude(bindir=ENV_BIN, bundle_dir=f"{RUN}/bundle", outputs_dir=f"{RUN}/outputs", run_id="<run_id>")
     inside, replaced = placement.use_the_jobs_nodes(rendered)
     config = profiles.build_config(inside, factory=_dry_factory({}))
-    for executor in config.executors:
-        p = getattr(executor, "provider", None)
-        if p is not None and hasattr(p, "worker_init"):
-            p.worker_init = prelude + (p.worker_init or "")  # as the driver does
+    prelude.prepend(config, prelude.for_run(RUN, "<run_id>", bindir=ENV_BIN))  # as the driver does
     config.run_dir = f"{RUN}/runinfo"
     out = Rendered(profile.name, dict(params), _ADDRESS_IN_REPR.sub(">", repr(config)))
     if options["driver_init"].strip():

@@ -31,7 +31,7 @@ from bundle.errors import GcbundleError, ProtocolMismatch, ResultsError
 from bundle.fileio import folder_problem
 from bundle.limits import MAX_NAME_BYTES, TASK_LIMIT
 from bundle.manifest import check_path, listing_sha256, sha256_file
-from bundle.transport import Transport
+from bundle.transport import Tally, Transport
 
 MARKER = ".gcbundle-results.json"
 Progress = Callable[[str, int, int], None]
@@ -257,19 +257,19 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: Progres
         raise ResultsError(f"cannot create the results folder {str(dest)!r}: {folder_problem(dest, exc)}", fix) from None
     if not os.access(dest, os.W_OK | os.X_OK):
         raise ResultsError(f"the results folder {str(dest)!r} is not writable", fix)
-    with _exclusive(dest, run_id):
-        return _fetch(transport, run_id, dest, progress)
+    tally = Tally()  # the tasks this fetch sends
+    with _exclusive(dest, run_id), transport.observing(tally):
+        return _fetch(transport, run_id, dest, tally, progress)
 
 
-def _fetch(transport: Transport, run_id: str, dest: Path, progress: Progress | None) -> Fetched:
+def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress: Progress | None) -> Fetched:
     final = dest / run_id
     partial = dest / f".{run_id}.partial"
-    before = transport.sent
     head, files = _listing(transport, run_id)
     sha, chunk, total = head["manifest_sha256"], head["chunk_bytes"], head["total"]
     done = _read_marker(final / MARKER)
     if done.get("manifest_sha256") == sha and done.get("complete"):
-        return Fetched(final, len(files), total, 0, sha, transport.sent - before, head["state"])
+        return Fetched(final, len(files), total, 0, sha, tally.sent, head["state"])
     marker = partial / MARKER
     if partial.is_dir() and _read_marker(marker).get("manifest_sha256") != sha:
         shutil.rmtree(partial)  # a different package: start over
@@ -299,7 +299,7 @@ def _fetch(transport: Transport, run_id: str, dest: Path, progress: Progress | N
         _merge(partial, final, files, done.get("package") if isinstance(done.get("package"), dict) else {})
     else:
         os.rename(partial, final)
-    return Fetched(final, len(files), total, fetched, sha, transport.sent - before, head["state"])
+    return Fetched(final, len(files), total, fetched, sha, tally.sent, head["state"])
 
 
 def _merge(partial: Path, final: Path, files: list[dict[str, Any]], previous: dict[str, Any]) -> None:

@@ -23,8 +23,6 @@ from bundle.errors import BundleError
 
 def rebuild(delta_path: Path, base_path: Path, base_digest: str, digest: str, workdir: Path) -> Path:
     """Write the whole bundle ``digest`` into ``workdir``; return its path (the caller moves it into the cache)."""
-    from bundle.pack import write_archive
-
     with tempfile.TemporaryDirectory(prefix=".rebuild-", dir=workdir) as tmp:
         new_root = Path(tmp) / "new"
         manifest = archive.extract(delta_path, new_root, expected_digest=digest, subset=True)
@@ -46,7 +44,7 @@ def rebuild(delta_path: Path, base_path: Path, base_digest: str, digest: str, wo
                     shutil.copyfile(source, target)
         out = workdir / f"rebuilt.{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}"
         try:
-            write_archive(manifest, new_root, out)
+            archive.write_archive(manifest, new_root, out)
         except BaseException:
             out.unlink(missing_ok=True)
             raise

@@ -103,6 +103,11 @@ class RunPaths:
     def run_id(self) -> str:
         return self.root.name
 
+    @property
+    def home(self) -> Home:
+        """The ``$GCBUNDLE_HOME`` this run lives in (runs are ``<home>/runs/<run_id>``)."""
+        return Home(self.root.parent.parent)
+
     def __getattr__(self, name: str) -> Path:
         try:
             return self.root / _FILES[name]

@@ -12,19 +12,23 @@ import functools
 import os
 import shutil
 import signal
-import subprocess
 import time
 import traceback
 from typing import Any, Callable
 
-from bundle import archive
+from bundle import archive, placement, profiles
 from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
-from login_node import envcheck, package, procs, state
+from login_node import blocks, driverenv, driverjob, envcheck, procs, results, state
 from login_node.cache import Cache, check_digest
+from login_node.doctor import site_report
+from login_node.prune import Criteria
+from login_node.prune import prune as prune_home
 from login_node.driverenv import plan_path
 from login_node.rundir import DIGEST, RUN_ID, Home, RunPaths, check_run_id, read_json, write_json
+from login_node.siteconfig import SiteDefaults
+from login_node.spawn import driver_env, spawn
 
 #: How long ``launch`` waits for the driver to report that it started.
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
@@ -121,16 +125,11 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         return _damaged(cache, digest, req, exc)
     write_json(plan_path(paths), plan)
     if plan["placement"] == "batch":
-        from login_node import driverjob
-        from login_node.driver import site_file
-
         try:
-            return {"state": driverjob.submit(home, paths, plan, str(site_file(home).get("worker_init") or ""))}
+            return {"state": driverjob.submit(home, paths, plan, SiteDefaults.read(home).worker_init)}
         except BaseException:
             shutil.rmtree(paths.root, ignore_errors=True)  # a job that was never queued leaves no run
             raise
-    from login_node.driver import spawn
-
     try:
         pid = spawn(paths)
     except Exception as exc:
@@ -197,24 +196,18 @@ def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: lis
     """How the run's driver starts: in the endpoint's environment, or after
     ``driver_init`` in the user's, checked first (``login_node.driverenv``; it
     also looks for the workflow's third-party ``imports`` there)."""
-    from login_node import driverenv
-    from login_node.driver import driver_env, site_file, site_defaults
-
+    site = SiteDefaults.read(home)
     rendered = None
     options = {"driver_init": "", "placement": "login"}
     if spec.get("site"):
-        from bundle import profiles
-
         profile, params = profiles.Profile.from_spec(spec["site"])
-        params = {**site_defaults(home, profile), **params}
+        params = {**site.params_for(profile), **params}
         options = profile.driver_options(params)
         rendered = profiles.render(profile, params)
-    driver_init = options["driver_init"] or str(site_file(home).get("driver_init") or "")
+    driver_init = options["driver_init"] or site.driver_init
     plan: dict[str, Any] = {"driver_init": driver_init, "placement": options["placement"], "rendered": rendered}
     if options["placement"] == "batch":
-        from bundle.placement import batch_provider_node
-
-        batch_provider_node(rendered or {})
+        placement.batch_provider_node(rendered or {})
     if driver_init.strip():
         lib = driverenv.ship(home)
         found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib, imports)
@@ -361,9 +354,7 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
     paths = home.run(check_run_id(req.get("run_id"))).require()
     st = state.effective(paths)
     if st.get("state") == "queued":
-        from login_node.driverjob import check_queued
-
-        st = check_queued(paths, st)
+        st = driverjob.check_queued(paths, st)
     wait = req.get("wait", 0)
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
         raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
@@ -420,8 +411,8 @@ def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
         sha = req.get("manifest_sha256")
         if sha is not None and not (isinstance(sha, str) and DIGEST.fullmatch(sha)):
             raise UsageError("manifest_sha256 must be 64 lowercase hex digits")
-        return {"state": st, **package.page(paths, _int(req, "page"), sha)}
-    return {"state": st, **package.manifest(paths)}
+        return {"state": st, **results.page(paths, _int(req, "page"), sha)}
+    return {"state": st, **results.manifest(paths)}
 
 
 @_task
@@ -431,7 +422,7 @@ def results_chunk(req: dict[str, Any], home: Home) -> dict[str, Any]:
     if not isinstance(sha, str):
         raise UsageError("manifest_sha256 must be a string")
     index = _int(req, "index")
-    return {"index": index, "data": package.read_chunk(paths, sha, index)}
+    return {"index": index, "data": results.read_chunk(paths, sha, index)}
 
 
 @_task
@@ -503,8 +494,6 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
         return {"state": state.effective(paths), "escalated": swept}
     if st.get("state") == "queued":
         # placement=batch, the job not started yet: end it; a driver starting meanwhile sees the marker.
-        from login_node import driverjob
-
         driverjob.cancel(st)
         fresh = state.read_raw(paths)
         if fresh.get("state") == "queued":
@@ -527,8 +516,6 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
     escalated = 0
     if not local and not state.is_terminal(st) and st.get("driver_job"):
         # placement=batch: the driver did not stop by itself in time: end its job.
-        from login_node import driverjob
-
         escalated += int(driverjob.cancel(st))
     if local:
         if state.alive(pid, st.get("pid_start")):
@@ -537,33 +524,17 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
             except (ProcessLookupError, PermissionError):
                 pass
             escalated += 1
-            _cancel_batch_jobs(state.read_raw(paths))
+            blocks.cancel_recorded(state.read_raw(paths).get("batch_jobs") or {})
         escalated += procs.sweep(paths.run_id, grace=2.0)
     return {"state": state.effective(paths), "escalated": escalated}
 
 
-def _cancel_batch_jobs(st: dict[str, Any]) -> None:
-    """The driver was killed before its DFK cleaned up: cancel the batch jobs it recorded."""
-    from login_node.driver import BATCH_CANCEL
-
-    for kind, ids in (st.get("batch_jobs") or {}).items():
-        command = BATCH_CANCEL.get(kind)
-        ids = [i for i in ids if isinstance(i, str) and i.replace(".", "").replace("-", "").isalnum()]
-        if command and ids and shutil.which(command):
-            subprocess.run([command, *ids], capture_output=True, timeout=60, check=False)
-
-
 @_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    from login_node.checks import site_report
-
-    return site_report(home, check_site_spec(req.get("site"), "site"))
+    return site_report(home, check_site_spec(req.get("site"), "site"), probe=bool(req.get("probe")))
 
 
 @_task
 def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
     """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
-    from login_node.prune import Criteria
-    from login_node.prune import prune as prune_home
-
     return prune_home(home, Criteria.from_json(req.get("prune")))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from bundle import api
+from bundle.transport.local import LocalTransport
 from login_node.procs import run_processes
 
 #: Four cached apps that each leave a marker file per execution, then one app
@@ -32,6 +33,12 @@ def main(marks, release):
     values = [step(i, marks).result() for i in range(4)]
     return gate(release, sum(values)).result()
 '''
+
+
+def worker_pid(transport: LocalTransport) -> int | None:
+    """The pid of the local transport's worker process, to kill it mid-task (None before its first task)."""
+    worker = transport._worker
+    return worker.proc.pid if worker is not None else None
 
 
 def executions(marks: Path) -> dict[int, int]:

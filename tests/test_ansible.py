@@ -418,7 +418,7 @@ from globus_compute_endpoint.engines.base import GCFuture
 
 from bundle.pack import pack
 from bundle.protocol import request, unwrap
-from bundle.transport import pack_task, task_function, unpack_result
+from bundle.transport.wire import pack_task, task_function, unpack_result
 
 ep_dir = pathlib.Path.home() / ".globus_compute" / "{name}"
 core = get_config(ep_dir)

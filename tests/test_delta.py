@@ -6,15 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bundle import api, archive, protocol
-from bundle import transport as transport_module
 from bundle.errors import BundleError, ProtocolMismatch
 from bundle.limits import CHUNK_BYTES
-from bundle.transport import LocalTransport
+from bundle.transport.local import LocalTransport
 from login_node import tasks
 from login_node.cache import Cache
 from login_node.rundir import Home
@@ -28,14 +26,13 @@ WORKFLOW = "import os\n\nVERSION = {v}\n\ndef main():\n    return [VERSION, os.p
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """(task, serialized bytes) of every task the client sends."""
     out: list[tuple[str, int]] = []
-    real = transport_module.pack_task
+    real = LocalTransport.__init__
 
-    def counting(fn: Any, req: dict[str, Any]) -> Any:
-        task_id, packed = real(fn, req)
-        out.append((fn.__name__, len(packed)))
-        return task_id, packed
+    def observed(self: LocalTransport) -> None:
+        real(self)
+        self.observe(lambda task, nbytes: out.append((task, nbytes)))
 
-    monkeypatch.setattr(transport_module, "pack_task", counting)
+    monkeypatch.setattr(LocalTransport, "__init__", observed)
     return out
 
 

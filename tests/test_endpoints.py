@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from bundle import api, endpoints
 from bundle.cli import main
 from bundle.errors import SiteProfileError, UsageError
-from bundle.globus import GlobusTransport
-from bundle.transport import LocalTransport, get_transport
+from bundle.transport.globus import GlobusTransport
+from bundle.transport import get_transport
+from bundle.transport.local import LocalTransport
 from tests.conftest import EXAMPLES
 
 UUID = "4b116d3c-1703-4f8f-9f6f-39921e5864df"

@@ -35,9 +35,10 @@ from bundle.errors import (
     TaskTimeout,
     TransportError,
 )
-from bundle.globus import FunctionIds, GlobusTransport, RateLimiter
+from bundle.transport.globus import FunctionIds, GlobusTransport, RateLimiter
 from bundle.protocol import PROTOCOL, TASKS, request, unwrap
-from bundle.transport import get_transport, pack_task, task_function
+from bundle.transport import Tally, get_transport
+from bundle.transport.wire import pack_task, task_function
 from tests.conftest import EXAMPLES
 from tests.fake_globus import (
     ACCESS_TOKEN,
@@ -104,10 +105,10 @@ def clock() -> Clock:
 @pytest.fixture
 def fake_pace(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Transports the CLI makes share the process's rate limiter: give it fake time."""
-    import bundle.globus
+    import bundle.transport.globus
 
     pace = Clock()
-    monkeypatch.setattr(bundle.globus, "_SHARED_LIMITER", RateLimiter(clock=pace.now, sleep=pace.sleep))
+    monkeypatch.setattr(bundle.transport.globus, "_SHARED_LIMITER", RateLimiter(clock=pace.now, sleep=pace.sleep))
     return pace
 
 
@@ -153,13 +154,14 @@ def test_login_node_errors_arrive_as_the_same_classes(service: FakeComputeServic
 def test_a_whole_run_through_the_globus_transport(tmp_path: Path, service: FakeComputeService, logged_in: None, clock: Clock) -> None:
     """submit, wait, results: every task through the faked service and the real execute_task."""
     t = make(clock)
+    tally = Tally.attach(t)
     run = api.submit(EXAMPLES / "hello" / "workflow.py", EP, args={"n": 3}, transport=t, wait=True)
     assert run.last_state["state"] == "succeeded"
     assert run.result(tmp_path / "res")["sum_of_squares"] == 0 + 1 + 4
-    assert {"launch", "status", "results_manifest", "results_chunk"} <= set(t.calls)
+    assert {"launch", "status", "results_manifest", "results_chunk"} <= set(tally.calls)
     # one registration per task function, then only submissions by id
-    assert len(service.requests_to("POST", "/v3/functions")) == len(set(t.calls))
-    assert len(service.submitted) == t.sent
+    assert len(service.requests_to("POST", "/v3/functions")) == len(set(tally.calls))
+    assert len(service.submitted) == tally.sent
 
 
 def test_the_pace_stays_under_the_service_limit(service: FakeComputeService, logged_in: None, clock: Clock) -> None:
@@ -504,12 +506,13 @@ def test_a_large_bundle_is_staged_in_chunks_once(tmp_path: Path, service: FakeCo
     (root / "data" / "blob.bin").write_bytes(os.urandom(9 * 1024 * 1024))  # incompressible
     wf = write_workflow(root, 'GCBUNDLE_INCLUDE = ["data/blob.bin"]\n\ndef main():\n    import os\n    return os.path.getsize("data/blob.bin")\n')
     t = make(clock)
+    tally = Tally.attach(t)
     run = api.submit(wf, EP, transport=t, wait=True)
     assert run.result(tmp_path / "res") == 9 * 1024 * 1024
-    assert t.calls["stage"] == 2
+    assert tally.calls["stage"] == 2
     sizes = [len(service.functions[fid]["function_code"]) + len(p) for fid, p in service.submitted]
     assert max(sizes) <= service.task_limit
     before = len(service.submitted)
     api.submit(wf, EP, transport=t, wait=True)
-    assert t.calls["stage"] == 2, "the cached digest is not sent again"
+    assert tally.calls["stage"] == 2, "the cached digest is not sent again"
     assert max(len(p) for _, p in service.submitted[before:]) < 64 * 1024

@@ -16,6 +16,7 @@ import pytest
 from bundle import pack as pack_module
 from bundle import packcache
 from bundle.errors import BundleError
+from bundle.manifest import hash_file
 from bundle.pack import pack
 
 
@@ -23,13 +24,13 @@ from bundle.pack import pack
 def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the files hashed from their bytes (cache misses), in the order hashed."""
     seen: list[str] = []
-    real = packcache.hash_file
+    real = pack_module.hash_file
 
     def counting(path: Path, chunk: int = 1024 * 1024) -> tuple[str, int]:
         seen.append(Path(path).name)
         return real(path, chunk)
 
-    monkeypatch.setattr(packcache, "hash_file", counting)
+    monkeypatch.setattr(pack_module, "hash_file", counting)
     return seen
 
 
@@ -86,7 +87,7 @@ def test_same_size_edit_with_mtime_put_back_is_seen(tmp_path: Path, hashed: list
     hashed.clear()
     res = pack(tree, tmp_path / "2.tar.gz")
     assert hashed == ["data.txt"]
-    assert _files(res)["data.txt"] == packcache.hash_file(tree / "data.txt")[0]
+    assert _files(res)["data.txt"] == hash_file(tree / "data.txt")[0]
 
 
 def test_a_file_replaced_by_rename_is_seen(tmp_path: Path, hashed: list[str], no_racy_margin: None) -> None:
@@ -101,7 +102,7 @@ def test_a_file_replaced_by_rename_is_seen(tmp_path: Path, hashed: list[str], no
     hashed.clear()
     res = pack(tree, tmp_path / "2.tar.gz")
     assert hashed == ["data.txt"]
-    assert _files(res)["data.txt"] == packcache.hash_file(tree / "data.txt")[0]
+    assert _files(res)["data.txt"] == hash_file(tree / "data.txt")[0]
 
 
 def test_size_change_touch_and_chmod_are_seen(tmp_path: Path, hashed: list[str], no_racy_margin: None) -> None:
@@ -157,7 +158,7 @@ def test_a_wrong_cached_hash_never_makes_a_bad_archive(tmp_path: Path, no_racy_m
         pack(tree, tmp_path / "2.tar.gz")
     assert not (tmp_path / "2.tar.gz").exists()
     res = pack(tree, tmp_path / "3.tar.gz")
-    assert _files(res)["data.txt"] == packcache.hash_file(tree / "data.txt")[0]
+    assert _files(res)["data.txt"] == hash_file(tree / "data.txt")[0]
 
 
 def test_cached_archive_is_identical_to_one_written_without_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_racy_margin: None) -> None:

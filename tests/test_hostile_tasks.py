@@ -11,7 +11,7 @@ import pytest
 
 from bundle.errors import BundleError, GcbundleError, RunNotFound, UsageError
 from bundle.limits import CHUNK_BYTES
-from bundle.transport import LocalTransport
+from bundle.transport.local import LocalTransport
 from tests.hostile import manifest_for, manifest_member, reg, special, valid_bundle, write_tar
 
 import tarfile
@@ -169,7 +169,7 @@ def test_a_hostile_results_listing_cannot_write_outside(tmp_path: Path) -> None:
         def _run(self, task, req):  # type: ignore[no-untyped-def]
             return {"protocol": 1, "ok": True, "data": {
                 "files": [{"path": "../../escaped.txt", "size": 1, "sha256": "0" * 64}],
-                "manifest_sha256": "x", "chunk_bytes": CHUNK_BYTES, "total": 1, "state": {"state": "succeeded"}}}
+                "manifest_sha256": "0" * 64, "chunk_bytes": CHUNK_BYTES, "total": 1, "state": {"state": "succeeded"}}}
 
     with pytest.raises(ResultsError, match="unsafe path"):
         fetch(Evil(), RUN, tmp_path / "res")

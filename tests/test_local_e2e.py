@@ -14,7 +14,8 @@ from bundle import api
 from bundle.cli import main
 from bundle.errors import RunNotFound, RunStateError, SiteProfileError
 from bundle.registry import Registry
-from bundle.transport import LocalTransport
+from bundle.transport import Tally
+from bundle.transport.local import LocalTransport
 from login_node.procs import run_processes
 from tests.conftest import EXAMPLES, write_workflow
 from tests.hostile import valid_bundle
@@ -146,7 +147,8 @@ def test_login_node_tasks_refuse_path_like_run_ids(task: str, bad: object, home:
 def test_protocol_mismatch_says_which_side_to_upgrade() -> None:
     from bundle.errors import ProtocolMismatch
     from bundle.protocol import unwrap
-    from bundle.transport import pack_task, unpack_result, _execute
+    from bundle.transport.local import _execute
+    from bundle.transport.wire import pack_task, unpack_result
     from login_node import tasks
 
     newer = {"protocol": 99, "client_version": "9.9", "run_id": "0123456789ab"}
@@ -190,14 +192,16 @@ def test_large_bundle_is_staged_in_chunks_once(tmp_path: Path, home: Path) -> No
     write_workflow(tmp_path / "wf", "import os\n\ndef main():\n    return os.path.getsize('blob.bin')\n")
     (tmp_path / "wf" / "blob.bin").write_bytes(os.urandom(CHUNK_BYTES + 1_000_000))
     t = LocalTransport()
+    calls = Tally.attach(t).calls
     run = api.submit(tmp_path / "wf", "local", transport=t, wait=True)
     assert run.result(tmp_path / "r") == CHUNK_BYTES + 1_000_000
-    assert t.calls["stage"] == 2 and t.calls["launch"] == 1 and t.calls["probe"] == 1  # staged first, then one launch
+    assert calls["stage"] == 2 and calls["launch"] == 1 and calls["probe"] == 1  # staged first, then one launch
     assert len(list((home / "cache").glob("*.tar.gz"))) == 1
     assert list((home / "cache" / ".staging").iterdir()) == []
     t2 = LocalTransport()
+    calls2 = Tally.attach(t2).calls
     run2 = api.submit(tmp_path / "wf", "local", transport=t2)
-    assert t2.calls["stage"] == 0 and t2.calls["launch"] == 1 and t2.calls["probe"] == 0
+    assert calls2["stage"] == 0 and calls2["launch"] == 1 and calls2["probe"] == 0
     run2.wait()
     t.close()
     t2.close()
@@ -214,9 +218,13 @@ def test_results_resume_after_the_client_dies(tmp_path: Path) -> None:
     run = api.submit(wf, "local", wait=True)
 
     class Dies(LocalTransport):
+        chunks = 0
+
         def call(self, task: str, **fields: object) -> object:
-            if task == "results_chunk" and self.calls["results_chunk"] >= 1:
-                raise KeyboardInterrupt("client killed")
+            if task == "results_chunk":
+                if self.chunks >= 1:
+                    raise KeyboardInterrupt("client killed")
+                self.chunks += 1
             return super().call(task, **fields)
 
     dying = Run = api.Run(run.id, "local", transport=Dies())
@@ -225,9 +233,10 @@ def test_results_resume_after_the_client_dies(tmp_path: Path) -> None:
     partial = tmp_path / "res" / f".{run.id}.partial"
     assert partial.is_dir() and not (tmp_path / "res" / run.id).exists()
     t = LocalTransport()
+    calls = Tally.attach(t).calls
     fetched = api.Run(run.id, "local", transport=t).results(tmp_path / "res")
     assert fetched.fetched_bytes < fetched.bytes  # resumed, not restarted
-    assert t.calls["results_chunk"] == -(-fetched.bytes // CHUNK_BYTES) - 1
+    assert calls["results_chunk"] == -(-fetched.bytes // CHUNK_BYTES) - 1
     assert not partial.exists()
     import hashlib
     listing = json.loads((home_results := fetched.path / ".gcbundle-results.json").read_text())

@@ -7,15 +7,18 @@ import signal
 import pytest
 
 from bundle.errors import TransportError
-from bundle.transport import LocalTransport, worker_pid
+from bundle.transport import Tally
+from bundle.transport.local import LocalTransport
+from tests.faults import worker_pid
 
 
 def test_call_many_gives_the_replies_in_order_one_task_each(home: object) -> None:
     with LocalTransport() as t:
+        calls = Tally.attach(t).calls
         digests = [[f"{i:064x}"] for i in range(6)]
         replies = list(t.call_many("probe", ({"digests": d} for d in digests)))
         assert replies == [{"cached": []}] * 6
-        assert t.calls["probe"] == 6
+        assert calls["probe"] == 6
         assert t.call("probe", digests=[]) == {"cached": []}
 
 

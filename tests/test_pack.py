@@ -125,11 +125,11 @@ def test_syntax_error_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bundle_over_the_size_cap_is_refused_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bundle.pack
+    import bundle.archive
 
     write_workflow(tmp_path / "w", "def main():\n    return 0\n")
     (tmp_path / "w" / "blob.bin").write_bytes(os.urandom(200_000))
-    monkeypatch.setattr(bundle.pack, "MAX_BUNDLE_BYTES", 100_000)
+    monkeypatch.setattr(bundle.archive, "MAX_BUNDLE_BYTES", 100_000)
     with pytest.raises(BundleError, match="more than the cap"):
         pack(tmp_path / "w", tmp_path / "b.tar.gz")
     assert list(tmp_path.glob("*.tar.gz")) == [] and list(tmp_path.glob(".*tmp")) == []

@@ -14,8 +14,10 @@ import pytest
 from parsl.jobs.states import JobState
 from parsl.providers.torque.torque import translate_table
 
-from bundle import profiles
-from login_node import checks, pitfalls
+from bundle import prelude as job_prelude
+from bundle import profiles, schedulers
+from login_node import doctor as site_doctor
+from login_node import pitfalls
 from login_node.rundir import Home
 
 
@@ -52,9 +54,9 @@ def test_endpoint_version() -> None:
 def _tmpdir_check(site: str, params: dict[str, object], tmp_path: Path) -> dict[str, str]:
     config = profiles.build_config(profiles.render(profiles.load(site), params), factory=lambda k, t, kw, w: "127.0.0.1" if k == "address" else t(**kw))
     provider = config.executors[0].provider
-    prelude = profiles.worker_prelude(bindir="/usr/bin", bundle_dir=str(tmp_path / "b"), outputs_dir=str(tmp_path / "o"), run_id="x")
+    prelude = job_prelude.worker_prelude(bindir="/usr/bin", bundle_dir=str(tmp_path / "b"), outputs_dir=str(tmp_path / "o"), run_id="x")
     prelude = "\n".join(line for line in prelude.splitlines() if not line.startswith("cd ")) + "\n"
-    scheduler = checks.PROVIDER_SCHEDULER.get(type(provider).__name__)
+    scheduler = schedulers.PROVIDER_SCHEDULER.get(type(provider).__name__)
     return pitfalls.worker_tmpdir(prelude, provider.worker_init, scheduler, type(provider.launcher).__name__, tmp_path)
 
 
@@ -121,7 +123,7 @@ def test_idle_timers(tmp_path: Path) -> None:
 def test_doctor_report_carries_the_pitfall_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through site_report with the `local` profile (no scheduler asked): the checks that apply are there."""
     monkeypatch.setenv("GLOBUS_COMPUTE_ENDPOINT_DIR", _endpoint_dir(tmp_path, "idle_heartbeats_soft: 2\n"))
-    report = checks.site_report(Home.default(), profiles.load("local").to_spec({}))
+    report = site_doctor.site_report(Home.default(), profiles.load("local").to_spec({}))
     by_name = {c["name"]: c for c in report["checks"]}
     assert by_name["endpoint idle timers"]["status"] == "warn"
     assert by_name["Globus Compute endpoint version"]["status"] == "ok"
@@ -136,6 +138,6 @@ def test_a_missing_interface_names_the_known_ones_this_node_has(monkeypatch: pyt
     import socket
 
     monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0"), (3, "bond0")])
-    assert "it has bond0" in checks._address_fix({"ifname": "hsn0"}) and "--set ifname=bond0" in checks._address_fix({"ifname": "hsn0"})
+    assert "it has bond0" in site_doctor._address_fix({"ifname": "hsn0"}) and "--set ifname=bond0" in site_doctor._address_fix({"ifname": "hsn0"})
     monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0")])
-    assert "--set ifname=<name>" in checks._address_fix({"ifname": "hsn0"})
+    assert "--set ifname=<name>" in site_doctor._address_fix({"ifname": "hsn0"})

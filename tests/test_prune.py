@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from bundle import api, packcache
 from bundle.cli import main
 from bundle.registry import Registry
-from bundle.transport import LocalTransport
+from bundle.transport.local import LocalTransport
 from tests.conftest import write_workflow
 
 WORKFLOW = '''

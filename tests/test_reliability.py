@@ -17,7 +17,8 @@ import pytest
 
 from bundle import api
 from bundle.registry import Registry
-from bundle.transport import LocalTransport, worker_pid
+from bundle.transport.local import LocalTransport
+from tests.faults import worker_pid
 from login_node.procs import run_processes
 from tests.conftest import write_workflow
 from tests.faults import executions, kill_driver, parsl_processes_under, start_checkpoint_run, wait_for

@@ -48,6 +48,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 
 
@@ -101,6 +103,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 export TMPDIR=/tmp
 
@@ -154,6 +158,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 
 
@@ -207,6 +213,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 export TMPDIR=/tmp
 
@@ -266,6 +274,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from bundle import api
 from bundle.errors import UsageError
-from bundle.transport import LocalTransport
+from bundle.transport import Tally
+from bundle.transport.local import LocalTransport
 from tests.conftest import write_workflow
 
 SLOW = "import time\n\ndef main(seconds=2.0):\n    time.sleep(seconds)\n    return seconds\n"
@@ -18,13 +19,14 @@ def test_wait_sees_the_end_at_once_with_few_status_tasks(tmp_path: Path, monkeyp
     monkeypatch.setenv("GCBUNDLE_POLL_SECONDS", "10")
     wf = write_workflow(tmp_path / "wf", SLOW)
     with LocalTransport() as transport:
+        calls = Tally.attach(transport).calls
         run = api.submit(wf, "local", args={"seconds": 3.0}, transport=transport)
         st = run.wait()
         seen = time.time()
         assert st["state"] == "succeeded"
         # polling every 0.5, 0.75, 1.1, 1.7 s... would have taken 5 tasks and
         # up to 1.7 s to notice; the long poll takes one or two, and notices at once
-        assert transport.calls["status"] <= 3
+        assert calls["status"] <= 3
         assert seen - st["updated"] < 1.0
 
 

@@ -24,7 +24,8 @@ from bundle.errors import BundleError, GcbundleError, ManifestError, RegistryErr
 from bundle.manifest import Manifest
 from bundle.pack import pack
 from bundle.registry import Registry
-from bundle.transport import LocalTransport
+from bundle.transport import Tally
+from bundle.transport.local import LocalTransport
 from login_node.cache import check_digest
 from login_node.procs import run_processes
 from login_node.rundir import check_run_id
@@ -67,13 +68,14 @@ def test_damaged_login_node_cache_entry_is_dropped_and_the_bundle_resent_once(tm
     data = bytearray(entry.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one bad byte on the login node's disk
     entry.write_bytes(bytes(data))
-    launches = t.calls["launch"]
+    calls = Tally.attach(t).calls
+    launches = calls["launch"]
     second = api.submit(wf, "local", mode="script", transport=t, wait=True)  # the registry says "cached": no upload first
     assert second.last_state["state"] == "succeeded", second.last_state
-    assert t.calls["launch"] - launches == 2, "one launch found the entry bad, the second carried the bundle again"
+    assert calls["launch"] - launches == 2, "one launch found the entry bad, the second carried the bundle again"
     assert entry.read_bytes() != bytes(data), "the entry was replaced by a good copy"
     third = api.submit(wf, "local", mode="script", transport=t)  # and it stays healed: one launch
-    assert t.calls["launch"] - launches == 3
+    assert calls["launch"] - launches == 3
     third.wait()
 
 
@@ -281,12 +283,14 @@ def test_list_refreshes_unfinished_runs_with_one_task_per_endpoint(tmp_path: Pat
     for run in runs:
         reg_.update(run.id, state="running")  # as a client that never asked again would have it
     with LocalTransport() as t:
+        tally = Tally.attach(t)
         listing = api.listing(registry=reg_, transports={"local": t})
-        assert t.calls["runs"] == 1 and t.sent == 1
+        assert tally.calls["runs"] == 1 and tally.sent == 1
     assert {r.run_id: r.state for r in listing.runs} == {r.id: "succeeded" for r in runs}
     with LocalTransport() as t:  # nothing unfinished: no task at all
+        tally = Tally.attach(t)
         api.listing(registry=reg_, transports={"local": t})
-        assert t.sent == 0
+        assert tally.sent == 0
 
 
 def _old_login_node(req: Any) -> Any:
@@ -295,7 +299,7 @@ def _old_login_node(req: Any) -> Any:
 
 
 def test_an_old_login_node_without_the_runs_task_is_told_to_upgrade(t: LocalTransport, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bundle import transport as tr
+    from bundle.transport import local as tr  # where the local endpoint looks task functions up
     from bundle.errors import ProtocolMismatch
 
     # Stand-in for an old install: the endpoint runs a function that fails as

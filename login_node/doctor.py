@@ -1,4 +1,4 @@
-"""``gcbundle doctor``: can this login node run gcbundle's workflows?
+"""The login node's half of ``gcbundle doctor``: can this login node run gcbundle's workflows?
 
 ``site_report`` runs every check in this process and returns a JSON-able
 report: the versions of this side, and a list of checks, each ``ok``,
@@ -26,10 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle import profiles
+from bundle import profiles, schedulers
 from bundle.errors import GcbundleError, HomeError
 from bundle.versions import local_versions
+from login_node import driverenv, pitfalls
+from login_node.pitfalls import version_tuple
 from login_node.rundir import Home
+from login_node.siteconfig import SiteDefaults, render_site
+from login_node.spawn import driver_env
 
 #: Seconds the worker_init subshell and each scheduler command may take.
 WORKER_INIT_TIMEOUT = 60
@@ -37,13 +41,6 @@ COMMAND_TIMEOUT = 20
 #: Free space below which $GCBUNDLE_HOME is a warning (bundles, outputs, logs live there).
 LOW_SPACE = 1 << 30
 
-SCHEDULERS = {
-    "slurm": ("sbatch", "squeue", "scancel"),
-    "pbs": ("qsub", "qstat", "qdel"),
-}
-#: Provider class name -> the scheduler whose commands it runs.
-PROVIDER_SCHEDULER = {"SlurmProvider": "slurm", "PBSProProvider": "pbs", "TorqueProvider": "pbs"}
-LAUNCHER_COMMAND = {"MpiExecLauncher": "mpiexec", "MpiRunLauncher": "mpirun", "SrunLauncher": "srun", "SrunMPILauncher": "srun"}
 MARK = "gcbundle-doctor"
 
 
@@ -58,8 +55,10 @@ class Check:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
-def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every check, for ``home`` and, if given, a site profile spec (``Profile.to_spec``)."""
+def site_report(home: Home, site: dict[str, Any] | None = None, probe: bool = False) -> dict[str, Any]:
+    """Every check, for ``home`` and, if given, a site profile spec (``Profile.to_spec``);
+    with ``probe``, also one short batch job per executor that checks a compute node
+    reaches the executor's address (``login_node.reachprobe``)."""
     versions = local_versions()
     checks = [_versions(versions), _home(home)]
     built: _Built | None = None
@@ -74,6 +73,8 @@ def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any
     if driver.check is not None:
         checks.append(driver.check)
     checks.append(_worker_init(home, built, driver.versions or versions, driver))
+    if probe and built is not None and built.config is not None:
+        checks += _reach(home, built, driver)
     found = [c.to_json() for c in checks] + _pitfalls(home, built, driver.versions or versions, driver)
     return {
         "host": socket.gethostname(),
@@ -104,19 +105,16 @@ class _Driver:
 def _driver_environment(home: Home, site: dict[str, Any] | None, built: _Built | None) -> _Driver:
     """Run driver_init and the launch's preflight, as a launch would: which Python,
     Parsl and gcbundle the driver would run on, or why it cannot."""
-    from login_node import driverenv
-    from login_node.driver import driver_env
-
     out = _Driver()
     init = ""
     if site and built is not None and built.check.status != "fail":
         try:
             profile, params = profiles.Profile.from_spec(site)
-            init = profile.driver_options({**_site_file(home).get("profile_params", {}), **params})["driver_init"]
+            init = profile.driver_options({**SiteDefaults.read(home).profile_params, **params})["driver_init"]
         except GcbundleError as exc:
             out.check = Check("driver environment", "fail", exc.message, exc.hint or "")
             return out
-    init = init or str(_site_file(home).get("driver_init") or "")
+    init = init or SiteDefaults.read(home).driver_init
     if not init.strip():
         return out
     out.init, out.where = init, "the driver's environment (driver_init)"
@@ -137,9 +135,7 @@ def _driver_environment(home: Home, site: dict[str, Any] | None, built: _Built |
 
 def _pitfalls(home: Home, built: _Built | None, versions: dict[str, str], driver: _Driver) -> list[dict[str, str]]:
     """The known ways a queued run fails (``login_node.pitfalls``), for this site profile."""
-    from parsl.providers.cluster_provider import ClusterProvider
-
-    from login_node import pitfalls
+    from parsl.providers.cluster_provider import ClusterProvider  # Parsl is heavy: only for a site's checks
 
     config = built.config if built is not None else None
     providers = [getattr(e, "provider", None) for e in (config.executors if config is not None else [])]
@@ -152,14 +148,9 @@ def _pitfalls(home: Home, built: _Built | None, versions: dict[str, str], driver
     ]
     batch = [p for p in providers if isinstance(p, ClusterProvider)]
     if batch:
-        site = _site_file(home)
         base = home.root / ".doctor" if (home.root / ".doctor").is_dir() else Path(tempfile.gettempdir())
-        prelude = profiles.worker_prelude(
-            bindir=driver.bindir, bundle_dir=str(home.root / "runs" / "doctor" / "bundle"),
-            outputs_dir=str(home.root / "runs" / "doctor" / "outputs"), run_id="doctor",
-            site_init=_job_init(site, driver), tmpdir=str(site.get("tmpdir") or ""),
-        )
-        scheduler = PROVIDER_SCHEDULER.get(type(batch[0]).__name__)
+        prelude = SiteDefaults.read(home).prelude(home.root / "runs" / "doctor", "doctor", driver_init=driver.init, bindir=driver.bindir)
+        scheduler = schedulers.PROVIDER_SCHEDULER.get(type(batch[0]).__name__)
         # Only the TMPDIR matters here: the prelude's `cd` to a run that does not exist is cut off.
         prelude = "\n".join(line for line in prelude.splitlines() if not line.startswith("cd ")) + "\n"
         launcher = type(getattr(batch[0], "launcher", None)).__name__
@@ -209,25 +200,11 @@ class _Built:
         self.address_checks: list[Check] = []
 
 
-def _site_file(home: Home) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(home.site_defaults.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _build(home: Home, site: dict[str, Any]) -> _Built:
     """The live Config, as the driver builds it; address functions run here, each checked."""
     out = _Built()
     try:
-        profile, params = profiles.Profile.from_spec(site)
-        known = profile.parameters()
-        defaults = _site_file(home).get("profile_params") or {}
-        params = {**{k: v for k, v in defaults.items() if k in known}, **params} if isinstance(defaults, dict) else params
-        out.rendered = profiles.render(profile, params)
+        profile, out.rendered = render_site(home, site)
     except GcbundleError as exc:
         out.check = Check("site profile", "fail", str(exc.message), exc.hint or "fix the profile or its --set values")
         return out
@@ -294,6 +271,44 @@ def _address_check(where: str, call: str, value: Any, kwargs: dict[str, Any]) ->
     return Check(f"address of {_owner(where)}", "ok", f"{call} = {value}")
 
 
+def _reach(home: Home, built: _Built, driver: _Driver) -> list[Check]:
+    """A compute node connects to each batch executor's address, in a real job."""
+    from parsl.providers.cluster_provider import ClusterProvider
+
+    from bundle.prelude import worker_prelude
+    from login_node import reachprobe
+
+    out = []
+    assert built.config is not None
+    for i, executor in enumerate(built.config.executors):
+        provider = getattr(executor, "provider", None)
+        if not isinstance(provider, ClusterProvider):
+            continue
+        name = f"compute node reaches executors[{i}]"
+        address = getattr(executor, "address", None)
+        if not isinstance(address, str) or not address:
+            out.append(Check(name, "fail", "the executor has no single address to probe (Parsl would try every address of this node)",
+                             "set the profile's address or ifname to the interface the compute nodes reach"))
+            continue
+        where = home.root / "probe"
+        where.mkdir(parents=True, exist_ok=True)
+        prelude = worker_prelude(bindir=driver.bindir, bundle_dir=str(where), outputs_dir=str(where), run_id="doctor-probe")
+        r = reachprobe.probe(executor, address, prelude=prelude, script_dir=str(where))
+        job = f"probe job {r.job_id}" if r.job_id else "the probe job"
+        if r.reached_from:
+            out.append(Check(name, "ok", f"{job} on {', '.join(r.reached_from)} reached {address}:{r.port} in {r.seconds:.1f} s"))
+        elif r.error:
+            out.append(Check(name, "fail", f"{job} could not run: {r.error}",
+                             "fix what the scheduler said (`gcbundle render` shows the batch script)"))
+        else:
+            out.append(Check(name, "fail",
+                             f"{job} ({r.job_state.lower()}) ran, but nothing reached {address}:{r.port} within {r.seconds:.0f} s: "
+                             "workers would not reach the interchange",
+                             "set the profile's ifname (or address) to the login node's interface on the network the compute "
+                             "nodes share (`ip -br addr` lists them); ask the site if a firewall blocks the port range"))
+    return out
+
+
 def _providers(built: _Built | None) -> list[str]:
     if built is None or built.config is None:
         return []
@@ -307,7 +322,7 @@ def _launchers(built: _Built | None) -> Check:
     if built is not None and built.config is not None:
         for e in built.config.executors:
             launcher = getattr(getattr(e, "provider", None), "launcher", None)
-            cmd = LAUNCHER_COMMAND.get(type(launcher).__name__)
+            cmd = schedulers.LAUNCHER_COMMAND.get(type(launcher).__name__)
             if cmd:
                 needed.append((type(launcher).__name__, cmd))
     missing = [(name, cmd) for name, cmd in needed if not shutil.which(cmd)]
@@ -327,9 +342,9 @@ def _launchers(built: _Built | None) -> Check:
 
 
 def _scheduler(built: _Built | None) -> Check:
-    found = {name: {cmd: shutil.which(cmd) for cmd in cmds} for name, cmds in SCHEDULERS.items()}
+    found = {name: {cmd: shutil.which(cmd) for cmd in sched.commands} for name, sched in schedulers.SCHEDULERS.items()}
     detail = "; ".join(", ".join(f"{cmd} {path or 'not found'}" for cmd, path in cmds.items()) for cmds in found.values())
-    needed = sorted({PROVIDER_SCHEDULER[p] for p in _providers(built) if p in PROVIDER_SCHEDULER})
+    needed = sorted({schedulers.PROVIDER_SCHEDULER[p] for p in _providers(built) if p in schedulers.PROVIDER_SCHEDULER})
     if not needed:
         complete = [name for name, cmds in found.items() if all(cmds.values())]
         if built is not None and built.config is not None:
@@ -343,7 +358,7 @@ def _scheduler(built: _Built | None) -> Check:
         missing = [cmd for cmd, path in found[name].items() if not path]
         if missing:
             return Check("batch scheduler", "fail", detail,
-                         f"the profile needs {', '.join(SCHEDULERS[name])}: put {', '.join(missing)} on the PATH of the endpoint "
+                         f"the profile needs {', '.join(schedulers.SCHEDULERS[name].commands)}: put {', '.join(missing)} on the PATH of the endpoint "
                          "(the Globus Compute endpoint's environment, e.g. its worker_init or the Ansible role's variables)")
         answer = _ask_scheduler(name)
         if answer:
@@ -354,7 +369,7 @@ def _scheduler(built: _Built | None) -> Check:
 
 def _ask_scheduler(name: str) -> str:
     """'' when the scheduler answers a query for this user's jobs, else what went wrong."""
-    argv = ["squeue", "-h", "-o", "%i", "-u", _user()] if name == "slurm" else ["qstat", "-u", _user()]
+    argv = schedulers.query(schedulers.SCHEDULERS[name], _user())
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -365,19 +380,12 @@ def _ask_scheduler(name: str) -> str:
     return ""
 
 
-def _job_init(site: dict[str, Any], driver: _Driver) -> str:
-    """What every batch job runs before gcbundle's prelude sets PATH: the site's lines, then driver_init."""
-    return "\n".join(x for x in (str(site.get("worker_init") or "").strip(), driver.init.strip()) if x)
-
-
 def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], driver: _Driver) -> Check:
     """Run the job's prelude and worker_init in a subshell with a bare environment
     (PBS jobs inherit none), and see which Python and Parsl ``process_worker_pool.py`` gets:
     the interchange refuses managers of another Parsl, and apps pickled by one
     Python minor version do not load on another."""
-    from login_node.pitfalls import version_tuple
-
-    site = _site_file(home)
+    site = SiteDefaults.read(home)
     inits = [""]
     if built is not None and built.config is not None:
         inits = [getattr(e.provider, "worker_init", "") or "" for e in built.config.executors if getattr(e, "provider", None) is not None] or [""]
@@ -396,17 +404,13 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
     except OSError:  # GCBUNDLE_HOME's own check says why
         base = Path(tempfile.gettempdir())
     with tempfile.TemporaryDirectory(dir=base) as tmp:
-        bundle_dir = Path(tmp) / "bundle"
-        bundle_dir.mkdir()
-        prelude = profiles.worker_prelude(
-            bindir=driver.bindir, bundle_dir=str(bundle_dir), outputs_dir=str(Path(tmp) / "outputs"),
-            run_id="doctor", site_init=_job_init(site, driver), tmpdir=str(site.get("tmpdir") or ""),
-        )
+        (Path(tmp) / "bundle").mkdir()
+        job_prelude = site.prelude(tmp, "doctor", driver_init=driver.init, bindir=driver.bindir)
         env = {k: v for k, v in os.environ.items() if k in ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")}
         env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
         results = []
         for init in dict.fromkeys(inits):
-            script = prelude + init + probe
+            script = job_prelude + init + probe
             try:
                 proc = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", script], capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
                                       check=False, env=env, cwd=tmp, stdin=subprocess.DEVNULL)

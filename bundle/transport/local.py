@@ -1,11 +1,10 @@
-"""Where a task goes: the interface, and the embedded ``local`` endpoint.
+"""The embedded ``local`` endpoint: this machine plays the login node.
 
-A transport sends one login-node task function with one request dict and
-returns the reply's data. ``local`` plays the login node on this machine, on
-the same code path as a real endpoint: the call is serialized with the SDK's
-``ComputeSerializer``, packed as a messagepack ``Task``, and executed by the
-endpoint's own ``execute_task`` in a separate process (one forked worker,
-like the endpoint's one-worker ``ProcessPoolEngine``), under the same 10 MiB limits.
+Same code path as a real endpoint: the call is serialized with the SDK's
+``ComputeSerializer``, packed as a messagepack ``Task`` (``wire.py``), and
+executed by the endpoint's own ``execute_task`` in a separate process (one
+forked worker, like the endpoint's one-worker ``ProcessPoolEngine``), under
+the same 10 MiB limits.
 """
 from __future__ import annotations
 
@@ -16,111 +15,16 @@ import signal
 import tempfile
 import threading
 import uuid
-from abc import ABC, abstractmethod
-from collections import Counter
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from bundle.errors import PayloadTooLarge, ProtocolMismatch, RemoteError, TransportError, UsageError
+from bundle import replies
+from bundle.errors import TransportError
 from bundle.limits import TASK_LIMIT
-from bundle.protocol import TASK_SINCE, TASKS, request, unwrap
-
-
-def task_function(name: str) -> Callable[..., Any]:
-    """The login-node function object for a task name (the only use the client makes of ``login_node``)."""
-    if name not in TASKS:
-        raise UsageError(f"unknown task {name!r}")
-    from login_node import tasks
-
-    return getattr(tasks, name)
-
-
-class Transport(ABC):
-    """Sends gcbundle's task functions to one endpoint."""
-
-    name: str = "?"
-    #: Longest a status task may wait on the login node for a state change
-    #: (``Run.wait``'s long poll); 0 to poll. Each waiting task holds one of
-    #: the endpoint's workers for that long.
-    status_wait: float = 0.0
-
-    def __init__(self) -> None:
-        #: Tasks sent through this transport, by task name (for benchmarks and tests).
-        self.calls: Counter[str] = Counter()
-
-    @property
-    def sent(self) -> int:
-        return sum(self.calls.values())
-
-    def call(self, task: str, **fields: Any) -> Any:
-        self.calls[task] += 1
-        try:
-            return unwrap(self._run(task, request(**fields)))
-        except RemoteError as exc:
-            raise _missing_task(task, exc) from None
-
-
-    def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
-        """The replies to ``task`` for each request's fields, in order.
-
-        One task per request, as with ``call``; a transport may overlap them
-        (the local one starts the next task while the caller handles a reply).
-        Make no other call on the transport until the iterator is exhausted.
-        """
-        for fields in requests:
-            yield self.call(task, **fields)
-
-    @abstractmethod
-    def _run(self, task: str, req: dict[str, Any]) -> Any:
-        """Run ``task`` with ``req`` on the endpoint and return its raw reply."""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> Transport:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def _missing_task(task: str, exc: RemoteError) -> RemoteError:
-    """A task newer than the login node's gcbundle fails there as a missing function: say to upgrade."""
-    since = TASK_SINCE.get(task)
-    if since and task in exc.message and ("attribute" in exc.message or "import" in exc.message):
-        return ProtocolMismatch(f"the login node's gcbundle has no `{task}` task (it came with gcbundle protocol {since})",
-                                "upgrade gcbundle on the login node (re-run the Ansible playbook)")
-    return exc
-
-
-def pack_task(fn: Callable[..., Any], req: dict[str, Any]) -> tuple[uuid.UUID, bytes]:
-    """The bytes a Globus Compute endpoint receives for ``fn(req)``."""
-    from globus_compute_common import messagepack
-    from globus_compute_common.messagepack.message_types import Task
-    from globus_compute_sdk.serialize import ComputeSerializer
-
-    serde = ComputeSerializer()
-    buffer = serde.pack_buffers([serde.serialize(fn), serde.serialize((req,)), serde.serialize({})])
-    if len(buffer) > TASK_LIMIT:
-        raise PayloadTooLarge(f"the {fn.__name__} task is {len(buffer)} bytes after serialization, above the {TASK_LIMIT}-byte limit", "this is a gcbundle bug: chunk sizes should keep tasks under the limit")
-    task_id = uuid.uuid4()
-    return task_id, messagepack.pack(Task(task_id=task_id, task_buffer=buffer))
-
-
-def unpack_result(packed: bytes) -> Any:
-    """The value inside a packed ``Result``, or the remote error raised."""
-    from globus_compute_common import messagepack
-    from globus_compute_sdk.serialize import ComputeSerializer
-
-    result = messagepack.unpack(packed)
-    if result.is_error:
-        details = result.error_details
-        code = details.code if details else "RemoteExecutionFailed"
-        text = (result.data or "").strip().splitlines()
-        last = text[-1] if text else (details.user_message if details else "unknown error")
-        if "MaxResultSizeExceeded" in (result.data or "") or code == "MaxResultSizeExceeded":
-            raise PayloadTooLarge(f"the task's result exceeded the endpoint's size limit: {last}", "this is a gcbundle bug: chunk sizes should keep results under the limit")
-        raise RemoteError(f"the task failed on the login node: {last}", "see `gcbundle doctor`, or rerun with --debug for the remote traceback")
-    return ComputeSerializer().deserialize(result.data)
+from bundle.protocol import request, unwrap
+from bundle.transport import Transport
+from bundle.transport.wire import pack_task, task_function, unpack_result
+from login_node.rundir import Home
 
 
 def _execute(task_bytes: bytes, task_id: uuid.UUID, run_dir: str) -> bytes:
@@ -217,8 +121,6 @@ class LocalTransport(Transport):
         """The tasks' working directory, in GCBUNDLE_HOME; if that cannot be made, a
         private temporary one, so that the task itself runs and says what is wrong
         with GCBUNDLE_HOME (a HomeError; ``doctor``: a failed check)."""
-        from login_node.rundir import Home
-
         workdir = Home.default().endpoint_workdir
         try:
             workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -240,6 +142,7 @@ class LocalTransport(Transport):
 
     def _run(self, task: str, req: dict[str, Any]) -> Any:
         task_id, packed = pack_task(task_function(task), req)
+        self._sent(task, len(packed))
         workdir = self._workdir()
         self._refuse_reentry()  # before the lock, which this thread may hold
         with self._lock:  # one task at a time, like a default endpoint
@@ -279,8 +182,8 @@ class LocalTransport(Transport):
                     fields = next(pending, None)
                     if fields is None:
                         return 0
-                    self.calls[task] += 1
                     task_id, packed = pack_task(fn, request(**fields))
+                    self._sent(task, len(packed))
                     worker.send(packed, task_id, workdir)
                     return 1
 
@@ -288,7 +191,7 @@ class LocalTransport(Transport):
                 while in_flight:
                     raw = worker.results.recv_bytes()
                     in_flight = send_next()
-                    yield unwrap(unpack_result(raw))
+                    yield replies.check(task, unwrap(unpack_result(raw)))
             except (EOFError, OSError):
                 in_flight = 0
                 self._close_worker()
@@ -309,20 +212,3 @@ class LocalTransport(Transport):
             scratch, self._scratch = self._scratch, None
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
-
-
-def get_transport(endpoint: str) -> Transport:
-    """``local``, or a Globus Compute endpoint by UUID or configured alias."""
-    if endpoint == "local":
-        return LocalTransport()
-    from bundle.endpoints import resolve
-    from bundle.globus import transport_for
-
-    return transport_for(resolve(endpoint))  # resolve() says what to do with an unknown name
-
-
-def worker_pid(transport: Transport) -> int | None:
-    """The pid of the local transport's worker process (for fault-injection tests)."""
-    worker = getattr(transport, "_worker", None)
-    return worker.proc.pid if worker is not None else None
-
