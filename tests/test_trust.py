@@ -77,6 +77,10 @@ def test_damaged_login_node_cache_entry_is_dropped_and_the_bundle_resent_once(tm
     third = api.submit(wf, "local", mode="script", transport=t)  # and it stays healed: one launch
     assert calls["launch"] - launches == 3
     third.wait()
+    entry.write_bytes(bytes(data))  # damaged again: a resume heals it the same way
+    resumed = api.resume(first.id, transport=t, wait=True)
+    assert resumed.last_state["state"] == "succeeded", resumed.last_state
+    assert calls["launch"] - launches == 5
 
 
 def test_damaged_archive_cache_is_detected_by_digest_and_rebuilt(tmp_path: Path) -> None:
