@@ -326,10 +326,20 @@ def listing(limit: int = 50, registry: Registry | None = None, *, endpoint: str 
             by_endpoint.setdefault(rec.endpoint, []).append(rec)
         for ep, recs in by_endpoint.items():
             try:
-                refreshed += _refresh(transport_for(ep), registry, recs)
+                t = transport_for(ep)
+                if hasattr(t, "task_timeout"):  # an offline endpoint must not hold `list` for the full task timeout
+                    t.task_timeout = min(t.task_timeout, _env_seconds("GCBUNDLE_LIST_TIMEOUT", 30.0))
+                refreshed += _refresh(t, registry, recs)
             except GcbundleError as exc:
                 notes.append(f"could not refresh {len(recs)} run{'s' if len(recs) != 1 else ''} on {ep}: {exc.message}")
     return Listing(registry.list(limit), [], refreshed, notes)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
 
 
 def _login_node_runs(transport: Transport, run_ids: list[str] | None = None) -> list[dict[str, Any]]:
