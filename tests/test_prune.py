@@ -151,7 +151,8 @@ def test_a_login_node_without_the_prune_task_says_to_upgrade(home: Path, monkeyp
     code, env = prune("--endpoint", "local", "--no-caches")
     transport.close()
     assert code == 7 and env["errors"][0]["type"] == "ProtocolMismatch", env
-    assert env["errors"][0]["message"] == "1 endpoint not pruned: endpoint local: the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)"
+    assert env["errors"][0]["message"] == ("1 endpoint not pruned: endpoint local: "
+                                           "the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)")
     assert env["errors"][0]["hint"].startswith("upgrade gcbundle on the login node")
 
 
