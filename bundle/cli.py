@@ -438,15 +438,17 @@ def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[s
 
 
 @command()
-def sites(progress: Progress) -> tuple[Any, str]:
-    """List the built-in site profiles and their parameters."""
+@click.argument("profile", required=False)
+def sites(profile: str | None, progress: Progress) -> tuple[Any, str]:
+    """List the built-in site profiles and their parameters (or only PROFILE: a
+    built-in name or the path of a .yaml profile)."""
     out = []
     lines = []
-    for name in profiles.builtin_names():
+    for name in [profile] if profile else profiles.builtin_names():
         p = profiles.load(name)
         params = p.parameters()
-        out.append({"name": name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
-        lines.append(f"{name}: {p.description}")
+        out.append({"name": p.name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
+        lines.append(f"{p.name}: {p.description}")
         for x in params.values():
             req = "required" if x.required else ("optional" if x.default is None else f"default {x.default!r}")
             lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
