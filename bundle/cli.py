@@ -459,7 +459,8 @@ def sites(profile: str | None, progress: Progress) -> tuple[Any, str]:
 @click.option("--older-than", "older_than", metavar="AGE", help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
 @click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled", "lost"]),
               help="Only runs that ended in this state (repeatable; default every ended state).")
-@click.option("-e", "--endpoint", "endpoints", multiple=True, help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
+@click.option("-e", "--endpoint", "endpoints", multiple=True,
+              help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, and how much, and delete nothing.")
 @click.option("--force", is_flag=True, help="Also runs whose results this client has not fetched (never a run that has not ended).")
 @click.option("--results", is_flag=True, help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")
