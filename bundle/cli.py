@@ -83,7 +83,7 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                        "hint": "this is a gcbundle bug: rerun with --debug for the traceback, and report it"}
                 if as_json:
                     click.echo(envelope(full_name, None, [err]))
-                click.echo(f"gcbundle: error: {err['message']}; {err['hint']}", err=True)
+                click.echo(f"gcbundle: error: {printable(err['message'])}; {err['hint']}", err=True)
                 sys.exit(1)
             progress.close()
             if as_json:
@@ -127,7 +127,7 @@ def _usage_error(exc: click.ClickException, argv: list[str]) -> None:
     hint = f"see `{path} --help`"
     if "--json" in (argv[: argv.index("--")] if "--" in argv else argv):
         click.echo(envelope(command, None, [{"type": "UsageError", "message": message, "hint": hint}]))
-    click.echo(f"gcbundle: error: {message}; {hint}", err=True)
+    click.echo(f"gcbundle: error: {printable(message)}; {hint}", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -345,6 +345,9 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
         lines.append(f"in job   {p(job['id'])} ({p(job.get('provider'))}, placement=batch: the driver and its workers run in it)")
     if st.get("scheduler_job_ids"):
         lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
+    for died in st.get("block_failures") or []:
+        if isinstance(died, dict):
+            lines.append(f"died     {p(died.get('job'))}: {p(died.get('why'))}")
     if st.get("resumed_from"):
         lines.append(f"resumed  from {p(st['resumed_from'])}")
     err = st.get("error") or {}
@@ -434,15 +437,17 @@ def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[s
 
 
 @command()
-def sites(progress: ProgressMeter) -> tuple[Any, str]:
-    """List the built-in site profiles and their parameters."""
+@click.argument("profile", required=False)
+def sites(profile: str | None, progress: ProgressMeter) -> tuple[Any, str]:
+    """List the built-in site profiles and their parameters (or only PROFILE: a
+    built-in name or the path of a .yaml profile)."""
     out = []
     lines = []
-    for name in profiles.builtin_names():
+    for name in [profile] if profile else profiles.builtin_names():
         p = profiles.load(name)
         params = p.parameters()
-        out.append({"name": name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
-        lines.append(f"{name}: {p.description}")
+        out.append({"name": p.name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
+        lines.append(f"{p.name}: {p.description}")
         for x in params.values():
             req = "required" if x.required else ("optional" if x.default is None else f"default {x.default!r}")
             lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
@@ -625,10 +630,16 @@ def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, p
               help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
 @click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
-def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], progress: ProgressMeter) -> tuple[Any, str]:
+@click.option("--probe", is_flag=True,
+              help="With --site: submit one short job per executor that checks a compute node reaches the executor's address.")
+def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], probe: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Check a login node: versions on both sides, scheduler and MPI commands, GCBUNDLE_HOME,
     the profile's address and worker_init. Exits non-zero when a check fails."""
-    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets))
+    if probe and not site:
+        raise UsageError("--probe needs --site", "the probe job is submitted with the site profile's provider, e.g. `--site polaris --probe`")
+    if probe:
+        progress.note("doctor: submitting a probe job to a compute node (up to 2 minutes)")
+    report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets), probe=probe)
     human = doc.table(report)
     if not report["ok"]:
         failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]

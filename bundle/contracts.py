@@ -267,6 +267,8 @@ class DoctorRequest(Contract):
     task: ClassVar[str] = "doctor"
     #: A site profile spec (``Profile.to_spec``) to check too.
     site: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
+    #: With ``site``: submit one short job per executor that checks a compute node reaches its address.
+    probe: bool | None = contract_field("bool", optional=True, default=None)
 
 
 # -- replies ------------------------------------------------------------------------------

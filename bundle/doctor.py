@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bundle import profiles
-from bundle.contracts import DoctorRequest, check_reply
+from bundle.contracts import DoctorRequest
 from bundle.endpoints import site_choice
 from bundle.errors import UsageError
 from bundle.protocol import request, unwrap
@@ -18,7 +18,7 @@ STATUS_WORD = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
 
 
 def run(*, endpoint: str | None = None, local: bool = False, site: str | None = None, params: dict[str, Any] | None = None,
-        transport: Transport | None = None) -> dict[str, Any]:
+        transport: Transport | None = None, probe: bool = False) -> dict[str, Any]:
     """The doctor report of an endpoint's login node, or of this machine (``local``)."""
     if bool(endpoint) == bool(local):
         raise UsageError("doctor needs either --endpoint E (checks that endpoint's login node) or --local (checks this machine)",
@@ -27,12 +27,12 @@ def run(*, endpoint: str | None = None, local: bool = False, site: str | None = 
     spec = profiles.load(site).to_spec(params) if site else None
     client = local_versions()
     if local:
-        report = check_reply("doctor", unwrap(task_function("doctor")(request(site=spec)))).to_json()
+        report = unwrap(task_function("doctor")(request(site=spec, **({"probe": True} if probe else {}))))
         report["where"] = None  # this machine
     else:
         assert endpoint is not None
         transport = transport or get_transport(endpoint)
-        report = transport.send(DoctorRequest(site=spec)).to_json()
+        report = transport.send(DoctorRequest(site=spec, probe=True if probe else None)).to_json()
         report["where"] = endpoint
         report["checks"] = compare(client, report.get("versions") or {}, report.get("driver_versions")) + list(report.get("checks") or [])
     report["checks"] = [every_side(client, report)] + list(report["checks"])

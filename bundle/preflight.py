@@ -170,12 +170,14 @@ def _left_out_module(tree: Tree, top: str) -> bool:
 
 
 def _import_error(tree: Tree, ref: imports.ImportRef, what: str, problem: str) -> BundleError:
-    path = what.replace(".", "/")
-    reason = tree.why_left_out(f"{path}.py") or tree.why_left_out(f"{path}/") or tree.why_left_out(f"{path}/__init__.py")
-    if reason:
-        return BundleError(f"{ref.where} imports {what}, which is left out of the bundle: {reason}",
-                           f"bring it along with --include {path}{'.py' if not reason.startswith(path + '/') else ''}, or change the rule that "
-                           "leaves it out")
+    parts = what.split(".")
+    for i in range(1, len(parts) + 1):  # the outermost package or module left out is what to bring
+        path = "/".join(parts[:i])
+        for candidate in (f"{path}/", f"{path}.py"):
+            reason = tree.excluded.get(candidate)
+            if reason:
+                return BundleError(f"{ref.where} imports {what}, which is left out of the bundle: {candidate} {reason}",
+                                   f"bring it along with --include {candidate.rstrip('/')}, or change the rule that leaves it out")
     return BundleError(f"{ref.where} imports {what}, but {problem}", "fix the import, or add the missing module to the workflow's folder")
 
 

@@ -54,7 +54,13 @@ def worker_prelude(*, bindir: str, bundle_dir: str, outputs_dir: str, run_id: st
     reference); the run's id (which finds every process of the run) and
     outputs directory; a TMPDIR that exists on the node (Open MPI's
     ``mpiexec`` keeps its session directory there); Open MPI's consent to
-    run as root, only for root; and the bundle as working directory, where
+    run as root, only for root; Open MPI's list of variables to pass to
+    ranks on other nodes (started over ssh, as on a PBS site whose Open MPI
+    has no PBS support, they get no other environment: Cray's and MPICH's
+    mpiexec pass it all and ignore the list); under Slurm, the job's nodes in
+    a file named by ``PBS_NODEFILE`` when the scheduler set none, since
+    Parsl's MpiExecLauncher takes its hosts from there and would otherwise
+    start every manager on the first node; and the bundle as working directory, where
     MpiExecLauncher writes its host file and where apps find the files they
     found on the laptop. Here it also fails loudly when the run directory is
     not visible on the node, instead of starting workers that cannot import
@@ -75,6 +81,11 @@ def worker_prelude(*, bindir: str, bundle_dir: str, outputs_dir: str, run_id: st
     lines += [
         'if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi',
         'if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi',
+        ('export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID'
+         '${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"'),
+        ('if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then'
+         ' export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID";'
+         ' scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi'),
         (f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname):'
          ' put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }'),
     ]

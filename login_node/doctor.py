@@ -55,8 +55,10 @@ class Check:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
-def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every check, for ``home`` and, if given, a site profile spec (``Profile.to_spec``)."""
+def site_report(home: Home, site: dict[str, Any] | None = None, probe: bool = False) -> dict[str, Any]:
+    """Every check, for ``home`` and, if given, a site profile spec (``Profile.to_spec``);
+    with ``probe``, also one short batch job per executor that checks a compute node
+    reaches the executor's address (``login_node.reachprobe``)."""
     versions = local_versions()
     checks = [_versions(versions), _home(home)]
     built: _Built | None = None
@@ -71,6 +73,8 @@ def site_report(home: Home, site: dict[str, Any] | None = None) -> dict[str, Any
     if driver.check is not None:
         checks.append(driver.check)
     checks.append(_worker_init(home, built, driver.versions or versions, driver))
+    if probe and built is not None and built.config is not None:
+        checks += _reach(home, built, driver)
     found = [c.to_json() for c in checks] + _pitfalls(home, built, driver.versions or versions, driver)
     return {
         "host": socket.gethostname(),
@@ -268,6 +272,44 @@ def _address_check(where: str, call: str, value: Any, kwargs: dict[str, Any]) ->
     return Check(f"address of {_owner(where)}", "ok", f"{call} = {value}")
 
 
+def _reach(home: Home, built: _Built, driver: _Driver) -> list[Check]:
+    """A compute node connects to each batch executor's address, in a real job."""
+    from parsl.providers.cluster_provider import ClusterProvider
+
+    from bundle.prelude import worker_prelude
+    from login_node import reachprobe
+
+    out = []
+    assert built.config is not None
+    for i, executor in enumerate(built.config.executors):
+        provider = getattr(executor, "provider", None)
+        if not isinstance(provider, ClusterProvider):
+            continue
+        name = f"compute node reaches executors[{i}]"
+        address = getattr(executor, "address", None)
+        if not isinstance(address, str) or not address:
+            out.append(Check(name, "fail", "the executor has no single address to probe (Parsl would try every address of this node)",
+                             "set the profile's address or ifname to the interface the compute nodes reach"))
+            continue
+        where = home.root / "probe"
+        where.mkdir(parents=True, exist_ok=True)
+        prelude = worker_prelude(bindir=driver.bindir, bundle_dir=str(where), outputs_dir=str(where), run_id="doctor-probe")
+        r = reachprobe.probe(executor, address, prelude=prelude, script_dir=str(where))
+        job = f"probe job {r.job_id}" if r.job_id else "the probe job"
+        if r.reached_from:
+            out.append(Check(name, "ok", f"{job} on {', '.join(r.reached_from)} reached {address}:{r.port} in {r.seconds:.1f} s"))
+        elif r.error:
+            out.append(Check(name, "fail", f"{job} could not run: {r.error}",
+                             "fix what the scheduler said (`gcbundle render` shows the batch script)"))
+        else:
+            out.append(Check(name, "fail",
+                             f"{job} ({r.job_state.lower()}) ran, but nothing reached {address}:{r.port} within {r.seconds:.0f} s: "
+                             "workers would not reach the interchange",
+                             "set the profile's ifname (or address) to the login node's interface on the network the compute "
+                             "nodes share (`ip -br addr` lists them); ask the site if a firewall blocks the port range"))
+    return out
+
+
 def _providers(built: _Built | None) -> list[str]:
     if built is None or built.config is None:
         return []
@@ -349,8 +391,13 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
     inits = [""]
     if built is not None and built.config is not None:
         inits = [getattr(e.provider, "worker_init", "") or "" for e in built.config.executors if getattr(e, "provider", None) is not None] or [""]
+    # Every command of the prelude and worker_init that fails is reported (a
+    # batch job goes on after a failing line, so module loads that never ran
+    # would only show later as missing software or another Parsl).
+    trap = f"trap 'printf \"%s failed=%s %s\\\\n\" {MARK} \"$?\" \"$BASH_COMMAND\"' ERR\n"
     probe = (
-        "\npool=$(command -v process_worker_pool.py || true)\n"
+        "\ntrap - ERR\n"
+        "pool=$(command -v process_worker_pool.py || true)\n"
         f'echo "{MARK} pool=$pool"\n'
         'if [ -n "$pool" ]; then\n'
         "  interp=$(head -n 1 \"$pool\" | sed 's/^#! *//')\n"
@@ -370,7 +417,7 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
         env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
         results = []
         for init in dict.fromkeys(inits):
-            script = job_prelude + init + probe
+            script = trap + job_prelude + init + probe
             try:
                 proc = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", script], capture_output=True, text=True,
                                       timeout=WORKER_INIT_TIMEOUT,
@@ -381,9 +428,17 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
             results.append((init, proc))
     python = "?"
     for _init, proc in results:
-        found = dict(line[len(MARK) + 1:].split("=", 1) for line in proc.stdout.splitlines() if line.startswith(MARK + " ") and "=" in line)
+        marks = [line[len(MARK) + 1:] for line in proc.stdout.splitlines() if line.startswith(MARK + " ")]
+        failed = [m.split("=", 1)[1] for m in marks if m.startswith("failed=")]
+        found = dict(m.split("=", 1) for m in marks if "=" in m and not m.startswith("failed="))
         errors = proc.stderr.strip().splitlines()
         said = f" (stderr: {errors[-1]})" if errors else ""
+        if failed:
+            code, _, command = failed[0].partition(" ")
+            return Check("worker_init", "fail", f"a line of the job's worker_init failed (exit {code}): {command}{said}",
+                         "fix or remove that line (site-defaults.yaml's worker_init: the Ansible role's gcbundle_site_worker_init_before; "
+                         "or the profile's worker_init); `module` is not defined in a batch job started from cron unless the line "
+                         "sources the site's modules set-up first")
         if not found.get("pool"):
             return Check("worker_init", "fail", f"process_worker_pool.py is not on the job's PATH after worker_init{said}",
                          f"install parsl in {Path(driver.bindir).parent} (the driver's environment), which the job puts first on PATH")

@@ -30,7 +30,7 @@ from typing import Any
 from bundle import prelude
 from bundle.errors import GcbundleError
 from bundle.fileio import write_atomic
-from login_node import blocks, procs, report, siteconfig, spawn, state
+from login_node import blocks, blockwatch, procs, report, siteconfig, spawn, state
 from login_node.entry import import_entry, resolve
 from login_node.rundir import RunPaths, RunRequest
 from login_node.timing import FirstWorkers
@@ -71,6 +71,7 @@ class Driver:
         self.checkpoint_files: list[str] = []
         self.providers: list[Any] = []
         self.scheduler_failure: dict[str, str] | None = None
+        self.block_failures: dict[str, dict[str, Any]] = {}
 
     # state.json has one writer: this process, through this method.
     def _write_state(self, **changes: Any) -> None:
@@ -78,6 +79,8 @@ class Driver:
             self.state.update(changes)
             self.state["tasks"] = report.task_counts(self.records)
             self.state["scheduler_job_ids"] = sorted(set(self.job_ids.values()))
+            if self.block_failures:
+                self.state["block_failures"] = list(self.block_failures.values())
             try:
                 state.write(self.paths, self.state)
             except OSError as exc:
@@ -105,6 +108,10 @@ class Driver:
         seen_failure = 0
         while not self.stop.wait(self.period):
             self._collect_job_ids()
+            try:
+                blockwatch.failures(self.providers, self.block_failures)
+            except Exception:  # noqa: BLE001 - Parsl's threads change what we read; next beat
+                pass
             self._write_state()
             try:
                 failure = blocks.scheduler_error(self.dfk) if self.scheduler_failure is None else None
@@ -169,6 +176,10 @@ class Driver:
             outcome = {"state": "cancelled"}
         self.timings["finished"] = time.time()
         self.stop.set()
+        try:
+            blockwatch.failures(self.providers, self.block_failures)  # a block that died in the last beat
+        except Exception:  # noqa: BLE001
+            log.exception("could not read what became of the block jobs")
         try:
             self._write_report(outcome)
         except OSError as exc:
@@ -246,6 +257,9 @@ class Driver:
         site = siteconfig.SiteDefaults.read(self.home)
         job_prelude = site.prelude(self.paths.root, self.paths.run_id, driver_init=str(spawn.plan(self.paths).get("driver_init") or ""))
         self.providers += prelude.prepend(config, job_prelude)
+        for provider in self.providers:
+            if type(provider).__name__ == "PBSProProvider":
+                blockwatch.watch_pbs(provider)  # non-zero exits are failures; one qstat per job
         self.config_repr = repr(config)
 
     def _instrument(self, dfk: Any) -> None:

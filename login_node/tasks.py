@@ -17,8 +17,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bundle import archive, placement, profiles
-from bundle.contracts import check_reply, parse_request
+from bundle import archive, placement, profiles, replies
+from bundle.contracts import parse_request
 from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
@@ -48,19 +48,16 @@ def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_hom
                 home = Home.default()
                 if ensure_home:
                     home.ensure()
-                return reply(_checked(fn.__name__, fn(req, home)))
+                # Built to the same declaration the client checks it against
+                # (``bundle.replies``): a reply this login node gets wrong is an
+                # error here, with the task and field named, not bad data there.
+                return reply(replies.check(fn.__name__, fn(req, home)))
             except GcbundleError as exc:
                 return error_reply(exc)
 
         return wrapper
 
     return decorate(fn) if fn is not None else decorate
-
-
-def _checked(task: str, data: Any) -> Any:
-    """A reply as its contract states it, checked before it leaves (``bundle.contracts``)."""
-    check_reply(task, data)
-    return data
 
 
 def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
@@ -532,7 +529,7 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
 
 @_task(ensure_home=False)
 def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    return site_report(home, check_site_spec(req.get("site"), "site"))
+    return site_report(home, check_site_spec(req.get("site"), "site"), probe=bool(req.get("probe")))
 
 
 @_task

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # One-stop set-up on a fresh Debian machine, idempotent.
 #   scripts/setup.sh          the client and the local endpoint in .venv
-#   scripts/setup.sh --test   plus what the test suite needs: a single-node Slurm
-#                             with munge and Open MPI, a loopback sshd with an
-#                             unprivileged user for the Ansible tests, and Debian's
-#                             RabbitMQ with an unprivileged user for the tests that
-#                             run the real globus-compute-endpoint daemon
+#   scripts/setup.sh --test   plus what the test suite needs: the virtual site
+#                             (scripts/site.sh: compute nodes cn1, cn2 as network
+#                             namespaces behind bridges bond0, hsn0), Slurm with munge
+#                             and Open MPI over it, OpenPBS built from source over
+#                             it (OPENPBS_SRC, see scripts/setup_pbs.sh), and a
+#                             loopback sshd with an unprivileged user for the
+#                             Ansible tests, and Debian's RabbitMQ with an
+#                             unprivileged user for the tests that run the real
+#                             globus-compute-endpoint daemon
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -42,7 +46,8 @@ extras=""
 .venv/bin/python -m pip install -q -e ".${extras}"
 
 if [ "$with_tests" = 1 ]; then
-  for script in scripts/setup_slurm.sh scripts/setup_sshd.sh scripts/setup_rabbitmq.sh; do
+  # setup_slurm.sh and setup_pbs.sh each bring the site up first (idempotent).
+  for script in scripts/setup_slurm.sh scripts/setup_pbs.sh scripts/setup_sshd.sh scripts/setup_rabbitmq.sh; do
     if [ -f "$script" ]; then bash "$script"; fi
   done
 fi

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# Install and start a single-node Slurm cluster (plus Open MPI) for the test
-# suite, on a Debian machine whose PID 1 is not systemd.  Idempotent:
+# Install and start a Slurm cluster (plus Open MPI) for the test suite over the
+# virtual site of scripts/site.sh (which it brings up when it is not): slurmctld
+# on the login node (this machine), one slurmd in each compute node's
+# namespace. For a Debian machine whose PID 1 is not systemd.  Idempotent:
 #   - installs slurm-wlm, munge and openmpi-bin only when missing;
 #   - rewrites /etc/slurm/slurm.conf only when its content would change (and
 #     then restarts slurmctld and slurmd so they read it);
-#   - starts munged, slurmctld and slurmd directly (no init system) when they
-#     are not running, e.g. after a reboot of the machine;
-#   - waits until `sinfo` shows the node usable, resuming it if Slurm left it
+#   - starts munged, slurmctld and each node's slurmd directly (no init
+#     system) when they are not running, e.g. after a reboot of the machine;
+#   - waits until `sinfo` shows every node usable, resuming a node Slurm left
 #     down or drained, and prints one status line on stdout.
 #
 # Jobs can be submitted by root and by any unprivileged user (munge
 # authenticates every local user; slurmd runs as root and switches to the
 # job's user).
 #
-# The cluster: one node named after this host (`hostname -s`, reached on
-# 127.0.0.1) with the CPUs, cores and memory that `slurmd -C` detects;
-# partitions `debug` (default) and `long`; no slurmdbd, so `sacct` is
-# disabled and Parsl's SlurmProvider falls back to `squeue`.
+# The cluster: the controller on the login node at its bond0 address
+# (10.250.0.1); compute nodes cn1, cn2, ... (scripts/site.sh) at their bond0
+# addresses, each with the CPUs, cores and memory that `slurmd -C` detects
+# (the machine's: the nodes share it); partitions `debug` (default) and
+# `long`; no slurmdbd, so `sacct` is disabled and Parsl's SlurmProvider falls
+# back to `squeue`.  munged runs on the login node; the slurmds reach its
+# socket through the shared file system.
 #
 # Open MPI inside jobs: `mpiexec` is /usr/bin/mpiexec (Open MPI 4.1).  Run as
 # root it refuses to start unless the job environment has
@@ -40,7 +45,9 @@ STATE_DIR=/var/lib/slurm/slurmctld
 SPOOL_DIR=/var/lib/slurm/slurmd
 LOG_DIR=/var/log/slurm
 CTLD_PID=/run/slurmctld.pid
-SLURMD_PID=/run/slurmd.pid
+SLURMD_PID=/run/slurmd-%n.pid     # one per compute node (%n: its name)
+OLD_SLURMD_PID=/run/slurmd.pid    # the single-node cluster of earlier versions
+SITE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/site.sh"
 MUNGE_PID=/run/munge/munged.pid
 
 # --- packages ----------------------------------------------------------------
@@ -56,6 +63,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# --- the virtual site ---------------------------------------------------------
+bash "$SITE" up
+mapfile -t nodes < <(bash "$SITE" nodes)
+login_addr=10.250.0.1   # the login node on bond0 (scripts/site.sh)
+
 # --- directories and the munge key -----------------------------------------
 install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
@@ -68,6 +80,7 @@ chown munge:munge /etc/munge/munge.key
 chmod 0400 /etc/munge/munge.key
 install -d -o slurm -g slurm -m 0755 "$STATE_DIR" "$LOG_DIR"
 install -d -o root -g root -m 0755 "$SPOOL_DIR" /etc/slurm
+for n in "${nodes[@]}"; do install -d -o root -g root -m 0755 "$SPOOL_DIR/$n"; done
 
 # --- slurm.conf ----------------------------------------------------------------
 host="$(hostname -s)"
@@ -83,9 +96,10 @@ cat >"$new_conf" <<EOF
 # slurm.conf written by scripts/setup_slurm.sh (gcbundle test cluster).
 # Rewritten whenever it would change; edit the script, not this file.
 
-# One cluster, one controller, both on this host, talking over loopback.
+# One cluster: the controller on the login node (this host), reached on its
+# bond0 address; the compute nodes are scripts/site.sh's namespaces.
 ClusterName=gcbundle
-SlurmctldHost=${host}(127.0.0.1)
+SlurmctldHost=${host}(${login_addr})
 SlurmUser=slurm
 SlurmdUser=root
 SlurmctldPort=6817
@@ -101,11 +115,11 @@ TaskPlugin=task/none
 
 # Where the daemons keep state, logs and pid files.
 StateSaveLocation=${STATE_DIR}
-SlurmdSpoolDir=${SPOOL_DIR}
+SlurmdSpoolDir=${SPOOL_DIR}/%n
 SlurmctldPidFile=${CTLD_PID}
 SlurmdPidFile=${SLURMD_PID}
 SlurmctldLogFile=${LOG_DIR}/slurmctld.log
-SlurmdLogFile=${LOG_DIR}/slurmd.log
+SlurmdLogFile=${LOG_DIR}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 
@@ -127,20 +141,23 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 
 # Timers tuned for tests: cancelled jobs get SIGKILL 5 s after SIGTERM;
-# finished jobs stay visible (\`squeue -t all\`, \`squeue --json\`) for a day:
-# the PBS Pro stand-in answers \`qstat -x\` from them, and PBSProProvider asks
-# about every block it ever submitted (one unknown id fails the whole poll);
+# finished jobs stay visible (\`squeue -t all\`, \`squeue --json\`) for a day,
+# so the reason a block ended can still be read after it ended;
 # a node that went down (e.g. the machine rebooted) returns to service when
-# slurmd registers.
+# slurmd registers; a node whose slurmd stops answering is DOWN after 30 s
+# (so a test that kills a node sees its job end within a minute).
 KillWait=5
 MinJobAge=86400
 ReturnToService=2
-SlurmdTimeout=300
+SlurmdTimeout=30
 InactiveLimit=0
 MailProg=/bin/true
 
-# The node: this host with the layout and memory \`slurmd -C\` reports.
-NodeName=${host} NodeAddr=127.0.0.1 ${node_hw} State=UNKNOWN
+# The compute nodes, with the layout and memory \`slurmd -C\` reports, and
+# the feature \`cpu\` (as Perlmutter's CPU nodes: \`--constraint cpu\`).
+$(for n in "${nodes[@]}"; do
+  echo "NodeName=$n NodeAddr=$(getent hosts "$n" | cut -d' ' -f1) ${node_hw} Features=cpu State=UNKNOWN"
+done)
 
 # Partitions: \`debug\` is the default; \`long\` is a second queue for tests
 # that select a partition.  Both generous, so walltimes never bite by surprise.
@@ -199,8 +216,9 @@ if ! munge_works 2>/dev/null; then
   wait_for munged 20 munge_works
 fi
 
+stop_daemon "$OLD_SLURMD_PID" slurmd   # a slurmd of the single-node layout
 if [ "$conf_changed" = 1 ]; then
-  stop_daemon "$SLURMD_PID" slurmd
+  for n in "${nodes[@]}"; do stop_daemon "${SLURMD_PID//%n/$n}" slurmd; done
   stop_daemon "$CTLD_PID" slurmctld
 fi
 
@@ -210,30 +228,38 @@ if ! pid_alive "$CTLD_PID" slurmctld; then
     || die "slurmctld failed to start; see $LOG_DIR/slurmctld.log"
   wait_for slurmctld 30 scontrol ping
 fi
-if ! pid_alive "$SLURMD_PID" slurmd; then
-  log "starting slurmd"
-  /usr/sbin/slurmd </dev/null >/dev/null 2>&1 \
-    || die "slurmd failed to start; see $LOG_DIR/slurmd.log"
-fi
-
-# --- wait until the node takes jobs ------------------------------------------
-state=""
-for _ in $(seq 1 300); do
-  state="$(sinfo -h -N -n "$host" -o %T 2>/dev/null | head -n 1 || true)"
-  case "$state" in
-    idle | mixed | allocated | completing) break ;;
-    down* | drain* | fail*)
-      # e.g. "Node unexpectedly rebooted": it is back, let it take jobs.
-      scontrol update NodeName="$host" State=RESUME >/dev/null 2>&1 || true ;;
-  esac
-  sleep 0.2
+for n in "${nodes[@]}"; do
+  if ! pid_alive "${SLURMD_PID//%n/$n}" slurmd; then
+    log "starting slurmd on $n"
+    bash "$SITE" exec "$n" /usr/sbin/slurmd -N "$n" </dev/null >/dev/null 2>&1 \
+      || die "slurmd on $n failed to start; see $LOG_DIR/slurmd-$n.log"
+  fi
 done
-case "$state" in
-  idle | mixed | allocated | completing) ;;
-  *) die "node $host is '${state:-unknown}' after 60s; see $LOG_DIR/slurmd.log and slurmctld.log" ;;
-esac
 
-cpus="$(sinfo -h -N -n "$host" -o %c | head -n 1)"
-mem="$(sinfo -h -N -n "$host" -o %m | head -n 1)"
+# --- wait until every node takes jobs ----------------------------------------
+# node_state NODE: its state as sinfo prints it (idle, mixed, down*, ...).
+node_state() { sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n 1 || true; }
+summary=()
+for n in "${nodes[@]}"; do
+  state=""
+  for _ in $(seq 1 300); do
+    state="$(node_state "$n")"
+    case "$state" in
+      idle | mixed | allocated | completing) break ;;
+      down* | drain* | fail*)
+        # e.g. "Node unexpectedly rebooted", or a test killed it: it is back.
+        scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true ;;
+    esac
+    sleep 0.2
+  done
+  case "$state" in
+    idle | mixed | allocated | completing) ;;
+    *) die "node $n is '${state:-unknown}' after 60s; see $LOG_DIR/slurmd-$n.log and slurmctld.log" ;;
+  esac
+  summary+=("$n $state")
+done
+
+cpus="$(sinfo -h -N -n "${nodes[0]}" -o %c | head -n 1)"
+mem="$(sinfo -h -N -n "${nodes[0]}" -o %m | head -n 1)"
 parts="$(sinfo -h -o %P | tr '\n' ' ' | sed 's/ $//')"
-echo "slurm: node ${host} ${state}, ${cpus} CPUs, ${mem} MB, partitions: ${parts}; $(mpiexec --version 2>/dev/null | head -n 1)"
+echo "slurm: controller ${host} (${login_addr}), nodes $(IFS=,; echo "${summary[*]}") with ${cpus} CPUs, ${mem} MB each; partitions: ${parts}; $(mpiexec --version 2>/dev/null | head -n 1)"

@@ -1,17 +1,22 @@
-"""Shared helpers and fixtures for tests that use the local Slurm cluster.
+"""Shared helpers and fixtures for tests that use the virtual site's schedulers.
 
-The cluster is installed and started by ``scripts/setup_slurm.sh`` (which
-``scripts/setup.sh --test`` runs).  Tests that need it fail, and never skip,
-when it is not there.
+``scripts/site.sh`` makes this machine a login node with compute nodes
+``cn1``, ``cn2`` (network + UTS namespaces, reached over bridges named
+``bond0`` and ``hsn0``); ``scripts/setup_slurm.sh`` runs Slurm over them and
+``scripts/setup_pbs.sh`` a real OpenPBS (the open-source PBS Pro), both
+started by ``scripts/setup.sh --test``.  Tests that need them fail, and never
+skip, when they are not there.
 
-PBS Pro: no PBS Pro server can be installed on the test machines, so
-``tests/pbs_standin/`` holds a stand-in for its command line (``qsub``,
-``qstat``, ``qdel``) that runs jobs on this Slurm cluster.
+Workers on a compute node cannot reach the login node's 127.0.0.1: the
+interchange must listen on an address of the shared links
+(``LOGIN_ADDRESS``, on bond0), as on a real site.
 """
 from __future__ import annotations
 
 import builtins
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,8 +29,15 @@ from typing import Any, TypeVar, cast
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
-PBS_STANDIN_DIR = TESTS_DIR / "pbs_standin"
-SETUP_HINT = "run `scripts/setup.sh --test` (it installs and starts the local Slurm cluster)"
+SITE_SCRIPT = TESTS_DIR.parent / "scripts" / "site.sh"
+SETUP_HINT = ("run `scripts/setup.sh --test` (it brings up the virtual site: compute nodes cn1 and cn2, "
+              "Slurm and OpenPBS over them)")
+#: The login node's addresses on the site's two links (scripts/site.sh).
+LOGIN_ADDRESS = "10.250.0.1"      # bond0, the interface the polaris profile names
+LOGIN_HSN_ADDRESS = "10.251.0.1"  # hsn0, the interface the perlmutter profile names
+COMPUTE_NODES = ("cn1", "cn2")
+#: Processes that belong on a compute node between runs (the node's daemons).
+NODE_DAEMONS = ("sleep", "sshd", "slurmd", "pbs_mom")
 CMD_TIMEOUT = 30
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +53,9 @@ MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    # Open MPI started over ssh (PBS jobs here: Debian's Open MPI has no PBS
+    # support) gives remote ranks only OMPI_* variables; PATH must follow.
+    "OMPI_MCA_mca_base_env_list": "PATH",
 }
 
 # An HTEX worker started by MpiExecLauncher is itself an Open MPI rank: its
@@ -82,7 +97,7 @@ def worker_init(*, cd: str | None = None) -> str:
     if cd:
         lines.append(f"cd {cd}")
     lines.append(f"export PATH={VENV_BIN}:$PATH")
-    lines.append("export " + " ".join(f"{k}={v}" for k, v in MPI_ENV.items()))
+    lines.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in MPI_ENV.items()))
     return "\n".join(lines)
 
 
@@ -92,11 +107,25 @@ def run(argv: list[str], *, env: dict[str, str] | None = None,
                           check=False, env=env)
 
 
+def site_problem() -> str | None:
+    """Why the virtual site (login node + compute nodes) is not up, or None."""
+    try:
+        st = run(["bash", str(SITE_SCRIPT), "status"], timeout=30)
+    except subprocess.TimeoutExpired:
+        return "`scripts/site.sh status` timed out"
+    if st.returncode != 0:
+        return f"the virtual site is not up ({' / '.join(st.stdout.split(chr(10)))})"
+    return None
+
+
 def slurm_problem() -> str | None:
-    """Why the local Slurm cluster cannot take jobs, or None when it can."""
+    """Why the site's Slurm cluster cannot take jobs on every compute node, or None when it can."""
     for tool in ("sinfo", "squeue", "sbatch", "scancel", "mpiexec"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
+    problem = site_problem()
+    if problem:
+        return problem
     try:
         ping = run(["scontrol", "ping"], timeout=10)
         if ping.returncode != 0 or "UP" not in ping.stdout:
@@ -104,9 +133,36 @@ def slurm_problem() -> str | None:
         info = run(["sinfo", "-h", "-N", "-o", "%N %T"])
     except subprocess.TimeoutExpired as exc:
         return f"Slurm command timed out: {exc}"
-    states = [line.split()[1] for line in info.stdout.splitlines() if len(line.split()) == 2]
-    if not any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no node takes jobs (sinfo: {info.stdout.strip() or info.stderr.strip()})"
+    states = dict(line.split() for line in info.stdout.splitlines() if len(line.split()) == 2)
+    usable = {n for n, s in states.items() if s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing")}
+    if not set(COMPUTE_NODES) <= usable:
+        return f"not every compute node takes jobs (sinfo: {info.stdout.strip() or info.stderr.strip()})"
+    return None
+
+
+def pbs_problem() -> str | None:
+    """Why the site's OpenPBS cannot take jobs on every compute node, or None when it can."""
+    for tool in ("qsub", "qstat", "qdel", "pbsnodes", "mpiexec"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed"
+    problem = site_problem()
+    if problem:
+        return problem
+    try:
+        server = run(["qstat", "-B"], timeout=20)
+        if server.returncode != 0:
+            return f"pbs_server does not answer: {(server.stdout + server.stderr).strip()}"
+        nodes = run(["pbsnodes", "-a", "-F", "json"], timeout=20)
+    except subprocess.TimeoutExpired as exc:
+        return f"PBS command timed out: {exc}"
+    try:
+        states = {n: a.get("state", "") for n, a in json.loads(nodes.stdout).get("nodes", {}).items()}
+    except ValueError:
+        return f"pbsnodes gave no JSON: {nodes.stdout.strip() or nodes.stderr.strip()}"
+    bad = {n: states.get(n, "missing") for n in COMPUTE_NODES
+           if states.get(n, "missing") not in ("free", "job-busy", "job-exclusive")}
+    if bad:
+        return f"PBS nodes not usable: {bad}"
     return None
 
 
@@ -119,27 +175,28 @@ def slurm_cluster() -> None:
                     pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def pbs_cluster() -> None:
+    """The site's OpenPBS answers; fails (not skips) with how to fix it."""
+    problem = pbs_problem()
+    if problem:
+        pytest.fail(f"the site's OpenPBS is not usable: {problem}; {SETUP_HINT}", pytrace=False)
+
+
 @pytest.fixture
 def parsl_env(slurm_cluster: None, tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A working directory for one Parsl run with the environment's bin/ on PATH.
 
     Jobs inherit the working directory (SlurmProvider) or are told to go
-    there (PBS stand-in + `worker_init(cd=...)`), so files that launchers
-    write next to the submitter stay inside tmp_path.
+    there (PBS + `worker_init(cd=...)`), so files that launchers write next
+    to the submitter stay inside tmp_path.
     """
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv("PATH", f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     yield work
-
-
-@pytest.fixture
-def pbs_standin(parsl_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The PBS Pro CLI stand-in (`qsub`, `qstat`, `qdel`) first on PATH."""
-    monkeypatch.setenv("PATH", f"{PBS_STANDIN_DIR}{os.pathsep}{os.environ['PATH']}")
-    return PBS_STANDIN_DIR
 
 
 def active_jobs(job_ids: Iterable[str]) -> dict[str, str]:
@@ -172,3 +229,69 @@ def scancel_quietly(job_ids: Iterable[str]) -> None:
     ids = [j.split(".")[0] for j in job_ids]
     if ids:
         run(["scancel", *ids])
+
+
+def qstat_jobs(job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`qstat -x -f -F json` of `job_ids` (finished ones included): id -> attributes."""
+    ids = list(job_ids)
+    if not ids:
+        return {}
+    out = run(["qstat", "-x", "-f", "-F", "json", *ids])
+    assert out.returncode == 0, f"qstat failed: {out.stderr}"
+    return cast(dict[str, dict[str, Any]], json.loads(out.stdout).get("Jobs", {}))
+
+
+def wait_pbs_finished(job_ids: Iterable[str], timeout: float = 60.0) -> dict[str, str]:
+    """Poll qstat -x until every one of `job_ids` is F (finished); return the
+    states of those that are not."""
+    ids = list(job_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {j: a.get("job_state", "?") for j, a in qstat_jobs(ids).items() if a.get("job_state") != "F"}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def qdel_quietly(job_ids: Iterable[str]) -> None:
+    """Hygiene after a failed test: delete what it left behind."""
+    ids = list(job_ids)
+    if ids:
+        run(["qdel", "-W", "force", *ids])
+
+
+def netns_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def node_processes() -> dict[str, list[str]]:
+    """Processes on each compute node other than its daemons: node -> command lines.
+
+    The nodes share this machine's process table, so a process's node is the
+    network namespace it lives in (`ip netns pids`)."""
+    found: dict[str, list[str]] = {}
+    for node in COMPUTE_NODES:
+        pids = run(["ip", "netns", "pids", node]).stdout.split()
+        for pid in pids:
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if comm in NODE_DAEMONS and (comm != "sshd" or "[listener]" in cmdline):
+                continue  # a daemon of the node (an sshd session is not)
+            found.setdefault(node, []).append(f"{pid} {cmdline}")
+    return found
+
+
+def wait_nodes_quiet(timeout: float = 30.0) -> dict[str, list[str]]:
+    """Poll until no compute node runs anything but its daemons; return what is left."""
+    deadline = time.monotonic() + timeout
+    left = node_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = node_processes()
+    return left

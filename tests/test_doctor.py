@@ -1,11 +1,14 @@
 """`gcbundle doctor`: through the local endpoint (one task, the same code path as
 a real endpoint) and `--local` (in this process, what the Ansible role runs
-last on a login node), on this machine with its real Slurm, Open MPI and,
-for PBS, the stand-in for the PBS Pro command line (tests/pbs_standin)."""
+last on a login node), on this machine, the virtual site's login node, with
+its real Slurm, OpenPBS, Open MPI and the bond0/hsn0 links (scripts/site.sh)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from bundle.errors import ChecksFailed
 from bundle.versions import local_versions
 from login_node import doctor as site_doctor
 from login_node.rundir import Home
+from tests.conftest_scheduler import LOGIN_HSN_ADDRESS
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -35,8 +39,9 @@ def test_local_mode_passes_on_this_machine(home: Path) -> None:
     assert code == 0 and env["status"] == "success", env
     data = env["data"]
     assert data["ok"] and data["home"] == str(home) and data["versions"] == local_versions()
-    assert by_name["batch scheduler"]["status"] == "ok" and "slurm answers" in by_name["batch scheduler"]["detail"]
-    assert "/usr/bin/sbatch" in by_name["batch scheduler"]["detail"] and "qsub not found" in by_name["batch scheduler"]["detail"]
+    assert by_name["batch scheduler"]["status"] == "ok"
+    assert "/usr/bin/sbatch" in by_name["batch scheduler"]["detail"] and "qsub /" in by_name["batch scheduler"]["detail"]
+    assert by_name["batch scheduler"]["detail"].endswith("slurm, pbs answers")
     assert by_name["MPI launchers"]["status"] == "ok" and "mpiexec /usr/bin/mpiexec" in by_name["MPI launchers"]["detail"]
     assert by_name["GCBUNDLE_HOME"]["status"] == "ok" and "GiB free" in by_name["GCBUNDLE_HOME"]["detail"]
     assert by_name["worker_init"] == {"name": "worker_init", "status": "ok", "fix": "",
@@ -55,26 +60,29 @@ def test_endpoint_mode_with_the_slurm_profile(home: Path) -> None:
     assert "  ok    batch scheduler" in res.stdout
 
 
-def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path) -> None:
-    code, env, by_name = doctor("--local", "--site", "polaris", "--set", "account=proj")
+def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login node without PBS commands nor the interface the profile names."""
+    monkeypatch.setenv("PATH", os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                                               if not Path(d, "qsub").exists()))
+    code, env, by_name = doctor("--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0")
     assert code == ChecksFailed.exit_code and env["status"] == "error"
     assert "2 doctor checks failed: batch scheduler, address of executors[0]" in env["errors"][0]["message"]
     assert by_name["batch scheduler"]["status"] == "fail" and "qsub, qstat, qdel" in by_name["batch scheduler"]["fix"]
     address = by_name["address of executors[0]"]
-    assert address["status"] == "fail" and "address_by_interface(ifname='hsn0') failed here" in address["detail"]
+    assert address["status"] == "fail" and "address_by_interface(ifname='nosuch0') failed here" in address["detail"]
     assert "--set ifname=" in address["fix"]
-    res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj"])
+    res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0"])
     assert res.exit_code == ChecksFailed.exit_code
-    assert "  FAIL  address of executors[0]" in res.stdout and "fix: no such interface" in res.stdout
+    assert "  FAIL  address of executors[0]" in res.stdout and "fix: no nosuch0 on this login node, but it has hsn0, bond0" in res.stdout
     assert "gcbundle: error: 2 doctor checks failed" in res.stderr
 
 
-def test_polaris_profile_passes_with_the_pbs_standin_and_loopback(pbs_standin: Path, home: Path) -> None:
-    """PBS commands from the STAND-IN for the PBS Pro CLI (not PBS Pro)."""
-    code, env, by_name = doctor("--endpoint", "local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=lo")
+def test_polaris_profile_passes_on_the_virtual_login_node(pbs_cluster: None, home: Path) -> None:
+    """The real OpenPBS answers and hsn0 exists, as on a Polaris login node."""
+    code, env, by_name = doctor("--endpoint", "local", "--site", "polaris", "--set", "account=proj")
     assert code == 0, env
     assert by_name["batch scheduler"]["detail"].endswith("pbs answers")
-    assert by_name["address of executors[0]"]["detail"] == "address_by_interface(ifname='lo') = 127.0.0.1"
+    assert by_name["address of executors[0]"]["detail"] == f"address_by_interface(ifname='hsn0') = {LOGIN_HSN_ADDRESS}"
 
 
 def test_missing_required_parameter_is_a_failing_check(home: Path) -> None:
@@ -152,3 +160,37 @@ def test_no_mpi_launcher_is_a_warning_not_ok(home: Path, monkeypatch: pytest.Mon
 def test_doctor_needs_an_endpoint_or_local() -> None:
     res = CliRunner().invoke(main, ["doctor"])
     assert res.exit_code == 2 and "--endpoint E" in res.stderr and "--local" in res.stderr
+
+
+#: The polaris profile on the virtual site: only what the machine lacks overridden (see tests/test_pbs_e2e.py).
+POLARIS_HERE = ("--set", "account=proj", "--set", "bind_cmd=--bind-to", "--set", "mpi_overrides=", "--set", "cpus_per_node=2",
+                "--set", "select_options=mpiprocs=1", "--set", "cpu_affinity=alternating")
+
+
+@pytest.mark.timeout(300)
+def test_probe_job_reaches_the_login_node_on_hsn0(pbs_cluster: None, home: Path) -> None:
+    """`--probe` submits one real PBS job; a compute node connects to the address
+    the profile resolved (hsn0) at a port of the executor's range."""
+    code, env, by_name = doctor("--local", "--site", "polaris", *POLARIS_HERE, "--probe")
+    assert code == 0, env
+    reach = by_name["compute node reaches executors[0]"]
+    assert reach["status"] == "ok"
+    assert re.fullmatch(rf"probe job \d+\.\S+ on cn\d reached {re.escape(LOGIN_HSN_ADDRESS)}:5\d{{4}} in [\d.]+ s", reach["detail"]), reach
+
+
+@pytest.mark.timeout(300)
+def test_probe_catches_an_address_the_compute_nodes_cannot_reach(pbs_cluster: None, home: Path) -> None:
+    """An interface of this login node outside the site's links (eth0 here):
+    the address check passes, but the compute nodes have no route to it, and
+    only the probe can tell."""
+    shown = subprocess.run(["ip", "-4", "-br", "addr"], capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
+    outside = [line.split()[0].split("@")[0] for line in shown
+               if len(line.split()) >= 3 and line.split()[0].split("@")[0] not in ("lo", "bond0", "hsn0")]
+    assert outside, f"this login node has no interface outside the site's links: {shown}"
+    code, env, by_name = doctor("--local", "--site", "polaris", *POLARIS_HERE, "--set", f"ifname={outside[0]}", "--probe")
+    assert code == ChecksFailed.exit_code
+    assert by_name["address of executors[0]"]["status"] == "ok"
+    reach = by_name["compute node reaches executors[0]"]
+    assert reach["status"] == "fail" and "(failed) ran, but nothing reached" in reach["detail"], reach
+    assert "workers would not reach the interchange" in reach["detail"] and "ifname" in reach["fix"]
+    assert "compute node reaches executors[0]" in env["errors"][0]["message"]

@@ -95,8 +95,15 @@ def test_a_local_module_left_out_by_gcbundleignore_is_named_with_the_rule(tmp_pa
     (tmp_path / "w" / ".gcbundleignore").write_text("helpers.py\n")
     with pytest.raises(BundleError) as err:
         pack(wf, tmp_path / "b.tar.gz")
-    assert err.value.message == "workflow.py:1 imports helpers, which is left out of the bundle: matched .gcbundleignore (helpers.py)"
+    assert err.value.message == "workflow.py:1 imports helpers, which is left out of the bundle: helpers.py matched .gcbundleignore (helpers.py)"
     assert "--include helpers.py" in err.value.hint
+    make(tmp_path / "w", {"tools/__init__.py": "", "tools/run.py": "def go():\n    pass\n"})
+    wf.write_text("from tools.run import go\n\ndef main():\n    return 0\n")
+    (tmp_path / "w" / ".gcbundleignore").write_text("tools/\n")
+    with pytest.raises(BundleError) as err:
+        pack(wf, tmp_path / "b.tar.gz")
+    assert err.value.message == "workflow.py:1 imports tools.run, which is left out of the bundle: tools/ matched .gcbundleignore (tools/)"
+    assert err.value.hint.startswith("bring it along with --include tools,")
 
 
 def test_a_module_importing_an_absent_sibling_is_found_through_the_chain(tmp_path: Path) -> None:

@@ -48,6 +48,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 
 
@@ -101,6 +103,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 export TMPDIR=/tmp
 
@@ -154,6 +158,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 
 
@@ -207,6 +213,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 export TMPDIR=/tmp
 
@@ -266,6 +274,8 @@ export GCBUNDLE_OUTPUT_DIR='<run>/outputs'
 export GCBUNDLE_RUN_ID='<run_id>'
 if [ -z "${TMPDIR:-}" ] || [ ! -d "$TMPDIR" ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_mca_base_env_list="PATH;PYTHONPATH;GCBUNDLE_OUTPUT_DIR;GCBUNDLE_RUN_ID${OMPI_MCA_mca_base_env_list:+;$OMPI_MCA_mca_base_env_list}"
+if [ -z "${PBS_NODEFILE:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then export PBS_NODEFILE="$TMPDIR/gcbundle-nodes.$SLURM_JOB_ID"; scontrol show hostnames "$SLURM_JOB_NODELIST" >"$PBS_NODEFILE"; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 
 
@@ -597,3 +607,19 @@ def test_sites_lists_every_builtin_with_parameters() -> None:
     assert params["slurm"]["launcher"]["default"] == "MpiExecLauncher"
     res = CliRunner().invoke(main, ["sites"])
     assert "account (required)" in res.stdout and "partition (optional)" in res.stdout
+
+
+def test_sites_shows_one_profile_by_name_or_path(tmp_path: Path) -> None:
+    """What the Ansible role checks a site's parameters against."""
+    res = CliRunner().invoke(main, ["sites", "slurm", "--json"])
+    (one,) = json.loads(res.stdout)["data"]
+    assert one["name"] == "slurm" and "partition" in {p["name"] for p in one["parameters"]}
+    path = tmp_path / "mysite.yaml"
+    path.write_text((Path(profiles.__file__).parent / "sites" / "local.yaml").read_text())
+    res = CliRunner().invoke(main, ["sites", str(path), "--json"])
+    (one,) = json.loads(res.stdout)["data"]
+    assert one["name"] == "mysite" and "workers" in [p["name"] for p in one["parameters"]]
+    res = CliRunner().invoke(main, ["sites", "nosuch", "--json"])
+    env = json.loads(res.stdout)
+    assert res.exit_code == SiteProfileError.exit_code and env["status"] == "error"
+    assert env["errors"][0]["message"] == "unknown site profile 'nosuch'"

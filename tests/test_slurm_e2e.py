@@ -1,11 +1,13 @@
 """Bundles through the local endpoint onto the real local Slurm cluster.
 
-The site profile is the built-in `slurm` (SlurmProvider with MpiExecLauncher,
-or SrunLauncher), the login node is this machine and the compute node is the
-cluster's one node (scripts/setup_slurm.sh). Apps return the SLURM_JOB_ID they
-see, so they observably ran inside the block jobs the driver recorded; after
-every run, successful, failed or cancelled, no block is left in squeue and no
-process of the run is left.
+The site profiles are the built-in `slurm` (SlurmProvider with
+MpiExecLauncher, or SrunLauncher) and `perlmutter`; the login node is this
+machine and the compute nodes are the virtual site's cn1 and cn2
+(scripts/site.sh, scripts/setup_slurm.sh), which reach the login node only on
+its bond0/hsn0 addresses. Apps return the SLURM_JOB_ID and hostname they see,
+so they observably ran inside the block jobs the driver recorded, on compute
+nodes; after every run, successful, failed or cancelled, no block is left in
+squeue and no process of the run is left on any node.
 """
 from __future__ import annotations
 
@@ -26,14 +28,28 @@ from bundle.cli import main
 from bundle.registry import Registry
 from login_node.procs import run_processes
 from tests.conftest import EXAMPLES, write_workflow
-from tests.conftest_scheduler import active_jobs, scancel_quietly, wait_until_gone
+from tests.conftest_scheduler import (
+    COMPUTE_NODES,
+    LOGIN_ADDRESS,
+    active_jobs,
+    scancel_quietly,
+    wait_nodes_quiet,
+    wait_until_gone,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 #: The profile's parameters for this machine: the debug partition, workers
-#: connect back on loopback, one scaling pass per second (a trivial app then
-#: takes ~2 s instead of ~7 s with Parsl's default 5 s period).
-FAST = {"partition": "debug", "address": "127.0.0.1", "strategy_period": 1, "walltime": "00:10:00"}
+#: connect back to the login node's bond0 address, one scaling pass per
+#: second (a trivial app then takes ~2 s instead of ~7 s with Parsl's default
+#: 5 s period).
+FAST = {"partition": "debug", "address": LOGIN_ADDRESS, "strategy_period": 1, "walltime": "00:10:00"}
+#: Two nodes per block, one manager per node (Open MPI's way of saying it).
+TWO_NODES = {**FAST, "nodes_per_block": 2, "launcher_overrides": "--map-by ppr:1:node"}
+#: The perlmutter profile as NERSC documents it; only what this machine lacks
+#: is overridden: 2 CPUs per node, not 256 hardware threads.
+PERLMUTTER_HERE = {"account": "m0000", "srun_overrides": "-c 2", "nodes_per_block": 2, "strategy_period": 1,
+                   "walltime": "00:10:00"}
 
 WHERE = '''\
 import os
@@ -44,8 +60,9 @@ from parsl import python_app
 
 @python_app
 def where(i):
-    import os, socket, sys
+    import os, socket, sys, time
     import parsl
+    time.sleep(0.3)  # keep this worker busy so that others take the rest
     return {"i": i, "job": os.environ.get("SLURM_JOB_ID"), "step": os.environ.get("SLURM_STEP_ID"),
             "host": socket.gethostname(), "cwd": os.getcwd(), "tmpdir": os.environ.get("TMPDIR"),
             "python": sys.executable, "parsl": parsl.__version__,
@@ -84,6 +101,7 @@ def assert_nothing_left(run_id: str, ids: list[str]) -> None:
         scancel_quietly(left)
     assert not left, f"blocks still in squeue after the run ended: {left}"
     assert no_processes_left(run_id) == [], "a process of the run is still alive"
+    assert wait_nodes_quiet() == {}, "a process is left on a compute node"
 
 
 def no_processes_left(run_id: str, timeout: float = 20) -> list[int]:
@@ -125,6 +143,7 @@ def test_mpiexec_launcher_apps_run_inside_slurm_jobs(tmp_path: Path, home: Path)
     for v in value:
         assert v["job"] in ids, f"app ran in job {v['job']}, the driver recorded {ids}"
         assert v["step"] is None  # mpiexec started the workers, not srun
+        assert v["host"] in COMPUTE_NODES  # not the login node
         assert v["run"] == run.id and v["cwd"] == str(home / "runs" / run.id / "bundle")
         assert v["python"] == sys.executable and v["parsl"] == parsl.__version__
         assert v["tmpdir"] and Path(v["tmpdir"]).is_dir()
@@ -165,6 +184,44 @@ def test_srun_launcher_apps_run_in_a_job_step(tmp_path: Path) -> None:
     value = run.result(tmp_path / "res")
     for v in value:
         assert v["job"] in ids and v["step"] is not None  # a step of the block job: srun started the workers
+    assert_nothing_left(run.id, ids)
+
+
+@pytest.mark.timeout(300)
+def test_two_node_block_with_mpiexec_runs_apps_on_both_nodes(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    t0 = time.monotonic()
+    run = api.submit(wf, "local", site="slurm", params=TWO_NODES, args={"n": 12}, wait=True)
+    elapsed = time.monotonic() - t0
+    st = run.last_state
+    assert st["state"] == "succeeded", st
+    ids = job_ids(st)
+    value = run.result(tmp_path / "res")
+    assert {v["host"] for v in value} == set(COMPUTE_NODES[:2]), value  # both, and not the login node
+    assert {v["job"] for v in value} <= set(ids)
+    # Open MPI started the second node's manager through srun (a step of the
+    # block), its own node's directly.
+    assert {v["step"] is None for v in value} == {True, False}
+    assert_nothing_left(run.id, ids)
+    print(f"\nslurm+MpiExecLauncher, 2 nodes: 12 apps, submit to result {elapsed:.1f} s")
+
+
+@pytest.mark.timeout(300)
+def test_perlmutter_profile_srun_over_hsn0_on_two_nodes(tmp_path: Path) -> None:
+    """The perlmutter profile: `--constraint cpu`, its QOS, an account, srun
+    starting one manager per node, and the interchange on the login node's
+    hsn0 address (address_by_interface, resolved on the login node)."""
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    run = api.submit(wf, "local", site="perlmutter", params=PERLMUTTER_HERE, args={"n": 12}, wait=True)
+    st = run.last_state
+    assert st["state"] == "succeeded", st
+    ids = job_ids(st)
+    value = run.result(tmp_path / "res")
+    assert {v["host"] for v in value} == set(COMPUTE_NODES[:2]), value
+    assert all(v["job"] in ids and v["step"] is not None for v in value)  # steps of the block: srun
+    report = json.loads((tmp_path / "res" / run.id / "report.json").read_text())
+    assert "constraint='cpu'" in report["config"] and "account='m0000'" in report["config"]
+    assert "address='10.251.0.1'" in report["config"]  # address_by_interface('hsn0'), on the login node
     assert_nothing_left(run.id, ids)
 
 
@@ -278,8 +335,23 @@ def test_cancel_that_must_kill_the_driver_still_cancels_its_jobs(tmp_path: Path,
     reply = run.cancel(grace=0)
     assert reply["escalated"] >= 1 and reply["state"]["state"] == "cancelled"
     assert_nothing_left(run.id, ids)
-    # Cancelled by the scheduler, not merely ended because this single node's
-    # process sweep reached the workers (on a real cluster it cannot).
+    # Cancelled by the scheduler, not merely ended because a process sweep on
+    # the login node reached the workers (on a real cluster it cannot).
     for job in ids:
         shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=30).stdout
         assert "JobState=CANCELLED" in shown, shown
+
+
+@pytest.mark.timeout(300)
+def test_a_block_that_exits_non_zero_fails_the_run_saying_which_job_and_why(tmp_path: Path) -> None:
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    run = api.submit(wf, "local", site="slurm", params={**FAST, "worker_init": "exit 3"}, args={"n": 1}, wait=True)
+    st = run.last_state
+    assert st["state"] == "failed", st
+    [job] = job_ids(st)
+    [died] = st["block_failures"]
+    assert died["job"] == job and died["scheduler_state"] == "FAILED" and died["exit_code"] == "3:0"
+    assert died["why"].startswith(f"Slurm job {job} FAILED, reason NonZeroExitCode, exit code 3:0, on cn"), died
+    res = CliRunner().invoke(main, ["status", run.id])
+    assert f"died     {job}: Slurm job {job} FAILED, reason NonZeroExitCode" in res.stdout, res.stdout
+    assert_nothing_left(run.id, [job])

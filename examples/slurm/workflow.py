@@ -4,7 +4,7 @@ Slurm jobs whose workers MpiExecLauncher starts (the built-in `slurm` profile).
 On this machine's local Slurm (scripts/setup.sh --test installs it):
 
     gcbundle submit examples/slurm/workflow.py --endpoint local --site slurm \
-        --set partition=debug --set address=127.0.0.1 --arg n=8 --wait
+        --set partition=debug --set address=10.250.0.1 --arg n=8 --wait
 
 On a real cluster, through its endpoint (an alias from `gcbundle endpoints add`):
 
