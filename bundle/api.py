@@ -187,7 +187,7 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
     changed_bundle = None
     if source.exists():
         with tempdirs.workdir("submit") as tmp:
-            packed = prepare(source, Path(tmp))
+            packed = prepare(source, Path(tmp), site=rec.site)  # as submit packed it: a --site run says so in its manifest
             if packed.digest != rec.digest:
                 if not allow_changed:
                     raise RunStateError(
