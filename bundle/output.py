@@ -78,7 +78,7 @@ class Progress:
     def note(self, text: str) -> None:
         """A line on stderr for the user, after ending the progress line it would otherwise join."""
         self.close()
-        sys.stderr.write(f"gcbundle: {text}\n")
+        sys.stderr.write(f"gcbundle: {printable(text)}\n")
         sys.stderr.flush()
 
     def close(self) -> None:

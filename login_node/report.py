@@ -8,6 +8,7 @@ The per-app task counts also go into ``state.json`` at every heartbeat
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -87,8 +88,11 @@ def write(paths: RunPaths, request: dict[str, Any], *, outcome: dict[str, Any], 
 
 def pip_freeze() -> list[str]:
     """``pip freeze --all`` of the driver's environment, or [] if it cannot be had."""
+    # At the lowest CPU priority: it runs beside the DFK's start and the first
+    # workers', which a short run waits for (a login node may have few cores).
+    nice = ["nice", "-n", "19"] if shutil.which("nice") else []
     try:
-        out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
+        out = subprocess.run([*nice, sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
                              timeout=PIP_FREEZE_TIMEOUT, check=False)
         return out.stdout.splitlines()
     except (OSError, subprocess.TimeoutExpired):

@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from bundle import archive, placement, profiles
+from bundle import archive, placement, profiles, replies
 from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
@@ -46,7 +46,10 @@ def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_hom
                 home = Home.default()
                 if ensure_home:
                     home.ensure()
-                return reply(fn(req, home))
+                # Built to the same declaration the client checks it against
+                # (``bundle.replies``): a reply this login node gets wrong is an
+                # error here, with the task and field named, not bad data there.
+                return reply(replies.check(fn.__name__, fn(req, home)))
             except GcbundleError as exc:
                 return error_reply(exc)
 

@@ -76,6 +76,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "log bytes are a string": ("logs", {"logs": {"data": "text", "offset": 0, "next_offset": 4, "size": 4, "state": "succeeded"}}),
     "log offset does not advance": ("logs", {"logs": {"data": b"abc", "offset": 0, "next_offset": 0, "size": 10, "state": "running"}}),
     "log size is a string": ("logs", {"logs": {"data": b"", "offset": 0, "next_offset": 0, "size": "big", "state": "succeeded"}}),
+    "a log that never ends": ("logs", {"logs": {"data": b"", "offset": 0, "next_offset": 0, "size": 10, "state": "running"}}),
     "log reply without data": ("logs", {"logs": {"offset": 0, "next_offset": 0, "size": 0}}),
     # results listing
     "listing files is an object": ("results", {"results_manifest": {**GOOD, "files": {"a": 1}}}),

@@ -36,6 +36,10 @@ CASES: list[tuple[list[str], int, str]] = [
     # pack / inspect
     (["pack", "missing.py"], 3, "BundleError"),
     (["pack", HELLO, "--arg", "foo"], 2, "UsageError"),
+    (["pack", HELLO, "--arg", "n=[1,"], 2, "UsageError"),
+    (["pack", HELLO, "--arg", "m=1"], 2, "UsageError"),
+    (["pack", HELLO, "--max-files", "1"], 3, "BundleError"),
+    (["pack", HELLO, "--max-size", "lots"], 2, "UsageError"),
     (["inspect", "missing.tar.gz"], 3, "BundleError"),
     (["inspect", "garbage.tar.gz"], 3, "BundleError"),
     # submit: arguments and site parameters, before anything is sent

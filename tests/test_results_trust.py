@@ -122,3 +122,17 @@ def test_a_refetch_updates_the_package_and_keeps_the_users_files(finished: api.R
     assert not gone_later.exists(), "the earlier package's own file, unchanged, goes with it"
     assert json.loads((second.path / ".gcbundle-results.json").read_text())["manifest_sha256"] == second.manifest_sha256
     assert [p.name for p in dest.iterdir()] == [finished.id], "no partial, old or lock folder left beside it"
+
+
+def test_a_protocol_2_login_node_gets_one_whole_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older login node refuses the paged request (protocol 3) and the client asks for the whole listing."""
+    import bundle.protocol as protocol
+
+    with LocalTransport() as t:
+        run = _run_with_files(tmp_path, t, 5)
+    monkeypatch.setattr(protocol, "PROTOCOL", 2)  # stand-in for an older install: patched before its worker forks
+    with LocalTransport() as t:
+        tally = Tally.attach(t)
+        fetched = api.Run(run.id, "local", transport=t).results(tmp_path / "res")
+        assert tally.calls["results_manifest"] == 2, "one refused page request, one whole listing"
+    assert sum(1 for _ in (fetched.path / "outputs").rglob("file-*.txt")) == 5

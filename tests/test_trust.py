@@ -77,6 +77,10 @@ def test_damaged_login_node_cache_entry_is_dropped_and_the_bundle_resent_once(tm
     third = api.submit(wf, "local", mode="script", transport=t)  # and it stays healed: one launch
     assert calls["launch"] - launches == 3
     third.wait()
+    entry.write_bytes(bytes(data))  # damaged again: a resume heals it the same way
+    resumed = api.resume(first.id, transport=t, wait=True)
+    assert resumed.last_state["state"] == "succeeded", resumed.last_state
+    assert calls["launch"] - launches == 5
 
 
 def test_damaged_archive_cache_is_detected_by_digest_and_rebuilt(tmp_path: Path) -> None:
@@ -196,10 +200,15 @@ def test_a_client_stopped_mid_launch_leaves_a_row_that_status_resolves(after_sen
             return
         st = run.status()
         assert st["state"] == "launching" and "not reached the login node" in st["detail"]
+        from bundle.errors import RunStateError
+
+        with pytest.raises(RunStateError, match="has not reached the login node"):
+            run.cancel()
         with sqlite3.connect(Registry().path) as db:  # long ago: it is not coming
             db.execute("UPDATE runs SET submitted = ? WHERE run_id = ?", (time.time() - api.launch_grace() - 1, rec.run_id))
         st = run.status()
         assert st["state"] == "unlaunched" and "never received" in st["detail"]
+        assert run.cancel()["already"] is True
         assert Registry().get(rec.run_id).state == "unlaunched"
 
 
@@ -411,3 +420,78 @@ def test_the_secret_list_covers_cloud_and_cluster_credentials_case_insensitively
     for rel in ["my-project-service-account.json", ".npmrc", "host.keytab", "prod.env", "ID_RSA", "notes.txt", "readme.txt"]:
         assert "secret" in reasons[rel], (rel, reasons.get(rel))
     assert "secret" in reasons[".aws/"] and "secret" in reasons[".gnupg/"]
+
+
+# -- hostile task arguments -------------------------------------------------------------
+
+HOSTILE_ARGS = [
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"site": "slurm"}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"site": {"text": 5}}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"site": {"text": "", "params": [1]}}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"args": [1, 2]}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"args": {"not an identifier": 1}}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"params": "account=x"}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"resumed_from": 5}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"inherit": "yes"}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"surprise": 1}}),
+    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {}, "bundle": "not bytes", "archive_sha256": "a" * 64}),
+    ("status", {"run_id": "0123456789ab", "wait": "10"}),
+    ("status", {"run_id": "0123456789ab", "wait": 1e9}),
+    ("status", {"run_id": ["0123456789ab"]}),
+    ("logs", {"run_id": "0123456789ab", "name": 5}),
+    ("logs", {"run_id": "0123456789ab", "tail": "yes"}),
+    ("logs", {"run_id": "0123456789ab", "offset": -1}),
+    ("logs", {"run_id": "0123456789ab", "max_bytes": 10**12}),
+    ("results_manifest", {"run_id": "0123456789ab", "partial": "yes"}),
+    ("results_manifest", {"run_id": "0123456789ab", "page": -1}),
+    ("results_manifest", {"run_id": "0123456789ab", "page": "0"}),
+    ("results_manifest", {"run_id": "0123456789ab", "page": 1, "manifest_sha256": "../x"}),
+    ("results_chunk", {"run_id": "0123456789ab", "manifest_sha256": 5, "index": 0}),
+    ("results_chunk", {"run_id": "0123456789ab", "manifest_sha256": "a" * 64, "index": True}),
+    ("cancel", {"run_id": "0123456789ab", "grace": "30"}),
+    ("cancel", {"run_id": "0123456789ab", "grace": 10**9}),
+    ("doctor", {"site": "slurm"}),
+    ("doctor", {"site": {"name": [], "text": "x"}}),
+    ("runs", {"run_ids": "0123456789ab"}),
+    ("runs", {"run_ids": ["../../etc"]}),
+    ("runs", {"after": "../x"}),
+    ("runs", {"after": None, "limit": 0}),
+    ("runs", {"after": None, "limit": "all"}),
+    ("probe", {"digests": "a" * 64}),
+    ("probe", {"digests": [], "bases": "a" * 64}),
+    ("stage", {"digest": "a" * 64, "archive_sha256": "a" * 64, "size": "10", "index": 0, "data": b"x" * 10}),
+    ("stage", {"digest": "a" * 64, "archive_sha256": "a" * 64, "size": 10, "index": 0, "data": "x" * 10}),
+]
+
+
+@pytest.mark.parametrize("task,fields", HOSTILE_ARGS, ids=[f"{t}-{i}" for i, (t, _) in enumerate(HOSTILE_ARGS)])
+def test_every_field_of_a_tasks_arguments_is_checked_at_the_edge(task: str, fields: dict[str, Any], t: LocalTransport, home: Path, tmp_path: Path) -> None:
+    """A hostile client's arguments: a gcbundle error naming the field, from the login node's
+    own checks (never an exception of another kind, which would arrive as a RemoteError)."""
+    from bundle.errors import RemoteError
+
+    run_dir = home / "runs" / "0123456789ab"  # a finished run, as launch and the driver leave it
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text('{"run_id": "0123456789ab", "digest": "' + "a" * 64 + '"}')
+    (run_dir / "state.json").write_text('{"run_id": "0123456789ab", "state": "succeeded", "updated": 1.0}')
+    (run_dir / "driver.log").write_text("log")
+    runs_before = set((home / "runs").iterdir())
+    with pytest.raises(GcbundleError) as err:
+        t.call(task, **fields)
+    assert not isinstance(err.value, RemoteError), err.value
+    assert set((home / "runs").iterdir()) == runs_before, "no run directory made"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["driver.log", "run.json", "state.json"], "nothing written into the run"
+
+
+def test_list_shows_recorded_states_with_a_note_when_an_endpoint_cannot_be_asked(tmp_path: Path) -> None:
+    from bundle.registry import RunRecord
+
+    now = time.time()
+    Registry().add(RunRecord(run_id="00000000000a", endpoint="nosuchalias", digest="0" * 64, workflow="wf.py", site=None,
+                             state="running", submitted=now, updated=now))
+    res = CliRunner().invoke(main, ["list"])
+    assert res.exit_code == 0, res.output
+    assert "00000000000a  running" in res.stdout
+    assert "gcbundle: note: could not refresh 1 run on nosuchalias" in res.stderr
+    res = CliRunner().invoke(main, ["list", "--offline"])
+    assert res.exit_code == 0 and "note" not in res.stderr and "00000000000a" in res.stdout
