@@ -1007,12 +1007,25 @@ from parsl.executors import HighThroughputExecutor
 from parsl.providers import LocalProvider
 
 
-def make_config():
+PROVIDER = "local"  # the test writes a copy with "slurm"
+
+
+def make_config(provider=PROVIDER):
     # Blocks end when idle: the app after the wait starts a new block (a new
-    # batch job, here on the login node), after the upgrade.
+    # batch job), after the upgrade. Slurm: the test site's compute nodes,
+    # which reach the login node on bond0.
+    if provider == "slurm":
+        from parsl.addresses import address_by_interface
+        from parsl.launchers import SingleNodeLauncher
+        from parsl.providers import SlurmProvider
+
+        address = address_by_interface("bond0")
+        blocks = SlurmProvider(partition="debug", walltime="00:10:00", nodes_per_block=1, init_blocks=1, min_blocks=0,
+                               max_blocks=1, exclusive=False, launcher=SingleNodeLauncher())
+    else:
+        address, blocks = "127.0.0.1", LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1)
     return Config(
-        executors=[HighThroughputExecutor(label="htex", address="127.0.0.1", max_workers_per_node=1,
-                                          provider=LocalProvider(init_blocks=1, min_blocks=0, max_blocks=1))],
+        executors=[HighThroughputExecutor(label="htex", address=address, max_workers_per_node=1, provider=blocks)],
         max_idletime=1, strategy_period=0.5,
     )
 
@@ -1024,7 +1037,9 @@ def versions(release=""):
         open(release + ".started", "w").close()
         while not os.path.exists(release):
             time.sleep(0.2)
-    return {"parsl": parsl.__version__, "gcbundle": m.version("gcbundle"), "python": sys.executable, "pid": os.getpid()}
+    import socket
+    return {"parsl": parsl.__version__, "gcbundle": m.version("gcbundle"), "python": sys.executable, "pid": os.getpid(),
+            "host": socket.gethostname()}
 
 
 def main(release=""):
@@ -1081,24 +1096,28 @@ class StandinEndpoint:
             time.sleep(1)
 
 
-def test_upgrade_keeps_a_run_in_flight_and_the_next_run_uses_the_new_versions(
-    provisioned: Provisioned,
+@pytest.mark.slurm
+def test_upgrade_keeps_runs_in_flight_and_the_next_run_uses_the_new_versions(
+    provisioned: Provisioned, slurm_cluster: None
 ) -> None:
-    """A run in flight (LocalProvider blocks) survives a playbook run that
-    changes the Parsl pin and gcbundle's wheel (a new version): it finishes
-    with the Parsl, gcbundle and Python it started with, even for a block
-    started after the upgrade; the endpoint restarted on the new environment,
-    so the next run gets the new versions; the old environment stays while
-    the run uses it and is removed afterwards."""
+    """Two runs in flight, one with LocalProvider blocks and one with Slurm
+    blocks on the test site's compute nodes, survive a playbook run that
+    changes the Parsl pin and gcbundle's wheel (a new version): each finishes
+    with the Parsl, gcbundle and Python it started with, even in a block (a
+    Slurm job) started after the upgrade; the endpoint restarted on the new
+    environment, so the next run (on Slurm) gets the new versions; the old
+    environment stays while the runs use it and is removed afterwards."""
     t = provisioned
     ep = StandinEndpoint(t)
     old_env = t.current_env()
     old_version = installed_version(t)
     new_version = f"{old_version}.post1"
-    release = f"{t.target.home}/{TEST_DIR}/release"
-    workflow = f"{t.target.home}/{TEST_DIR}/upgrade-wf/workflow.py"
+    wf_dir = f"{t.target.home}/{TEST_DIR}/upgrade-wf"
+    workflows = {kind: f"{wf_dir}/{kind}/workflow.py" for kind in ("local", "slurm")}
+    releases = {kind: f"{wf_dir}/release-{kind}" for kind in workflows}
     t.target.put(STANDIN_GCE, ep.script, mode="0755")
-    t.target.put(UPGRADE_WORKFLOW, workflow)
+    for kind, path in workflows.items():
+        t.target.put(UPGRADE_WORKFLOW.replace('PROVIDER = "local"', f'PROVIDER = "{kind}"'), path)
     # The keep-alive starts GCBUNDLE_ENDPOINT_GCE instead of the endpoint's
     # command when set; the test sshd lets the account set it at login
     # (PermitUserEnvironment), so the role's own tasks and handler start it.
@@ -1115,13 +1134,15 @@ def test_upgrade_keeps_a_run_in_flight_and_the_next_run_uses_the_new_versions(
         (first_ep,) = ep.endpoints()
         assert first_ep["python"].startswith(old_env + "/") and first_ep["gcbundle"] == old_version
 
-        run_id = uuid.uuid4().hex[:12]
-        launched.append(run_id)
-        ep.call("launch", run_id=run_id, spec={"args": {"release": release}}, workflow=workflow)
-        deadline = time.monotonic() + 180
-        while t.target.run(["test", "-e", release + ".started"]).returncode != 0:
-            assert time.monotonic() < deadline, ep.call("status", run_id=run_id)
-            time.sleep(1)
+        run_ids = {kind: uuid.uuid4().hex[:12] for kind in workflows}
+        for kind, run_id in run_ids.items():
+            launched.append(run_id)
+            ep.call("launch", run_id=run_id, spec={"args": {"release": releases[kind]}}, workflow=workflows[kind])
+        deadline = time.monotonic() + 240
+        for kind, run_id in run_ids.items():
+            while t.target.run(["test", "-e", releases[kind] + ".started"]).returncode != 0:
+                assert time.monotonic() < deadline, (kind, ep.call("status", run_id=run_id))
+                time.sleep(1)
 
         # The upgrade: a new Parsl pin and a new gcbundle wheel, from a new checkout.
         nxt = copy_checkout(t.workdir / "checkout-next", version=new_version)
@@ -1139,23 +1160,27 @@ def test_upgrade_keeps_a_run_in_flight_and_the_next_run_uses_the_new_versions(
         assert second_ep[0]["python"].startswith(new_env + "/"), second_ep
         assert second_ep[0]["parsl"] == UPGRADE_PARSL and second_ep[0]["gcbundle"] == new_version
 
-        # The run in flight goes on, and ends with what it started with.
-        assert ep.call("status", run_id=run_id)["ok"]["state"] == "running"
-        t.target.run(["touch", release], check=True)
-        st = ep.wait_state(run_id, ("succeeded", "failed", "cancelled", "lost"))
-        assert st["state"] == "succeeded", st
-        result = json.loads(t.target.run(["cat", f"{t.gcbundle_home}/runs/{run_id}/result.json"], check=True).stdout)
+        # The runs in flight go on, and end with what they started with.
         defaults = role_defaults("gcbundle_python")
-        for part in ("driver", "first", "second"):
-            assert result[part]["parsl"] == defaults["gcbundle_python_parsl_version"], result
-            assert result[part]["gcbundle"] == old_version, result
-            assert result[part]["python"].startswith(old_env + "/"), result
-        assert result["second"]["pid"] != result["first"]["pid"], "the second app should run in a new block"
+        for kind, run_id in run_ids.items():
+            assert ep.call("status", run_id=run_id)["ok"]["state"] == "running", kind
+            t.target.run(["touch", releases[kind]], check=True)
+        for kind, run_id in run_ids.items():
+            st = ep.wait_state(run_id, ("succeeded", "failed", "cancelled", "lost"))
+            assert st["state"] == "succeeded", (kind, st)
+            result = json.loads(t.target.run(["cat", f"{t.gcbundle_home}/runs/{run_id}/result.json"], check=True).stdout)
+            for part in ("driver", "first", "second"):
+                assert result[part]["parsl"] == defaults["gcbundle_python_parsl_version"], (kind, result)
+                assert result[part]["gcbundle"] == old_version, (kind, result)
+                assert result[part]["python"].startswith(old_env + "/"), (kind, result)
+            assert result["second"]["pid"] != result["first"]["pid"], f"{kind}: the second app should run in a new block"
+            if kind == "slurm":
+                assert result["first"]["host"].startswith("cn") and result["second"]["host"].startswith("cn"), result
 
-        # The next run gets the new versions.
+        # The next run gets the new versions, on a compute node too.
         next_id = uuid.uuid4().hex[:12]
         launched.append(next_id)
-        ep.call("launch", run_id=next_id, spec={"args": {}}, workflow=workflow)
+        ep.call("launch", run_id=next_id, spec={"args": {}}, workflow=workflows["slurm"])
         st = ep.wait_state(next_id, ("succeeded", "failed", "cancelled", "lost"))
         assert st["state"] == "succeeded", st
         result = json.loads(t.target.run(["cat", f"{t.gcbundle_home}/runs/{next_id}/result.json"], check=True).stdout)
