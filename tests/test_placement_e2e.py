@@ -155,7 +155,7 @@ def main(n=3):
     return values
 '''
     wf = write_workflow(tmp_path / "wf", body)
-    first = api.submit(wf, "local", site="slurm", params=SLURM_BATCH, wait=True)
+    first = api.submit(wf, "local", site="slurm", params={**SLURM_BATCH, "nodes_per_block": 1}, wait=True)
     assert first.last_state["state"] == "failed" and "failing on purpose" in first.last_state["error"]["message"]
     mark.unlink()
     second = api.resume(first.id, wait=True)
