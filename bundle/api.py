@@ -184,33 +184,41 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
     rec = registry.get(run_id)
     transport = transport or get_transport(rec.endpoint)
     source = Path(workflow) if workflow else Path(rec.workflow)
-    changed_bundle = None
-    if source.exists():
-        with tempdirs.workdir("submit") as tmp:
-            packed = prepare(source, Path(tmp))
-            if packed.digest != rec.digest:
-                if not allow_changed:
-                    raise RunStateError(
-                        f"{source} changed since run {rec.run_id} (bundle {packed.digest[:12]}, the run had {rec.digest[:12]})",
-                        "checkpointed results may not match the new code: pass --allow-changed to resume anyway, or submit a new run",
-                    )
-                changed_bundle = source
-    if changed_bundle is not None:
-        return submit(changed_bundle, rec.endpoint, args=args, wait=wait, progress=progress, registry=registry,
-                      transport=transport, resumed_from=rec.run_id, inherit=True)
-    new_id = _new_run_id()
-    spec = {"args": dict(args or {}), "site": None, "params": {}, "resumed_from": rec.run_id, "inherit": True}
-    now = time.time()
-    new_rec = RunRecord(run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow, site=rec.site,
-                        state=LAUNCHING, submitted=now, updated=now, resumed_from=rec.run_id)
+    with tempdirs.workdir("submit") as tmp:
+        # packed as submit packed it: a --site run says so in its manifest
+        packed = prepare(source, Path(tmp), site=rec.site) if source.exists() else None
+        if packed is not None and packed.digest != rec.digest:
+            if not allow_changed:
+                raise RunStateError(
+                    f"{source} changed since run {rec.run_id} (bundle {packed.digest[:12]}, the run had {rec.digest[:12]})",
+                    "checkpointed results may not match the new code: pass --allow-changed to resume anyway, or submit a new run",
+                )
+            return submit(source, rec.endpoint, args=args, wait=wait, progress=progress, registry=registry,
+                          transport=transport, resumed_from=rec.run_id, inherit=True)
+        new_id = _new_run_id()
+        spec = {"args": dict(args or {}), "site": None, "params": {}, "resumed_from": rec.run_id, "inherit": True}
+        now = time.time()
+        new_rec = RunRecord(run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow, site=rec.site,
+                            state=LAUNCHING, submitted=now, updated=now, resumed_from=rec.run_id)
 
-    def send() -> dict[str, Any]:
-        reply = transport.call("launch", run_id=new_id, digest=rec.digest, archive_sha256=None, bundle=None, spec=spec)
-        if reply.get("missing_bundle"):
-            raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}", "submit the workflow again; it will be uploaded once more")
-        return reply
+        def send() -> dict[str, Any]:
+            reply = transport.call("launch", run_id=new_id, digest=rec.digest, archive_sha256=None, bundle=None, spec=spec)
+            if reply.get("missing_bundle"):
+                if packed is None:
+                    raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}, and {source} is not here to send it again",
+                                      "submit the workflow again; it will be uploaded once more")
+                # Gone from the login node's cache, or dropped there as damaged: the
+                # unchanged workflow here packs to the same bundle; send it once more.
+                registry.forget_cached(rec.endpoint, rec.digest)
+                again = packed.path.read_bytes() if packed.size <= INLINE_BUNDLE_BYTES else None
+                if again is None:
+                    upload(transport, packed, progress)
+                reply = transport.call("launch", run_id=new_id, digest=rec.digest, archive_sha256=packed.archive_sha256, bundle=again, spec=spec)
+                if reply.get("missing_bundle"):
+                    raise BundleError("the login node lost the bundle right after it was sent", "resume again")
+            return reply
 
-    st = _launch(registry, new_rec, send)
+        st = _launch(registry, new_rec, send)
     run = Run(new_id, rec.endpoint, registry=registry, transport=transport)
     run.last_state = st
     if wait:
@@ -319,10 +327,20 @@ def listing(limit: int = 50, registry: Registry | None = None, *, endpoint: str 
             by_endpoint.setdefault(rec.endpoint, []).append(rec)
         for ep, recs in by_endpoint.items():
             try:
-                refreshed += _refresh(transport_for(ep), registry, recs)
+                t = transport_for(ep)
+                if hasattr(t, "task_timeout"):  # an offline endpoint must not hold `list` for the full task timeout
+                    t.task_timeout = min(t.task_timeout, _env_seconds("GCBUNDLE_LIST_TIMEOUT", 30.0))
+                refreshed += _refresh(t, registry, recs)
             except GcbundleError as exc:
                 notes.append(f"could not refresh {len(recs)} run{'s' if len(recs) != 1 else ''} on {ep}: {exc.message}")
     return Listing(registry.list(limit), [], refreshed, notes)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
 
 
 def _login_node_runs(transport: Transport, run_ids: list[str] | None = None) -> list[dict[str, Any]]:

@@ -438,15 +438,17 @@ def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[s
 
 
 @command()
-def sites(progress: Progress) -> tuple[Any, str]:
-    """List the built-in site profiles and their parameters."""
+@click.argument("profile", required=False)
+def sites(profile: str | None, progress: Progress) -> tuple[Any, str]:
+    """List the built-in site profiles and their parameters (or only PROFILE: a
+    built-in name or the path of a .yaml profile)."""
     out = []
     lines = []
-    for name in profiles.builtin_names():
+    for name in [profile] if profile else profiles.builtin_names():
         p = profiles.load(name)
         params = p.parameters()
-        out.append({"name": name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
-        lines.append(f"{name}: {p.description}")
+        out.append({"name": p.name, "description": p.description, "parameters": [x.to_json() for x in params.values()]})
+        lines.append(f"{p.name}: {p.description}")
         for x in params.values():
             req = "required" if x.required else ("optional" if x.default is None else f"default {x.default!r}")
             lines.append(f"    {x.name} ({req}){': ' + x.help if x.help else ''}")
@@ -457,7 +459,8 @@ def sites(progress: Progress) -> tuple[Any, str]:
 @click.option("--older-than", "older_than", metavar="AGE", help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
 @click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled", "lost"]),
               help="Only runs that ended in this state (repeatable; default every ended state).")
-@click.option("-e", "--endpoint", "endpoints", multiple=True, help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
+@click.option("-e", "--endpoint", "endpoints", multiple=True,
+              help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, and how much, and delete nothing.")
 @click.option("--force", is_flag=True, help="Also runs whose results this client has not fetched (never a run that has not ended).")
 @click.option("--results", is_flag=True, help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")

@@ -21,9 +21,10 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bundle.errors import GcbundleError, ProtocolMismatch, TransportError, UsageError
 from bundle.fileio import tree_size
@@ -112,7 +113,8 @@ def _prune_endpoint(endpoint: str, options: Options, records: list[RunRecord], t
     try:
         return transport.call("prune", prune=_criteria(options, _fetched(records, endpoint)))
     except ProtocolMismatch as exc:
-        raise ProtocolMismatch(f"endpoint {endpoint}: {exc.message}", f"{exc.hint}; `gcbundle prune --no-login-node` prunes this machine only") from None
+        raise ProtocolMismatch(f"endpoint {endpoint}: {exc.message}",
+                               f"{exc.hint}; `gcbundle prune --no-login-node` prunes this machine only") from None
 
 
 def _record(registry: Registry, endpoint: str, rep: dict[str, Any], now: float) -> None:

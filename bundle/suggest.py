@@ -6,7 +6,7 @@ behaves the same.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

@@ -389,8 +389,13 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
     inits = [""]
     if built is not None and built.config is not None:
         inits = [getattr(e.provider, "worker_init", "") or "" for e in built.config.executors if getattr(e, "provider", None) is not None] or [""]
+    # Every command of the prelude and worker_init that fails is reported (a
+    # batch job goes on after a failing line, so module loads that never ran
+    # would only show later as missing software or another Parsl).
+    trap = f"trap 'printf \"%s failed=%s %s\\\\n\" {MARK} \"$?\" \"$BASH_COMMAND\"' ERR\n"
     probe = (
-        "\npool=$(command -v process_worker_pool.py || true)\n"
+        "\ntrap - ERR\n"
+        "pool=$(command -v process_worker_pool.py || true)\n"
         f'echo "{MARK} pool=$pool"\n'
         'if [ -n "$pool" ]; then\n'
         "  interp=$(head -n 1 \"$pool\" | sed 's/^#! *//')\n"
@@ -410,7 +415,7 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
         env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
         results = []
         for init in dict.fromkeys(inits):
-            script = job_prelude + init + probe
+            script = trap + job_prelude + init + probe
             try:
                 proc = subprocess.run([shutil.which("bash") or "/bin/bash", "-c", script], capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
                                       check=False, env=env, cwd=tmp, stdin=subprocess.DEVNULL)
@@ -420,9 +425,17 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
             results.append((init, proc))
     python = "?"
     for _init, proc in results:
-        found = dict(line[len(MARK) + 1:].split("=", 1) for line in proc.stdout.splitlines() if line.startswith(MARK + " ") and "=" in line)
+        marks = [line[len(MARK) + 1:] for line in proc.stdout.splitlines() if line.startswith(MARK + " ")]
+        failed = [m.split("=", 1)[1] for m in marks if m.startswith("failed=")]
+        found = dict(m.split("=", 1) for m in marks if "=" in m and not m.startswith("failed="))
         errors = proc.stderr.strip().splitlines()
         said = f" (stderr: {errors[-1]})" if errors else ""
+        if failed:
+            code, _, command = failed[0].partition(" ")
+            return Check("worker_init", "fail", f"a line of the job's worker_init failed (exit {code}): {command}{said}",
+                         "fix or remove that line (site-defaults.yaml's worker_init: the Ansible role's gcbundle_site_worker_init_before; "
+                         "or the profile's worker_init); `module` is not defined in a batch job started from cron unless the line "
+                         "sources the site's modules set-up first")
         if not found.get("pool"):
             return Check("worker_init", "fail", f"process_worker_pool.py is not on the job's PATH after worker_init{said}",
                          f"install parsl in {Path(driver.bindir).parent} (the driver's environment), which the job puts first on PATH")

@@ -121,8 +121,9 @@ def script(driver_init: str, argv_after_python: list[str]) -> str:
 def env_for(paths: RunPaths, base: dict[str, str]) -> dict[str, str]:
     """The driver's environment without the endpoint's interpreter first on PATH."""
     env = dict(base)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p != bindir) or "/usr/bin:/bin"
+    # Both spellings: the driver puts the resolved one first (login_node.spawn.run_python).
+    bindirs = {str(Path(sys.executable).parent), str(Path(sys.executable).parent.resolve())}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p not in bindirs) or "/usr/bin:/bin"
     env.pop("PYTHONHOME", None)
     env.pop("VIRTUAL_ENV", None)
     return env

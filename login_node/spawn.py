@@ -25,12 +25,21 @@ from login_node.rundir import RunPaths, read_json
 SPAWN_TIMEOUT = 60
 
 
+def run_python() -> str:
+    """The interpreter a run is started with: this one, its directory's symlinks
+    resolved. The Ansible role installs versioned environments behind a stable
+    symlink; a run keeps the environment it started in (its driver, interchange
+    and every later batch job) even when an upgrade moves the symlink."""
+    exe = Path(sys.executable)
+    return str(exe.parent.resolve() / exe.name)
+
+
 def driver_env(paths: RunPaths) -> dict[str, str]:
     """The environment of the driver and, through it, of every process of the run."""
     env = dict(os.environ)
     for key in [k for k in env if k.startswith("GC_TASK_")]:
         env.pop(key)
-    bindir = str(Path(sys.executable).parent)
+    bindir = str(Path(run_python()).parent)
     env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "/usr/bin:/bin")])
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(paths.bundle), env.get("PYTHONPATH", "")] if p)
     env["GCBUNDLE_OUTPUT_DIR"] = str(paths.outputs)
@@ -46,7 +55,7 @@ def spawn(paths: RunPaths) -> int:
     if plan(paths).get("driver_init"):
         env = driverenv.env_for(paths, env)
     proc = subprocess.run(
-        [sys.executable, "-I", "-m", "login_node.spawn", str(paths.root)],
+        [run_python(), "-I", "-m", "login_node.spawn", str(paths.root)],
         env=env, cwd=str(paths.bundle), capture_output=True, text=True, timeout=SPAWN_TIMEOUT, check=False,
     )
     if proc.returncode != 0 or not proc.stdout.strip().isdigit():

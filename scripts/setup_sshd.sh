@@ -125,6 +125,9 @@ AuthorizedKeysFile .ssh/authorized_keys
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
+# tests/test_ansible.py's upgrade test sets the keep-alive's stand-in for
+# "globus-compute-endpoint start" in ~/.ssh/environment (only that name).
+PermitUserEnvironment GCBUNDLE_ENDPOINT_GCE
 StrictModes yes
 X11Forwarding no
 PrintMotd no

@@ -503,7 +503,7 @@ class GlobusStandIn:
             raise ServiceError(400, "BAD_REQUEST", "tasks (by function id) and user_runtime are required")
         with self.lock:
             self.submissions.append({"endpoint_id": ep, **{k: v for k, v in doc.items() if k != "tasks"},
-                                     "function_ids": sorted(tasks)})
+                                     "function_ids": sorted(tasks), "task_count": sum(len(p) for p in tasks.values())})
         for fid, payloads in tasks.items():
             if fid not in self.functions:
                 raise ServiceError(404, "FUNCTION_NOT_FOUND", f"Function {fid} could not be found")

@@ -114,6 +114,17 @@ class RabbitMQ:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
+        import logging
+
+        pika_log = logging.getLogger("pika")
+        level = pika_log.level
+        pika_log.setLevel(logging.CRITICAL)  # refused connections are expected until it is up
+        try:
+            self._poll_ready(timeout)
+        finally:
+            pika_log.setLevel(level)
+
+    def _poll_ready(self, timeout: float) -> None:
         import pika
 
         deadline = time.monotonic() + timeout

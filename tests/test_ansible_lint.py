@@ -6,6 +6,7 @@ README with its default."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -55,6 +56,27 @@ def test_example_inventories_resolve(ansible_env: dict[str, str]) -> None:
         assert var in data["_meta"]["hostvars"][host]
 
 
+@pytest.mark.parametrize("site", ["polaris", "perlmutter"])
+def test_example_site_values_fit_their_profile(site: str) -> None:
+    """What the role's check-profile step refuses never ships in an example:
+    each site parameter the example sets is one its profile has, and
+    gcbundle comes from the wheel step 4 of ansible/README.md builds."""
+    from bundle import profiles
+
+    values = yaml.safe_load((ANSIBLE_DIR / "inventory" / "group_vars" / site / "main.yml").read_text())
+    known = profiles.load(values["gcbundle_site_profile"]).parameters()
+    params = dict(values["gcbundle_site_profile_params"])
+    for var, name in (("gcbundle_site_account", "account"), ("gcbundle_site_queue", "queue")):
+        if values.get(var):
+            params[name] = values[var]
+    assert set(params) <= set(known), set(params) - set(known)
+    missing = [n for n, p in known.items() if p.required and n not in params]
+    assert not missing, f"{site}: the example leaves required parameters unset: {missing}"
+    assert values["gcbundle_python_gcbundle_source"] == "wheel"
+    assert values["gcbundle_python_gcbundle_wheel"] == "{{ playbook_dir }}/../dist/gcbundle-*.whl"
+    assert "python -m pip wheel --no-deps -w dist ." in (ANSIBLE_DIR / "README.md").read_text()
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_role_layout_and_variables(role: str) -> None:
     root = ANSIBLE_DIR / "roles" / role
@@ -68,6 +90,21 @@ def test_role_layout_and_variables(role: str) -> None:
         assert f"`{name}`" in readme, f"{role}: {name} is not in README.md"
         for shown in _scalars(value):
             assert shown in readme, f"{role}: the default of {name} ({shown!r}) is not in README.md"
+    # Every variable does something: a task, handler or template of the role
+    # reads it (directly, or through another default that one reads).
+    used = "\n".join(
+        p.read_text() for part in ("tasks", "handlers", "templates")
+        for p in sorted((root / part).rglob("*")) if p.is_file()
+    )  # fmt: skip
+    reached = {name for name in defaults if re.search(rf"\b{name}\b", used)}
+    grew = True
+    while grew:
+        more = {name for name in defaults if name not in reached
+                and any(re.search(rf"\b{name}\b", yaml.safe_dump(defaults[r])) for r in reached)}
+        reached |= more
+        grew = bool(more)
+    unused = sorted(set(defaults) - reached)
+    assert not unused, f"{role}: variables no task, handler or template reads: {unused}"
 
 
 def _scalars(value: object) -> list[str]:

@@ -20,8 +20,11 @@ from typing import Any
 
 import pytest
 
+from bundle.errors import FunctionNotPermitted, GcbundleError, RunNotFound
+from bundle.transport import get_transport
 from tests.conftest import write_workflow
 from tests.conftest_daemon import DaemonTier
+from tests.daemon import alive, load_yaml, render_role
 
 pytestmark = pytest.mark.daemon
 
@@ -126,3 +129,115 @@ def test_submit_status_logs_cancel_resume_results_through_the_daemon(gc_client: 
     assert {s["endpoint_id"] for s in sent} == {ep}
     assert {json.dumps(s.get("user_endpoint_config"), sort_keys=True) for s in sent} == {"null"}
     assert len(tier.service.children(ep)) == 1
+
+
+def test_two_user_endpoint_configs_start_two_user_endpoint_processes(gc_client: DaemonTier) -> None:
+    """The service starts one user endpoint process per user_endpoint_config
+    (a cold start and a worker each): the SDK's own Client, two configs, two
+    processes at once, each task in its own. gcbundle's tasks all send the same
+    one (test above), so they never pay for a second."""
+    from globus_compute_sdk import Client
+
+    tier = gc_client
+    ep = tier.endpoint_id("gcbundle")
+
+    # Defined in a __main__ namespace, so that it travels by value (the worker cannot import this module).
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec("def endpoint_name():\n    import os\n    return os.environ['GLOBUS_COMPUTE_ENDPOINT_NAME']\n", ns)  # noqa: S102
+    endpoint_name = ns["endpoint_name"]
+
+    client = Client(do_version_check=False)
+    fid = client.register_function(endpoint_name)
+    tasks = {}
+    for label, config in (("default", None), ("other", {"worker_init": "true"})):
+        batch = client.create_batch(user_endpoint_config=config)
+        batch.add(fid)
+        tasks[label] = client.batch_run(ep, batch)["tasks"][fid][0]
+    names = {}
+    deadline = time.monotonic() + 240
+    while len(names) < 2:
+        assert time.monotonic() < deadline, f"tasks still pending: {tasks}"
+        for label, tid in tasks.items():
+            if label not in names and not client.get_task(tid)["pending"]:
+                names[label] = client.get_result(tid)
+        time.sleep(1)
+    children = {c.name: c for c in tier.service.children(ep)}
+    assert names["default"] != names["other"] and {names["default"], names["other"]} <= set(children)
+    by_config = {json.dumps(c.user_endpoint_config, sort_keys=True): c for c in children.values()}
+    assert by_config['{"worker_init": "true"}'].name == names["other"] and by_config["{}"].name == names["default"]
+    pids = [c.pids[-1] for c in children.values()]
+    assert len(set(pids)) == len(pids) and all(alive(p) for p in pids)  # separate processes, running side by side
+
+
+def test_multisite_executor_path_through_the_daemon(gc_client: DaemonTier, tmp_path: Path) -> None:
+    """The multisite example's real-site variant: its driver, detached on the
+    login node, sends `preprocess` and `analyse` through the SDK's Executor
+    (Parsl's GlobusComputeExecutor) to two more daemon endpoints, with the
+    credentials the role gave the endpoint; results come back over AMQP."""
+    from tests.test_multisite import MULTISITE, load
+
+    tier = gc_client
+    a, b = tier.endpoint_id("gcbundle"), tier.endpoint_id("gcbundle-idle")
+    cli("endpoints", "add", "ms", a)
+    first = len(tier.service.submissions)
+    sub = cli_json("submit", str(MULTISITE / "workflow.py"), "--endpoint", "ms", "--config", str(MULTISITE / "globus_config.py"),
+                   "--set", f"preprocess_endpoint={a}", "--set", f"analysis_endpoint={b}", "--wait", timeout=600)
+    assert sub["status"] == "success" and sub["data"]["state"]["state"] == "succeeded", sub
+    run_id = sub["data"]["run_id"]
+    out = tmp_path / "res"
+    assert cli_json("results", run_id, "-o", str(out))["status"] == "success"
+    value = json.loads((out / run_id / "result.json").read_text())
+
+    wf = load("workflow")
+    files = sorted((MULTISITE / "experiments").glob("*.csv"))
+    expected = [len(wf._analyse(wf._preprocess(wf.read_experiment(str(p)), 3), 2.5)["events"]) for p in files]
+    assert value["events_per_experiment"] == expected and sum(expected) > 0
+    assert (out / run_id / "outputs" / "events.csv").is_file()
+    # The Executor's submissions (batched, with a result queue): one task per app call, to each endpoint.
+    executor = [s for s in tier.service.submissions[first:] if s.get("create_queue")]
+    per_endpoint = {e: sum(s["task_count"] for s in executor if s["endpoint_id"] == e) for e in (a, b)}
+    assert per_endpoint == {a: len(files), b: len(files)}, executor
+
+
+def test_function_not_permitted_then_register_and_allow(gc_client: DaemonTier, tmp_path: Path) -> None:
+    """An endpoint with allowed_functions refuses gcbundle's tasks (at the
+    service, and again in the user endpoint process itself); `gcbundle register`
+    prints the ids, the administrator puts them in the role's
+    gcbundle_endpoint_allowed_functions and the role's handler restarts the
+    unit; then the same command runs."""
+    tier = gc_client
+    name = "gcbundle-allow"
+    ep = tier.endpoint_id(name)
+    cli("endpoints", "add", "allow", ep)
+
+    def status_task() -> Exception:
+        """One gcbundle task to the alias (the status of a run the login node does not have)."""
+        with pytest.raises(GcbundleError) as err:
+            get_transport("allow").call("status", run_id="abcdef012345")
+        return err.value
+
+    refused = status_task()
+    assert isinstance(refused, FunctionNotPermitted) and "only runs allow-listed functions" in str(refused), refused
+
+    tier.service.check_allowed_at_submit = False  # as if the service let it through: the endpoint checks too
+    try:
+        refused = status_task()
+    finally:
+        tier.service.check_allowed_at_submit = True
+    assert isinstance(refused, FunctionNotPermitted) and "the endpoint refused to run the status task" in str(refused), refused
+    assert "not permitted on endpoint" in str(refused)
+
+    registered = cli_json("register", "--endpoint", "allow", "-o", str(tmp_path / "gcbundle-functions.yaml"))
+    ids = registered["data"]["allowed_functions"]
+    assert registered["status"] == "success" and len(ids) == len(set(ids)) > 1
+
+    rendered = render_role(tier.base / "role", tier.user, tier.common_vars,
+                           {name: {"gcbundle_endpoint_allowed_functions": ids}}, tier.base / "systemd")[name]
+    assert load_yaml(rendered.ep_dir / "config.yaml")["allowed_functions"] == ids  # type: ignore[index]
+    before = tier._registrations(name)
+    tier.units[name].restart()  # the role's handler: systemctl restart
+    tier.wait_online(name, before)
+    assert tier.service.endpoint_named(name).allowed_functions == ids
+
+    ran = status_task()  # now it runs on the login node (by the registered ids), which knows no such run
+    assert isinstance(ran, RunNotFound), ran

@@ -351,6 +351,19 @@ def test_task_pending_too_long_says_the_endpoint_may_be_busy(service: FakeComput
     assert max(clock.sleeps) <= 5.0
 
 
+def test_a_task_pending_a_while_says_cold_start_once(service: FakeComputeService, logged_in: None, clock: Clock) -> None:
+    """Not silent for the ~20 s of a cold start (the daemon tier sees the real one)."""
+    notes: list[str] = []
+    service.stuck_status = "waiting-for-ep"
+    with pytest.raises(TaskTimeout):
+        make(clock, task_timeout=30, notify=notes.append).call("probe", digests=[])
+    assert len(notes) == 1 and "cold start" in notes[0] and "probe task has waited" in notes[0], notes
+    notes.clear()
+    service.stuck_status = None
+    assert make(clock, notify=notes.append).call("probe", digests=[]) == {"cached": []}
+    assert notes == []  # an answer within 5 s says nothing
+
+
 def test_task_pending_while_the_endpoint_went_offline(service: FakeComputeService, logged_in: None) -> None:
     service.stuck_status = "waiting-for-ep"
     clock = Clock(on_sleep=lambda _: service.endpoints.__setitem__(EP, "offline"))

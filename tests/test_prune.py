@@ -151,7 +151,8 @@ def test_a_login_node_without_the_prune_task_says_to_upgrade(home: Path, monkeyp
     code, env = prune("--endpoint", "local", "--no-caches")
     transport.close()
     assert code == 7 and env["errors"][0]["type"] == "ProtocolMismatch", env
-    assert env["errors"][0]["message"] == "1 endpoint not pruned: endpoint local: the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)"
+    assert env["errors"][0]["message"] == ("1 endpoint not pruned: endpoint local: "
+                                           "the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)")
     assert env["errors"][0]["hint"].startswith("upgrade gcbundle on the login node")
 
 
@@ -188,3 +189,23 @@ def test_leftovers_of_an_interrupted_prune_are_finished(home: Path) -> None:
     rep = prune_home(h, Criteria())
     assert [x["path"] for x in rep["leftovers"]] == ["runs/.0123456789ab.pruning.999"]
     assert not half.exists() and fresh.is_dir()
+
+
+def test_one_prune_task_per_endpoint(home: Path) -> None:
+    """However many runs the registry has there: one task for the endpoint."""
+    from bundle import prune as pruning
+    from bundle.registry import RunRecord
+    from bundle.transport import Tally
+
+    reg = Registry()
+    for i in range(5):
+        reg.add(RunRecord(run_id=f"{i:012x}", endpoint="local", digest="0" * 64, workflow="wf.py", site=None,
+                          state="succeeded", submitted=time.time(), updated=time.time(), results_sha="x"))
+    transport = LocalTransport()
+    tally = Tally.attach(transport)
+    try:
+        report = pruning.prune(pruning.Options(caches=False), registry=reg, transport_for=lambda endpoint: transport)
+    finally:
+        transport.close()
+    assert dict(tally.calls) == {"prune": 1}
+    assert list(report["endpoints"]) == ["local"] and report["endpoints"]["local"]["runs"] == []

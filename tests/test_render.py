@@ -333,6 +333,7 @@ fi
 if [ -z "${TMPDIR:-}" ] || [ "${#TMPDIR}" -gt 40 ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 exec >> '<run>/stdout' 2>> '<run>/stderr'
+export PATH=<env>/bin:"$PATH"
 exec <env>/bin/python -I -u -m login_node.driver <run>
 
 """
@@ -606,3 +607,19 @@ def test_sites_lists_every_builtin_with_parameters() -> None:
     assert params["slurm"]["launcher"]["default"] == "MpiExecLauncher"
     res = CliRunner().invoke(main, ["sites"])
     assert "account (required)" in res.stdout and "partition (optional)" in res.stdout
+
+
+def test_sites_shows_one_profile_by_name_or_path(tmp_path: Path) -> None:
+    """What the Ansible role checks a site's parameters against."""
+    res = CliRunner().invoke(main, ["sites", "slurm", "--json"])
+    (one,) = json.loads(res.stdout)["data"]
+    assert one["name"] == "slurm" and "partition" in {p["name"] for p in one["parameters"]}
+    path = tmp_path / "mysite.yaml"
+    path.write_text((Path(profiles.__file__).parent / "sites" / "local.yaml").read_text())
+    res = CliRunner().invoke(main, ["sites", str(path), "--json"])
+    (one,) = json.loads(res.stdout)["data"]
+    assert one["name"] == "mysite" and "workers" in [p["name"] for p in one["parameters"]]
+    res = CliRunner().invoke(main, ["sites", "nosuch", "--json"])
+    env = json.loads(res.stdout)
+    assert res.exit_code == SiteProfileError.exit_code and env["status"] == "error"
+    assert env["errors"][0]["message"] == "unknown site profile 'nosuch'"

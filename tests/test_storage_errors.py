@@ -19,8 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -55,7 +55,8 @@ def test_an_impossible_registry_folder(argv: list[str], tmp_path: Path, monkeypa
     monkeypatch.setenv("GCBUNDLE_REGISTRY", str(tmp_path / "afile" / "registry.sqlite3"))
     code, env, err = invoke_json(argv)
     assert code == 8 and env["status"] == "error" and env["errors"][0]["type"] == "RegistryError", (env, err)
-    assert err.strip() == (f"gcbundle: error: cannot create the run registry's folder {str(tmp_path / 'afile')!r}: {tmp_path / 'afile'} is a file, not a folder; "
+    folder = tmp_path / "afile"
+    assert err.strip() == (f"gcbundle: error: cannot create the run registry's folder {str(folder)!r}: {folder} is a file, not a folder; "
                            "make it writable, or set GCBUNDLE_REGISTRY to a file in a folder you can write")
     assert not (tmp_path / "gchome" / "runs").exists() or not list((tmp_path / "gchome" / "runs").iterdir())  # nothing started
 
@@ -69,7 +70,8 @@ def test_an_impossible_gcbundle_home(argv: list[str], tmp_path: Path, monkeypatc
     monkeypatch.setenv("GCBUNDLE_HOME", str(home))
     code, env, err = invoke_json(argv)
     assert code == 12 and env["errors"][0]["type"] == "HomeError", (env, err)
-    assert err.startswith(f"gcbundle: error: GCBUNDLE_HOME {str(home)!r} cannot be used: {tmp_path / 'afile'} is a file, not a folder; set GCBUNDLE_HOME to a folder")
+    assert err.startswith(f"gcbundle: error: GCBUNDLE_HOME {str(home)!r} cannot be used: "
+                          f"{tmp_path / 'afile'} is a file, not a folder; set GCBUNDLE_HOME to a folder")
     assert len(err.strip().splitlines()) == 1
 
 

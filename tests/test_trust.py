@@ -77,6 +77,10 @@ def test_damaged_login_node_cache_entry_is_dropped_and_the_bundle_resent_once(tm
     third = api.submit(wf, "local", mode="script", transport=t)  # and it stays healed: one launch
     assert calls["launch"] - launches == 3
     third.wait()
+    entry.write_bytes(bytes(data))  # damaged again: a resume heals it the same way
+    resumed = api.resume(first.id, transport=t, wait=True)
+    assert resumed.last_state["state"] == "succeeded", resumed.last_state
+    assert calls["launch"] - launches == 5
 
 
 def test_damaged_archive_cache_is_detected_by_digest_and_rebuilt(tmp_path: Path) -> None:
@@ -477,3 +481,17 @@ def test_every_field_of_a_tasks_arguments_is_checked_at_the_edge(task: str, fiel
     assert not isinstance(err.value, RemoteError), err.value
     assert set((home / "runs").iterdir()) == runs_before, "no run directory made"
     assert sorted(p.name for p in run_dir.iterdir()) == ["driver.log", "run.json", "state.json"], "nothing written into the run"
+
+
+def test_list_shows_recorded_states_with_a_note_when_an_endpoint_cannot_be_asked(tmp_path: Path) -> None:
+    from bundle.registry import RunRecord
+
+    now = time.time()
+    Registry().add(RunRecord(run_id="00000000000a", endpoint="nosuchalias", digest="0" * 64, workflow="wf.py", site=None,
+                             state="running", submitted=now, updated=now))
+    res = CliRunner().invoke(main, ["list"])
+    assert res.exit_code == 0, res.output
+    assert "00000000000a  running" in res.stdout
+    assert "gcbundle: note: could not refresh 1 run on nosuchalias" in res.stderr
+    res = CliRunner().invoke(main, ["list", "--offline"])
+    assert res.exit_code == 0 and "note" not in res.stderr and "00000000000a" in res.stdout
