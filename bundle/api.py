@@ -201,7 +201,8 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
     transport = transport or get_transport(rec.endpoint)
     source = Path(workflow) if workflow else Path(rec.workflow)
     with tempdirs.workdir("submit") as tmp:
-        packed = prepare(source, Path(tmp)) if source.exists() else None
+        # packed as submit packed it: a --site run says so in its manifest
+        packed = prepare(source, Path(tmp), site=rec.site) if source.exists() else None
         if packed is not None and packed.digest != rec.digest:
             if not allow_changed:
                 raise RunStateError(

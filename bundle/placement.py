@@ -79,7 +79,13 @@ def driver_job_provider(provider: Any, worker_init: str, script_dir: str) -> Any
     the driver runs once, on the job's first node (SimpleLauncher)."""
     from parsl.launchers import SimpleLauncher
 
-    provider.launcher = SimpleLauncher(debug=False)
+    class FirstNode(SimpleLauncher):  # type: ignore[misc]
+        """SimpleLauncher without its warning about multi-node blocks: one driver per job is meant."""
+
+        def __call__(self, command: str, tasks_per_node: int, nodes_per_block: int, script_dir: str = "") -> str:
+            return command
+
+    provider.launcher = FirstNode(debug=False)
     provider.worker_init = worker_init
     provider.script_dir = script_dir
     return provider
@@ -87,9 +93,11 @@ def driver_job_provider(provider: Any, worker_init: str, script_dir: str) -> Any
 
 def submit(provider: Any, command: str, run_id: str) -> str:
     """Submit the driver's job; its id, or SiteProfileError with the scheduler's words."""
+    from parsl.providers.errors import ExecutionProviderException
+
     try:
         job_id = provider.submit(command, 1, job_name=JOB_NAME.format(run_id=run_id))
-    except Exception as exc:  # noqa: BLE001 - Parsl's SubmitException carries the scheduler's stderr
+    except (ExecutionProviderException, OSError) as exc:  # Parsl's SubmitException carries the scheduler's stderr
         said = "; ".join(line.strip() for line in str(getattr(exc, "stderr", "") or exc).splitlines() if line.strip())
         raise SiteProfileError(f"the scheduler refused the driver's job: {said}",
                                "check the profile's account, queue/partition and walltime "

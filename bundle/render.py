@@ -236,7 +236,7 @@ def _render_batch(profile: profiles.Profile, params: dict[str, Any]) -> Rendered
     if options["driver_init"].strip():
         python_lines = driverenv.script(options["driver_init"], ["-u", "-c", driverenv.stub(Path(LIB), "driver"), RUN])
     else:
-        python_lines = f"exec {ENV_BIN}/python -I -u -m login_node.driver {RUN}\n"
+        python_lines = f'export PATH={ENV_BIN}:"$PATH"\nexec {ENV_BIN}/python -I -u -m login_node.driver {RUN}\n'
     command = placement.job_command(run_dir=RUN, bundle_dir=f"{RUN}/bundle", home=HOME, run_id="<run_id>", exports={}, python_lines=python_lines)
     tmp = tempfile.mkdtemp(prefix="gcbundle-render-")
     try:

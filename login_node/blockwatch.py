@@ -133,27 +133,38 @@ def slurm_reason(job_id: str) -> tuple[str, str | None, str] | None:
     return fields.get("JobState", "?"), fields.get("ExitCode"), ", ".join(parts)
 
 
-def failures(providers: Iterable[Any], known: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+#: Slurm states of a job that died (not one that ended or was cancelled).
+SLURM_DEATHS = ("FAILED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+def failures(providers: Iterable[Any], known: dict[str, dict[str, Any]], final: bool = False) -> list[dict[str, Any]]:
     """Every block job of the run that died, in the scheduler's words (PBS:
     a non-zero Exit_status; Slurm: FAILED, NODE_FAIL, TIMEOUT, ... with its
     reason); `known` caches what was already found. (Parsl rewrites the
     state of a block whose workers never registered to MISSING: the record
-    keeps the scheduler's own state.)"""
+    keeps the scheduler's own state.) With ``final`` (the run has ended, and
+    Parsl may not have polled since a block died, e.g. when a lost manager
+    ended the run first), every job is asked about once more."""
     for provider in providers:
+        if final and getattr(provider, "_gcbundle_watched", False):
+            try:
+                provider._status()
+            except Exception:  # noqa: BLE001 - the scheduler did not answer: keep what is known
+                log.warning("could not ask PBS about the run's jobs", exc_info=True)
         for job_id, record in list((getattr(provider, "_gcbundle_died", None) or {}).items()):
             known.setdefault(job_id, record)
         if type(provider).__name__ != "SlurmProvider":
             continue
         for job_id, info in list(getattr(provider, "resources", {}).items()):
             state = getattr(getattr(info.get("status"), "state", None), "name", "")
-            if state not in BAD_STATES or job_id in known:
+            if job_id in known or not (final or state in BAD_STATES):
                 continue
             said = slurm_reason(job_id)
             if said is None:
                 continue
             slurm_state, exit_code, why = said
-            if slurm_state in ("COMPLETED", "CANCELLED"):
-                continue  # ended well, or cancelled (by gcbundle, Parsl or the user): not a death
+            if slurm_state not in SLURM_DEATHS:
+                continue  # running, ended well, or cancelled (by gcbundle, Parsl or the user): not a death
             known[job_id] = {"job": job_id, "provider": "SlurmProvider", "scheduler_state": slurm_state,
                              "exit_code": exit_code, "why": why}
     return list(known.values())

@@ -177,7 +177,7 @@ class Driver:
         self.timings["finished"] = time.time()
         self.stop.set()
         try:
-            blockwatch.failures(self.providers, self.block_failures)  # a block that died in the last beat
+            blockwatch.failures(self.providers, self.block_failures, final=True)  # a block that died unpolled
         except Exception:  # noqa: BLE001
             log.exception("could not read what became of the block jobs")
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,9 @@ def submit(home: Home, paths: RunPaths, plan: dict[str, Any], site_worker_init: 
     if plan.get("driver_init"):
         python_lines = driverenv.script(plan["driver_init"], ["-u", "-c", driverenv.stub(Path(plan["lib"]), "driver"), str(paths.root)])
     else:
-        python_lines = f"exec {sys.executable} -I -u -m login_node.driver {paths.root}\n"
+        # The endpoint's environment, first on PATH as on the login node: HTEX starts interchange.py from PATH.
+        bindir = shlex.quote(str(Path(sys.executable).parent))
+        python_lines = f'export PATH={bindir}:"$PATH"\nexec {shlex.quote(sys.executable)} -I -u -m login_node.driver {shlex.quote(str(paths.root))}\n'
     exports = {k: v for k, v in os.environ.items() if k in ("GCBUNDLE_HEARTBEAT_SECONDS",)}
     command = placement.job_command(run_dir=str(paths.root), bundle_dir=str(paths.bundle), home=str(home.root),
                                     run_id=paths.run_id, exports=exports, python_lines=python_lines)

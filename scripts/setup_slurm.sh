@@ -148,6 +148,9 @@ JobCompType=jobcomp/none
 # (so a test that kills a node sees its job end within a minute).
 KillWait=5
 MinJobAge=86400
+# A batch job whose node fails ends NODE_FAIL (not requeued under the same
+# id, unseen): Parsl then sees the block fail and the driver can say why.
+JobRequeue=0
 ReturnToService=2
 SlurmdTimeout=30
 InactiveLimit=0

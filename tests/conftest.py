@@ -3,7 +3,8 @@
 The `local` transport is the real thing: tasks go through the endpoint's own
 ``execute_task`` in a separate process, and runs start real Parsl DFKs with
 real HTEX workers. Only the Globus cloud service is faked (in the globus
-transport's tests) and a PBS Pro server replaced by a CLI stand-in.
+transport's tests); Slurm and PBS Pro (OpenPBS) are real, on the virtual
+site of scripts/site.sh.
 """
 from __future__ import annotations
 

@@ -267,8 +267,10 @@ def netns_of(pid: int) -> str | None:
         return None
 
 
-def node_processes() -> dict[str, list[str]]:
-    """Processes on each compute node other than its daemons: node -> command lines.
+def node_processes(marker: str | None = None) -> dict[str, list[str]]:
+    """Processes on each compute node other than its daemons: node -> command lines;
+    with `marker` (a run id, a test's directory), only those whose command
+    line or environment contains it (other users' jobs may share the nodes).
 
     The nodes share this machine's process table, so a process's node is the
     network namespace it lives in (`ip netns pids`)."""
@@ -283,15 +285,22 @@ def node_processes() -> dict[str, list[str]]:
                 continue
             if comm in NODE_DAEMONS and (comm != "sshd" or "[listener]" in cmdline):
                 continue  # a daemon of the node (an sshd session is not)
+            if marker is not None:
+                try:
+                    environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+                except OSError:
+                    environ = ""
+                if marker not in cmdline and marker not in environ:
+                    continue
             found.setdefault(node, []).append(f"{pid} {cmdline}")
     return found
 
 
-def wait_nodes_quiet(timeout: float = 30.0) -> dict[str, list[str]]:
-    """Poll until no compute node runs anything but its daemons; return what is left."""
+def wait_nodes_quiet(marker: str | None = None, timeout: float = 30.0) -> dict[str, list[str]]:
+    """Poll until no compute node runs anything (of `marker`) but its daemons; return what is left."""
     deadline = time.monotonic() + timeout
-    left = node_processes()
+    left = node_processes(marker)
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = node_processes()
+        left = node_processes(marker)
     return left

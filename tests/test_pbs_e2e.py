@@ -152,7 +152,7 @@ def finished(run_id: str, ids: list[str]) -> None:
     while run_processes(run_id) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert run_processes(run_id) == []
-    assert wait_nodes_quiet() == {}, "a process is left on a compute node"
+    assert wait_nodes_quiet(run_id) == {}, "a process of the run is left on a compute node"
 
 
 @pytest.mark.timeout(300)

@@ -333,6 +333,7 @@ fi
 if [ -z "${TMPDIR:-}" ] || [ "${#TMPDIR}" -gt 40 ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi
 cd '<run>/bundle' || { echo "gcbundle: no "'<run>/bundle'" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }
 exec >> '<run>/stdout' 2>> '<run>/stderr'
+export PATH=<env>/bin:"$PATH"
 exec <env>/bin/python -I -u -m login_node.driver <run>
 
 """

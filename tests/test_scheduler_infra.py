@@ -256,7 +256,7 @@ def test_pbspro_provider_runs_a_two_node_block(pbs_cluster: None, parsl_env: Pat
     if left:
         qdel_quietly(left)
     assert not left, f"blocks not finished after the DFK cleaned up: {left}"
-    assert wait_nodes_quiet() == {}
+    assert wait_nodes_quiet(str(tmp_path)) == {}
 
 
 def parsed_by_pbspro_provider(job_ids: list[str]) -> dict[str, JobStatus]:

@@ -31,6 +31,7 @@ from tests.conftest import EXAMPLES, write_workflow
 from tests.conftest_scheduler import (
     COMPUTE_NODES,
     LOGIN_ADDRESS,
+    SITE_SCRIPT,
     active_jobs,
     scancel_quietly,
     wait_nodes_quiet,
@@ -101,7 +102,7 @@ def assert_nothing_left(run_id: str, ids: list[str]) -> None:
         scancel_quietly(left)
     assert not left, f"blocks still in squeue after the run ended: {left}"
     assert no_processes_left(run_id) == [], "a process of the run is still alive"
-    assert wait_nodes_quiet() == {}, "a process is left on a compute node"
+    assert wait_nodes_quiet(run_id) == {}, "a process of the run is left on a compute node"
 
 
 def no_processes_left(run_id: str, timeout: float = 20) -> list[int]:
@@ -355,3 +356,40 @@ def test_a_block_that_exits_non_zero_fails_the_run_saying_which_job_and_why(tmp_
     res = CliRunner().invoke(main, ["status", run.id])
     assert f"died     {job}: Slurm job {job} FAILED, reason NonZeroExitCode" in res.stdout, res.stdout
     assert_nothing_left(run.id, [job])
+
+
+@pytest.mark.timeout(420)
+def test_a_compute_node_that_goes_away_mid_run_fails_the_run_saying_which_job_and_why(tmp_path: Path, home: Path) -> None:
+    """The node running the block crashes (scripts/site.sh kill-node: every
+    process on it killed, its links down). Slurm marks the node down after
+    SlurmdTimeout and ends the job NODE_FAIL; the run does not hang: it fails,
+    and `status` names the job and Slurm's reason. The node is brought back
+    afterwards (setup_slurm.sh, setup_pbs.sh)."""
+    wf = write_workflow(tmp_path / "wf", SLOW)
+    run = api.submit(wf, "local", site="slurm", params=FAST, args={"seconds": 600})
+    node = None
+    try:
+        wait_for_state(run, "running")
+        outputs = home / "runs" / run.id / "outputs"
+        deadline = time.monotonic() + 120
+        while len(list(outputs.glob("started-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.5)  # one more heartbeat: the job id is in state.json
+        [job] = job_ids(run.status())
+        node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True, timeout=30).stdout.strip()
+        assert node in COMPUTE_NODES, node
+        down = subprocess.run(["bash", str(SITE_SCRIPT), "kill-node", node], capture_output=True, text=True, timeout=60)
+        assert down.returncode == 0, down.stderr
+        st = run.wait(timeout=300)
+        assert st["state"] == "failed", st
+        [died] = st["block_failures"]
+        assert died["job"] == job and died["scheduler_state"] == "NODE_FAIL", died
+        assert died["why"].startswith(f"Slurm job {job} NODE_FAIL, reason NodeDown") and node in died["why"], died
+        res = CliRunner().invoke(main, ["status", run.id])
+        assert f"died     {job}: Slurm job {job} NODE_FAIL" in res.stdout, res.stdout
+        assert not wait_until_gone([job], timeout=60)
+        assert no_processes_left(run.id) == []
+    finally:
+        if node:  # bring the node back, with its daemons
+            for script in ("setup_slurm.sh", "setup_pbs.sh"):
+                subprocess.run(["bash", str(SITE_SCRIPT.parent / script)], capture_output=True, timeout=300, check=False)
