@@ -21,8 +21,8 @@ from bundle import api
 from bundle.errors import SiteProfileError
 from bundle.registry import Registry
 from tests.conftest import write_workflow
-from tests.test_driver_env import science_env  # noqa: F401 - the fixture: a second environment, built once
 from tests.conftest_scheduler import COMPUTE_NODES, active_jobs, qstat_jobs, wait_pbs_finished, wait_until_gone
+from tests.test_driver_env import science_env  # noqa: F401 - the fixture: a second environment, built once
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -222,7 +222,7 @@ def main():
 '''
 
 
-def test_slurm_batch_driver_in_the_users_environment(tmp_path: Path, science_env: Path) -> None:
+def test_slurm_batch_driver_in_the_users_environment(tmp_path: Path, science_env: Path) -> None:  # noqa: F811 - a pytest fixture
     """placement=batch and driver_init together: the job runs the user's environment's lines
     before the driver, and the workers in the job use that environment too."""
     wf = write_workflow(tmp_path / "wf", SCIENCE)
