@@ -166,13 +166,7 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
             if reply.get("missing_bundle"):
                 # Not cached after all, or the cached copy failed verification and
                 # the login node dropped it: send the bundle again, once.
-                registry.forget_cached(endpoint, packed.digest)
-                again = packed.path.read_bytes() if packed.size <= INLINE_BUNDLE_BYTES else None
-                if again is None:
-                    upload(transport, packed, progress)
-                reply = _send_launch(transport, run_id, packed.digest, spec, packed.archive_sha256, again)
-                if reply.get("missing_bundle"):
-                    raise BundleError("the login node lost the bundle right after it was sent", "submit again")
+                reply = _launch_resent(transport, registry, endpoint, run_id, packed, spec, progress, "submit again")
             return reply
 
         st = _launch(registry, rec, send)
@@ -225,13 +219,7 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
                                       "submit the workflow again; it will be uploaded once more")
                 # Gone from the login node's cache, or dropped there as damaged: the
                 # unchanged workflow here packs to the same bundle; send it once more.
-                registry.forget_cached(rec.endpoint, rec.digest)
-                again = packed.path.read_bytes() if packed.size <= INLINE_BUNDLE_BYTES else None
-                if again is None:
-                    upload(transport, packed, progress)
-                reply = _send_launch(transport, new_id, rec.digest, spec, packed.archive_sha256, again)
-                if reply.get("missing_bundle"):
-                    raise BundleError("the login node lost the bundle right after it was sent", "resume again")
+                reply = _launch_resent(transport, registry, rec.endpoint, new_id, packed, spec, progress, "resume again")
             return reply
 
         st = _launch(registry, new_rec, send)
@@ -247,6 +235,24 @@ def _send_launch(transport: Transport, run_id: str, digest: str, spec: LaunchSpe
     """One launch task (submit and resume alike); the reply checked (``LaunchReply``)."""
     return transport.send(LaunchRequest(run_id=run_id, digest=digest, spec=spec, archive_sha256=archive_sha256,
                                         bundle=bundle)).to_json()
+
+
+def _launch_resent(transport: Transport, registry: Registry, endpoint: str, run_id: str, packed: PackResult,
+                   spec: LaunchSpec, progress: OnProgress | None, retry: str) -> dict[str, Any]:
+    """The launch again after the login node answered ``missing_bundle``, with the bundle sent once more.
+
+    Submit and resume alike: the registry forgets that the endpoint has the
+    bundle, a small one travels inside the launch task and a large one is
+    staged first; a second "missing" is an error (``retry`` is its hint).
+    """
+    registry.forget_cached(endpoint, packed.digest)
+    inline = packed.path.read_bytes() if packed.size <= INLINE_BUNDLE_BYTES else None
+    if inline is None:
+        upload(transport, packed, progress)
+    reply = _send_launch(transport, run_id, packed.digest, spec, packed.archive_sha256, inline)
+    if reply.get("missing_bundle"):
+        raise BundleError("the login node lost the bundle right after it was sent", retry)
+    return reply
 
 
 def _launch(registry: Registry, rec: RunRecord, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
