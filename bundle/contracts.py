@@ -1,21 +1,37 @@
-"""The wire contracts: one frozen dataclass per task request and per task reply.
+"""The wire contract: one frozen dataclass per task request and per task reply.
 
-Every login-node task takes one request dict and answers one reply dict
-(wrapped in ``bundle.protocol``'s envelope, which carries the versions). The
-fields of each are stated here, once, for both sides:
+This module is the one place that says what crosses the wire. Every
+login-node task takes one request dict and answers one reply dict (wrapped in
+``bundle.protocol``'s envelope, which carries the versions and says from
+which protocol level each task and field exists). The fields of each are
+stated here, once, for both sides:
 
-- the client builds every request with a ``*Request`` class and checks every
-  reply with the task's ``*Reply`` class (``Transport.call`` does both);
+- the client builds its requests with the ``*Request`` classes and sends them
+  with ``Transport.send``, which returns the task's ``*Reply`` object;
+- every reply, on every path (``Transport.call`` and ``call_many`` too), is
+  checked by its ``*Reply`` class (``check_reply_shape``), so no command can
+  skip it; the login node checks its own replies the same way before they
+  leave (``login_node.tasks``), so a reply it gets wrong is an error there,
+  not bad data here;
 - the login node parses every request with the ``*Request`` class
-  (``login_node.tasks``) and builds its replies with the ``*Reply`` classes.
+  (``login_node.tasks``).
 
-``from_json`` checks that each field is there and of its type, and raises one
+The client trusts nothing that crosses the wire: a login node may run another
+gcbundle version, a damaged install, or be hostile. A reply class checks
+first every value the client reads (type, range, pattern: ``_validate``) and
+raises one ``MalformedReply`` line that names the task and the field::
+
+    the login node sent a status reply without `state` (one of staged, ...)
+
+then ``from_json`` parses each declared field by its kind, and raises one
 line that names the task and the field: a ``UsageError`` for a request (the
 login node refuses it), a ``RemoteError`` for a reply (the client cannot use
-it). What a value means (a run id's pattern, a digest's, a chunk's range)
-is checked where it is used, on the login node. A reply keeps the fields it
-does not declare (``extra``), so a newer login node can add fields that an
-older client passes through.
+it). What a request's value means (a run id's pattern, a digest's, a chunk's
+range) is checked where it is used, on the login node. A reply keeps the
+fields it does not declare (``extra``), so a newer login node can add fields
+that an older client passes through. The results listing's paths, sizes and
+digests are checked file by file in ``bundle.results``, which writes them to
+disk.
 
 The launch spec (``LaunchSpec``) is the part of a launch request that the
 login node records in the run's ``run.json``: arguments, site profile,
@@ -25,17 +41,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from bundle.errors import RemoteError, UsageError
+from bundle.errors import MalformedReply, RemoteError, UsageError
+from bundle.limits import TASK_LIMIT
 
 #: Every state of a run, and those it never leaves (``login_node.state`` writes them).
 STATES = ("staged", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
 TERMINAL = ("succeeded", "failed", "cancelled", "lost")
 #: What a reader reports when ``state.json`` cannot be read (never written).
 UNKNOWN = "unknown"
+#: Every state a reply may carry: the login node's, and the client's own for runs the
+#: login node does not know (``gone``).
+REPLY_STATES = (*STATES, UNKNOWN, "gone")
 
 _MISSING: Any = object()
 _REPLY_HINT = "the login node's gcbundle may be damaged or of another version: check it with `gcbundle doctor`"
@@ -51,6 +72,79 @@ _KINDS: dict[str, tuple[Any, str]] = {
     "dict": (lambda v: isinstance(v, dict), "an object"),
     "any": (lambda v: True, "anything"),
 }
+
+
+# -- what a reply's values may be ---------------------------------------------------------
+# A reply's ``_validate`` checks every field the client reads (type, range, pattern) before
+# it is parsed, and raises one ``MalformedReply`` line that names the task and the field:
+#     the login node sent a status reply without `state` (one of staged, ...)
+
+_SHA = re.compile(r"[0-9a-f]{64}")
+_RUN_ID = re.compile(r"[0-9a-f]{12}")
+_SHAPE_HINT = "the login node's gcbundle may be damaged or another version: check it with `gcbundle doctor --endpoint ENDPOINT`"
+_CHECK_STATUS = ("ok", "warn", "fail", "skip", "info")
+
+
+def _bad(task: str, key: str, what: str, missing: bool) -> MalformedReply:
+    how = f"without `{key}` ({what})" if missing else f"whose `{key}` is not {what}"
+    return MalformedReply(f"the login node sent a {task} reply {how}", _SHAPE_HINT)
+
+
+def _is_int(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) < 1e15
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _get(task: str, data: dict[str, Any], key: str, ok: Callable[[Any], bool], what: str, required: bool = True) -> Any:
+    if key not in data or data[key] is None:
+        if required:
+            raise _bad(task, key, what, True)
+        return None
+    if not ok(data[key]):
+        raise _bad(task, key, what, False)
+    return data[key]
+
+
+def _obj(task: str, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise MalformedReply(f"the login node sent a {task} reply that is a {type(data).__name__}, not an object", _SHAPE_HINT)
+    return data
+
+
+def _check_state(data: Any, task: str) -> None:
+    """A run's state, as ``status``, ``launch``, ``cancel`` and ``results_manifest`` carry it."""
+    d = _obj(task, data)
+    _get(task, d, "error", lambda v: isinstance(v, dict) and all(isinstance(v.get(k), (str, type(None))) for k in ("message", "traceback")),
+         "an object of strings", False)
+    _get(task, d, "state", lambda v: v in REPLY_STATES, f"one of {', '.join(REPLY_STATES)}")
+    for key in ("detail", "hint", "host"):
+        _get(task, d, key, _is_str, "a string", False)
+    _get(task, d, "pid", _is_int, "a process id", False)
+    _get(task, d, "updated", _is_num, "a time", False)
+    _get(task, d, "tasks", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) for k, n in v.items()),
+         "an object of counts", False)
+    _get(task, d, "scheduler_job_ids", _str_list, "a list of strings", False)
+    _get(task, d, "resumed_from", lambda v: isinstance(v, str) and _RUN_ID.fullmatch(v) is not None, "a run id", False)
+    _get(task, d, "waited", _is_num, "a number of seconds", False)
 
 
 def _kind_of(value: Any) -> str:
@@ -88,7 +182,12 @@ class Contract:
 
     @classmethod
     def from_json(cls: type[T], data: Any) -> T:
-        """Parse and check ``data``; raise one line naming the task and the field if it does not fit."""
+        """Parse and check ``data``; raise one line naming the task and the field if it does not fit.
+
+        A reply is first checked value by value (``_validate``), then parsed field by field.
+        """
+        if cls.side == "reply":
+            cls._validate(data)
         if not isinstance(data, Mapping):
             raise cls._fail(f"that is {_kind_of(data)}, not an object")
         values: dict[str, Any] = {}
@@ -115,6 +214,10 @@ class Contract:
         obj = cls(**values)
         obj._check()
         return obj
+
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        """A reply's checks of each value the client reads (type, range, pattern), before it is parsed."""
 
     @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
@@ -286,6 +389,10 @@ class RunState(Contract):
     error: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        _check_state(data, cls.task)
+
     def _check(self) -> None:
         if self.state not in STATES and self.state != UNKNOWN:
             raise self._fail(f"with the unknown state {self.state[:40]!r}")
@@ -312,12 +419,24 @@ class ProbeReply(Contract):
     bases: list[str] | None = contract_field("list", optional=True, default=None)
     protocol: int | None = contract_field("int", optional=True, default=None)
 
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        d = _obj("probe", data)
+        digests = lambda v: isinstance(v, list) and all(isinstance(x, str) and _SHA.fullmatch(x) for x in v)  # noqa: E731
+        _get("probe", d, "cached", digests, "a list of digests")
+        _get("probe", d, "staged_chunks", lambda v: isinstance(v, list) and all(_is_int(i) for i in v), "a list of chunk numbers", False)
+        _get("probe", d, "bases", digests, "a list of digests", False)
+
 
 @dataclass(frozen=True, kw_only=True)
 class StageReply(Contract):
     task: ClassVar[str] = "stage"
     side: ClassVar[str] = "reply"
     complete: bool = contract_field("bool")
+
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        _get("stage", _obj("stage", data), "complete", _is_bool, "true or false")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -327,6 +446,12 @@ class LaunchReply(Contract):
     #: The login node does not have the bundle: stage it and launch again.
     missing_bundle: bool = contract_field("bool", default=False)
     state: RunState | None = contract_field("dict", optional=True, default=None)
+
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        d = _obj("launch", data)
+        if not _get("launch", d, "missing_bundle", _is_bool, "true or false", False):
+            _check_state(_get("launch", d, "state", _is_dict, "an object"), "launch")
 
     @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
@@ -353,6 +478,16 @@ class LogsReply(Contract):
     state: str | None = contract_field("str", optional=True, default=None)
     logs: list[str] = contract_field("list", default=[])
 
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        d = _obj("logs", data)
+        chunk = _get("logs", d, "data", lambda v: isinstance(v, (bytes, bytearray)), "bytes")
+        offset = _get("logs", d, "offset", _is_int, "a byte offset")
+        _get("logs", d, "next_offset", lambda v: _is_int(v) and v == offset + len(chunk), "the offset after the bytes sent")
+        _get("logs", d, "size", _is_int, "the log's size")
+        _get("logs", d, "state", lambda v: v in REPLY_STATES, f"one of {', '.join(REPLY_STATES)}", False)
+        _get("logs", d, "logs", _str_list, "a list of log names", False)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ResultsManifestReply(Contract):
@@ -366,12 +501,20 @@ class ResultsManifestReply(Contract):
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def _validate(cls, data: Any) -> None:
+        """The listing (or one page of it); its files are checked in ``bundle.results``, which writes them to disk."""
+        t = "results listing"
+        d = _obj(t, data)
+        _check_state(_get(t, d, "state", _is_dict, "an object"), t)
+        _get(t, d, "files", lambda v: isinstance(v, list), "a list")
+        _get(t, d, "manifest_sha256", lambda v: isinstance(v, str) and _SHA.fullmatch(v) is not None, "a sha256")
+        _get(t, d, "chunk_bytes", lambda v: _is_int(v, 1) and v <= TASK_LIMIT, f"a size in 1..{TASK_LIMIT}")
+        _get(t, d, "total", _is_int, "a byte count")
+        _get(t, d, "next_page", lambda v: _is_int(v, 1), "a file number", False)
+
+    @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
         return _reply_state(cls).from_json(value) if name == "state" else value
-
-    def _check(self) -> None:
-        if self.chunk_bytes <= 0:
-            raise self._fail(f"with `chunk_bytes` {self.chunk_bytes}, not a positive size")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,6 +523,13 @@ class ResultsChunkReply(Contract):
     side: ClassVar[str] = "reply"
     index: int = contract_field("int")
     data: bytes = contract_field("bytes")
+
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        t = "results chunk"
+        d = _obj(t, data)
+        _get(t, d, "index", _is_int, "a chunk number")
+        _get(t, d, "data", lambda v: isinstance(v, (bytes, bytearray)), "bytes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -391,6 +541,13 @@ class CancelReply(Contract):
     already: bool = contract_field("bool", default=False)
     #: Processes that had to be killed (the driver, and what it left).
     escalated: int = contract_field("int", default=0)
+
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        d = _obj("cancel", data)
+        _check_state(_get("cancel", d, "state", _is_dict, "an object"), "cancel")
+        _get("cancel", d, "already", _is_bool, "true or false", False)
+        _get("cancel", d, "escalated", _is_int, "a count", False)
 
     @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
@@ -411,11 +568,24 @@ class DoctorReply(Contract):
     ok: bool = contract_field("bool")
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def _check(self) -> None:
-        for check in self.checks:
-            if not isinstance(check, dict) or not isinstance(check.get("name"),
-                                                             str) or check.get("status") not in ("ok", "warn", "fail"):
-                raise self._fail(f"with a malformed entry in `checks`: {str(check)[:60]}")
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        d = _obj("doctor", data)
+
+        def checks_ok(v: Any) -> bool:
+            return isinstance(v, list) and all(
+                isinstance(c, dict) and isinstance(c.get("name"), str) and c.get("status") in _CHECK_STATUS
+                and isinstance(c.get("detail", ""), str) and isinstance(c.get("fix") or "", str) for c in v)
+
+        def versions_ok(v: Any) -> bool:
+            return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, (str, type(None))) for k, x in v.items())
+
+        for key in ("driver_versions", "worker_versions"):
+            _get("doctor", d, key, versions_ok, "an object of version strings", False)
+        for key in ("host", "user", "home", "site", "python"):
+            _get("doctor", d, key, _is_str, "a string", False)
+        _get("doctor", d, "checks", checks_ok, f"a list of checks (name, status in {'/'.join(_CHECK_STATUS)}, detail)")
+        _get("doctor", d, "versions", versions_ok, "an object of version strings", False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -426,10 +596,19 @@ class RunsReply(Contract):
     #: The run id to ask ``after`` for the next page, or None at the end.
     next: str | None = contract_field("str", optional=True, default=None)
 
-    def _check(self) -> None:
-        for run in self.runs:
-            if not isinstance(run, dict) or not isinstance(run.get("run_id"), str) or not isinstance(run.get("state"), str):
-                raise self._fail(f"with a malformed entry in `runs`: {str(run)[:60]}")
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        d = _obj("runs", data)
+
+        def entry_ok(e: Any) -> bool:
+            return (isinstance(e, dict) and isinstance(e.get("run_id"), str) and _RUN_ID.fullmatch(e["run_id"]) is not None
+                    and e.get("state") in REPLY_STATES
+                    and all(e.get(k) is None or isinstance(e[k], str) for k in ("digest", "entry", "site", "detail"))
+                    and (e.get("resumed_from") is None or (isinstance(e["resumed_from"], str) and _RUN_ID.fullmatch(e["resumed_from"]) is not None))
+                    and all(e.get(k) is None or (_is_num(e[k]) and 0 <= e[k] < 1e11) for k in ("submitted", "updated")))
+
+        _get("runs", d, "runs", lambda v: isinstance(v, list) and all(entry_ok(e) for e in v), "a list of runs (id, state, ...)")
+        _get("runs", d, "next", lambda v: isinstance(v, str) and _RUN_ID.fullmatch(v) is not None, "a run id", False)
 
     def to_json(self) -> dict[str, Any]:
         return {"runs": self.runs, "next": self.next}
@@ -442,6 +621,19 @@ class PruneReply(Contract):
     runs: list[dict[str, Any]] = contract_field("list")
     bundles: list[dict[str, Any]] = contract_field("list")
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _validate(cls, data: Any) -> None:
+        d = _obj("prune", data)
+
+        def rows(key: str, ident: str, pattern: re.Pattern[str]) -> None:
+            _get("prune", d, key, lambda v: isinstance(v, list) and all(
+                isinstance(r, dict) and isinstance(r.get(ident), str) and pattern.fullmatch(r[ident]) is not None
+                and isinstance(r.get("action"), str) for r in v), f"a list of {ident} rows", False)
+
+        rows("runs", "run_id", _RUN_ID)
+        rows("bundles", "digest", _SHA)
+        _get("prune", d, "freed_bytes", _is_int, "a byte count")
 
 
 #: Task name -> (request class, reply class). The status reply is the run's state itself.
@@ -461,8 +653,18 @@ CONTRACTS: dict[str, tuple[type[Contract], type[Contract]]] = {
 
 
 def check_reply(task: str, data: Any) -> Contract:
-    """The reply of ``task``, parsed and checked (client side)."""
+    """The reply of ``task``, checked and parsed into its reply object (``Transport.send``)."""
     return CONTRACTS[task][1].from_json(data)
+
+
+def check_reply_shape(task: str, data: Any) -> Any:
+    """``data`` if every value the client reads in ``task``'s reply fits (``_validate``); a ``MalformedReply`` otherwise.
+
+    Every reply passes here (``Transport.call``, and the login node before its reply
+    leaves); the callers that keep working on the reply's dict get it back unchanged.
+    """
+    CONTRACTS[task][1]._validate(data)
+    return data
 
 
 def parse_request(task: str, data: Any) -> Contract:

@@ -81,7 +81,7 @@ class RemoteError(TransportError):
 
 
 class MalformedReply(RemoteError):
-    """A login node's reply lacks a field or has one of the wrong type (``bundle.replies``)."""
+    """A login node's reply lacks a field or has one of the wrong type (``bundle.contracts``)."""
 
 
 class PayloadTooLarge(TransportError):

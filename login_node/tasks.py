@@ -17,8 +17,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bundle import archive, placement, profiles, replies
-from bundle.contracts import parse_request
+from bundle import archive, placement, profiles
+from bundle.contracts import check_reply_shape, parse_request
 from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
 from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
@@ -49,9 +49,9 @@ def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_hom
                 if ensure_home:
                     home.ensure()
                 # Built to the same declaration the client checks it against
-                # (``bundle.replies``): a reply this login node gets wrong is an
+                # (``bundle.contracts``): a reply this login node gets wrong is an
                 # error here, with the task and field named, not bad data there.
-                return reply(replies.check(fn.__name__, fn(req, home)))
+                return reply(check_reply_shape(fn.__name__, fn(req, home)))
             except GcbundleError as exc:
                 return error_reply(exc)
 

@@ -182,31 +182,33 @@ GOOD_REPLIES: dict[str, dict[str, Any]] = {
     "doctor": {"checks": [{"name": "x", "status": "ok", "detail": ""}], "versions": {}, "ok": True, "host": "h"},
 }
 
-#: (task, the reply with a field missing or of the wrong type, words of the one-line error)
+#: (task, the reply with a field missing or of the wrong type, words of the one-line error).
+#: A value the client reads is checked first (``_validate``: "whose `x` is not ..."), then each
+#: declared field's kind ("with `x` that is ..., not ...").
 BAD_REPLIES = [
     ("probe", {}, "probe reply without `cached`"),
-    ("probe", {"cached": "abc"}, "probe reply with `cached` that is a string, not a list"),
+    ("probe", {"cached": "abc"}, "probe reply whose `cached` is not a list of digests"),
     ("probe", {"cached": [], "protocol": "2"}, "`protocol` that is a string, not an integer"),
     ("stage", {}, "stage reply without `complete`"),
-    ("stage", {"complete": 1}, "`complete` that is an integer, not true or false"),
+    ("stage", {"complete": 1}, "stage reply whose `complete` is not true or false"),
     ("launch", {}, "launch reply without `state`"),
     ("launch", {"state": {"run_id": "x"}}, "launch reply without `state`"),
-    ("launch", {"state": "running"}, "`state` that is a string, not an object"),
+    ("launch", {"state": "running"}, "launch reply whose `state` is not an object"),
     ("status", {"run_id": "x"}, "status reply without `state`"),
-    ("status", {"state": 3}, "status reply with `state` that is an integer, not a string"),
-    ("status", {"state": "exploded"}, "unknown state 'exploded'"),
-    ("status", {"state": "running", "updated": "now"}, "`updated` that is a string, not a number"),
+    ("status", {"state": 3}, "status reply whose `state` is not one of staged"),
+    ("status", {"state": "exploded"}, "status reply whose `state` is not one of staged, queued"),
+    ("status", {"state": "running", "updated": "now"}, "status reply whose `updated` is not a time"),
     ("status", [], "status reply that is a list, not an object"),
-    ("logs", {**GOOD_REPLIES["logs"], "data": "text"}, "logs reply with `data` that is a string, not bytes"),
+    ("logs", {**GOOD_REPLIES["logs"], "data": "text"}, "logs reply whose `data` is not bytes"),
     ("logs", {k: v for k, v in GOOD_REPLIES["logs"].items() if k != "next_offset"}, "logs reply without `next_offset`"),
     ("results_manifest", {k: v for k, v in GOOD_REPLIES["results_manifest"].items() if k != "files"},
      "without `files`"),
-    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "chunk_bytes": 0}, "`chunk_bytes` 0"),
-    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "state": {}}, "results_manifest reply without `state`"),
-    ("results_chunk", {"index": 0}, "results_chunk reply without `data`"),
-    ("results_chunk", {"index": True, "data": b""}, "`index` that is true or false, not an integer"),
+    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "chunk_bytes": 0}, "results listing reply whose `chunk_bytes` is not a size in 1.."),
+    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "state": {}}, "results listing reply without `state`"),
+    ("results_chunk", {"index": 0}, "results chunk reply without `data` (bytes)"),
+    ("results_chunk", {"index": True, "data": b""}, "results chunk reply whose `index` is not a chunk number"),
     ("cancel", {"escalated": 0}, "cancel reply without `state`"),
-    ("doctor", {"checks": [{"name": "x"}], "versions": {}, "ok": True}, "malformed entry in `checks`"),
+    ("doctor", {"checks": [{"name": "x"}], "versions": {}, "ok": True}, "doctor reply whose `checks` is not a list of checks"),
     ("doctor", {"checks": [], "ok": True}, "doctor reply without `versions`"),
 ]
 

@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bundle import replies
-from bundle.contracts import Contract, check_reply
+from bundle.contracts import Contract, check_reply, check_reply_shape
 from bundle.errors import ProtocolMismatch, RemoteError
 from bundle.protocol import TASK_SINCE, request, unwrap
 
@@ -71,7 +70,7 @@ class Transport(ABC):
         return check_reply(req.task, self.call(req.task, **req.to_json()))
 
     def call(self, task: str, **fields: Any) -> Any:
-        """Send ``task`` and return its reply's data, checked against the reply's declared shape (``bundle.replies``)."""
+        """Send ``task`` and return its reply's data, checked against the reply's contract (``bundle.contracts``)."""
         try:
             data = unwrap(self._run(task, request(**fields)))
         except RemoteError as exc:
@@ -80,7 +79,7 @@ class Transport(ABC):
 
     @staticmethod
     def _checked(task: str, data: Any) -> Any:
-        return replies.check(task, data)  # a reply that lacks a field, or has one of the wrong type, stops here
+        return check_reply_shape(task, data)  # a reply that lacks a field, or has one of the wrong type, stops here
 
     def call_many(self, task: str, requests: Iterable[dict[str, Any]]) -> Iterator[Any]:
         """The replies to ``task`` for each request's fields, in order.
