@@ -20,7 +20,16 @@ from typing import Any
 import platformdirs
 
 from bundle import archive, contracts, delta, preflight, profiles, tempdirs
-from bundle.contracts import CancelRequest, LaunchRequest, LaunchSpec, LogsRequest, ProbeRequest, StageRequest, StatusRequest
+from bundle.contracts import (
+    CancelRequest,
+    LaunchRequest,
+    LaunchSpec,
+    LogsRequest,
+    ProbeRequest,
+    RunsRequest,
+    StageRequest,
+    StatusRequest,
+)
 from bundle.endpoints import site_choice
 from bundle.errors import (
     BundleError,
@@ -377,11 +386,11 @@ def _login_node_runs(transport: Transport, run_ids: list[str] | None = None) -> 
     if run_ids is not None:
         out = []
         for i in range(0, len(run_ids), RUNS_PAGE):
-            out += (transport.call("runs", run_ids=run_ids[i:i + RUNS_PAGE], after=None))["runs"]
+            out += transport.send(RunsRequest(run_ids=run_ids[i:i + RUNS_PAGE])).to_json()["runs"]
         return out
     out, after = [], None
     while True:
-        reply = (transport.call("runs", after=after))
+        reply = transport.send(RunsRequest(after=after)).to_json()
         out += reply["runs"]
         if reply["next"] is None:
             return out

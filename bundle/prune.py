@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundle.contracts import PruneRequest
 from bundle.errors import GcbundleError, ProtocolMismatch, TransportError, UsageError
 from bundle.fileio import tree_size
 from bundle.registry import Registry, RunRecord
@@ -111,7 +112,7 @@ def _prune_endpoint(endpoint: str, options: Options, records: list[RunRecord], t
     """One ``prune`` task. A login node older than the task fails to load its function,
     which the transport reports as ProtocolMismatch, "upgrade the login node"."""
     try:
-        return transport.call("prune", prune=_criteria(options, _fetched(records, endpoint)))
+        return transport.send(PruneRequest(prune=_criteria(options, _fetched(records, endpoint)))).to_json()
     except ProtocolMismatch as exc:
         raise ProtocolMismatch(f"endpoint {endpoint}: {exc.message}",
                                f"{exc.hint}; `gcbundle prune --no-login-node` prunes this machine only") from None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle.contracts import ResultsChunkRequest
+from bundle.contracts import ResultsChunkRequest, ResultsManifestRequest
 from bundle.errors import GcbundleError, ProtocolMismatch, ResultsError
 from bundle.fileio import folder_problem
 from bundle.limits import MAX_NAME_BYTES, TASK_LIMIT, chunk_count
@@ -126,9 +126,9 @@ def _check_head(listing: Any) -> dict[str, Any]:
 def _listing(transport: Transport, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The whole listing, page by page (protocol 3), or in one reply from an older login node."""
     try:
-        first = transport.call("results_manifest", run_id=run_id, page=0)
+        first = transport.send(ResultsManifestRequest(run_id=run_id, page=0)).to_json()
     except ProtocolMismatch:
-        first = transport.call("results_manifest", run_id=run_id)  # a protocol-2 login node: one reply
+        first = transport.send(ResultsManifestRequest(run_id=run_id)).to_json()  # a protocol-2 login node: one reply
         files = check_files(first.get("files") if isinstance(first, dict) else None)
         head = _check_head(first)
     else:
@@ -138,7 +138,7 @@ def _listing(transport: Transport, run_id: str) -> tuple[dict[str, Any], list[di
         while nxt is not None:
             if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt != len(raw):
                 raise _bad("next_page", f"{nxt!r}, expected {len(raw)}")
-            page = transport.call("results_manifest", run_id=run_id, page=nxt, manifest_sha256=head["manifest_sha256"])
+            page = transport.send(ResultsManifestRequest(run_id=run_id, page=nxt, manifest_sha256=head["manifest_sha256"])).to_json()
             continues = isinstance(page, dict) and page.get("manifest_sha256") == head["manifest_sha256"]
             if not continues or not isinstance(page.get("files"), list) or not page["files"]:
                 raise _bad("page", f"page {nxt} does not continue the listing")
