@@ -13,6 +13,7 @@ import pytest
 
 from bundle import contracts, profiles, protocol
 from bundle.errors import (
+    MalformedReply,
     ProtocolMismatch,
     RemoteError,
     RunStateError,
@@ -255,3 +256,18 @@ def test_the_launch_spec_round_trips_and_fills_defaults() -> None:
     req = contracts.LaunchRequest(run_id="0123456789ab", digest="0" * 64, spec=spec)
     assert contracts.LaunchRequest.from_json(req.to_json()) == req
     assert "bundle" not in req.to_json(), "an absent bundle is left out, as the login node's default"
+
+
+def test_every_task_has_one_contract_whose_reply_checks_its_values() -> None:
+    """One home for the wire contract: each task's request and reply class, and the reply's value checks."""
+    assert set(contracts.CONTRACTS) == set(protocol.TASKS)
+    for task, (request_class, reply_class) in contracts.CONTRACTS.items():
+        assert request_class.side == "request" and reply_class.side == "reply", task
+        assert "_validate" in vars(reply_class), f"the {task} reply checks no values"
+
+
+def test_the_shape_check_returns_the_reply_unchanged_and_refuses_a_bad_one() -> None:
+    reply = {**GOOD_REPLIES["results_manifest"], "next_page": None}
+    assert contracts.check_reply_shape("results_manifest", reply) is reply
+    with pytest.raises(MalformedReply, match="results listing reply whose `next_page` is not a file number"):
+        contracts.check_reply_shape("results_manifest", {**reply, "next_page": 0})
