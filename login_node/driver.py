@@ -167,6 +167,9 @@ class Driver:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         self._cleanup()
+        # The report's `pip freeze` runs as a process of the run (its environment and
+        # working directory): have its answer before the sweep below would stop it.
+        self.frozen = self.pip_freeze() if hasattr(self, "pip_freeze") else None
         # Before the final state, not after: a client that sees the run end
         # (at once, with the status long poll) must find nothing of it running.
         leftovers = procs.sweep(self.paths.run_id, grace=5.0)
@@ -321,7 +324,7 @@ class Driver:
         report.write(
             self.paths, self.request, outcome=outcome, records=self.records, checkpoint_files=self.checkpoint_files,
             config=self.config_repr, job_ids=self.job_ids, timings=self.timings,
-            pip_freeze=(self.pip_freeze() if hasattr(self, "pip_freeze") else report.pip_freeze()) or [],
+            pip_freeze=(getattr(self, "frozen", None) or report.pip_freeze()) or [],
         )
 
 

@@ -154,7 +154,7 @@ def copy_checkout(dest: Path, version: str | None = None) -> Path:
     if version:
         pyproject = dest / "pyproject.toml"
         text = pyproject.read_text()
-        assert text.count('version = "') == 1
+        assert len(re.findall(r'(?m)^version = "', text)) == 1  # [project]'s, not e.g. ruff's target-version
         pyproject.write_text(re.sub(r'(?m)^version = "[^"]*"', f'version = "{version}"', text))
     return dest
 

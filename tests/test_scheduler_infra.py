@@ -17,7 +17,6 @@ Each DFK cleans up its blocks: no job of a test is left in squeue or qstat.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -116,6 +115,8 @@ def slurm_apps() -> dict[str, Any]:
     @python_app
     @detached
     def slurm_job_id() -> str:
+        import os  # a detached app imports what it uses (see `detached`)
+
         return os.environ["SLURM_JOB_ID"]
 
     @bash_app
@@ -227,6 +228,7 @@ def test_pbspro_provider_runs_a_two_node_block(pbs_cluster: None, parsl_env: Pat
     @python_app
     @detached
     def pbs_view(i: int) -> dict[str, Any]:
+        import os  # a detached app imports what it uses (see `detached`)
         import socket
         import time
         time.sleep(0.5)  # keep this worker busy so the others take the rest
