@@ -29,7 +29,7 @@ LOGIN_HINT = (
 
 
 def translate(exc: Any, what: str, task: str | None, *, label: str, endpoint_id: str, has_functions: bool,
-          client_credentials: bool) -> GcbundleError:
+              client_credentials: bool) -> GcbundleError:
     """A Globus API error as one of ours, with what to do."""
     import globus_sdk
 
@@ -38,48 +38,59 @@ def translate(exc: Any, what: str, task: str | None, *, label: str, endpoint_id:
     ep = f"endpoint {label}" + (f" ({endpoint_id})" if label != endpoint_id else "")
     if isinstance(exc, globus_sdk.AuthAPIError):
         if client_credentials:
-            return NotLoggedIn(f"Globus Auth refused the client credentials in GLOBUS_COMPUTE_CLIENT_ID/GLOBUS_COMPUTE_CLIENT_SECRET (HTTP {status} "
-                               f"{code or detail})",
-                               "check both values (the client's secret may have been deleted), or unset them to use your own login")
-        return NotLoggedIn(f"your Globus login has expired or was revoked (HTTP {status} {code or detail})", "log in again with `gcbundle login`")
+            return NotLoggedIn(
+                "Globus Auth refused the client credentials in GLOBUS_COMPUTE_CLIENT_ID/GLOBUS_COMPUTE_CLIENT_SECRET "
+                f"(HTTP {status} {code or detail})",
+                "check both values (the client's secret may have been deleted), or unset them to use your own login",
+            )
+        return NotLoggedIn(f"your Globus login has expired or was revoked (HTTP {status} {code or detail})",
+                           "log in again with `gcbundle login`")
     if status == 401:
         return NotLoggedIn(f"Globus Compute did not accept your credentials (HTTP 401 on: {what})", LOGIN_HINT)
     if code == "FUNCTION_NOT_PERMITTED":
         return FunctionNotPermitted(
-            f"{ep} only runs allow-listed functions, and the {task or 'requested'} task's function is not one of them ({detail})",
-            f"ask the endpoint's administrators to add gcbundle's function ids to `allowed_functions` (`gcbundle register --endpoint {label}` prints "
-            "them), "
-            f"or put the ids they allowed into the alias: `gcbundle endpoints add NAME {endpoint_id} --function TASK=ID ... --replace`",
+            f"{ep} only runs allow-listed functions, and the {task or 'requested'} task's function is not one of them "
+            f"({detail})",
+            "ask the endpoint's administrators to add gcbundle's function ids to `allowed_functions` "
+            f"(`gcbundle register --endpoint {label}` prints them), or put the ids they allowed into the alias: "
+            f"`gcbundle endpoints add NAME {endpoint_id} --function TASK=ID ... --replace`",
         )
     if code.startswith("FUNCTION_") and status in (403, 404):
         if has_functions:
             return FunctionNotPermitted(
-                f"Globus Compute will not run the registered function of the {task or 'requested'} task for you ({code}: {detail})",
-                f"the ids in alias {label} must be registered with --public or shared with your group (`gcbundle register --endpoint {label} "
-                "--public`); ask whoever registered them",
+                f"Globus Compute will not run the registered function of the {task or 'requested'} task for you "
+                f"({code}: {detail})",
+                f"the ids in alias {label} must be registered with --public or shared with your group "
+                f"(`gcbundle register --endpoint {label} --public`); ask whoever registered them",
             )
         return TransportError(f"Globus Compute cannot use the {task or 'requested'} task's function ({code}: {detail})",
                               "run the command again: gcbundle registers the function anew")
     if code == "TASK_PAYLOAD_TOO_LARGE" or status == 413:
         return PayloadTooLarge(
             f"Globus Compute refused the {task or 'submitted'} task as too large ({code or 'HTTP 413'}: {detail})",
-            f"gcbundle keeps each task under {TASK_LIMIT} bytes after serialization, so the service's limit is lower than that: report this, with "
-            "the output of --debug",
+            f"gcbundle keeps each task under {TASK_LIMIT} bytes after serialization, so the service's limit is lower "
+            "than that: report this, with the output of --debug",
         )
     if status == 404 and what.startswith("task"):
         return TransportError(f"Globus Compute no longer knows the {task or ''} task ({detail})",
                               "results not fetched within 30 minutes are dropped by the service: run the command again")
     if status == 404:
-        return EndpointUnavailable(f"Globus Compute knows no {ep} ({code or 'HTTP 404'}: {detail})",
-                                   "check the UUID (`globus-compute-endpoint list` on the login node shows it); fix the alias with `gcbundle "
-                                   "endpoints add NAME UUID --replace`")
+        return EndpointUnavailable(
+            f"Globus Compute knows no {ep} ({code or 'HTTP 404'}: {detail})",
+            "check the UUID (`globus-compute-endpoint list` on the login node shows it); "
+            "fix the alias with `gcbundle endpoints add NAME UUID --replace`",
+        )
     if status == 403:
-        return EndpointUnavailable(f"Globus Compute does not let you use {ep} ({code or 'HTTP 403'}: {detail})",
-                                   "ask the endpoint's owner or administrators for access (its authentication policy or identity mapping leaves you "
-                                   "out)")
+        return EndpointUnavailable(
+            f"Globus Compute does not let you use {ep} ({code or 'HTTP 403'}: {detail})",
+            "ask the endpoint's owner or administrators for access "
+            "(its authentication policy or identity mapping leaves you out)",
+        )
     if status is not None and status >= 500:
-        return TransportError(f"the Globus Compute service failed (HTTP {status} on: {what}); the task may or may not have been accepted",
-                              "check `gcbundle list` / `gcbundle status` and run the command again")
+        return TransportError(
+            f"the Globus Compute service failed (HTTP {status} on: {what}); the task may or may not have been accepted",
+            "check `gcbundle list` / `gcbundle status` and run the command again",
+        )
     return TransportError(f"Globus Compute refused the request (HTTP {status} {code}: {detail}; on: {what})",
                           "run the command again with --debug for details")
 
@@ -89,7 +100,10 @@ def stale_function(exc: GcbundleError) -> bool:
     return re.search(r"FUNCTION_(?!NOT_PERMITTED)[A-Z_]+", str(exc)) is not None
 
 
-_RESULT_SIZE = re.compile(r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)|Task result of (\d+)B exceeded current limit of (\d+)B")
+_RESULT_SIZE = re.compile(
+    r"MaxResultSizeExceeded\((\d+),\s*(\d+)\)"
+    r"|Task result of (\d+)B exceeded current limit of (\d+)B"
+)
 
 
 def versions_note(warned: list[str]) -> str:
@@ -105,20 +119,29 @@ def remote_failure(task: str, remote: str, warned: list[str]) -> GcbundleError:
     if m or "MaxResultSizeExceeded" in text:
         size, limit = (m.group(1) or m.group(3), m.group(2) or m.group(4)) if m else ("?", "?")
         return PayloadTooLarge(
-            f"the {task} task's result ({size} bytes) exceeded the endpoint's result limit ({limit} bytes): MaxResultSizeExceeded",
+            f"the {task} task's result ({size} bytes) exceeded the endpoint's result limit ({limit} bytes): "
+            "MaxResultSizeExceeded",
             "gcbundle sizes result chunks for a 10 MiB limit; if the site set a lower one, ask its administrators, "
             "otherwise report this gcbundle bug",
         )
-    if "FUNCTION_NOT_PERMITTED" in text or "not permitted" in text.lower() and "function" in text.lower():
-        return FunctionNotPermitted(f"the endpoint refused to run the {task} task's function: {last}",
-                                    "ask the endpoint's administrators to allow gcbundle's function ids (`gcbundle register` prints them)")
+    if "FUNCTION_NOT_PERMITTED" in text or ("not permitted" in text.lower() and "function" in text.lower()):
+        return FunctionNotPermitted(
+            f"the endpoint refused to run the {task} task's function: {last}",
+            "ask the endpoint's administrators to allow gcbundle's function ids (`gcbundle register` prints them)",
+        )
     if re.search(r"No module named '(login_node|bundle)'", text):
-        return RemoteError("gcbundle is not installed in the endpoint's Python environment" + versions_note(warned),
-                           "provision the login node (the Ansible playbook), or pip install gcbundle into the environment the endpoint runs")
+        return RemoteError(
+            "gcbundle is not installed in the endpoint's Python environment" + versions_note(warned),
+            "provision the login node (the Ansible playbook), "
+            "or pip install gcbundle into the environment the endpoint runs",
+        )
     if re.search(r"module 'login_node\.tasks' has no attribute", text):
         return ProtocolMismatch(f"the login node's gcbundle is older than this client: it has no {task} task",
                                 "upgrade gcbundle on the login node (re-run the Ansible playbook)")
     if re.search(r"dill|pickle|serializ|WorkerLost", text, re.IGNORECASE):
-        return ProtocolMismatch(f"the endpoint could not run the {task} task: {last}" + versions_note(warned),
-                                "use the same Python minor version (and dill) on this machine and in the endpoint's environment")
-    return RemoteError(f"the {task} task failed on the login node: {last}", "see `gcbundle doctor`, or rerun with --debug for the remote traceback")
+        return ProtocolMismatch(
+            f"the endpoint could not run the {task} task: {last}" + versions_note(warned),
+            "use the same Python minor version (and dill) on this machine and in the endpoint's environment",
+        )
+    return RemoteError(f"the {task} task failed on the login node: {last}",
+                       "see `gcbundle doctor`, or rerun with --debug for the remote traceback")
