@@ -7,7 +7,6 @@ the real CLI, API, transport checks and results writer."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,10 @@ from bundle import api, transport
 from bundle import doctor as client_doctor
 from bundle.cli import main
 from bundle.errors import ResultsError
-from bundle.registry import Registry, RunRecord
+from bundle.registry import Registry
 from tests.conftest import write_workflow
 from tests.hostile_replies import CASES, ESCAPES, GOOD, GOOD_CHUNK, RUN, HostileLoginNode, listing
+from tests.registry_rows import row
 
 ARGS = {
     "status": ["status", RUN],
@@ -38,18 +38,7 @@ def _files(root: Path, skip: Path) -> set[str]:
 
 
 def _registered() -> None:
-    now = time.time()
-    record = RunRecord(
-        run_id=RUN,
-        endpoint="local",
-        digest="0" * 64,
-        workflow="wf.py",
-        site=None,
-        state="running",
-        submitted=now,
-        updated=now,
-    )
-    Registry().adopt(record)
+    Registry().adopt(row(RUN))
 
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, replies: dict[str, Any]) -> tuple[Any, Path]:

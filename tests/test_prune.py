@@ -15,7 +15,7 @@ from bundle import api, packcache
 from bundle import prune as pruning
 from bundle.cli import main
 from bundle.errors import UsageError
-from bundle.registry import Registry, RunRecord
+from bundle.registry import Registry
 from bundle.transport import Tally
 from bundle.transport.local import LocalTransport
 from login_node import tasks
@@ -23,6 +23,7 @@ from login_node.prune import Criteria
 from login_node.prune import prune as prune_home
 from login_node.rundir import Home
 from tests.conftest import write_workflow
+from tests.registry_rows import row
 
 WORKFLOW = '''
 from parsl import python_app
@@ -205,8 +206,7 @@ def test_one_prune_task_per_endpoint(home: Path) -> None:
     """However many runs the registry has there: one task for the endpoint."""
     reg = Registry()
     for i in range(5):
-        reg.add(RunRecord(run_id=f"{i:012x}", endpoint="local", digest="0" * 64, workflow="wf.py", site=None,
-                          state="succeeded", submitted=time.time(), updated=time.time(), results_sha="x"))
+        reg.add(row(f"{i:012x}", state="succeeded", results_sha="x"))
     transport = LocalTransport()
     tally = Tally.attach(transport)
     try:

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +25,9 @@ import pytest
 from click.testing import CliRunner
 
 from bundle.cli import main
-from bundle.registry import Registry, RunRecord
+from bundle.registry import Registry
 from tests.conftest import EXAMPLES, REPO
+from tests.registry_rows import row
 
 HELLO = str(EXAMPLES / "hello" / "workflow.py")
 RUN = "0123456789ab"
@@ -68,17 +68,7 @@ def test_an_impossible_registry_folder(argv: list[str], tmp_path: Path, monkeypa
 def test_an_impossible_gcbundle_home(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "afile").write_text("")
     home = tmp_path / "afile" / "home"
-    record = RunRecord(
-        run_id=RUN,
-        endpoint="local",
-        digest="0" * 64,
-        workflow=HELLO,
-        site=None,
-        state="running",
-        submitted=time.time(),
-        updated=time.time(),
-    )
-    Registry().add(record)
+    Registry().add(row(RUN, workflow=HELLO))
     monkeypatch.setenv("GCBUNDLE_HOME", str(home))
     code, env, err = invoke_json(argv)
     assert code == 12 and env["errors"][0]["type"] == "HomeError", (env, err)

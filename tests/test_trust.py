@@ -36,7 +36,7 @@ from bundle.errors import (
 )
 from bundle.manifest import Manifest
 from bundle.pack import pack
-from bundle.registry import Registry, RunRecord
+from bundle.registry import Registry
 from bundle.transport import Tally
 from bundle.transport import local as local_endpoint
 from bundle.transport.local import LocalTransport
@@ -46,6 +46,7 @@ from login_node.rundir import check_run_id
 from tests.conftest import write_workflow
 from tests.faults import wait_for
 from tests.hostile import manifest_for, reg, write_tar
+from tests.registry_rows import row
 
 #: A script-mode workflow: no DFK, so a run takes a couple of seconds. It
 #: sleeps for the seconds in its `s` argument (a run to cancel or lose).
@@ -515,18 +516,7 @@ def test_every_field_of_a_tasks_arguments_is_checked_at_the_edge(
 
 
 def test_list_shows_recorded_states_with_a_note_when_an_endpoint_cannot_be_asked(tmp_path: Path) -> None:
-    now = time.time()
-    record = RunRecord(
-        run_id="00000000000a",
-        endpoint="nosuchalias",
-        digest="0" * 64,
-        workflow="wf.py",
-        site=None,
-        state="running",
-        submitted=now,
-        updated=now,
-    )
-    Registry().add(record)
+    Registry().add(row("00000000000a", endpoint="nosuchalias"))
     res = CliRunner().invoke(main, ["list"])
     assert res.exit_code == 0, res.output
     assert "00000000000a  running" in res.stdout
