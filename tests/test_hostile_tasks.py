@@ -72,6 +72,25 @@ def test_resume_from_a_hostile_run_id(t: LocalTransport, tmp_path: Path, home: P
     assert _snapshot(home / "runs") == set()
 
 
+@pytest.mark.parametrize("task,bad,good,refused", [
+    ("status", {"wait": "soon"}, {"wait": 0}, "wait must be a number of seconds in 0..30, got 'soon'"),
+    ("logs", {"offset": -1}, {"offset": 0}, "offset must be an integer in 0..inf, got -1"),
+    ("cancel", {"grace": None}, {"grace": 0}, "grace must be an integer in 0..600, got None"),
+    ("results_chunk", {"manifest_sha256": "0" * 64, "index": True}, {"manifest_sha256": "0" * 64, "index": 0},
+     "index must be an integer in 0..inf, got True"),
+    ("results_manifest", {"page": None}, {"page": 0}, "page must be an integer in 0..inf, got None"),
+])
+def test_a_malformed_request_is_refused_before_the_login_node_looks_for_its_run(
+        t: LocalTransport, home: Path, task: str, bad: dict[str, object], good: dict[str, object],
+        refused: str) -> None:
+    """The whole request is checked by its contract first: one that names no run is refused for its bad field."""
+    with pytest.raises(UsageError) as info:
+        t.call(task, run_id=RUN, **bad)
+    assert info.value.message == refused
+    with pytest.raises(RunNotFound, match=f"no run {RUN} on this login node"):
+        t.call(task, run_id=RUN, **good)
+
+
 def _hostile_bundles(tmp_path: Path) -> dict[str, Path]:
     m = manifest_for({"workflow.py": WF})
     evil = {"path": "../../evil.py", "size": 1, "mode": 420, "sha256": "0" * 64}

@@ -56,6 +56,7 @@ def pack_task(fn: Callable[..., Any], req: dict[str, Any]) -> tuple[uuid.UUID, b
 
 def unpack_result(packed: bytes) -> Any:
     """The value inside a packed ``Result``, or the remote error raised."""
+    # Imported on use, as in ``pack_task``.
     from globus_compute_common import messagepack
     from globus_compute_sdk.serialize import ComputeSerializer
 
