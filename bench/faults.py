@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# gcbundle's modules (and the tests' helpers, which import them) are imported
+# inside each part, after main() has pointed every gcbundle path into a
+# temporary directory (_env).
 
 WORKFLOW = '''
 import os, time

@@ -50,7 +50,7 @@ PROFILES = {
 
 
 def first_result(wf: Path, key: tuple[str, int]) -> float:
-    from bundle import api
+    from bundle import api  # gcbundle is imported only after isolate() (see _common)
 
     site, params = PROFILES[key]
     t0 = time.monotonic()

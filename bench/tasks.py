@@ -123,6 +123,7 @@ def globus_scenario(root: Path, *args: Any) -> tuple[Rows | None, str]:
         from tests.fake_globus import FakeComputeService, store_login
     except ImportError as exc:
         return None, f"globus transport not measured: {exc} (install the test extra: pip install -e '.[test]')"
+    # after isolate(), and only when the fake service is there to talk to
     import bundle.transport.globus as g
     from bundle.transport.globus import GlobusTransport, RateLimiter
 
