@@ -1,13 +1,18 @@
 """What the Globus Compute service and SDK say, as gcbundle errors with what to do.
 
 Everything the service or the SDK raises becomes one of ``bundle.errors``:
-HTTP answers of the web API (``translate``), and the endpoint's error text
-for a task that failed there (``remote_failure``). Pure functions of what
-was said and where; the transport (``globus.py``) decides when to retry.
+HTTP answers of the web API (``translate``, and ``out_of_patience`` for a
+429 or 5xx that outlasts the back-off), a service that cannot be reached
+(``unreachable``), what the service reports about the endpoint or a task
+(``offline``, ``no_result``, ``still_pending``), an answer the SDK cannot
+read (``unreadable_result``), and the endpoint's error text for a task that
+failed there (``remote_failure``). Pure functions of what was said and
+where; the transport (``globus.py``) decides when to retry.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from bundle.errors import (
@@ -17,7 +22,9 @@ from bundle.errors import (
     NotLoggedIn,
     PayloadTooLarge,
     ProtocolMismatch,
+    RateLimited,
     RemoteError,
+    TaskTimeout,
     TransportError,
 )
 from bundle.limits import TASK_LIMIT
@@ -26,6 +33,8 @@ LOGIN_HINT = (
     "run `gcbundle login` in a terminal (the Globus Compute SDK's own login), "
     "or set GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET for headless use"
 )
+#: What to do when the two sides' pickles do not agree.
+_SAME_PYTHON = "use the same Python minor version (and dill) on this machine and in the endpoint's environment"
 
 
 def translate(exc: Any, what: str, task: str | None, *, label: str, endpoint_id: str, has_functions: bool,
@@ -95,6 +104,60 @@ def translate(exc: Any, what: str, task: str | None, *, label: str, endpoint_id:
                           "run the command again with --debug for details")
 
 
+def out_of_patience(status: int | None, waited: float, what: str) -> GcbundleError:
+    """HTTP 429 or 5xx still, after backing off for as long as the transport's patience lasts."""
+    if status == 429:
+        return RateLimited(
+            f"Globus Compute still limits this client's requests after {waited:.0f} s of backing off "
+            f"(HTTP 429 on: {what})",
+            "another program may be sending many requests as you: wait a few minutes and run the command again",
+        )
+    return TransportError(f"the Globus Compute service kept failing for {waited:.0f} s (HTTP {status} on: {what})",
+                          "check https://status.globus.org and run the command again later")
+
+
+def unreachable(what: str, exc: BaseException) -> TransportError:
+    """The SDK could not reach the service at all (a ``globus_sdk.NetworkError``)."""
+    return TransportError(f"cannot reach the Globus Compute service ({what}): {type(exc).__name__}",
+                          "check your network connection and run the command again")
+
+
+def offline(label: str, extra: str = "") -> EndpointUnavailable:
+    """The service reports the endpoint offline; ``extra`` says what was waiting for it."""
+    return EndpointUnavailable(
+        f"endpoint {label} is offline{extra}",
+        "start it on the login node (`globus-compute-endpoint start NAME`) or ask the site's administrators; "
+        f"`gcbundle doctor --endpoint {label}` checks again",
+    )
+
+
+def no_result(task: str, status: Mapping[str, Any], label: str) -> RemoteError:
+    """The service reports the task done, with neither a result nor an exception."""
+    return RemoteError(
+        f"the {task} task ended without a result "
+        f"({status.get('status')}: {status.get('reason', 'no reason given')})",
+        f"run the command again; `gcbundle doctor --endpoint {label}` checks the endpoint",
+    )
+
+
+def still_pending(task: str, task_id: str, status: str, elapsed: float, label: str) -> TaskTimeout:
+    """A task the endpoint has not finished within the transport's timeout (and the endpoint is online)."""
+    return TaskTimeout(
+        f"the {task} task has waited {elapsed:.0f} s on endpoint {label} without finishing (task {task_id}, {status})",
+        "the endpoint may be busy: a default endpoint runs one task at a time, so another task "
+        "(an earlier gcbundle command's, or anyone's sent as you) may hold it; try again later, "
+        f"check with `gcbundle doctor --endpoint {label}`, or allow longer with GCBUNDLE_TASK_TIMEOUT=SECONDS",
+    )
+
+
+def unreadable_result(task: str, warned: list[str]) -> ProtocolMismatch:
+    """The SDK cannot deserialize the login node's answer (a ``SerializationError``)."""
+    return ProtocolMismatch(
+        f"the login node's answer to the {task} task cannot be read here" + versions_note(warned),
+        _SAME_PYTHON,
+    )
+
+
 def stale_function(exc: GcbundleError) -> bool:
     """A service error about a function id (not the endpoint's allow list)."""
     return re.search(r"FUNCTION_(?!NOT_PERMITTED)[A-Z_]+", str(exc)) is not None
@@ -139,9 +202,7 @@ def remote_failure(task: str, remote: str, warned: list[str]) -> GcbundleError:
         return ProtocolMismatch(f"the login node's gcbundle is older than this client: it has no {task} task",
                                 "upgrade gcbundle on the login node (re-run the Ansible playbook)")
     if re.search(r"dill|pickle|serializ|WorkerLost", text, re.IGNORECASE):
-        return ProtocolMismatch(
-            f"the endpoint could not run the {task} task: {last}" + versions_note(warned),
-            "use the same Python minor version (and dill) on this machine and in the endpoint's environment",
-        )
+        return ProtocolMismatch(f"the endpoint could not run the {task} task: {last}" + versions_note(warned),
+                                _SAME_PYTHON)
     return RemoteError(f"the {task} task failed on the login node: {last}",
                        "see `gcbundle doctor`, or rerun with --debug for the remote traceback")
