@@ -51,11 +51,3 @@ def write_workflow(root: Path, body: str, name: str = "workflow.py", **extra: st
     wf = root / name
     wf.write_text(body)
     return wf
-
-
-def no_run_processes(run_id: str) -> list[int]:
-    from login_node.procs import run_processes
-
-    return run_processes(run_id)
-
-

@@ -28,8 +28,16 @@ def sha(data: bytes) -> str:
 
 def listing(files: list[tuple[str, bytes]], **over: Any) -> dict[str, Any]:
     entries = [{"path": p, "size": len(d), "sha256": sha(d)} for p, d in files]
-    out = {"state": {"state": "succeeded"}, "files": entries, "manifest_sha256": listing_sha256(entries),
-           "chunk_bytes": CHUNK_BYTES, "total": sum(len(d) for _, d in files), "page": 0, "next_page": None, "file_count": len(files)}
+    out = {
+        "state": {"state": "succeeded"},
+        "files": entries,
+        "manifest_sha256": listing_sha256(entries),
+        "chunk_bytes": CHUNK_BYTES,
+        "total": sum(len(d) for _, d in files),
+        "page": 0,
+        "next_page": None,
+        "file_count": len(files),
+    }
     out.update(over)
     return out
 
@@ -40,9 +48,16 @@ GOOD_CHUNK = {"index": 0, "data": b"".join(d for _, d in GOOD_FILES)}
 
 
 def _with_files(entries: list[dict[str, Any]], **over: Any) -> dict[str, Any]:
-    """A listing of crafted entries whose sha256 and total agree with them (so the entries themselves are what is wrong)."""
-    out = {"state": {"state": "succeeded"}, "files": entries, "manifest_sha256": listing_sha256(entries), "chunk_bytes": CHUNK_BYTES,
-           "total": sum(e["size"] for e in entries if isinstance(e, dict) and isinstance(e.get("size"), int)), "next_page": None}
+    """A listing whose sha256 and total agree with its crafted entries: the entries are what is wrong."""
+    sizes = [e["size"] for e in entries if isinstance(e, dict) and isinstance(e.get("size"), int)]
+    out = {
+        "state": {"state": "succeeded"},
+        "files": entries,
+        "manifest_sha256": listing_sha256(entries),
+        "chunk_bytes": CHUNK_BYTES,
+        "total": sum(sizes),
+        "next_page": None,
+    }
     out.update(over)
     return out
 
@@ -51,16 +66,28 @@ def _entry(path: str, data: bytes = b"x") -> dict[str, Any]:
     return {"path": path, "size": len(data), "sha256": sha(data)}
 
 
+def _envelope(**fields: Any) -> dict[str, Any]:
+    """Replies to `status` of one whole envelope: ``fields`` after today's protocol level (or over it)."""
+    return {"status": {ENVELOPE: {"protocol": PROTOCOL, **fields}}}
+
+
+def _log(data: Any, next_offset: int, size: Any, state: str) -> dict[str, Any]:
+    """Replies to `logs` of one page that starts at offset 0."""
+    return {"logs": {"data": data, "offset": 0, "next_offset": next_offset, "size": size, "state": state}}
+
+
 #: name -> (command, {task: reply data, or {ENVELOPE: whole envelope}})
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # the envelope itself
     "envelope is a string": ("status", {"status": {ENVELOPE: "hello"}}),
-    "envelope without ok": ("status", {"status": {ENVELOPE: {"protocol": PROTOCOL, "data": {}}}}),
-    "envelope error is a string": ("status", {"status": {ENVELOPE: {"protocol": PROTOCOL, "ok": False, "error": "boom"}}}),
-    "envelope error message is a dict": ("status", {"status": {ENVELOPE: {"protocol": PROTOCOL, "ok": False,
-                                                                          "error": {"type": "RunNotFound", "message": {"a": 1}}}}}),
-    "envelope ok is a string": ("status", {"status": {ENVELOPE: {"protocol": PROTOCOL, "ok": "yes", "data": {"state": "running"}}}}),
-    "envelope protocol 0": ("status", {"status": {ENVELOPE: {"protocol": 0, "ok": True, "data": {"state": "running"}}}}),
+    "envelope without ok": ("status", _envelope(data={})),
+    "envelope error is a string": ("status", _envelope(ok=False, error="boom")),
+    "envelope error message is a dict": (
+        "status",
+        _envelope(ok=False, error={"type": "RunNotFound", "message": {"a": 1}}),
+    ),
+    "envelope ok is a string": ("status", _envelope(ok="yes", data={"state": "running"})),
+    "envelope protocol 0": ("status", _envelope(protocol=0, ok=True, data={"state": "running"})),
     # status
     "status reply is a list": ("status", {"status": []}),
     "status reply is null": ("status", {"status": None}),
@@ -74,10 +101,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "heartbeat is a string": ("status", {"status": {"state": "running", "updated": "yesterday"}}),
     "job ids are a string": ("status", {"status": {"state": "running", "scheduler_job_ids": "123"}}),
     # logs
-    "log bytes are a string": ("logs", {"logs": {"data": "text", "offset": 0, "next_offset": 4, "size": 4, "state": "succeeded"}}),
-    "log offset does not advance": ("logs", {"logs": {"data": b"abc", "offset": 0, "next_offset": 0, "size": 10, "state": "running"}}),
-    "log size is a string": ("logs", {"logs": {"data": b"", "offset": 0, "next_offset": 0, "size": "big", "state": "succeeded"}}),
-    "a log that never ends": ("logs", {"logs": {"data": b"", "offset": 0, "next_offset": 0, "size": 10, "state": "running"}}),
+    "log bytes are a string": ("logs", _log("text", next_offset=4, size=4, state="succeeded")),
+    "log offset does not advance": ("logs", _log(b"abc", next_offset=0, size=10, state="running")),
+    "log size is a string": ("logs", _log(b"", next_offset=0, size="big", state="succeeded")),
+    "a log that never ends": ("logs", _log(b"", next_offset=0, size=10, state="running")),
     "log reply without data": ("logs", {"logs": {"offset": 0, "next_offset": 0, "size": 0}}),
     # results listing
     "listing files is an object": ("results", {"results_manifest": {**GOOD, "files": {"a": 1}}}),
@@ -85,17 +112,23 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "chunk size is a string": ("results", {"results_manifest": {**GOOD, "chunk_bytes": "7"}}),
     "negative total": ("results", {"results_manifest": {**GOOD, "total": -1}}),
     "listing without state": ("results", {"results_manifest": {k: v for k, v in GOOD.items() if k != "state"}}),
-    "listing without manifest_sha256": ("results", {"results_manifest": {k: v for k, v in GOOD.items() if k != "manifest_sha256"}}),
+    "listing without manifest_sha256": (
+        "results",
+        {"results_manifest": {k: v for k, v in GOOD.items() if k != "manifest_sha256"}},
+    ),
     "`a` then `a/b`": ("results", {"results_manifest": _with_files([_entry("a"), _entry("a/b")])}),
     "a name over 255 bytes": ("results", {"results_manifest": _with_files([_entry("outputs/" + "n" * 256)])}),
     "a path out of the folder": ("results", {"results_manifest": _with_files([_entry("../../escaped.txt")])}),
     "an absolute path": ("results", {"results_manifest": _with_files([_entry("/tmp/escaped.txt")])}),
     "a path with an escape sequence": ("results", {"results_manifest": _with_files([_entry("outputs/\x1b[2Jx")])}),
-    "one name twice, by case": ("results", {"results_manifest": _with_files([_entry("outputs/A"), _entry("outputs/a")])}),
+    "one name twice, by case": (
+        "results",
+        {"results_manifest": _with_files([_entry("outputs/A"), _entry("outputs/a")])},
+    ),
     "the results marker as a file": ("results", {"results_manifest": _with_files([_entry(".gcbundle-results.json")])}),
-    "a size that is negative": ("results", {"results_manifest": _with_files([{"path": "x", "size": -5, "sha256": sha(b"")}])}),
-    "a size that is a float": ("results", {"results_manifest": _with_files([{"path": "x", "size": 1.5, "sha256": sha(b"")}])}),
-    "a sha256 that is not hex": ("results", {"results_manifest": _with_files([{"path": "x", "size": 1, "sha256": "z" * 64}])}),
+    "a size that is negative": ("results", {"results_manifest": _with_files([{**_entry("x", b""), "size": -5}])}),
+    "a size that is a float": ("results", {"results_manifest": _with_files([{**_entry("x", b""), "size": 1.5}])}),
+    "a sha256 that is not hex": ("results", {"results_manifest": _with_files([{**_entry("x"), "sha256": "z" * 64}])}),
     "a file entry that is a string": ("results", {"results_manifest": _with_files(["x"])}),  # type: ignore[list-item]
     "manifest sha256 of other files": ("results", {"results_manifest": {**GOOD, "manifest_sha256": "0" * 64}}),
     "a total that is not the sum": ("results", {"results_manifest": {**GOOD, "total": GOOD["total"] + 1}}),
@@ -104,8 +137,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "a chunk that is text": ("results", {"results_manifest": GOOD, "results_chunk": {"index": 0, "data": "42"}}),
     "a chunk without its index": ("results", {"results_manifest": GOOD, "results_chunk": {"data": GOOD_CHUNK["data"]}}),
     "a chunk of another index": ("results", {"results_manifest": GOOD, "results_chunk": {**GOOD_CHUNK, "index": 3}}),
-    "bytes that do not match their sha256": ("results", {"results_manifest": GOOD,
-                                                         "results_chunk": {"index": 0, "data": b"43" + GOOD_CHUNK["data"][2:]}}),
+    "bytes that do not match their sha256": (
+        "results",
+        {"results_manifest": GOOD, "results_chunk": {"index": 0, "data": b"43" + GOOD_CHUNK["data"][2:]}},
+    ),
     # cancel
     "cancel without state": ("cancel", {"cancel": {"already": True}}),
     "cancel `already` is a string": ("cancel", {"cancel": {"state": {"state": "cancelled"}, "already": "yes"}}),
@@ -124,8 +159,14 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 #: Replies that are well formed but carry what must not reach a terminal as is.
-ESCAPES = {"state": "running", "detail": "\x1b]0;owned\x07\x1b[2Jcleared", "host": "h\x1b[31m", "pid": 1, "updated": 1.0,
-           "hint": "\x9b31mred"}
+ESCAPES = {
+    "state": "running",
+    "detail": "\x1b]0;owned\x07\x1b[2Jcleared",
+    "host": "h\x1b[31m",
+    "pid": 1,
+    "updated": 1.0,
+    "hint": "\x9b31mred",
+}
 
 
 class HostileLoginNode(LocalTransport):

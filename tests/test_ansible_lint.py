@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bundle import profiles
+
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_DIR = REPO / "ansible"
 ROLES = sorted(p.name for p in (ANSIBLE_DIR / "roles").iterdir() if p.is_dir())
@@ -61,8 +63,6 @@ def test_example_site_values_fit_their_profile(site: str) -> None:
     """What the role's check-profile step refuses never ships in an example:
     each site parameter the example sets is one its profile has, and
     gcbundle comes from the wheel step 4 of ansible/README.md builds."""
-    from bundle import profiles
-
     values = yaml.safe_load((ANSIBLE_DIR / "inventory" / "group_vars" / site / "main.yml").read_text())
     known = profiles.load(values["gcbundle_site_profile"]).parameters()
     params = dict(values["gcbundle_site_profile_params"])

@@ -59,7 +59,8 @@ def test_member_paths_that_escape_or_are_not_canonical(tmp_path: Path, dest: Pat
 def test_links_devices_and_dirs_are_refused(tmp_path: Path, dest: Path, kind: bytes, linkname: str, what: str) -> None:
     files = {"link.py": b"", "workflow.py": WF}
     m = manifest_for(files)
-    bundle = write_tar(tmp_path / "b.tar.gz", [manifest_member(m), special("link.py", kind, linkname), reg("workflow.py", WF)])
+    members = [manifest_member(m), special("link.py", kind, linkname), reg("workflow.py", WF)]
+    bundle = write_tar(tmp_path / "b.tar.gz", members)
     _refused(bundle, dest, what)
 
 

@@ -23,9 +23,18 @@ def test_a_note_ends_the_progress_line_first(capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.parametrize(("body", "says"), [
-    ("def main():\n    return 1\n", "the `local` profile (workflow.py defines no make_config() or config), unless submit gives --site or --config"),
-    ("def make_config():\n    pass\n\ndef main():\n    return 1\n", "make_config() of workflow.py, unless submit gives --site or --config"),
-    ("from mysite import config\n\ndef main():\n    return 1\n", "`config` of workflow.py, unless submit gives --site or --config"),
+    (
+        "def main():\n    return 1\n",
+        "the `local` profile (workflow.py defines no make_config() or config), unless submit gives --site or --config",
+    ),
+    (
+        "def make_config():\n    pass\n\ndef main():\n    return 1\n",
+        "make_config() of workflow.py, unless submit gives --site or --config",
+    ),
+    (
+        "from mysite import config\n\ndef main():\n    return 1\n",
+        "`config` of workflow.py, unless submit gives --site or --config",
+    ),
     ("import parsl\nparsl.load()\n", "whatever workflow.py passes to parsl.load()"),
 ])
 def test_inspect_says_where_the_config_comes_from(tmp_path: Path, body: str, says: str) -> None:

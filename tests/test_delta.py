@@ -19,13 +19,15 @@ from login_node.rundir import Home
 from tests.conftest import write_workflow
 from tests.hostile import manifest_for, manifest_member, reg, valid_bundle, write_tar
 
+#: (task, serialized bytes) of every task the client sends.
+Sent = list[tuple[str, int]]
 WORKFLOW = "import os\n\nVERSION = {v}\n\ndef main():\n    return [VERSION, os.path.getsize('blob.bin')]\n"
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+def sent(monkeypatch: pytest.MonkeyPatch) -> Sent:
     """(task, serialized bytes) of every task the client sends."""
-    out: list[tuple[str, int]] = []
+    out: Sent = []
     real = LocalTransport.__init__
 
     def observed(self: LocalTransport) -> None:
@@ -49,7 +51,7 @@ def _submit(root: Path) -> api.Run:
     return run
 
 
-def test_a_small_edit_sends_a_small_delta_and_the_run_sees_it(tmp_path: Path, home: Path, sent: list[tuple[str, int]]) -> None:
+def test_a_small_edit_sends_a_small_delta_and_the_run_sees_it(tmp_path: Path, home: Path, sent: Sent) -> None:
     root = _workflow(tmp_path / "wf")
     first = _submit(root)
     assert first.result(tmp_path / "r1") == [1, CHUNK_BYTES + 1_000_000]
@@ -67,7 +69,7 @@ def test_a_small_edit_sends_a_small_delta_and_the_run_sees_it(tmp_path: Path, ho
     assert list((home / "cache" / ".staging").iterdir()) == []
 
 
-def test_no_delta_when_the_login_node_no_longer_has_the_base(tmp_path: Path, home: Path, sent: list[tuple[str, int]]) -> None:
+def test_no_delta_when_the_login_node_no_longer_has_the_base(tmp_path: Path, home: Path, sent: Sent) -> None:
     root = _workflow(tmp_path / "wf")
     first = _submit(root)
     Cache(Home.default()).path(first.record.digest).unlink()
@@ -78,7 +80,7 @@ def test_no_delta_when_the_login_node_no_longer_has_the_base(tmp_path: Path, hom
     assert second.result(tmp_path / "r") == [3, CHUNK_BYTES + 1_000_000]
 
 
-def test_an_older_login_node_gets_the_whole_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, int]]) -> None:
+def test_an_older_login_node_gets_the_whole_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sent: Sent) -> None:
     """A protocol-1 login node ignores ``bases`` and refuses protocol-2 requests: the client sends everything."""
     monkeypatch.setattr(protocol, "PROTOCOL", 1)  # read by check_request on the "login node"
     monkeypatch.setattr(tasks, "PROTOCOL", 1)
@@ -100,7 +102,9 @@ def _base(home: Path, tmp_path: Path) -> tuple[str, dict[str, bytes]]:
     return m["digest"], files
 
 
-def _stage_delta(tmp_path: Path, base: str, files: dict[str, bytes], members: dict[str, bytes]) -> tuple[str, Exception | None]:
+def _stage_delta(
+    tmp_path: Path, base: str, files: dict[str, bytes], members: dict[str, bytes]
+) -> tuple[str, Exception | None]:
     m = manifest_for(files)
     path = write_tar(tmp_path / "delta.tar.gz", [manifest_member(m), *(reg(p, d) for p, d in sorted(members.items()))])
     data = path.read_bytes()

@@ -31,10 +31,19 @@ def cli(*args: str) -> tuple[int, dict]:
 
 
 def test_add_list_remove_with_json(tmp_path: Path) -> None:
-    code, env = cli("endpoints", "add", "polaris", UUID.upper(), "--site", "local", "--set", "workers=3", "--function", f"probe={FID}")
+    code, env = cli(
+        "endpoints", "add", "polaris", UUID.upper(),
+        "--site", "local", "--set", "workers=3", "--function", f"probe={FID}",
+    )  # fmt: skip
     assert code == 0 and env["command"] == "endpoints add"
-    assert env["data"] == {"name": "polaris", "uuid": UUID, "site": "local", "set": {"workers": 3}, "functions": {"probe": FID},
-                           "missing_parameters": []}
+    assert env["data"] == {
+        "name": "polaris",
+        "uuid": UUID,
+        "site": "local",
+        "set": {"workers": 3},
+        "functions": {"probe": FID},
+        "missing_parameters": [],
+    }
     code, env = cli("endpoints", "list")
     assert code == 0 and [e["name"] for e in env["data"]] == ["polaris"]
     text = CliRunner().invoke(main, ["endpoints", "list"]).stdout
@@ -137,7 +146,8 @@ def test_get_transport_local_uuid_alias_unknown() -> None:
     assert get_transport(UUID).label == "polaris", "a UUID an alias names behaves as that alias"
     with pytest.raises(UsageError) as err:
         get_transport("polaris2")
-    assert "unknown endpoint 'polaris2'" in str(err.value) and "polaris" in err.value.hint and "endpoints add" in err.value.hint
+    assert "unknown endpoint 'polaris2'" in str(err.value)
+    assert "polaris" in err.value.hint and "endpoints add" in err.value.hint
 
 
 def test_submit_defaults_rules() -> None:
@@ -175,6 +185,7 @@ def test_add_warns_when_the_site_lacks_a_required_parameter() -> None:
     assert res.stderr.count("\n") == 1 and "site polaris needs account" in res.stderr
     assert f"`gcbundle endpoints add polaris {UUID} --site polaris --set account=VALUE --replace`" in res.stderr
     # the command it prints works, and then there is nothing to say
-    res = CliRunner().invoke(main, ["endpoints", "add", "polaris", UUID, "--site", "polaris", "--set", "account=p", "--replace"])
+    fixed = ["endpoints", "add", "polaris", UUID, "--site", "polaris", "--set", "account=p", "--replace"]
+    res = CliRunner().invoke(main, fixed)
     assert res.exit_code == 0 and res.stderr == ""
     assert endpoints.missing_required(endpoints.resolve("polaris")) == []

@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from bundle import errors
+from bundle import errors, profiles
 from bundle.cli import main
 from tests.conftest import EXAMPLES, REPO
 
@@ -167,9 +167,9 @@ def test_arg_and_set_names_get_a_suggestion(cwd: Path) -> None:
     assert "did you mean" not in res.stderr and "its parameters: account," in res.stderr
 
 
-def test_an_unexpected_exception_is_one_line_and_the_traceback_only_with_debug(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bundle import profiles
-
+def test_an_unexpected_exception_is_one_line_and_the_traceback_only_with_debug(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken() -> list[str]:
         raise ZeroDivisionError("boom")
 

@@ -20,7 +20,12 @@ from bundle.manifest import Manifest
 from tests.hostile import manifest_for, manifest_member, reg
 
 WF = b"def main():\n    return 1\n"
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+MANIFEST_KEYS = ["format", "entry", "mode", "args", "config", "files", "client", "created", "digest", "x"]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -30,7 +35,7 @@ json_values = st.recursive(
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["format", "entry", "mode", "args", "config", "files", "client", "created", "digest", "x"]), json_values))
+@given(st.dictionaries(st.sampled_from(MANIFEST_KEYS), json_values))
 def test_manifest_parser_only_raises_manifest_errors(data: dict) -> None:
     try:
         m = Manifest.from_json(data)

@@ -55,6 +55,20 @@ def _restore_mtime(path: Path, st: os.stat_result) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _cache_dir() -> Path:
+    """Where the pack caches live: under the test's own ``XDG_CACHE_HOME``."""
+    return Path(os.environ["XDG_CACHE_HOME"]) / "gcbundle"
+
+
+def _repack_hashes_only_data_txt(tree: Path, hashed: list[str], out: Path) -> None:
+    """Pack ``tree`` again: ``data.txt`` alone is hashed from its bytes, and
+    the manifest holds its new hash, not the cached one."""
+    hashed.clear()
+    res = pack(tree, out)
+    assert hashed == ["data.txt"]
+    assert _files(res)["data.txt"] == hash_file(tree / "data.txt")[0]
+
+
 def test_unchanged_tree_is_not_hashed_again(tmp_path: Path, hashed: list[str], no_racy_margin: None) -> None:
     tree = _tree(tmp_path / "wf")
     first = pack(tree, tmp_path / "1.tar.gz")
@@ -68,10 +82,11 @@ def test_unchanged_tree_is_not_hashed_again(tmp_path: Path, hashed: list[str], n
 
 def test_the_cache_lives_under_xdg_cache_home(tmp_path: Path, no_racy_margin: None) -> None:
     pack(_tree(tmp_path / "wf"), tmp_path / "1.tar.gz")
-    base = Path(os.environ["XDG_CACHE_HOME"]) / "gcbundle"
+    base = _cache_dir()
     (entry,) = (base / "hashes").glob("*.json")
     data = json.loads(entry.read_text())
-    assert data["root"] == str((tmp_path / "wf").resolve()) and set(data["files"]) == {"blob.bin", "data.txt", "workflow.py"}
+    assert data["root"] == str((tmp_path / "wf").resolve())
+    assert set(data["files"]) == {"blob.bin", "data.txt", "workflow.py"}
     assert len(list((base / "archives").glob("*.tar.gz"))) == 1
 
 
@@ -84,10 +99,7 @@ def test_same_size_edit_with_mtime_put_back_is_seen(tmp_path: Path, hashed: list
     _restore_mtime(tree / "data.txt", before)
     after = os.stat(tree / "data.txt")
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
-    hashed.clear()
-    res = pack(tree, tmp_path / "2.tar.gz")
-    assert hashed == ["data.txt"]
-    assert _files(res)["data.txt"] == hash_file(tree / "data.txt")[0]
+    _repack_hashes_only_data_txt(tree, hashed, tmp_path / "2.tar.gz")
 
 
 def test_a_file_replaced_by_rename_is_seen(tmp_path: Path, hashed: list[str], no_racy_margin: None) -> None:
@@ -99,10 +111,7 @@ def test_a_file_replaced_by_rename_is_seen(tmp_path: Path, hashed: list[str], no
     tmp.write_text("12345678\n")
     os.replace(tmp, tree / "data.txt")
     _restore_mtime(tree / "data.txt", before)
-    hashed.clear()
-    res = pack(tree, tmp_path / "2.tar.gz")
-    assert hashed == ["data.txt"]
-    assert _files(res)["data.txt"] == hash_file(tree / "data.txt")[0]
+    _repack_hashes_only_data_txt(tree, hashed, tmp_path / "2.tar.gz")
 
 
 def test_size_change_touch_and_chmod_are_seen(tmp_path: Path, hashed: list[str], no_racy_margin: None) -> None:
@@ -139,7 +148,7 @@ def test_a_file_written_just_before_the_pack_is_not_trusted(tmp_path: Path, hash
 def test_a_damaged_cache_file_is_ignored(tmp_path: Path, no_racy_margin: None) -> None:
     tree = _tree(tmp_path / "wf")
     first = pack(tree, tmp_path / "1.tar.gz")
-    for entry in (Path(os.environ["XDG_CACHE_HOME"]) / "gcbundle" / "hashes").glob("*.json"):
+    for entry in (_cache_dir() / "hashes").glob("*.json"):
         entry.write_text("{not json")
     assert pack(tree, tmp_path / "2.tar.gz").digest == first.digest
 
@@ -150,7 +159,7 @@ def test_a_wrong_cached_hash_never_makes_a_bad_archive(tmp_path: Path, no_racy_m
     cache of that tree is dropped, so the next pack is right."""
     tree = _tree(tmp_path / "wf")
     pack(tree, tmp_path / "1.tar.gz")
-    (entry,) = (Path(os.environ["XDG_CACHE_HOME"]) / "gcbundle" / "hashes").glob("*.json")
+    (entry,) = (_cache_dir() / "hashes").glob("*.json")
     data = json.loads(entry.read_text())
     data["files"]["data.txt"][-1] = "0" * 64
     entry.write_text(json.dumps(data))
@@ -161,7 +170,9 @@ def test_a_wrong_cached_hash_never_makes_a_bad_archive(tmp_path: Path, no_racy_m
     assert _files(res)["data.txt"] == hash_file(tree / "data.txt")[0]
 
 
-def test_cached_archive_is_identical_to_one_written_without_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_racy_margin: None) -> None:
+def test_cached_archive_is_identical_to_one_written_without_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_racy_margin: None
+) -> None:
     tree = _tree(tmp_path / "wf")
     pack(tree, tmp_path / "warm-up.tar.gz")
     calls: list[int] = []
@@ -188,14 +199,16 @@ def test_cached_archive_is_identical_to_one_written_without_caches(tmp_path: Pat
 def test_pack_cache_off_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GCBUNDLE_PACK_CACHE", "0")
     pack(_tree(tmp_path / "wf"), tmp_path / "1.tar.gz")
-    assert not (Path(os.environ["XDG_CACHE_HOME"]) / "gcbundle").exists()
+    assert not _cache_dir().exists()
 
 
-def test_archive_cache_keeps_the_newest_within_its_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_racy_margin: None) -> None:
+def test_archive_cache_keeps_the_newest_within_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_racy_margin: None
+) -> None:
     monkeypatch.setenv("GCBUNDLE_ARCHIVE_CACHE_BYTES", "700000")  # room for two ~300 kB archives
     tree = _tree(tmp_path / "wf")
     for i in range(4):
         (tree / "data.txt").write_text(f"version {i}\n")
         pack(tree, tmp_path / f"{i}.tar.gz")
-    kept = list((Path(os.environ["XDG_CACHE_HOME"]) / "gcbundle" / "archives").glob("*.tar.gz"))
+    kept = list((_cache_dir() / "archives").glob("*.tar.gz"))
     assert len(kept) == 2 and sum(p.stat().st_size for p in kept) <= 700000

@@ -23,22 +23,9 @@ import pytest
 
 from bundle import api
 from tests.conftest import REPO, write_workflow
+from tests.workflows import napping
 
-SLOW = '''
-from parsl import python_app
-
-
-@python_app
-def nap(s):
-    import time
-    time.sleep(s)
-    return s
-
-
-def main(s: int = 120):
-    print("started", flush=True)
-    return nap(s).result()
-'''
+SLOW = napping(120)
 
 
 def _set_ctty() -> None:
@@ -109,7 +96,10 @@ def test_ctrl_c_while_waiting_says_where_the_run_is(command: str, tmp_path: Path
     if command != "submit":
         run = api.submit(wf, "local")
         run_id = run.id
-        argv = [*gcbundle, "status", run_id, "--wait"] if command == "status" else [*gcbundle, "logs", run_id, "--name", "stdout", "--follow"]
+        if command == "status":
+            argv = [*gcbundle, "status", run_id, "--wait"]
+        else:
+            argv = [*gcbundle, "logs", run_id, "--name", "stdout", "--follow"]
     else:
         argv = [*gcbundle, "submit", str(wf), "--wait"]
     term = Terminal(argv, cwd=REPO)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from bundle import api
 from bundle.cli import main
 from tests.conftest import write_workflow
+from tests.workflows import napping
 
 FAILING = '''
 from parsl import python_app
@@ -33,22 +34,7 @@ def main(fail: bool = True):
     return {"value": value}
 '''
 
-SLOW = '''
-import time
-from parsl import python_app
-
-
-@python_app
-def nap(s):
-    import time
-    time.sleep(s)
-    return s
-
-
-def main(s: int = 60):
-    print("started", flush=True)
-    return nap(s).result()
-'''
+SLOW = napping(60)
 
 
 @pytest.fixture
