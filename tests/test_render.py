@@ -11,7 +11,6 @@ no scheduler command and no address function on the client.
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
 import stat
@@ -632,27 +631,3 @@ def test_sites_shows_one_profile_by_name_or_path(tmp_path: Path) -> None:
     assert res.exit_code == SiteProfileError.exit_code and env["status"] == "error"
     assert env["errors"][0]["message"] == "unknown site profile 'nosuch'"
 
-
-#: The client's only modules that may import ``login_node``: the local endpoint runs the login node's
-#: tasks in this process, and the wire module finds their contracts there.
-MAY_IMPORT_LOGIN_NODE = {"transport/local.py", "transport/wire.py"}
-
-
-def test_the_client_imports_the_login_node_only_through_the_local_transport() -> None:
-    """The dependency rule of the layout: nothing else in ``bundle/`` imports ``login_node`` (at the
-    top or in a function). ``render`` shows the driver's job with text from ``bundle.prelude``."""
-    package = Path(render.__file__).parent
-    assert all((package / rel).is_file() for rel in MAY_IMPORT_LOGIN_NODE), "the rule names files that moved"
-    found = []
-    for path in sorted(package.rglob("*.py")):
-        rel = path.relative_to(package).as_posix()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            if rel not in MAY_IMPORT_LOGIN_NODE and any(n.split(".")[0] == "login_node" for n in names):
-                found.append(f"bundle/{rel}:{node.lineno}")
-    assert found == [], f"bundle/ modules importing login_node: {found}"
