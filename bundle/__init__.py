@@ -18,7 +18,9 @@ __all__ = sorted(_API | {"__version__"})
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that the login node's task functions import only what they use.
+    # Lazy, so that the login node's task functions import only what they use: every
+    # `import bundle.x` runs this file, and bundle.api pulls in packing, the transports
+    # and the registry.
     if name in _API:
         from bundle import api
 

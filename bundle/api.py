@@ -81,17 +81,26 @@ def prepare(workflow: str | Path, out_dir: Path, *, includes: tuple[str, ...] = 
     use it as is; either way the laptop's preflight (``bundle.preflight``) runs first."""
     path = Path(workflow)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        given = [flag for flag, value in (("--include", includes), ("--entry", entry), ("--config", config),
-                                          ("--mode", mode not in (None, "auto") and mode), ("--only-imports", only_imports)) if value]
+        flags = (
+            ("--include", includes),
+            ("--entry", entry),
+            ("--config", config),
+            ("--mode", mode not in (None, "auto") and mode),
+            ("--only-imports", only_imports),
+        )
+        given = [flag for flag, value in flags if value]
         if given:
             raise UsageError(f"{', '.join(given)} cannot change a bundle made earlier ({path.name})",
                              "give them to `gcbundle pack` when making the bundle, or submit the workflow itself")
         manifest = archive.verify(path)
         warnings = preflight.check_archive(path, manifest, dict(args or {}))
-        summary = (f"bundle {path.name} made by gcbundle pack: {len(manifest.files):,} files, digest {manifest.digest[:12]}",)
+        summary = (f"bundle {path.name} made by gcbundle pack: {len(manifest.files):,} files, "
+                   f"digest {manifest.digest[:12]}",)
         return PackResult(path, manifest, sha256_file(path), path.stat().st_size, (), summary, tuple(warnings))
-    return pack(path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, mode=mode,
-                progress=progress, only_imports=only_imports, limits=limits, run_args=None if args is None else dict(args))
+    return pack(
+        path, out_dir / "bundle.tar.gz", includes=includes, entry=entry, config_module=config, site=site, mode=mode,
+        progress=progress, only_imports=only_imports, limits=limits, run_args=None if args is None else dict(args),
+    )
 
 
 def upload(transport: Transport, packed: PackResult, progress: OnProgress | None = None) -> int:
@@ -110,7 +119,8 @@ def upload(transport: Transport, packed: PackResult, progress: OnProgress | None
         if d is not None:
             with d:
                 try:
-                    return _send_chunks(transport, packed.digest, d.path, d.sha256, d.size, set(), progress, base=d.base)
+                    return _send_chunks(transport, packed.digest, d.path, d.sha256, d.size, set(), progress,
+                                        base=d.base)
                 except BundleError:
                     pass  # e.g. the base left the login node's cache meanwhile: send the whole bundle
     return _send_chunks(transport, packed.digest, packed.path, packed.archive_sha256, packed.size,
@@ -127,7 +137,8 @@ def _send_chunks(transport: Transport, digest: str, path: Path, sha: str, size: 
                 continue  # the last chunk is always sent: it completes (or re-completes) the upload
             f.seek(index * CHUNK_BYTES)
             data = f.read(CHUNK_BYTES)
-            transport.send(StageRequest(digest=digest, archive_sha256=sha, size=size, index=index, data=data, base=base))
+            chunk = StageRequest(digest=digest, archive_sha256=sha, size=size, index=index, data=data, base=base)
+            transport.send(chunk)
             sent += 1
             if progress:
                 progress("upload", min(size, (index + 1) * CHUNK_BYTES), size)
@@ -136,8 +147,8 @@ def _send_chunks(transport: Transport, digest: str, path: Path, sha: str, size: 
 
 def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any] | None = None,
            includes: tuple[str, ...] = (), entry: str | None = None, site: str | None = None,
-           params: dict[str, Any] | None = None, config: str | Path | None = None, mode: str | None = None, wait: bool = False,
-           progress: OnProgress | None = None, registry: Registry | None = None,
+           params: dict[str, Any] | None = None, config: str | Path | None = None, mode: str | None = None,
+           wait: bool = False, progress: OnProgress | None = None, registry: Registry | None = None,
            transport: Transport | None = None, resumed_from: str | None = None, inherit: bool = False,
            only_imports: bool = False, limits: Limits | None = None) -> Run:
     """Pack ``workflow`` (or take a bundle made by ``gcbundle pack``), check it, send it to
@@ -156,7 +167,8 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
                          # a resume without --arg runs with the earlier run's arguments: nothing to complete here
                          args=None if inherit and not args else dict(args or {}))
         run_id = _new_run_id()
-        spec = LaunchSpec(args=dict(args or {}), site=site_spec, params=params, resumed_from=resumed_from, inherit=inherit)
+        spec = LaunchSpec(args=dict(args or {}), site=site_spec, params=params, resumed_from=resumed_from,
+                          inherit=inherit)
         inline = None
         known = registry.is_cached(endpoint, packed.digest)
         if packed.size <= INLINE_BUNDLE_BYTES and not known:
@@ -209,26 +221,30 @@ def resume(run_id: str, *, allow_changed: bool = False, workflow: str | Path | N
         if packed is not None and packed.digest != rec.digest:
             if not allow_changed:
                 raise RunStateError(
-                    f"{source} changed since run {rec.run_id} (bundle {packed.digest[:12]}, the run had {rec.digest[:12]})",
-                    "checkpointed results may not match the new code: pass --allow-changed to resume anyway, or submit a new run",
+                    f"{source} changed since run {rec.run_id} "
+                    f"(bundle {packed.digest[:12]}, the run had {rec.digest[:12]})",
+                    "checkpointed results may not match the new code: pass --allow-changed to resume anyway, "
+                    "or submit a new run",
                 )
             return submit(source, rec.endpoint, args=args, wait=wait, progress=progress, registry=registry,
                           transport=transport, resumed_from=rec.run_id, inherit=True)
         new_id = _new_run_id()
         spec = LaunchSpec(args=dict(args or {}), resumed_from=rec.run_id, inherit=True)
         now = time.time()
-        new_rec = RunRecord(run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow, site=rec.site,
-                            state=LAUNCHING, submitted=now, updated=now, resumed_from=rec.run_id)
+        new_rec = RunRecord(run_id=new_id, endpoint=rec.endpoint, digest=rec.digest, workflow=rec.workflow,
+                            site=rec.site, state=LAUNCHING, submitted=now, updated=now, resumed_from=rec.run_id)
 
         def send() -> dict[str, Any]:
             reply = _send_launch(transport, new_id, rec.digest, spec)
             if reply.get("missing_bundle"):
                 if packed is None:
-                    raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}, and {source} is not here to send it again",
+                    raise BundleError(f"the login node no longer has the bundle of run {rec.run_id}, "
+                                      f"and {source} is not here to send it again",
                                       "submit the workflow again; it will be uploaded once more")
                 # Gone from the login node's cache, or dropped there as damaged: the
                 # unchanged workflow here packs to the same bundle; send it once more.
-                reply = _launch_resent(transport, registry, rec.endpoint, new_id, packed, spec, progress, "resume again")
+                reply = _launch_resent(transport, registry, rec.endpoint, new_id, packed, spec, progress,
+                                       "resume again")
             return reply
 
         st = _launch(registry, new_rec, send)
@@ -280,7 +296,8 @@ def _launch(registry: Registry, rec: RunRecord, send: Callable[[], dict[str, Any
         registry.remove(rec.run_id)  # refused before anything ran
         raise
     except TransportError as exc:
-        exc.hint = f"{exc.hint + '; ' if exc.hint else ''}the launch may have reached the login node: `gcbundle status {rec.run_id}` tells"
+        earlier = f"{exc.hint}; " if exc.hint else ""
+        exc.hint = f"{earlier}the launch may have reached the login node: `gcbundle status {rec.run_id}` tells"
         raise
     except GcbundleError:
         registry.remove(rec.run_id)  # the login node refused it: no run
@@ -316,7 +333,8 @@ class Listing:
     notes: list[str] = field(default_factory=list)
 
 
-def list_runs(limit: int = 50, registry: Registry | None = None, *, endpoint: str | None = None, refresh: bool = False) -> list[RunRecord]:
+def list_runs(limit: int = 50, registry: Registry | None = None, *, endpoint: str | None = None,
+              refresh: bool = False) -> list[RunRecord]:
     """The registry's runs, newest first (see ``listing``: ``refresh`` asks the login nodes first)."""
     return listing(limit, registry, endpoint=endpoint, refresh=refresh).runs
 
@@ -346,10 +364,17 @@ def listing(limit: int = 50, registry: Registry | None = None, *, endpoint: str 
             if entry["state"] == "gone":
                 continue
             now = time.time()
-            rec = RunRecord(run_id=entry["run_id"], endpoint=endpoint, digest=entry.get("digest") or "",
-                            workflow=f"(adopted) {entry.get('entry') or '?'}", site=entry.get("site"), state=entry["state"],
-                            submitted=entry.get("submitted") or entry.get("updated") or now, updated=now,
-                            resumed_from=entry.get("resumed_from"))
+            rec = RunRecord(
+                run_id=entry["run_id"],
+                endpoint=endpoint,
+                digest=entry.get("digest") or "",
+                workflow=f"(adopted) {entry.get('entry') or '?'}",
+                site=entry.get("site"),
+                state=entry["state"],
+                submitted=entry.get("submitted") or entry.get("updated") or now,
+                updated=now,
+                resumed_from=entry.get("resumed_from"),
+            )
             if registry.adopt(rec):
                 adopted.append(rec.run_id)
             else:
@@ -395,7 +420,8 @@ def _login_node_runs(transport: Transport, run_ids: list[str] | None = None) -> 
         if reply["next"] is None:
             return out
         if after is not None and reply["next"] <= after:
-            raise RemoteError("the login node's run listing does not advance", "check the login node with `gcbundle doctor`")
+            raise RemoteError("the login node's run listing does not advance",
+                              "check the login node with `gcbundle doctor`")
         after = reply["next"]
 
 
@@ -417,7 +443,8 @@ def _refresh(transport: Transport, registry: Registry, recs: list[RunRecord]) ->
 class Run:
     """A run on an endpoint: ask its state, follow its logs, fetch its results, cancel it."""
 
-    def __init__(self, run_id: str, endpoint: str, *, registry: Registry | None = None, transport: Transport | None = None) -> None:
+    def __init__(self, run_id: str, endpoint: str, *, registry: Registry | None = None,
+                 transport: Transport | None = None) -> None:
         self.id = run_id
         self.endpoint = endpoint
         self.registry = registry or Registry()
@@ -454,11 +481,12 @@ class Run:
         if rec.state in (LAUNCHING, "unlaunched"):
             age = time.time() - rec.submitted
             if rec.state == LAUNCHING and age < launch_grace():
-                return {"state": LAUNCHING, "detail": f"the launch was sent {age:.0f} s ago and has not reached the login node yet",
+                return {"state": LAUNCHING,
+                        "detail": f"the launch was sent {age:.0f} s ago and has not reached the login node yet",
                         "hint": "a pending task waits for the endpoint's worker; ask again in a while"}
             return {"state": "unlaunched",
-                    "detail": f"the login node never received the launch of run {self.id} (the client stopped before it was sent, or the task was "
-                              "lost)",
+                    "detail": f"the login node never received the launch of run {self.id} "
+                              "(the client stopped before it was sent, or the task was lost)",
                     "hint": "nothing runs; submit the workflow again"}
         pruned = json.loads(rec.extra or "{}").get("pruned")
         if pruned:
@@ -468,14 +496,16 @@ class Run:
                               f"its results are in {kept}" if kept else "its results were not kept on this machine")
         self.registry.update(self.id, state="gone")
         raise RunNotFound(f"run {self.id} is gone: the login node of {self.endpoint} no longer has its directory",
-                          "nothing of it is left there; `gcbundle list --endpoint " + self.endpoint + "` shows the runs it has")
+                          "nothing of it is left there; "
+                          f"`gcbundle list --endpoint {self.endpoint}` shows the runs it has")
 
     def _remember(self, st: dict[str, Any]) -> None:
         self.last_state = st
         if st.get("state"):
             self.registry.update(self.id, state=st["state"])
 
-    def wait(self, timeout: float | None = None, poll: float | None = None, progress: OnProgress | None = None) -> dict[str, Any]:
+    def wait(self, timeout: float | None = None, poll: float | None = None,
+             progress: OnProgress | None = None) -> dict[str, Any]:
         """Poll until the run ends; the interval grows from 0.5 s to ``poll`` (default 10 s).
 
         Where the transport allows it (``Transport.status_wait``), each status
@@ -491,22 +521,26 @@ class Run:
             st = self.status(wait=hold)
             if progress:
                 tasks = st.get("tasks") or {}
-                progress(f"run {st.get('state')}", int(tasks.get("exec_done", 0) + tasks.get("memo_done", 0)), int(tasks.get("total", 0)))
+                done = int(tasks.get("exec_done", 0) + tasks.get("memo_done", 0))
+                progress(f"run {st.get('state')}", done, int(tasks.get("total", 0)))
             if st.get("state") in TERMINAL:
                 return st
             if deadline is not None and time.monotonic() > deadline:
-                raise RunStateError(f"run {self.id} is still {st.get('state')} after {timeout:g} s", "wait longer, or look at `gcbundle logs`")
+                raise RunStateError(f"run {self.id} is still {st.get('state')} after {timeout:g} s",
+                                    "wait longer, or look at `gcbundle logs`")
             if hold > 0 and "waited" in st:
                 continue  # the login node did the waiting
             time.sleep(interval)
             interval = min(cap, interval * 1.5)
 
-    def logs(self, name: str = "driver", *, follow: bool = False, tail: bool = False, poll: float = 1.0) -> Iterator[str]:
+    def logs(self, name: str = "driver", *, follow: bool = False, tail: bool = False,
+             poll: float = 1.0) -> Iterator[str]:
         """The log's text in pieces; with ``follow``, until the run ends."""
         offset = 0
         first = True
         while True:
-            reply = self.transport.send(LogsRequest(run_id=self.id, name=name, offset=offset, tail=tail and first)).to_json()
+            request = LogsRequest(run_id=self.id, name=name, offset=offset, tail=tail and first)
+            reply = self.transport.send(request).to_json()
             first = False
             if reply["data"]:
                 yield reply["data"].decode("utf-8", "replace")
@@ -515,7 +549,8 @@ class Run:
                 self._remember({"state": reply["state"]})
             more = offset < reply["size"]
             if more and not reply["data"]:
-                raise MalformedReply(f"the login node sent a logs reply with no bytes at offset {offset} of {reply['size']}",
+                raise MalformedReply(f"the login node sent a logs reply with no bytes "
+                                     f"at offset {offset} of {reply['size']}",
                                      "the log may have been replaced while it was read: run `gcbundle logs` again")
             if more:
                 continue
@@ -555,14 +590,16 @@ class Run:
         if state.get("state") != "succeeded":
             err = state.get("error")
             err = err.get("message", "") if isinstance(err, dict) else ""
-            raise RunStateError(f"run {self.id} {state.get('state')}" + (f": {err}" if err else ""), "see `gcbundle logs` and the results' logs/")
+            raise RunStateError(f"run {self.id} {state.get('state')}" + (f": {err}" if err else ""),
+                                "see `gcbundle logs` and the results' logs/")
         if (path / "result.pkl").is_file():
-            import pickle
+            import pickle  # stdlib, here only: the CLI never unpickles, so its start-up does not import it
 
             try:
                 return pickle.loads((path / "result.pkl").read_bytes())  # noqa: S301 - see the docstring
-            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises (a class missing here, a truncated file)
-                raise ResultsError(f"result.pkl of run {self.id} cannot be unpickled here: {type(exc).__name__}: {str(exc)[:120]}",
+            except Exception as exc:  # noqa: BLE001 - whatever unpickling raises (a missing class, a cut file)
+                raise ResultsError(f"result.pkl of run {self.id} cannot be unpickled here: "
+                                   f"{type(exc).__name__}: {str(exc)[:120]}",
                                    "install the packages main()'s return value needs, or read result.json") from None
         return None
 
@@ -587,7 +624,8 @@ def read_json_file(path: Path, what: str) -> Any:
     except FileNotFoundError:
         raise ResultsError(f"{what} is missing from {path.parent}", "run `gcbundle results` again") from None
     except (OSError, ValueError, RecursionError) as exc:
-        raise ResultsError(f"{what} is not JSON: {str(exc)[:120]}", "the login node sent a damaged file; check it with `gcbundle doctor`") from None
+        raise ResultsError(f"{what} is not JSON: {str(exc)[:120]}",
+                           "the login node sent a damaged file; check it with `gcbundle doctor`") from None
 
 
 def default_results_dir() -> Path:

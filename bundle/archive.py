@@ -135,7 +135,8 @@ class _CheckedReader:
 
     def finish(self) -> None:
         if self.n != self.entry.size or self.h.hexdigest() != self.entry.sha256 or self.f.read(1):
-            raise BundleError(f"{self.entry.path!r} changed while it was being packed", "pack again once nothing writes to the workflow directory")
+            raise BundleError(f"{self.entry.path!r} changed while it was being packed",
+                              "pack again once nothing writes to the workflow directory")
 
 
 # -- reading ----------------------------------------------------------------------------
@@ -166,7 +167,8 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 def _check_member(member: tarfile.TarInfo, dest: str) -> None:
     if not member.isreg():
-        kind = "symlink" if member.issym() else "hardlink" if member.islnk() else "directory" if member.isdir() else "device or special file"
+        kind = ("symlink" if member.issym() else "hardlink" if member.islnk()
+                else "directory" if member.isdir() else "device or special file")
         raise BundleError(f"bundle member {member.name!r} is a {kind}; bundles hold only regular files", _HINT)
     if _DATA_FILTER is not None:
         try:
@@ -196,8 +198,10 @@ def _read_manifest(tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo]) -> 
     assert f is not None
     manifest = Manifest.loads(_read_exact(f, first.size, MANIFEST_NAME))
     if manifest.total_size > MAX_UNPACKED_BYTES:
-        raise BundleError(f"the bundle unpacks to {manifest.total_size} bytes, more than the cap of {MAX_UNPACKED_BYTES}",
-                          "leave large data out of the bundle")
+        raise BundleError(
+            f"the bundle unpacks to {manifest.total_size} bytes, more than the cap of {MAX_UNPACKED_BYTES}",
+            "leave large data out of the bundle",
+        )
     return manifest
 
 
@@ -261,11 +265,16 @@ def _walk(path: Path, dest: Path | None, expected_digest: str | None, subset: bo
             if entry is None:
                 raise BundleError(f"bundle member {member.name!r} is not listed in {MANIFEST_NAME}", _HINT)
             if member.name != entry.path:
-                raise BundleError(f"bundle member {member.name!r} is out of place (expected {entry.path!r}): duplicate, extra or unsorted member",
-                                  _HINT)
+                raise BundleError(
+                    f"bundle member {member.name!r} is out of place (expected {entry.path!r}): "
+                    "duplicate, extra or unsorted member",
+                    _HINT,
+                )
             _check_member(member, root)
             if member.size != entry.size:
-                raise BundleError(f"bundle member {member.name!r} is {member.size} bytes, the manifest says {entry.size}", _HINT)
+                raise BundleError(
+                    f"bundle member {member.name!r} is {member.size} bytes, the manifest says {entry.size}", _HINT
+                )
             f = tar.extractfile(member)
             assert f is not None
             h = hashlib.sha256()

@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from bundle import __version__, api, archive, endpoints, profiles
+from bundle import __version__, api, archive, endpoints, profiles, tempdirs
 from bundle import doctor as doc
+from bundle import prune as pruning
 from bundle import render as site_render
 from bundle.errors import ChecksFailed, GcbundleError, RunFailed, UsageError
 from bundle.output import ProgressMeter, envelope, local_time, printable, size
@@ -38,7 +39,9 @@ def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
     return parse_args(items)
 
 
-def command(name: str | None = None, group: click.Group | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+def command(
+    name: str | None = None, group: click.Group | None = None, **kwargs: Any
+) -> Callable[[Callable[..., Any]], click.Command]:
     """A subcommand (of ``group``, default the top level) with ``--json`` and
     ``--debug``; its function returns ``(data, human_text)`` and raises
     GcbundleError on failure."""
@@ -62,11 +65,11 @@ def command(name: str | None = None, group: click.Group | None = None, **kwargs:
                 if debug:
                     traceback.print_exc()
                 if as_json:
-                    click.echo(envelope(full_name, getattr(exc, "data", None), [exc.to_json()]))
+                    click.echo(envelope(full_name, exc.data, [exc.to_json()]))
                     if not debug:
                         sys.stderr.write(f"gcbundle: error: {printable(exc)}\n")
                     sys.exit(exc.exit_code)
-                if getattr(exc, "human", ""):
+                if exc.human:
                     click.echo(exc.human)  # e.g. doctor's table, above the one-line error
                 raise CommandError(exc) from None
             except KeyboardInterrupt:
@@ -159,21 +162,25 @@ class Gcbundle(click.Group):
 @click.version_option(__version__, prog_name="gcbundle")
 def main() -> None:
     """gcbundle: run a whole Parsl workflow on an HPC login node through Globus Compute."""
-    from bundle import tempdirs
-
     tempdirs.sweep()  # what a killed client left behind
 
 
 _workflow_options = [
     click.option("--include", "includes", multiple=True, help="Extra file or directory to bundle (repeatable)."),
     click.option("--entry", help="Entry file inside a workflow directory (default workflow.py or main.py)."),
-    click.option("--arg", "args", multiple=True, help="Argument for main(), name=value; JSON values are parsed (repeatable)."),
-    click.option("--config", type=click.Path(exists=True, dir_okay=False), help="Python module with make_config(**params) -> Config."),
+    click.option("--arg", "args", multiple=True,
+                 help="Argument for main(), name=value; JSON values are parsed (repeatable)."),
+    click.option("--config", type=click.Path(exists=True, dir_okay=False),
+                 help="Python module with make_config(**params) -> Config."),
     click.option("--mode", type=click.Choice(["auto", "function", "script"]), default="auto", show_default=True,
                  help="function: call main(**args); script: run as __main__; auto: function if main() exists."),
-    click.option("--only-imports", is_flag=True, help="Ship only the workflow file, its local imports and the named paths, not its folder."),
-    click.option("--max-size", help="Size guard: most bytes the folder may bring, e.g. 1G (default 256M, or $GCBUNDLE_MAX_FOLDER_BYTES)."),
-    click.option("--max-files", type=int, help="Size guard: most files the folder may bring (default 5000, or $GCBUNDLE_MAX_FOLDER_FILES)."),
+    click.option("--only-imports", is_flag=True,
+                 help="Ship only the workflow file, its local imports and the named paths, not its folder."),
+    click.option("--max-size",
+                 help="Size guard: most bytes the folder may bring, e.g. 1G "
+                      "(default 256M, or $GCBUNDLE_MAX_FOLDER_BYTES)."),
+    click.option("--max-files", type=int,
+                 help="Size guard: most files the folder may bring (default 5000, or $GCBUNDLE_MAX_FOLDER_FILES)."),
 ]
 
 
@@ -199,11 +206,16 @@ def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | Non
          config: str | None, mode: str, only_imports: bool, max_size: str | None, max_files: int | None,
          progress: ProgressMeter) -> tuple[Any, str]:
     """Pack a workflow (its folder, or with --only-imports its imports) into a deterministic bundle archive."""
-    res = pack_workflow(workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode,
-                  progress=progress, only_imports=only_imports, limits=Limits.resolve(max_size, max_files))
+    res = pack_workflow(
+        workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode,
+        progress=progress, only_imports=only_imports, limits=Limits.resolve(max_size, max_files),
+    )
     progress.close()
     _bundle_notes(res.summary, res.warnings)
-    lines = [f"{res.path}: {len(res.manifest.files)} files, {size(res.manifest.total_size)} -> {size(res.size)}", f"digest {res.digest}"]
+    lines = [
+        f"{res.path}: {len(res.manifest.files)} files, {size(res.manifest.total_size)} -> {size(res.size)}",
+        f"digest {res.digest}",
+    ]
     return res.to_json(), "\n".join(lines)
 
 
@@ -222,7 +234,8 @@ def _config_source(bundle_file: str, manifest: Any) -> str:
         return f"make_config() of {manifest.entry}, unless submit gives --site or --config"
     if found == "config":
         return f"`config` of {manifest.entry}, unless submit gives --site or --config"
-    return f"the `local` profile ({manifest.entry} defines no make_config() or config), unless submit gives --site or --config"
+    return (f"the `local` profile ({manifest.entry} defines no make_config() or config), "
+            "unless submit gives --site or --config")
 
 
 @command()
@@ -262,7 +275,8 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: ProgressMeter) -> 
         data["results"] = fetched.to_json()
         result_json = fetched.path / "result.json"
         if result_json.is_file():
-            data["result"] = api.read_json_file(result_json, "result.json")  # never result.pkl: the CLI does not unpickle
+            # never result.pkl: the CLI does not unpickle
+            data["result"] = api.read_json_file(result_json, "result.json")
             human.append(f"result: {printable(json.dumps(data['result']))}")
         human.append(f"results in {fetched.path}")
         return data, "\n".join(human)
@@ -274,7 +288,8 @@ def _wait_and_fetch(run: Any, data: dict[str, Any], progress: ProgressMeter) -> 
 
 _WAIT_HELP = ("Wait for the run to end; on success fetch its results into gcbundle's results dir "
               "(on Linux $XDG_DATA_HOME/gcbundle/results/<run_id>/, by default ~/.local/share/...; "
-              "`gcbundle results RUN -o DIR` puts them elsewhere) and print main()'s result; a run that does not succeed exits 11.")
+              "`gcbundle results RUN -o DIR` puts them elsewhere) and print main()'s result; "
+              "a run that does not succeed exits 11.")
 
 
 @command(epilog="Without --wait it prints the run id as soon as the driver runs on the login node.")
@@ -305,7 +320,8 @@ def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...]
 
 @command("list")
 @click.option("-n", "--limit", default=50, show_default=True, help="How many runs, newest first (0: all).")
-@click.option("-e", "--endpoint", help="List the runs that exist on this endpoint's login node, and adopt them into the registry.")
+@click.option("-e", "--endpoint",
+              help="List the runs that exist on this endpoint's login node, and adopt them into the registry.")
 @click.option("--offline", is_flag=True, help="Do not ask the login nodes; show the states last recorded.")
 def list_(limit: int, endpoint: str | None, offline: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """List runs: this client's registry, unfinished ones refreshed (one task per endpoint).
@@ -318,12 +334,13 @@ def list_(limit: int, endpoint: str | None, offline: bool, progress: ProgressMet
     for note in listing.notes:
         click.echo(f"gcbundle: note: {printable(note)}", err=True)
     if listing.adopted:
-        click.echo(f"adopted {len(listing.adopted)} run{'s' if len(listing.adopted) != 1 else ''} into the registry: {', '.join(listing.adopted)}",
+        plural = "s" if len(listing.adopted) != 1 else ""
+        click.echo(f"adopted {len(listing.adopted)} run{plural} into the registry: {', '.join(listing.adopted)}",
                    err=True)
     runs = listing.runs
     lines = [f"{'RUN':<12}  {'STATE':<10}  {'ENDPOINT':<12}  {'SUBMITTED':<19}  WORKFLOW"]
-    lines += [f"{r.run_id:<12}  {printable(r.state):<10}  {printable(r.endpoint[:12]):<12}  {local_time(r.submitted):<19}  "
-              f"{printable(r.workflow)}" for r in runs]
+    lines += [f"{r.run_id:<12}  {printable(r.state):<10}  {printable(r.endpoint[:12]):<12}  "
+              f"{local_time(r.submitted):<19}  {printable(r.workflow)}" for r in runs]
     empty = f"no runs on {endpoint}" if endpoint else "no runs yet"
     return [r.to_json() for r in runs], "\n".join(lines) if runs else empty
 
@@ -335,14 +352,17 @@ def _state_text(run_id: str, st: dict[str, Any]) -> str:
     if st.get("detail"):
         lines.append(f"detail   {p(st['detail'])}")
     if st.get("host"):
-        lines.append(f"driver   pid {p(st.get('pid'))} on {p(st.get('host'))}, heartbeat {local_time(st.get('updated'))}")
+        heartbeat = local_time(st.get("updated"))
+        lines.append(f"driver   pid {p(st.get('pid'))} on {p(st.get('host'))}, heartbeat {heartbeat}")
     tasks = st.get("tasks") or {}
     if isinstance(tasks, dict) and tasks.get("total"):
-        parts = ", ".join(f"{p(k)} {p(v)}" for k, v in sorted(tasks.items(), key=lambda kv: str(kv[0])) if k not in ("total",) and v)
+        counts = sorted(tasks.items(), key=lambda kv: str(kv[0]))
+        parts = ", ".join(f"{p(k)} {p(v)}" for k, v in counts if k not in ("total",) and v)
         lines.append(f"tasks    {p(tasks['total'])} ({parts})")
     job = st.get("driver_job")
     if isinstance(job, dict) and job.get("id"):
-        lines.append(f"in job   {p(job['id'])} ({p(job.get('provider'))}, placement=batch: the driver and its workers run in it)")
+        lines.append(f"in job   {p(job['id'])} ({p(job.get('provider'))}, "
+                     "placement=batch: the driver and its workers run in it)")
     if st.get("scheduler_job_ids"):
         lines.append("jobs     " + ", ".join(p(j) for j in st["scheduler_job_ids"]))
     for died in st.get("block_failures") or []:
@@ -397,13 +417,16 @@ def logs(run_id: str, name: str, follow: bool, tail: bool, progress: ProgressMet
 
 @command()
 @click.argument("run_id")
-@click.option("-o", "--output", "dest", default="results", show_default=True, type=click.Path(), help="Directory; results land in OUTPUT/<run_id>.")
+@click.option("-o", "--output", "dest", default="results", show_default=True, type=click.Path(),
+              help="Directory; results land in OUTPUT/<run_id>.")
 def results(run_id: str, dest: str, progress: ProgressMeter) -> tuple[Any, str]:
     """Fetch a finished run's results package, verified (resumes a broken download)."""
     run = api.get_run(run_id)
     fetched = run.results(Path(dest), progress=progress)
     note = "nothing new to fetch" if fetched.fetched_bytes == 0 else f"fetched {size(fetched.fetched_bytes)}"
-    return fetched.to_json(), f"{fetched.path}: {fetched.files} files, {size(fetched.bytes)} verified ({note}); run {fetched.state.get('state')}"
+    line = (f"{fetched.path}: {fetched.files} files, {size(fetched.bytes)} verified ({note}); "
+            f"run {fetched.state.get('state')}")
+    return fetched.to_json(), line
 
 
 @command()
@@ -425,12 +448,18 @@ def cancel(run_id: str, grace: int, progress: ProgressMeter) -> tuple[Any, str]:
 @click.option("--workflow", type=click.Path(exists=True), help="Workflow to compare with (default: the one submitted).")
 @click.option("--arg", "args", multiple=True, help="Override an argument, name=value (default: the earlier run's).")
 @click.option("--wait", is_flag=True, help=_WAIT_HELP)
-def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[str, ...], wait: bool, progress: ProgressMeter) -> tuple[Any, str]:
+def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[str, ...], wait: bool,
+           progress: ProgressMeter) -> tuple[Any, str]:
     """Start a new run from RUN_ID's bundle, reusing its checkpointed app results."""
     run = api.resume(run_id, allow_changed=allow_changed, workflow=workflow, args=_parse_args(args), progress=progress)
     _track(run)
     progress.note(f"resumed run {run.record.resumed_from} as run {run.id}")
-    data: dict[str, Any] = {"run_id": run.id, "resumed_from": run.record.resumed_from, "endpoint": run.endpoint, "state": run.last_state}
+    data: dict[str, Any] = {
+        "run_id": run.id,
+        "resumed_from": run.record.resumed_from,
+        "endpoint": run.endpoint,
+        "state": run.last_state,
+    }
     if not wait:
         return data, run.id
     return _wait_and_fetch(run, data, progress)
@@ -455,22 +484,23 @@ def sites(profile: str | None, progress: ProgressMeter) -> tuple[Any, str]:
 
 
 @command(epilog="Nothing is asked before deleting: run with --dry-run first to see what would go.")
-@click.option("--older-than", "older_than", metavar="AGE", help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
-@click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled", "lost"]),
+@click.option("--older-than", "older_than", metavar="AGE",
+              help="Only what ended (or was last used) longer ago: 90s, 30m, 12h, 7d, 2w.")
+@click.option("--state", "states", multiple=True, type=click.Choice(list(pruning.TERMINAL)),
               help="Only runs that ended in this state (repeatable; default every ended state).")
 @click.option("-e", "--endpoint", "endpoints", multiple=True,
               help="Only this endpoint's login node (repeatable; default every endpoint you have runs on).")
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted, and how much, and delete nothing.")
-@click.option("--force", is_flag=True, help="Also runs whose results this client has not fetched (never a run that has not ended).")
-@click.option("--results", is_flag=True, help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")
+@click.option("--force", is_flag=True,
+              help="Also runs whose results this client has not fetched (never a run that has not ended).")
+@click.option("--results", is_flag=True,
+              help="Also the results packages in gcbundle's own results dir (where submit --wait puts them).")
 @click.option("--no-login-node", is_flag=True, help="Only this machine: send no task.")
 @click.option("--no-caches", is_flag=True, help="Keep this machine's pack caches.")
 def prune(older_than: str | None, states: tuple[str, ...], endpoints: tuple[str, ...], dry_run: bool, force: bool,
           results: bool, no_login_node: bool, no_caches: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Reclaim disk: finished runs and unused bundles on the login nodes (one task per
     endpoint), this machine's pack caches and, with --results, fetched results."""
-    from bundle import prune as pruning
-
     options = pruning.Options(
         older_than=pruning.parse_age(older_than), states=states or pruning.TERMINAL, force=force, dry_run=dry_run,
         endpoints=endpoints, login_node=not no_login_node, caches=not no_caches, results=results,
@@ -482,33 +512,36 @@ def prune(older_than: str | None, states: tuple[str, ...], endpoints: tuple[str,
 def _prune_text(report: dict[str, Any]) -> str:
     would = report["dry_run"]
     verb = "would free" if would else "freed"
+    action = "prune" if would else "pruned"
     lines = []
     for endpoint, rep in report["endpoints"].items():
         runs = rep.get("runs", [])
         gone = [r for r in runs if r["action"] in ("prune", "pruned")]
         unfetched = [r for r in runs if r["reason"].startswith("results not fetched")]
         bundles = [b for b in rep.get("bundles", []) if b["action"] in ("prune", "pruned")]
-        lines.append(f"endpoint {endpoint} ({rep.get('home')}): {len(gone)} of {len(runs)} runs, {len(bundles)} bundles; "
-                     f"{verb} {size(rep['freed_bytes'])}" + (f", {size(rep['free_bytes'])} free" if rep.get("free_bytes") is not None else ""))
-        lines += [f"  {'prune' if would else 'pruned'} run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in gone]
-        lines += [f"  {'prune' if would else 'pruned'} bundle {b['digest'][:12]}  {size(b['bytes']):>10}  {b['reason']}" for b in bundles]
-        lines += [f"  kept run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in runs if r["state"] not in TERMINAL_STATES]
+        free = f", {size(rep['free_bytes'])} free" if rep.get("free_bytes") is not None else ""
+        lines.append(f"endpoint {endpoint} ({rep.get('home')}): {len(gone)} of {len(runs)} runs, "
+                     f"{len(bundles)} bundles; {verb} {size(rep['freed_bytes'])}{free}")
+        lines += [f"  {action} run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}" for r in gone]
+        lines += [f"  {action} bundle {b['digest'][:12]}  {size(b['bytes']):>10}  {b['reason']}" for b in bundles]
+        lines += [f"  kept run {r['run_id']}  {size(r['bytes']):>10}  {r['reason']}"
+                  for r in runs if r["state"] not in pruning.TERMINAL]
         if unfetched:
             ids = " ".join(r["run_id"] for r in unfetched[:5]) + (" ..." if len(unfetched) > 5 else "")
-            lines.append(f"  kept {len(unfetched)} runs whose results you have not fetched ({size(sum(r['bytes'] for r in unfetched))}): "
+            unfetched_bytes = size(sum(r["bytes"] for r in unfetched))
+            lines.append(f"  kept {len(unfetched)} runs whose results you have not fetched ({unfetched_bytes}): "
                          f"`gcbundle results ID` first, or --force ({ids})")
     caches = report["client"].get("caches")
     if caches is not None:
-        lines.append(f"this machine's pack caches: {len(caches)} entries, {verb} {size(sum(c['bytes'] for c in caches))}")
+        cache_bytes = size(sum(c["bytes"] for c in caches))
+        lines.append(f"this machine's pack caches: {len(caches)} entries, {verb} {cache_bytes}")
     res = report["client"].get("results")
     if res is not None:
         lines.append(f"this machine's results: {len(res)} packages, {verb} {size(sum(r['bytes'] for r in res))}")
-        lines += [f"  {'prune' if would else 'pruned'} {r['path']}  {size(r['bytes'])}" for r in res]
-    lines.append(f"{'would free' if would else 'freed'} {size(report['freed_bytes'])} in all" + (" (dry run: nothing deleted)" if would else ""))
+        lines += [f"  {action} {r['path']}  {size(r['bytes'])}" for r in res]
+    dry_note = " (dry run: nothing deleted)" if would else ""
+    lines.append(f"{verb} {size(report['freed_bytes'])} in all{dry_note}")
     return "\n".join(lines)
-
-
-TERMINAL_STATES = ("succeeded", "failed", "cancelled", "lost")
 
 
 # -- Globus Compute endpoints: aliases, registered functions, login ----------------------
@@ -529,8 +562,10 @@ def _alias_line(ep: Any) -> str:
 @click.argument("name")
 @click.argument("uuid")
 @click.option("--site", help="Default site profile for submissions to this endpoint (a built-in name or a YAML file).")
-@click.option("--set", "sets", multiple=True, help="Default site parameter, name=value (repeatable; --set on submit overrides).")
-@click.option("--function", "function_ids", multiple=True, help="Registered function id of a task, TASK=ID (repeatable).")
+@click.option("--set", "sets", multiple=True,
+              help="Default site parameter, name=value (repeatable; --set on submit overrides).")
+@click.option("--function", "function_ids", multiple=True,
+              help="Registered function id of a task, TASK=ID (repeatable).")
 @click.option("--functions", "functions_file", type=click.Path(exists=True, dir_okay=False),
               help="File of registered function ids (what `gcbundle register -o FILE` writes).")
 @click.option("--replace", is_flag=True, help="Overwrite an existing alias of that name.")
@@ -546,10 +581,15 @@ def endpoints_add(name: str, uuid: str, site: str | None, sets: tuple[str, ...],
     ep = endpoints.add(name, uuid, site=site, params=profiles.parse_sets(sets), functions=functions, replace=replace)
     missing = endpoints.missing_required(ep)
     if missing:
-        again = " ".join(["gcbundle endpoints add", name, ep.uuid, "--site", str(ep.site),
-                          *[f"--set {k}={v}" for k, v in sorted(ep.set.items())], *[f"--set {m}=VALUE" for m in missing], "--replace"])
-        click.echo(f"gcbundle: note: site {ep.site} needs {', '.join(missing)}, which this alias does not set: every submit to {name} "
-                   f"must give {' '.join(f'--set {m}=...' for m in missing)}; to store it: `{again}`", err=True)
+        again = " ".join([
+            "gcbundle endpoints add", name, ep.uuid, "--site", str(ep.site),
+            *[f"--set {k}={v}" for k, v in sorted(ep.set.items())],
+            *[f"--set {m}=VALUE" for m in missing],
+            "--replace",
+        ])
+        click.echo(f"gcbundle: note: site {ep.site} needs {', '.join(missing)}, which this alias does not set: "
+                   f"every submit to {name} must give {' '.join(f'--set {m}=...' for m in missing)}; "
+                   f"to store it: `{again}`", err=True)
     return {**ep.to_json(), "missing_parameters": missing}, f"added {_alias_line(ep)}\n(in {endpoints.config_path()})"
 
 
@@ -558,7 +598,8 @@ def endpoints_list(progress: ProgressMeter) -> tuple[Any, str]:
     """List the endpoint aliases."""
     aliases = endpoints.load_all()
     if not aliases:
-        return [], f"no endpoint aliases yet; add one with `gcbundle endpoints add NAME UUID` (they live in {endpoints.config_path()})"
+        return [], ("no endpoint aliases yet; add one with `gcbundle endpoints add NAME UUID` "
+                    f"(they live in {endpoints.config_path()})")
     return [ep.to_json() for ep in aliases.values()], "\n".join(_alias_line(ep) for ep in aliases.values())
 
 
@@ -572,13 +613,17 @@ def endpoints_remove(name: str, progress: ProgressMeter) -> tuple[Any, str]:
 
 @command()
 @click.option("-e", "--endpoint", required=True, help="An endpoint alias or UUID.")
-@click.option("--public", is_flag=True, help="Let any Globus user run these function ids (for ids an administrator shares with all users).")
+@click.option("--public", is_flag=True,
+              help="Let any Globus user run these function ids (for ids an administrator shares with all users).")
 @click.option("--group", "group_id", help="Share the function ids with this Globus group instead.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the ids to this file, for users' `endpoints add --functions`.")
-def register(endpoint: str, public: bool, group_id: str | None, output: str | None, progress: ProgressMeter) -> tuple[Any, str]:
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Also write the ids to this file, for users' `endpoints add --functions`.")
+def register(endpoint: str, public: bool, group_id: str | None, output: str | None,
+             progress: ProgressMeter) -> tuple[Any, str]:
     """Register gcbundle's login-node task functions once, for endpoints restricted with
     `allowed_functions`; store their ids in the alias and print them for the administrator."""
-    from bundle.transport.globus import require_globus  # the Globus SDK is heavy: only for the commands that talk to it
+    # the Globus SDK is heavy: only for the commands that talk to it
+    from bundle.transport.globus import require_globus
 
     transport = require_globus(endpoint)
     ids = transport.register_all(public=public, group=group_id)
@@ -588,12 +633,19 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
         endpoints.set_functions(stored, ids)
     if output:
         endpoints.write_function_ids(output, target.uuid, ids)
-    data = {"endpoint": target.uuid, "alias": stored, "functions": ids, "allowed_functions": list(ids.values()), "output": output}
+    data = {
+        "endpoint": target.uuid,
+        "alias": stored,
+        "functions": ids,
+        "allowed_functions": list(ids.values()),
+        "output": output,
+    }
     lines = [f"registered {len(ids)} gcbundle task functions for endpoint {target.label}"]
     lines.append(f"stored in alias {stored}: its tasks are now sent by these ids" if stored else
                  f"not stored: add an alias with `gcbundle endpoints add NAME {target.uuid} --function TASK=ID ...`")
     if output:
-        lines.append(f"wrote the ids to {output}: users add them with `gcbundle endpoints add NAME {target.uuid} --functions {output}`")
+        lines.append(f"wrote the ids to {output}: users add them with "
+                     f"`gcbundle endpoints add NAME {target.uuid} --functions {output}`")
     lines.append("for the endpoint's config.yaml (administrators), then restart the endpoint:")
     lines.append("allowed_functions:")
     lines += [f"  - {fid}  # gcbundle {task}" for task, fid in ids.items()]
@@ -604,7 +656,8 @@ def register(endpoint: str, public: bool, group_id: str | None, output: str | No
 @click.option("--force", is_flag=True, help="Log in again even if the stored login still works.")
 def login(force: bool, progress: ProgressMeter) -> tuple[Any, str]:
     """Log in to Globus Compute with the SDK's own flow (or check GLOBUS_COMPUTE_CLIENT_ID/SECRET)."""
-    from bundle.transport.globus import login as globus_login  # the Globus SDK is heavy: only for the commands that talk to it
+    # the Globus SDK is heavy: only for the commands that talk to it
+    from bundle.transport.globus import login as globus_login
 
     info = globus_login(force=force)
     if info["headless"]:
@@ -618,25 +671,31 @@ def login(force: bool, progress: ProgressMeter) -> tuple[Any, str]:
 @click.option("--site", help="Site profile: a built-in name (`gcbundle sites`) or a YAML file.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
 @click.option("-e", "--endpoint", help="Use this endpoint alias's site and --set defaults, as submit would.")
-def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None, progress: ProgressMeter) -> tuple[Any, str]:
+def render_site(site: str | None, sets: tuple[str, ...], endpoint: str | None,
+                progress: ProgressMeter) -> tuple[Any, str]:
     """Print the Parsl Config and the exact batch script a site profile gives, submitting nothing."""
     rendered = site_render.for_command(site, profiles.parse_sets(sets), endpoint)
     return rendered.to_json(), rendered.text()
 
 
 @command()
-@click.option("-e", "--endpoint", help="Check the login node behind this endpoint (`local`, a UUID or an alias): one short task.")
+@click.option("-e", "--endpoint",
+              help="Check the login node behind this endpoint (`local`, a UUID or an alias): one short task.")
 @click.option("--local", "local_", is_flag=True,
-              help="Run the checks in this process, on this machine (on a login node: what the Ansible role runs last).")
+              help="Run the checks in this process, on this machine "
+                   "(on a login node: what the Ansible role runs last).")
 @click.option("--site", help="Also check this site profile: its scheduler commands, address and worker_init.")
 @click.option("--set", "sets", multiple=True, help="Site profile parameter, name=value (repeatable).")
 @click.option("--probe", is_flag=True,
-              help="With --site: submit one short job per executor that checks a compute node reaches the executor's address.")
-def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], probe: bool, progress: ProgressMeter) -> tuple[Any, str]:
+              help="With --site: submit one short job per executor that checks a compute node reaches "
+                   "the executor's address.")
+def doctor(endpoint: str | None, local_: bool, site: str | None, sets: tuple[str, ...], probe: bool,
+           progress: ProgressMeter) -> tuple[Any, str]:
     """Check a login node: versions on both sides, scheduler and MPI commands, GCBUNDLE_HOME,
     the profile's address and worker_init. Exits non-zero when a check fails."""
     if probe and not site:
-        raise UsageError("--probe needs --site", "the probe job is submitted with the site profile's provider, e.g. `--site polaris --probe`")
+        raise UsageError("--probe needs --site",
+                         "the probe job is submitted with the site profile's provider, e.g. `--site polaris --probe`")
     if probe:
         progress.note("doctor: submitting a probe job to a compute node (up to 2 minutes)")
     report = doc.run(endpoint=endpoint, local=local_, site=site, params=profiles.parse_sets(sets), probe=probe)

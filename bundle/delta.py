@@ -69,7 +69,8 @@ class Delta:
         self.close()
 
 
-def build(archive_path: Path, manifest: Manifest, bases: list[Manifest], held: list[str], workdir: Path) -> Delta | None:
+def build(archive_path: Path, manifest: Manifest, bases: list[Manifest], held: list[str],
+          workdir: Path) -> Delta | None:
     """A delta of the bundle at ``archive_path`` against the best base the login node ``held``, if worth it."""
     usable = [m for m in bases if m.digest in set(held)]
     if not usable or manifest.total_size == 0:

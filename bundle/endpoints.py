@@ -71,7 +71,13 @@ class Endpoint:
         return self.name if self.name != self.uuid else self.uuid
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "uuid": self.uuid, "site": self.site, "set": dict(self.set), "functions": dict(self.functions)}
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "site": self.site,
+            "set": dict(self.set),
+            "functions": dict(self.functions),
+        }
 
     @classmethod
     def from_json(cls, data: Any, name: str | None = None) -> Endpoint:
@@ -92,8 +98,11 @@ class Endpoint:
             raise UsageError(f"{where}: `site` must be a profile name or path", f"fix or remove {config_path()}")
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
             raise UsageError(f"{where}: `set` must map parameter names to values", f"fix or remove {config_path()}")
-        if not isinstance(functions, dict) or not all(isinstance(k, str) and normalize_uuid(str(v)) for k, v in functions.items()):
-            raise UsageError(f"{where}: `functions` must map task names to function UUIDs", f"run `gcbundle register --endpoint {alias}` again")
+        if not isinstance(functions, dict) or not all(
+            isinstance(k, str) and normalize_uuid(str(v)) for k, v in functions.items()
+        ):
+            raise UsageError(f"{where}: `functions` must map task names to function UUIDs",
+                             f"run `gcbundle register --endpoint {alias}` again")
         return cls(alias, uuid, site, dict(params), {k: normalize_uuid(str(v)) or "" for k, v in functions.items()})
 
 
@@ -109,12 +118,14 @@ def load_all() -> dict[str, Endpoint]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}", "fix the file, or remove it and add the aliases again") from None
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}",
+                         "fix the file, or remove it and add the aliases again") from None
     entries = data.get("endpoints") if isinstance(data, dict) else None
     if entries is None:
         entries = {}
     if not isinstance(entries, dict):
-        raise UsageError(f"{path}: `endpoints:` must map alias names to endpoints", "fix the file, or remove it and add the aliases again")
+        raise UsageError(f"{path}: `endpoints:` must map alias names to endpoints",
+                         "fix the file, or remove it and add the aliases again")
     return {str(name): Endpoint.from_json(entry, str(name)) for name, entry in entries.items()}
 
 
@@ -133,7 +144,8 @@ def save_all(aliases: dict[str, Endpoint]) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path}: {exc.strerror}", "check the directory's permissions, or set GCBUNDLE_CONFIG") from None
+        raise UsageError(f"cannot write {path}: {exc.strerror}",
+                         "check the directory's permissions, or set GCBUNDLE_CONFIG") from None
     return path
 
 
@@ -154,7 +166,8 @@ def check_name(name: str) -> str:
     if normalize_uuid(name):
         raise UsageError(f"alias {name!r} looks like an endpoint UUID", "choose a short name, e.g. the site's")
     if not _NAME.fullmatch(name):
-        raise UsageError(f"alias {name!r} is not a valid name", "use letters, digits, '.', '_' or '-', starting with a letter")
+        raise UsageError(f"alias {name!r} is not a valid name",
+                         "use letters, digits, '.', '_' or '-', starting with a letter")
     return name
 
 
@@ -165,7 +178,8 @@ def add(name: str, endpoint_uuid: str, *, site: str | None = None, params: dict[
     uuid = normalize_uuid(endpoint_uuid)
     if uuid is None:
         raise UsageError(f"{endpoint_uuid!r} is not an endpoint UUID",
-                         "copy it from `globus-compute-endpoint list` on the login node, or from app.globus.org/compute")
+                         "copy it from `globus-compute-endpoint list` on the login node, "
+                         "or from app.globus.org/compute")
     params = dict(params or {})
     if site:
         site = _check_site(site, params)
@@ -237,7 +251,8 @@ def resolve(endpoint: str) -> Endpoint:
         names = ", ".join(sorted(aliases)) or "none yet"
         raise UsageError(
             f"unknown endpoint {endpoint!r}",
-            f"use `local`, an endpoint UUID, or an alias from `gcbundle endpoints list` ({names}); add one with `gcbundle endpoints add NAME UUID`",
+            f"use `local`, an endpoint UUID, or an alias from `gcbundle endpoints list` ({names}); "
+            "add one with `gcbundle endpoints add NAME UUID`",
         )
     named = [ep for ep in aliases.values() if ep.uuid == uuid]
     if len(named) == 1:
@@ -245,7 +260,8 @@ def resolve(endpoint: str) -> Endpoint:
     return Endpoint(uuid, uuid)
 
 
-def submit_defaults(endpoint: str, site: str | None, params: dict[str, Any], config: Any = None) -> tuple[str | None, dict[str, Any]]:
+def submit_defaults(endpoint: str, site: str | None, params: dict[str, Any],
+                    config: Any = None) -> tuple[str | None, dict[str, Any]]:
     """The site and parameters a submission uses, with the alias's defaults filled in.
 
     The alias's site applies when neither ``--site`` nor ``--config`` was given;

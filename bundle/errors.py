@@ -9,14 +9,21 @@ from __future__ import annotations
 
 
 class GcbundleError(Exception):
-    """Base of every error gcbundle raises on purpose."""
+    """Base of every error gcbundle raises on purpose.
+
+    ``data`` and ``human`` are what a failing command still has to show: the
+    CLI puts ``data`` in the ``--json`` envelope and prints ``human`` (e.g.
+    doctor's table) above the one-line error.
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, data: object = None, human: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.data = data
+        self.human = human
 
     def __str__(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
@@ -136,21 +143,11 @@ class RunFailed(GcbundleError):
 
     exit_code = 11
 
-    def __init__(self, message: str, hint: str | None = None, *, data: object = None, human: str = "") -> None:
-        super().__init__(message, hint)
-        self.data = data
-        self.human = human
-
 
 class ChecksFailed(GcbundleError):
     """``gcbundle doctor`` found a check that fails; carries the whole report."""
 
     exit_code = 10
-
-    def __init__(self, message: str, hint: str | None = None, *, data: object = None, human: str = "") -> None:
-        super().__init__(message, hint)
-        self.data = data
-        self.human = human
 
 
 #: Classes a login-node task may name in an error envelope; anything else
@@ -189,7 +186,9 @@ BY_NAME: dict[str, type[GcbundleError]] = {
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "an unexpected error: a bug (rerun with --debug for the traceback, and report it)",
-    UsageError.exit_code: "usage: an unknown or missing option or argument, a malformed --arg/--set, an unknown endpoint alias",
+    UsageError.exit_code: (
+        "usage: an unknown or missing option or argument, a malformed --arg/--set, an unknown endpoint alias"
+    ),
     BundleError.exit_code: "bundle: the workflow cannot be packed, or a bundle is malformed or hostile",
     SiteProfileError.exit_code: "site profile: unknown, broken, a missing required or unknown parameter",
     RunNotFound.exit_code: "unknown run id (or an ambiguous prefix)",
@@ -200,7 +199,9 @@ EXIT_CODES: dict[int, str] = {
     ChecksFailed.exit_code: "a `doctor` check failed",
     RunFailed.exit_code: "the run waited for (`submit --wait`, `resume --wait`) ended failed, cancelled or lost",
     HomeError.exit_code: "GCBUNDLE_HOME cannot be created or written",
-    SiteEnvironmentError.exit_code: "the login node's environment lacks a module the workflow imports, or the Parsl its site profile needs (no run "
-                                    "was created)",
+    SiteEnvironmentError.exit_code: (
+        "the login node's environment lacks a module the workflow imports, or the Parsl its site profile needs "
+        "(no run was created)"
+    ),
     130: "interrupted (Ctrl-C); a run already started keeps going",
 }

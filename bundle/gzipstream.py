@@ -36,7 +36,8 @@ def workers() -> int:
 
 
 def _deflate(data: bytes, prime: bytes, level: int, last: bool) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY, *((prime,) if prime else ()))
+    dictionary = (prime,) if prime else ()
+    c = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, zlib.Z_DEFAULT_STRATEGY, *dictionary)
     return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 

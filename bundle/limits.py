@@ -25,7 +25,8 @@ INLINE_BUNDLE_BYTES = CHUNK_BYTES
 
 
 def chunk_count(size: int, chunk: int = CHUNK_BYTES) -> int:
-    """Chunks of ``chunk`` bytes that ``size`` bytes take: ceil(size / chunk), and at least one (an empty upload or package is one chunk)."""
+    """Chunks of ``chunk`` bytes that ``size`` bytes take: ceil(size / chunk), and at least one
+    (an empty upload or package is one chunk)."""
     return max(1, -(-size // chunk))
 
 

@@ -28,6 +28,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RESERVED = {MANIFEST_NAME}
 #: NUL, other control characters, backslash: one regex, as every packed path passes here.
 _BAD_CHARS = re.compile(r"[\x00-\x1f\\]")
+#: What to do about a manifest that breaks the rules: gcbundle's own packer writes none.
+_REBUILD = "rebuild the bundle with `gcbundle pack`"
 
 
 def hash_file(path: Path | str, chunk: int = 1024 * 1024) -> tuple[str, int]:
@@ -59,16 +61,18 @@ def check_path(path: Any, what: str = "path") -> str:
     system on the login node passes through here first.
     """
     if not isinstance(path, str) or not path:
-        raise ManifestError(f"{what} must be a non-empty string, got {path!r}", "rebuild the bundle with `gcbundle pack`")
+        raise ManifestError(f"{what} must be a non-empty string, got {path!r}", _REBUILD)
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise ManifestError(f"{what} is longer than {MAX_PATH_BYTES} bytes: {path[:60]!r}...", "shorten the file name")
+        raise ManifestError(f"{what} is longer than {MAX_PATH_BYTES} bytes: {path[:60]!r}...",
+                            "shorten the file name")
     if _BAD_CHARS.search(path):
         raise ManifestError(f"{what} {path!r} contains a control character or a backslash", "rename the file")
     if path.startswith("/"):
-        raise ManifestError(f"{what} {path!r} is absolute", "bundles hold only relative paths; rebuild with `gcbundle pack`")
+        raise ManifestError(f"{what} {path!r} is absolute",
+                            "bundles hold only relative paths; rebuild with `gcbundle pack`")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise ManifestError(f"{what} {path!r} is not a plain relative path (empty, '.' or '..' part)", "rebuild the bundle with `gcbundle pack`")
+        raise ManifestError(f"{what} {path!r} is not a plain relative path (empty, '.' or '..' part)", _REBUILD)
     if unicodedata.normalize("NFC", path) != path:
         raise ManifestError(f"{what} {path!r} is not NFC-normalised Unicode", "rename the file")
     return path
@@ -115,16 +119,13 @@ class Manifest:
     format: int = FORMAT_VERSION
 
     # -- identity ---------------------------------------------------------------
+    def _run_fields(self) -> dict[str, Any]:
+        """What the bundle runs, besides its files: the same in the digest and in ``gcbundle.json``."""
+        return {"format": self.format, "entry": self.entry, "mode": self.mode, "args": self.args, "config": self.config}
+
     def semantic(self) -> dict[str, Any]:
         """The fields that change what a run does, and so the digest."""
-        return {
-            "format": self.format,
-            "entry": self.entry,
-            "mode": self.mode,
-            "args": self.args,
-            "config": self.config,
-            "files": [[f.path, f.mode, f.sha256] for f in self.files],
-        }
+        return {**self._run_fields(), "files": [[f.path, f.mode, f.sha256] for f in self.files]}
 
     @property
     def digest(self) -> str:
@@ -144,12 +145,8 @@ class Manifest:
     # -- serialisation ----------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": self.format,
+            **self._run_fields(),
             "digest": self.digest,
-            "entry": self.entry,
-            "mode": self.mode,
-            "args": self.args,
-            "config": self.config,
             "files": [f.to_json() for f in self.files],
             "client": self.client,
             "created": self.created,
@@ -162,8 +159,9 @@ class Manifest:
     def loads(cls, raw: bytes) -> Manifest:
         try:
             data = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, integers past Python's digit limit, deep nesting
-            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {str(exc)[:200]}", "rebuild the bundle with `gcbundle pack`") from None
+        except (ValueError, RecursionError) as exc:
+            # bad UTF-8 or JSON, integers past Python's digit limit, deep nesting
+            raise ManifestError(f"{MANIFEST_NAME} is not valid JSON: {str(exc)[:200]}", _REBUILD) from None
         return cls.from_json(data)
 
     @classmethod
@@ -180,7 +178,7 @@ class Manifest:
             raise
         except (ValueError, TypeError, RecursionError, UnicodeError, AttributeError, OverflowError) as exc:
             raise ManifestError(f"{MANIFEST_NAME} is malformed: {type(exc).__name__}: {str(exc)[:160]}",
-                                "rebuild the bundle with `gcbundle pack`") from None
+                                _REBUILD) from None
 
     @classmethod
     def _from_json(cls, data: Any) -> Manifest:
@@ -227,7 +225,8 @@ class Manifest:
         digest = manifest.digest  # hashes args and config: fails here, not later, on what cannot be encoded
         claimed = data.get("digest")
         if claimed is not None and claimed != digest:
-            raise ManifestError("the manifest's digest does not match its contents", "the bundle was altered; rebuild it with `gcbundle pack`")
+            raise ManifestError("the manifest's digest does not match its contents",
+                                "the bundle was altered; rebuild it with `gcbundle pack`")
         return manifest
 
 
@@ -238,7 +237,10 @@ def _check_unique(files: tuple[FileEntry, ...]) -> None:
     for f in files:
         key = unicodedata.normalize("NFKC", f.path).casefold()
         if key in seen:
-            raise ManifestError(f"file paths {seen[key]!r} and {f.path!r} collide (same name up to case or Unicode form)", "rename one of them")
+            raise ManifestError(
+                f"file paths {seen[key]!r} and {f.path!r} collide (same name up to case or Unicode form)",
+                "rename one of them",
+            )
         seen[key] = f.path
     for f in files:
         parts = f.path.split("/")

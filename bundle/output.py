@@ -43,7 +43,13 @@ def printable(text: Any, lines: bool = False) -> str:
 
 def envelope(command: str, data: Any = None, errors: list[dict[str, Any]] | None = None) -> str:
     return json.dumps(
-        {"version": ENVELOPE_VERSION, "command": command, "status": "error" if errors else "success", "data": data, "errors": errors or []},
+        {
+            "version": ENVELOPE_VERSION,
+            "command": command,
+            "status": "error" if errors else "success",
+            "data": data,
+            "errors": errors or [],
+        },
         indent=1, sort_keys=True, default=str,
     )
 

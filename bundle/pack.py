@@ -58,7 +58,8 @@ class PackResult:
         }
 
 
-def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: dict[str, Any] | None = None) -> Manifest:
+def build_manifest(sel: Selection, args: dict[str, Any] | None = None,
+                   config: dict[str, Any] | None = None) -> Manifest:
     """Hash the selected files (reusing cached hashes of unchanged files) into a manifest."""
     for rel in sel.files:
         check_path(rel, "file path")
@@ -72,7 +73,8 @@ def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: d
     if missing:
         digests.update(_hash_all(sel, missing, stats, cache))
     cache.save()
-    entries = [FileEntry(rel, stats[rel].st_size, 0o755 if stats[rel].st_mode & 0o111 else 0o644, digests[rel]) for rel in sel.files]
+    entries = [FileEntry(rel, stats[rel].st_size, 0o755 if stats[rel].st_mode & 0o111 else 0o644, digests[rel])
+               for rel in sel.files]
     total = sum(e.size for e in entries)
     if total > MAX_UNPACKED_BYTES:
         raise BundleError(f"the workflow's files add up to {total} bytes, more than the cap of {MAX_UNPACKED_BYTES}",
@@ -88,7 +90,8 @@ def build_manifest(sel: Selection, args: dict[str, Any] | None = None, config: d
     )
 
 
-def _hash_all(sel: Selection, rels: list[str], stats: dict[str, os.stat_result], cache: packcache.HashCache) -> dict[str, str]:
+def _hash_all(sel: Selection, rels: list[str], stats: dict[str, os.stat_result],
+              cache: packcache.HashCache) -> dict[str, str]:
     """Hash files on every core (hashlib releases the GIL) and remember the results.
 
     A file whose size when read differs from its stat changed while it was
@@ -99,7 +102,8 @@ def _hash_all(sel: Selection, rels: list[str], stats: dict[str, os.stat_result],
         digest, size = hash_file(sel.path(rel))
         st = stats[rel]
         if size != st.st_size:
-            raise BundleError(f"{rel!r} changed while it was being packed", "pack again once nothing writes to the workflow directory")
+            raise BundleError(f"{rel!r} changed while it was being packed",
+                              "pack again once nothing writes to the workflow directory")
         cache.put(rel, st, digest, started)
         return rel, digest
 
@@ -124,7 +128,8 @@ def _created(stats: Any) -> str:
 def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] = (), entry: str | None = None,
          args: dict[str, Any] | None = None, config_module: Path | str | None = None,
          site: str | None = None, mode: str | None = None, progress: OnProgress | None = None,
-         only_imports: bool = False, limits: Limits | None = None, run_args: dict[str, Any] | None = None) -> PackResult:
+         only_imports: bool = False, limits: Limits | None = None,
+         run_args: dict[str, Any] | None = None) -> PackResult:
     """Select, check (``bundle.preflight``), hash and archive a workflow; the one entry point for packing.
 
     ``args`` are baked into the manifest; ``run_args`` travel beside it (a
@@ -142,7 +147,9 @@ def pack(workflow: Path | str, output: Path | str, *, includes: tuple[str, ...] 
         config = {"kind": "module", "path": Path(config_module).resolve().relative_to(sel.root).as_posix()}
     elif site:
         config = {"kind": "site"}
-    warnings = preflight.check_selection(sel, None if run_args is None else dict(run_args), dict(args or {}), config.get("path"))
+    warnings = preflight.check_selection(
+        sel, None if run_args is None else dict(run_args), dict(args or {}), config.get("path"),
+    )
     manifest = build_manifest(sel, args=args, config=config)
     archives = packcache.ArchiveCache()
     key = archives.key(manifest.to_json(), GZIP_LEVEL)

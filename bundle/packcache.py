@@ -136,7 +136,8 @@ class ArchiveCache:
         the same information, and json's C encoder makes it several times faster.
         """
         h = hashlib.sha256(f"{ARCHIVE_WRITER}\0level={level}\0zlib={zlib.ZLIB_RUNTIME_VERSION}\0".encode())
-        h.update(json.dumps(manifest_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        canonical = json.dumps(manifest_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        h.update(canonical.encode("utf-8", "surrogatepass"))
         return h.hexdigest()
 
     def fetch(self, key: str, output: Path) -> tuple[str, int] | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle import imports
+from bundle import archive, imports
 from bundle.errors import BundleError, UsageError
 from bundle.manifest import Manifest
 from bundle.suggest import did_you_mean
@@ -70,7 +70,8 @@ def check_args(source: str | bytes, entry: str, mode: str, args: dict[str, Any],
     if mode != "function":
         return
     tree = imports.parse(source, entry)
-    main = next((n for n in (tree.body if tree else []) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "main"), None)
+    functions = (n for n in (tree.body if tree else []) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    main = next((n for n in functions if n.name == "main"), None)
     if main is None:
         return
     a = main.args
@@ -176,9 +177,12 @@ def _import_error(tree: Tree, ref: imports.ImportRef, what: str, problem: str) -
         for candidate in (f"{path}/", f"{path}.py"):
             reason = tree.excluded.get(candidate)
             if reason:
-                return BundleError(f"{ref.where} imports {what}, which is left out of the bundle: {candidate} {reason}",
-                                   f"bring it along with --include {candidate.rstrip('/')}, or change the rule that leaves it out")
-    return BundleError(f"{ref.where} imports {what}, but {problem}", "fix the import, or add the missing module to the workflow's folder")
+                return BundleError(
+                    f"{ref.where} imports {what}, which is left out of the bundle: {candidate} {reason}",
+                    f"bring it along with --include {candidate.rstrip('/')}, or change the rule that leaves it out",
+                )
+    return BundleError(f"{ref.where} imports {what}, but {problem}",
+                       "fix the import, or add the missing module to the workflow's folder")
 
 
 # -- string literals naming paths --------------------------------------------------------
@@ -202,7 +206,8 @@ def literal_paths(tree: Tree, root: Path, sources: Iterable[str], only_imports: 
                 seen.add(path)
                 warnings.append(text)
     if len(warnings) > MAX_WARNINGS:
-        warnings = warnings[:MAX_WARNINGS] + [f"and {len(warnings) - MAX_WARNINGS} more paths named in the workflow that do not travel"]
+        more = len(warnings) - MAX_WARNINGS
+        warnings = warnings[:MAX_WARNINGS] + [f"and {more} more paths named in the workflow that do not travel"]
     return warnings
 
 
@@ -239,7 +244,8 @@ def _left_out_warning(tree: Tree, root: Path, path: str, where: str, literal: st
     reason = tree.why_left_out(path) or tree.why_left_out(path + "/")
     if reason is None:
         reason = "--only-imports ships only the workflow's imports and named paths" if only_imports else "not selected"
-    return f"{where} names {literal!r}, which exists here but is left out of the bundle ({reason}); bring it with --include {path}"
+    return (f"{where} names {literal!r}, which exists here but is left out of the bundle ({reason}); "
+            f"bring it with --include {path}")
 
 
 # -- entry points ------------------------------------------------------------------------
@@ -253,7 +259,8 @@ def check_selection(sel: Any, args: dict[str, Any] | None, manifest_args: dict[s
     """
     files = frozenset(sel.files)
     tree = Tree(files, lambda rel: sel.path(rel).read_bytes(), dict(sel.excluded))
-    check_args(tree.read(sel.entry), sel.entry, sel.mode, {**(manifest_args or {}), **(args or {})}, complete=args is not None)
+    given = {**(manifest_args or {}), **(args or {})}
+    check_args(tree.read(sel.entry), sel.entry, sel.mode, given, complete=args is not None)
     check_imports(tree, sel.entry, (config_path,) if config_path else ())
     outside = {rel for rel, _ in sel.sources}
     sources = [sel.entry, *(m for m in sel.modules if m not in outside)]
@@ -265,14 +272,13 @@ def check_archive(path: Path | str, manifest: Manifest, args: dict[str, Any]) ->
     sources = archive_sources(Path(path), manifest)
     tree = Tree(frozenset(f.path for f in manifest.files), lambda rel: sources.get(rel, b""), {})
     check_args(tree.read(manifest.entry), manifest.entry, manifest.mode, {**manifest.args, **args})
-    extra = (manifest.config["path"],) if manifest.config.get("kind") == "module" and manifest.config.get("path") else ()
-    check_imports(tree, manifest.entry, extra)
+    config = manifest.config
+    config_module = (config["path"],) if config.get("kind") == "module" and config.get("path") else ()
+    check_imports(tree, manifest.entry, config_module)
     return []
 
 
 def archive_sources(path: Path, manifest: Manifest) -> dict[str, bytes]:
     """The Python sources of a verified bundle, read in one pass over the archive."""
-    from bundle import archive
-
     wanted = {f.path for f in manifest.files if f.path.endswith(".py")}
     return archive.read_sources(path, wanted, MAX_SOURCE_BYTES)

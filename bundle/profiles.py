@@ -29,17 +29,19 @@ _TOP_KEYS = {"description", "parameters", "engine", "executors", "config", "pars
 #: The Parsl every run needs, whatever the profile (``Config(memoizer=...)``); as in pyproject.toml.
 MIN_PARSL = "2025.12.1"
 #: Config keywords a profile may set (anything else is ours to decide: run_dir, memoizer).
-CONFIG_KEYS = {"retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode", "usage_tracking",
-               "std_autopath"}
+CONFIG_KEYS = {
+    "retries", "strategy", "strategy_period", "max_idletime", "app_cache", "initialize_logging", "exit_mode",
+    "usage_tracking", "std_autopath",
+}
 #: Where the driver runs on the login node's site: login (a detached process on the login node) or batch
 #: (inside one batch job that gcbundle submits, using that job's nodes).
 PLACEMENTS = ("login", "batch")
 #: Parameters every profile has, which say how gcbundle starts the driver rather than what Parsl gets;
 #: a profile may declare them itself to change their defaults (e.g. ``placement: {default: batch}``).
 DRIVER_PARAMETERS = {
-    "driver_init": ("", "shell lines run before the driver starts (module load conda; conda activate ENV): the driver, "
-                        "its DFK and, first in every batch job, its workers then use that environment, which needs only "
-                        "Python 3.10+ and Parsl (unset: the endpoint's own environment)"),
+    "driver_init": ("", "shell lines run before the driver starts (module load conda; conda activate ENV): "
+                        "the driver, its DFK and, first in every batch job, its workers then use that environment, "
+                        "which needs only Python 3.10+ and Parsl (unset: the endpoint's own environment)"),
     "placement": ("login", "where the driver runs: login (on the login node) or batch (inside one batch job gcbundle "
                            "submits, whose nodes the workers use)"),
 }
@@ -116,7 +118,8 @@ class Profile:
                                    "e.g. --set driver_init='module load conda; conda activate myenv'")
         placement = values["placement"]
         if placement not in PLACEMENTS:
-            raise SiteProfileError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}", "e.g. --set placement=batch")
+            raise SiteProfileError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}",
+                                   "e.g. --set placement=batch")
         return {"driver_init": init, "placement": placement}
 
     def to_spec(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -156,12 +159,14 @@ def parse(name: str, text: str) -> Profile:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SiteProfileError(f"site profile {name!r} is not valid YAML: {str(exc).splitlines()[0]}", "fix the YAML") from None
+        raise SiteProfileError(f"site profile {name!r} is not valid YAML: {str(exc).splitlines()[0]}",
+                               "fix the YAML") from None
     if not isinstance(data, dict):
         raise SiteProfileError(f"site profile {name!r} must be a YAML mapping")
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise SiteProfileError(f"site profile {name!r} has unknown keys: {', '.join(sorted(unknown))}", f"allowed: {', '.join(sorted(_TOP_KEYS))}")
+        raise SiteProfileError(f"site profile {name!r} has unknown keys: {', '.join(sorted(unknown))}",
+                               f"allowed: {', '.join(sorted(_TOP_KEYS))}")
     if ("engine" in data) == ("executors" in data):
         raise SiteProfileError(f"site profile {name!r} needs exactly one of `engine:` or `executors:`")
     params = data.get("parameters") or {}
@@ -258,7 +263,13 @@ def _namespace(kind: str) -> dict[str, Any]:
     import parsl.launchers
     import parsl.providers
 
-    module = {"executor": parsl.executors, "provider": parsl.providers, "launcher": parsl.launchers, "address": parsl.addresses}[kind]
+    modules = {
+        "executor": parsl.executors,
+        "provider": parsl.providers,
+        "launcher": parsl.launchers,
+        "address": parsl.addresses,
+    }
+    module = modules[kind]
     names = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
     if kind == "address":
         return {n: getattr(module, n) for n in names if n.startswith("address_by") or n.startswith("get_")}
@@ -303,7 +314,8 @@ def _build(node: Any, kind: str, where: str, factory: Factory = _construct) -> A
     except Exception as exc:
         if not isinstance(exc, TypeError) and type(exc).__name__ != "TypeCheckError":  # typeguard's
             raise
-        raise SiteProfileError(f"{where}: {type_name}: {exc}", "check the values against parsl's documentation") from None
+        raise SiteProfileError(f"{where}: {type_name}: {exc}",
+                               "check the values against parsl's documentation") from None
 
 
 def _check_keywords(target: Any, type_name: str, kwargs: dict[str, Any], where: str) -> None:
@@ -316,7 +328,8 @@ def _check_keywords(target: Any, type_name: str, kwargs: dict[str, Any], where: 
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = [n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [n for n, p in params.items() if p.kind in by_keyword]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise SiteProfileError(

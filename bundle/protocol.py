@@ -42,7 +42,10 @@ LISTINGS = 3
 PRUNE = 3
 
 #: Names of the task functions in ``login_node.tasks``.
-TASKS = ("probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk", "cancel", "doctor", "prune", "runs")
+TASKS = (
+    "probe", "stage", "launch", "status", "logs", "results_manifest", "results_chunk",
+    "cancel", "doctor", "prune", "runs",
+)
 #: Tasks that a login node of an older protocol does not have.
 TASK_SINCE = {"prune": PRUNE, "runs": LISTINGS}
 
@@ -74,13 +77,14 @@ def check_request(req: Any) -> dict[str, Any]:
         raise ProtocolMismatch("the request carries no protocol version", "use the gcbundle client to send tasks")
     if proto > PROTOCOL:
         raise ProtocolMismatch(
-            f"the client speaks gcbundle protocol {proto} (gcbundle {req.get('client_version', '?')}), the login node only up to {PROTOCOL} "
-            f"(gcbundle {__version__})",
+            f"the client speaks gcbundle protocol {proto} (gcbundle {req.get('client_version', '?')}), "
+            f"the login node only up to {PROTOCOL} (gcbundle {__version__})",
             "upgrade gcbundle on the login node (re-run the Ansible playbook), or use an older client",
         )
     if proto < MIN_PROTOCOL:
         raise ProtocolMismatch(
-            f"the client speaks gcbundle protocol {proto}, the login node needs at least {MIN_PROTOCOL} (gcbundle {__version__})",
+            f"the client speaks gcbundle protocol {proto}, "
+            f"the login node needs at least {MIN_PROTOCOL} (gcbundle {__version__})",
             "upgrade your gcbundle client",
         )
     return req
@@ -112,6 +116,8 @@ def unwrap(resp: Any) -> Any:
     if not isinstance(err, dict):
         err = {}
     cls = BY_NAME.get(str(err.get("type"))[:40], RemoteError)
-    message = err.get("message") if isinstance(err.get("message"), str) else "the login node reported an error it did not describe"
+    message = err.get("message")
+    if not isinstance(message, str):
+        message = "the login node reported an error it did not describe"
     hint = err.get("hint") if isinstance(err.get("hint"), str) else None
     raise cls(message.replace("\n", " ")[:2000], hint[:1000] if hint else None)

@@ -26,10 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundle import transport
+from bundle.api import default_results_dir
 from bundle.contracts import PruneRequest
 from bundle.errors import GcbundleError, ProtocolMismatch, TransportError, UsageError
 from bundle.fileio import tree_size
+from bundle.packcache import cache_dir
 from bundle.registry import Registry, RunRecord
+from bundle.results import MARKER
 
 TERMINAL = ("succeeded", "failed", "cancelled", "lost")
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -61,21 +65,21 @@ class Options:
 def prune(options: Options, registry: Registry | None = None, transport_for: Callable[[str], Any] | None = None,
           now: float | None = None) -> dict[str, Any]:
     """Prune the login nodes and this machine; the report of each, and the bytes freed."""
-    from bundle.transport import get_transport
-
     registry = registry or Registry()
     now = time.time() if now is None else now
     for s in options.states:
         if s not in TERMINAL:
-            raise UsageError(f"--state {s!r} cannot be pruned", f"choose among {', '.join(TERMINAL)}: a run that has not ended is never pruned")
+            raise UsageError(f"--state {s!r} cannot be pruned",
+                             f"choose among {', '.join(TERMINAL)}: a run that has not ended is never pruned")
     records = registry.list(limit=1 << 30)
     report: dict[str, Any] = {"dry_run": options.dry_run, "endpoints": {}, "client": {}, "freed_bytes": 0}
     failures: list[GcbundleError] = []
     if options.login_node:
         endpoints = list(dict.fromkeys(options.endpoints or [r.endpoint for r in records]))
+        connect = transport_for or transport.get_transport
         for endpoint in endpoints:
             try:
-                rep = _prune_endpoint(endpoint, options, records, (transport_for or get_transport)(endpoint))
+                rep = _prune_endpoint(endpoint, options, records, connect(endpoint))
             except TransportError as exc:
                 failures.append(exc)
                 report["endpoints"][endpoint] = {"error": exc.to_json()}
@@ -92,8 +96,9 @@ def prune(options: Options, registry: Registry | None = None, transport_for: Cal
         report["freed_bytes"] += sum(x["bytes"] for x in report["client"]["results"])
     if failures:
         first = failures[0]
-        exc = type(first)(f"{len(failures)} endpoint{'s' if len(failures) > 1 else ''} not pruned: {first.message}", first.hint)
-        exc.data = report  # type: ignore[attr-defined]  # what was done elsewhere, for --json
+        plural = "s" if len(failures) > 1 else ""
+        exc = type(first)(f"{len(failures)} endpoint{plural} not pruned: {first.message}", first.hint)
+        exc.data = report  # what was done elsewhere, for --json
         raise exc
     return report
 
@@ -147,8 +152,6 @@ def _size(path: Path) -> int:
 def _prune_caches(options: Options, now: float) -> list[dict[str, Any]]:
     """The pack caches: archives, manifests (delta bases), file hashes. Only caches:
     the next pack rebuilds what it needs."""
-    from bundle.packcache import cache_dir
-
     out = []
     root = cache_dir()
     for kind in ("archives", "manifests", "hashes"):
@@ -172,9 +175,6 @@ def _prune_caches(options: Options, now: float) -> list[dict[str, Any]]:
 def _prune_results(options: Options, records: list[RunRecord], now: float) -> list[dict[str, Any]]:
     """Results packages in gcbundle's own results dir (where ``submit --wait`` puts
     them), of runs in the chosen states, fetched longer ago than ``older_than``."""
-    from bundle.api import default_results_dir
-    from bundle.results import MARKER
-
     root = default_results_dir()
     by_id = {r.run_id: r for r in records}
     out = []

@@ -134,11 +134,13 @@ def check_place(path: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise RegistryError(f"cannot create the run registry's folder {str(folder)!r}: {folder_problem(folder, exc)}", _PLACE_FIX) from None
+        raise RegistryError(f"cannot create the run registry's folder {str(folder)!r}: {folder_problem(folder, exc)}",
+                            _PLACE_FIX) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise RegistryError(f"the run registry's folder {str(folder)!r} is not writable", _PLACE_FIX)
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise RegistryError(f"the run registry {str(path)!r} is not writable", f"fix its permissions (chmod u+rw {path}), or set GCBUNDLE_REGISTRY")
+        raise RegistryError(f"the run registry {str(path)!r} is not writable",
+                            f"fix its permissions (chmod u+rw {path}), or set GCBUNDLE_REGISTRY")
 
 
 class Registry:
@@ -169,18 +171,21 @@ class Registry:
         text = str(exc)
         if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
             who = holders(self.path)
+            by = ", ".join(who) if who else "another gcbundle process"
             return RegistryLocked(
-                f"the run registry {str(self.path)!r} is locked by {', '.join(who) if who else 'another gcbundle process'} (waited {self.timeout:g} "
-                "s)",
-                "wait for that command to finish, then run this one again; the registry is not damaged, leave it where it is",
+                f"the run registry {str(self.path)!r} is locked by {by} (waited {self.timeout:g} s)",
+                "wait for that command to finish, then run this one again; "
+                "the registry is not damaged, leave it where it is",
             )
-        if type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text:  # not IntegrityError & co.
+        # damage: a plain DatabaseError, not IntegrityError & co.
+        if type(exc) is sqlite3.DatabaseError or "malformed" in text or "not a database" in text:
             return RegistryError(
                 f"the run registry {str(self.path)!r} is damaged: {text}",
-                f"move it aside (mv {self.path} {self.path}.damaged), then `gcbundle list --endpoint ENDPOINT` for each endpoint you use rebuilds it "
-                "from the login node",
+                f"move it aside (mv {self.path} {self.path}.damaged), "
+                "then `gcbundle list --endpoint ENDPOINT` for each endpoint you use rebuilds it from the login node",
             )
-        return RegistryError(f"the run registry {str(self.path)!r} cannot be used: {text}", "check the file and its folder (permissions, free disk)")
+        return RegistryError(f"the run registry {str(self.path)!r} cannot be used: {text}",
+                             "check the file and its folder (permissions, free disk)")
 
     def add(self, rec: RunRecord) -> None:
         with self._connect() as db:
@@ -196,18 +201,20 @@ class Registry:
             raise ValueError(f"cannot update {set(fields) - allowed}")
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._connect() as db:
-            db.execute(f"UPDATE runs SET {cols}, updated = ? WHERE run_id = ?", (*fields.values(), time.time(), run_id))  # noqa: S608 - column names from the allowlist
+            sql = f"UPDATE runs SET {cols}, updated = ? WHERE run_id = ?"  # noqa: S608 - columns from the allowlist
+            db.execute(sql, (*fields.values(), time.time(), run_id))
 
     def get(self, prefix: str) -> RunRecord:
         if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-            raise RunNotFound(f"{prefix[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them (a unique prefix is enough)")
+            raise RunNotFound(f"{prefix[:40]!r} is not a run id",
+                              "run ids are 12 hex digits; `gcbundle list` shows them (a unique prefix is enough)")
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE run_id LIKE ? ORDER BY submitted", (prefix + "%",)).fetchall()
         if not rows:
             raise RunNotFound(f"no run {prefix!r} in the registry", "`gcbundle list` shows your runs")
         if len(rows) > 1:
-            ids = ", ".join(r["run_id"] for r in rows[:5])
-            raise RunNotFound(f"{prefix!r} matches {len(rows)} runs ({ids}{', ...' if len(rows) > 5 else ''})", "give more digits of the run id")
+            ids = ", ".join(r["run_id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise RunNotFound(f"{prefix!r} matches {len(rows)} runs ({ids})", "give more digits of the run id")
         return RunRecord(**dict(rows[0]))
 
     def remove(self, run_id: str) -> None:
@@ -228,13 +235,15 @@ class Registry:
     def unfinished(self) -> list[RunRecord]:
         """Rows whose last known state is not an end state (what ``list`` refreshes)."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'lost', 'gone', 'unlaunched') ORDER BY "
-                              "submitted").fetchall()
+            rows = db.execute("SELECT * FROM runs WHERE state NOT IN "
+                              "('succeeded', 'failed', 'cancelled', 'lost', 'gone', 'unlaunched') "
+                              "ORDER BY submitted").fetchall()
         return [RunRecord(**dict(r)) for r in rows]
 
     def list(self, limit: int = 50) -> list[RunRecord]:
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs ORDER BY submitted DESC LIMIT ?", (limit if limit > 0 else -1,)).fetchall()
+            rows = db.execute("SELECT * FROM runs ORDER BY submitted DESC LIMIT ?",
+                              (limit if limit > 0 else -1,)).fetchall()
         return [RunRecord(**dict(r)) for r in rows]
 
     def mark_cached(self, endpoint: str, digest: str) -> None:
@@ -243,7 +252,8 @@ class Registry:
 
     def is_cached(self, endpoint: str, digest: str) -> bool:
         with self._connect() as db:
-            return db.execute("SELECT 1 FROM cached WHERE endpoint = ? AND digest = ?", (endpoint, digest)).fetchone() is not None
+            row = db.execute("SELECT 1 FROM cached WHERE endpoint = ? AND digest = ?", (endpoint, digest)).fetchone()
+            return row is not None
 
     def forget_cached(self, endpoint: str, digest: str) -> None:
         with self._connect() as db:

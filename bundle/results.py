@@ -132,13 +132,15 @@ def _listing(transport: Transport, run_id: str) -> tuple[dict[str, Any], list[di
         files = check_files(first.get("files") if isinstance(first, dict) else None)
         head = _check_head(first)
     else:
-        raw = list(check_files(first.get("files") if isinstance(first, dict) else None))  # an unsafe path is named first
+        # an unsafe path is named first
+        raw = list(check_files(first.get("files") if isinstance(first, dict) else None))
         head = _check_head(first)
         nxt = first.get("next_page")
         while nxt is not None:
             if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt != len(raw):
                 raise _bad("next_page", f"{nxt!r}, expected {len(raw)}")
-            page = transport.send(ResultsManifestRequest(run_id=run_id, page=nxt, manifest_sha256=head["manifest_sha256"])).to_json()
+            request = ResultsManifestRequest(run_id=run_id, page=nxt, manifest_sha256=head["manifest_sha256"])
+            page = transport.send(request).to_json()
             continues = isinstance(page, dict) and page.get("manifest_sha256") == head["manifest_sha256"]
             if not continues or not isinstance(page.get("files"), list) or not page["files"]:
                 raise _bad("page", f"page {nxt} does not continue the listing")
@@ -173,7 +175,8 @@ def _exclusive(dest: Path, run_id: str) -> Iterator[None]:
     key = os.path.realpath(lock)
     with _HELD_GUARD:  # record locks are per process: threads of one process exclude each other here
         if key in _HELD:
-            raise ResultsError(f"another fetch in this process (pid {os.getpid()}) is fetching run {run_id} into {dest}",
+            raise ResultsError(f"another fetch in this process (pid {os.getpid()}) "
+                               f"is fetching run {run_id} into {dest}",
                                "wait for it to finish; the results then are complete")
         _HELD.add(key)
     try:
@@ -258,7 +261,8 @@ def fetch(transport: Transport, run_id: str, dest: Path | str, progress: OnProgr
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ResultsError(f"cannot create the results folder {str(dest)!r}: {folder_problem(dest, exc)}", fix) from None
+        raise ResultsError(f"cannot create the results folder {str(dest)!r}: {folder_problem(dest, exc)}",
+                           fix) from None
     if not os.access(dest, os.W_OK | os.X_OK):
         raise ResultsError(f"the results folder {str(dest)!r} is not writable", fix)
     tally = Tally()  # the tasks this fetch sends
@@ -277,7 +281,10 @@ def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress
     marker = partial / MARKER
     if partial.is_dir() and _read_marker(marker).get("manifest_sha256") != sha:
         shutil.rmtree(partial)  # a different package: start over
-    _check_space(dest, total - sum(min(_local_size(partial / f["path"]), f["size"]) for f in files) if partial.is_dir() else total)
+    if partial.is_dir():
+        _check_space(dest, total - sum(min(_local_size(partial / f["path"]), f["size"]) for f in files))
+    else:
+        _check_space(dest, total)
     partial.mkdir(mode=0o700, exist_ok=True)
     (partial / MARKER).write_text(json.dumps({"manifest_sha256": sha, "complete": False}))
     fetched = 0
@@ -294,7 +301,8 @@ def _fetch(transport: Transport, run_id: str, dest: Path, tally: Tally, progress
             (partial / f["path"]).unlink(missing_ok=True)
         if attempt:
             raise ResultsError(f"{bad[0]['path']} failed verification twice",
-                               "run `gcbundle results` again; if it persists, the run directory on the login node is damaged")
+                               "run `gcbundle results` again; "
+                               "if it persists, the run directory on the login node is damaged")
     info = {"manifest_sha256": sha, "complete": True, "run_id": run_id, "files": len(files), "bytes": total,
             "package": {f["path"]: f["sha256"] for f in files}}
     (partial / MARKER).write_text(json.dumps(info))
@@ -358,16 +366,19 @@ def _download(transport: Transport, run_id: str, sha: str, chunk: int, files: li
     fetched = 0
     first = resume // chunk
     count = chunk_count(total, chunk)
-    requests = (ResultsChunkRequest(run_id=run_id, manifest_sha256=sha, index=index).to_json() for index in range(first, count))
+    requests = (ResultsChunkRequest(run_id=run_id, manifest_sha256=sha, index=index).to_json()
+                for index in range(first, count))
     try:
         for index, reply in zip(range(first, count), transport.call_many("results_chunk", requests), strict=False):
             data = reply.get("data") if isinstance(reply, dict) else None
             if not isinstance(data, (bytes, bytearray)) or reply.get("index") != index:
                 raise ResultsError(f"the login node sent a results chunk reply without the bytes of chunk {index}",
-                                   "run `gcbundle results` again; if it persists, check the login node with `gcbundle doctor`")
+                                   "run `gcbundle results` again; "
+                                   "if it persists, check the login node with `gcbundle doctor`")
             c_start = index * chunk
-            if len(data) != min(chunk, total - c_start):
-                raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {min(chunk, total - c_start)}",
+            expected = min(chunk, total - c_start)
+            if len(data) != expected:
+                raise ResultsError(f"results chunk {index} has {len(data)} bytes, expected {expected}",
                                    "run `gcbundle results` again")
             fetched += len(data)
             writer.write(c_start, data)
@@ -475,7 +486,8 @@ def _parents(root: Path, rel: str, made: set[Any] | None = None) -> str:
             os.mkdir(parent, 0o700)
         except FileExistsError:
             if not os.path.isdir(parent):
-                raise ResultsError(f"{parent} is in the way of {rel!r}: it is not a folder", "move it away and fetch again") from None
+                raise ResultsError(f"{parent} is in the way of {rel!r}: it is not a folder",
+                                   "move it away and fetch again") from None
         if made is not None:
             made.add(parent)
     return os.path.join(base, rel)

@@ -74,7 +74,8 @@ class Limits:
         try:
             files = int(str(f).replace(",", "").replace("_", ""))
         except ValueError:
-            raise UsageError(f"most files {f!r} is not a whole number", f"give --max-files (or {ENV_MAX_FILES}) as e.g. 20000") from None
+            raise UsageError(f"most files {f!r} is not a whole number",
+                             f"give --max-files (or {ENV_MAX_FILES}) as e.g. 20000") from None
         return cls(parse_size(b, "most bytes"), files)
 
 
@@ -167,14 +168,16 @@ def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = N
     """
     workflow = Path(workflow)
     if not workflow.exists():
-        raise BundleError(f"workflow {str(workflow)!r} does not exist", "give the path of a .py file or of a workflow directory")
+        raise BundleError(f"workflow {str(workflow)!r} does not exist",
+                          "give the path of a .py file or of a workflow directory")
     workflow = workflow.resolve()
     if workflow.is_dir():
         root = workflow
         entry = entry or _default_entry(root)
     else:
         if workflow.suffix != ".py":
-            raise BundleError(f"workflow {workflow.name!r} is not a .py file", "give the workflow's Python file, or its directory")
+            raise BundleError(f"workflow {workflow.name!r} is not a .py file",
+                              "give the workflow's Python file, or its directory")
         root = workflow.parent
         if entry and entry != workflow.name:
             raise BundleError("--entry is only for workflow directories", "give the entry file itself as the workflow")
@@ -183,7 +186,8 @@ def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = N
         raise BundleError(f"unknown mode {mode!r}", "use function, script or auto")
     entry_path = root / entry
     if not entry_path.is_file():
-        raise BundleError(f"entry point {entry!r} is not a file in {str(root)!r}", "pass --entry with the workflow's main file")
+        raise BundleError(f"entry point {entry!r} is not a file in {str(root)!r}",
+                          "pass --entry with the workflow's main file")
     source = _read_source(entry_path)
     detected = detect_mode(source, entry)
     if mode == "function" and detected != "function":
@@ -204,7 +208,8 @@ def select(workflow: Path, includes: tuple[str, ...] = (), entry: str | None = N
     for path in extra_files:
         walker.add_explicit(Path(path).resolve())
     if entry not in walker.files:
-        raise BundleError(f"entry point {entry!r} is excluded by {IGNORE_FILE} or the default excludes", f"remove it from {IGNORE_FILE}")
+        raise BundleError(f"entry point {entry!r} is excluded by {IGNORE_FILE} or the default excludes",
+                          f"remove it from {IGNORE_FILE}")
     walker.done()
     return Selection(
         root=root, entry=entry, mode=mode, files=tuple(sorted(walker.files)),
@@ -227,7 +232,8 @@ def _parse(source: str, filename: str) -> ast.Module:
     try:
         return ast.parse(source, filename=filename)
     except SyntaxError as exc:
-        raise BundleError(f"{filename}:{exc.lineno}: syntax error: {exc.msg}", "fix the workflow before packing it") from None
+        raise BundleError(f"{filename}:{exc.lineno}: syntax error: {exc.msg}",
+                          "fix the workflow before packing it") from None
 
 
 def _read_source(path: Path) -> str:
@@ -240,7 +246,9 @@ def _read_source(path: Path) -> str:
 def _declared_includes(source: str, filename: str) -> list[str]:
     """Paths from a module-level ``GCBUNDLE_INCLUDE = [...]`` of string literals."""
     for node in _parse(source, filename).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "GCBUNDLE_INCLUDE" for t in node.targets):
+        if not isinstance(node, ast.Assign):
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "GCBUNDLE_INCLUDE" for t in node.targets):
             try:
                 value = ast.literal_eval(node.value)
             except ValueError:
@@ -325,6 +333,10 @@ def local_modules(roots: list[Path], entry: Path, entry_rel: str) -> list[tuple[
 
 # -- the walk --------------------------------------------------------------------------
 
+#: A directory still to walk: where it is, its path in the bundle, and whether a
+#: .gcbundleignore negation brought it back whole (git's rules then do not apply).
+_Subdir = tuple[Path | str, str, bool]
+
 class _Walker:
     """Accumulates the files of one root, their sizes, and the reasons for what is left out."""
 
@@ -373,7 +385,8 @@ class _Walker:
             self.excluded[rel] = "not a regular file"
             return None
         if not os.access(path, os.R_OK):
-            raise BundleError(f"cannot read {rel!r}: permission denied", f"make it readable or leave it out with {IGNORE_FILE}")
+            raise BundleError(f"cannot read {rel!r}: permission denied",
+                              f"make it readable or leave it out with {IGNORE_FILE}")
         return st.st_size
 
     def _keep(self, rel: str, size: int, source: Path | None = None) -> None:
@@ -403,15 +416,20 @@ class _Walker:
 
     def _too_big(self, finished: bool) -> BundleError:
         largest = sorted(self.by_top.items(), key=lambda kv: -kv[1][0])[:5]
-        listing = ", ".join(f"{name} {_size(b)}" + (f" ({n:,} file{'s' if n != 1 else ''})" if name.endswith("/") else "")
-                            for name, (b, n) in largest)
+
+        def described(name: str, nbytes: int, nfiles: int) -> str:
+            count = f" ({nfiles:,} file{'s' if nfiles != 1 else ''})" if name.endswith("/") else ""
+            return f"{name} {_size(nbytes)}{count}"
+
+        listing = ", ".join(described(name, b, n) for name, (b, n) in largest)
         biggest = largest[0][0] if largest else "data/"
         counted = "it would bring" if finished else "it would bring at least"
         return BundleError(
             f"the workflow folder {str(self.root)!r} has more to bundle than the size guard allows "
             f"({_size(self.limits.max_bytes)}, {self.limits.max_files:,} files; {counted} {len(self.files):,} files, "
             f"{_size(self.total)}); largest: {listing}",
-            f"leave such entries out with a line like `{biggest}` in {IGNORE_FILE}, put the workflow in a folder of its own, "
+            f"leave such entries out with a line like `{biggest}` in {IGNORE_FILE}, "
+            "put the workflow in a folder of its own, "
             f"ship only what it imports with --only-imports, or raise the guard (--max-size/--max-files, "
             f"{ENV_MAX_BYTES}/{ENV_MAX_FILES})",
         )
@@ -422,13 +440,22 @@ class _Walker:
         says it is not a symlink (no need to look at a target)."""
         if ignore.is_never(name):
             return ignore.NEVER_REASON
-        if secrets and (ignore.is_secret(name) or ignore.in_secret_dir(rel) or (link and ignore.secret_target(self.root / rel))):
+        if secrets and (
+            ignore.is_secret(name)
+            or ignore.in_secret_dir(rel)
+            or (link and ignore.secret_target(self.root / rel))
+        ):
             return ignore.SECRET_REASON
         verdict = self.rules.bundle_verdict(rel) if bundle_ignore else None
         if verdict is True:
             return self.rules.bundle_reason(rel)
-        if verdict is None and gitignore and (self.rules.git_ignores_in_walk(rel, chain) if chain is not None else self.rules.git_ignores(rel)):
-            return self.rules.git_reason(rel)
+        if verdict is None and gitignore:
+            if chain is not None:  # met by the walk: no folder above excludes it
+                ignored = self.rules.git_ignores_in_walk(rel, chain)
+            else:
+                ignored = self.rules.git_ignores(rel)
+            if ignored:
+                return self.rules.git_reason(rel)
         return None
 
     def add_explicit(self, path: Path) -> None:
@@ -474,7 +501,8 @@ class _Walker:
         elif path.exists() or path.is_symlink():
             self.add_explicit(path)
         else:
-            raise BundleError(f"include {item!r} does not exist under {str(self.root)!r}", "check the path given to --include or GCBUNDLE_INCLUDE")
+            raise BundleError(f"include {item!r} does not exist under {str(self.root)!r}",
+                              "check the path given to --include or GCBUNDLE_INCLUDE")
 
     def walk(self, top: Path, named: bool = False) -> None:
         """Every file under ``top`` that the rules let through. A directory given with
@@ -485,13 +513,13 @@ class _Walker:
         comes from the listing, and a directory is recognised as a virtualenv,
         conda environment or results package from its own listing, so the walk
         costs about one ``lstat`` per file, as ``tar`` does."""
-        todo: list[tuple[Path | str, str, bool]] = [(top, "" if top == self.root else self._rel(top), named)]
+        todo: list[_Subdir] = [(top, "" if top == self.root else self._rel(top), named)]
         while todo:
             path, prefix, brought_back = todo.pop()
             subdirs = self._walk_dir(path, prefix, named, brought_back)
             todo.extend(reversed(subdirs))
 
-    def _walk_dir(self, path: Path | str, prefix: str, named: bool, brought_back: bool) -> list[tuple[Path | str, str, bool]]:
+    def _walk_dir(self, path: Path | str, prefix: str, named: bool, brought_back: bool) -> list[_Subdir]:
         """One directory's files; returns the subdirectories to walk."""
         try:
             with os.scandir(path) as it:
@@ -505,7 +533,7 @@ class _Walker:
                 self.excluded[prefix + "/"] = why
                 return []
         chain = None if named or brought_back else self.rules.chain(prefix)
-        subdirs: list[tuple[Path | str, str, bool]] = []
+        subdirs: list[_Subdir] = []
         for e in entries:
             rel = f"{prefix}/{e.name}" if prefix else e.name
             if e.is_dir(follow_symlinks=False):

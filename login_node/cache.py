@@ -41,7 +41,10 @@ class Cache:
     def path(self, digest: str) -> Path:
         path = self.home.cached_bundle(check_digest(digest))
         if not path.is_file():
-            raise BundleError(f"bundle {digest[:12]} is not in the login node's cache", "submit the workflow again; the client uploads it")
+            raise BundleError(
+                f"bundle {digest[:12]} is not in the login node's cache",
+                "submit the workflow again; the client uploads it",
+            )
         return path
 
     def evict(self, digest: str) -> None:
@@ -62,7 +65,9 @@ class Cache:
             return []
         return sorted(int(p.stem) for p in d.glob("*.part") if p.stem.isdigit())
 
-    def put_chunk(self, digest: str, archive_sha256: str, size: int, index: int, data: bytes, base: str | None = None) -> bool:
+    def put_chunk(
+        self, digest: str, archive_sha256: str, size: int, index: int, data: bytes, base: str | None = None
+    ) -> bool:
         """Store one chunk; return True once the bundle is complete and cached.
 
         With ``base``, the chunks make up a delta against that cached bundle
@@ -74,14 +79,16 @@ class Cache:
         if base is not None:
             self.path(check_digest(base, "base"))  # refuse a delta against a bundle we do not have, at once
         if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_BUNDLE_BYTES:
-            raise BundleError(f"bundle size {size!r} is outside 1..{MAX_BUNDLE_BYTES} bytes", "leave large data out of the bundle")
+            raise BundleError(
+                f"bundle size {size!r} is outside 1..{MAX_BUNDLE_BYTES} bytes", "leave large data out of the bundle"
+            )
         count = chunk_count(size)
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
             raise UsageError(f"chunk index {index!r} is outside 0..{count - 1}")
         expected = CHUNK_BYTES if index < count - 1 else size - CHUNK_BYTES * (count - 1)
         if not isinstance(data, (bytes, bytearray)) or len(data) != expected:
-            raise BundleError(f"chunk {index} holds {len(data) if isinstance(data, (bytes, bytearray)) else '?'} bytes, expected {expected}",
-                              "upload the bundle again")
+            held = len(data) if isinstance(data, (bytes, bytearray)) else "?"
+            raise BundleError(f"chunk {index} holds {held} bytes, expected {expected}", "upload the bundle again")
         if self.has(digest):
             return True
         d = self._staging_dir(digest, archive_sha256)
@@ -112,7 +119,9 @@ class Cache:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _assemble(self, digest: str, archive_sha256: str, size: int, count: int, d: Path, base: str | None = None) -> None:
+    def _assemble(
+        self, digest: str, archive_sha256: str, size: int, count: int, d: Path, base: str | None = None
+    ) -> None:
         tmp = self.home.staging / f"assembled.{digest[:16]}.{os.getpid()}.{time.monotonic_ns()}"
         try:
             with open(tmp, "wb") as out:

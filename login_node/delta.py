@@ -34,8 +34,10 @@ def rebuild(delta_path: Path, base_path: Path, base_digest: str, digest: str, wo
             for entry in missing:
                 source = by_sha.get(entry.sha256)
                 if source is None:
-                    raise BundleError(f"the delta leaves {entry.path!r} to bundle {base_digest[:12]}, which does not have it",
-                                      "submit again: the client sends the whole bundle")
+                    raise BundleError(
+                        f"the delta leaves {entry.path!r} to bundle {base_digest[:12]}, which does not have it",
+                        "submit again: the client sends the whole bundle",
+                    )
                 target = new_root / entry.path
                 target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 try:

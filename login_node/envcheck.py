@@ -111,21 +111,28 @@ def needed(bundle: Path) -> list[imports.ImportRef]:
 
 def probe(names: list[str], timeout: float = 60.0) -> dict[str, Any]:
     """Ask a ``python -I`` like the driver's which of ``names`` it cannot find, and its Parsl version."""
+    unasked = f"the login node's Python ({sys.executable}) could not be asked about the workflow's imports: "
     try:
-        out = subprocess.run([sys.executable, "-I", "-c", _PROBE, json.dumps(names)], capture_output=True, text=True,
-                             timeout=timeout, check=False, cwd="/")
+        out = subprocess.run(
+            [sys.executable, "-I", "-c", _PROBE, json.dumps(names)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd="/",
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SiteEnvironmentError(f"the login node's Python ({sys.executable}) could not be asked about the workflow's imports: {exc}",
-                                   "check the environment with `gcbundle doctor`") from None
+        raise SiteEnvironmentError(f"{unasked}{exc}", "check the environment with `gcbundle doctor`") from None
     try:
         return dict(json.loads(out.stdout.strip().splitlines()[-1]))
     except (ValueError, IndexError):
-        raise SiteEnvironmentError(f"the login node's Python ({sys.executable}) could not be asked about the workflow's imports: "
-                                   + (out.stderr.strip().splitlines() or ["no output"])[-1],
-                                   "check the environment with `gcbundle doctor`") from None
+        said = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SiteEnvironmentError(unasked + said, "check the environment with `gcbundle doctor`") from None
 
 
-def check(needs: list[imports.ImportRef], site: dict[str, Any] | None, environment: dict[str, Any] | None = None) -> dict[str, Any]:
+def check(
+    needs: list[imports.ImportRef], site: dict[str, Any] | None, environment: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Refuse (``SiteEnvironmentError``) a run whose imports or Parsl the driver's environment lacks.
 
     ``environment`` is what the ``driver_init`` check found (``missing_imports``,
@@ -166,8 +173,10 @@ def check(needs: list[imports.ImportRef], site: dict[str, Any] | None, environme
         ok = True  # a development build: let the driver try
     if not ok:
         whose = f"the site profile {name!r}" if name else "gcbundle"
-        raise SiteEnvironmentError(f"the login node's environment has Parsl {version}, {whose} needs parsl{requirement}",
-                                   f"install it there: {python} -m pip install 'parsl{requirement}'")
+        raise SiteEnvironmentError(
+            f"the login node's environment has Parsl {version}, {whose} needs parsl{requirement}",
+            f"install it there: {python} -m pip install 'parsl{requirement}'",
+        )
     return {"imports": sorted(ref.top for ref in needs), "parsl": version}
 
 

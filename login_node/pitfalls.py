@@ -69,7 +69,9 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def pbs_job_states(parsl_version: str, providers: list[str], where: str = "the driver's environment") -> dict[str, str] | None:
+def pbs_job_states(
+    parsl_version: str, providers: list[str], where: str = "the driver's environment"
+) -> dict[str, str] | None:
     """Fail when a PBS provider would run on a Parsl that reads finished PBS Pro jobs as UNKNOWN."""
     if not any(p in PBS_PROVIDERS for p in providers):
         return None
@@ -77,10 +79,15 @@ def pbs_job_states(parsl_version: str, providers: list[str], where: str = "the d
     if parsl_version in ("", "absent", "?"):
         return check(name, "fail", f"no Parsl in {where}", "install parsl>=2026.4.13 there")
     if version_tuple(parsl_version) < PARSL_PBS_STATES:
-        return check(name, "fail",
-                     f"Parsl {parsl_version} in {where} reads PBS Pro's finished (F), moved (T, U) and subjob-finished (X) jobs as UNKNOWN: "
-                     "a block that ended still counts as alive, and the run waits for workers that never come",
-                     "install parsl>=2026.4.13 there (`pip install -U parsl`), or choose an environment that has it (driver_init)")
+        return check(
+            name,
+            "fail",
+            f"Parsl {parsl_version} in {where} reads PBS Pro's finished (F), moved (T, U) "
+            "and subjob-finished (X) jobs as UNKNOWN: "
+            "a block that ended still counts as alive, and the run waits for workers that never come",
+            "install parsl>=2026.4.13 there (`pip install -U parsl`), "
+            "or choose an environment that has it (driver_init)",
+        )
     return check(name, "ok", f"Parsl {parsl_version} in {where} maps F, T, U, X")
 
 
@@ -90,11 +97,14 @@ def endpoint_version(version: str) -> dict[str, str] | None:
         return None
     name = "Globus Compute endpoint version"
     if version_tuple(version) < ENDPOINT_TEMPLATES:
-        return check(name, "warn",
-                     f"globus-compute-endpoint {version} is older than 4.10.1: its configuration may be a fixed config.yaml "
-                     "rather than a template, and the Parsl it brings reads PBS Pro's finished jobs as UNKNOWN",
-                     "upgrade the endpoint (`pip install -U globus-compute-endpoint`, or re-run the Ansible playbook) and "
-                     "re-create its configuration from a template")
+        return check(
+            name,
+            "warn",
+            f"globus-compute-endpoint {version} is older than 4.10.1: its configuration may be a fixed config.yaml "
+            "rather than a template, and the Parsl it brings reads PBS Pro's finished jobs as UNKNOWN",
+            "upgrade the endpoint (`pip install -U globus-compute-endpoint`, or re-run the Ansible playbook) and "
+            "re-create its configuration from a template",
+        )
     return check(name, "ok", f"globus-compute-endpoint {version} (template-capable configuration)")
 
 
@@ -150,11 +160,14 @@ def worker_tmpdir(prelude: str, worker_init: str, scheduler: str | None, launche
         longest += PALS_SUFFIX
         said += " (PALS's mpiexec adds /<uuid>/tmp)"
     if longest > AF_UNIX_MAX:
-        return check(name, "fail",
-                     f"{said}: Python's multiprocessing sockets below it take {longest} characters, more than a Unix socket path may "
-                     f"({AF_UNIX_MAX}): workers fail with 'OSError: AF_UNIX path too long'",
-                     "add `export TMPDIR=/tmp` to worker_init (--set worker_init='export TMPDIR=/tmp', or `tmpdir: /tmp` in "
-                     "site-defaults.yaml), as ALCF documents for Polaris and Aurora")
+        return check(
+            name,
+            "fail",
+            f"{said}: Python's multiprocessing sockets below it take {longest} characters, "
+            f"more than a Unix socket path may ({AF_UNIX_MAX}): workers fail with 'OSError: AF_UNIX path too long'",
+            "add `export TMPDIR=/tmp` to worker_init (--set worker_init='export TMPDIR=/tmp', or `tmpdir: /tmp` in "
+            "site-defaults.yaml), as ALCF documents for Polaris and Aurora",
+        )
     return check(name, "ok", f"{said} ({longest} of {AF_UNIX_MAX} characters for a socket path)")
 
 
@@ -185,15 +198,22 @@ def run_dir_shared(home_root: Path, batch: bool) -> dict[str, str]:
     if not batch:
         return check(name, "ok", where + "; the profile runs its workers on this node")
     if fstype in NODE_LOCAL_FS:
-        return check(name, "fail",
-                     where + ": memory of this login node, which no compute node sees; Parsl's workers read the run's "
-                     "certificates (HTEX encrypts) and the bundle from the run directory",
-                     "set GCBUNDLE_HOME to a directory on a file system the compute nodes mount (home or project space; "
-                     "the Ansible role's gcbundle_site_home)")
+        return check(
+            name,
+            "fail",
+            where + ": memory of this login node, which no compute node sees; Parsl's workers read the run's "
+            "certificates (HTEX encrypts) and the bundle from the run directory",
+            "set GCBUNDLE_HOME to a directory on a file system the compute nodes mount (home or project space; "
+            "the Ansible role's gcbundle_site_home)",
+        )
     if fstype in SHARED_FS or fstype.startswith("fuse.") or fstype.startswith("nfs"):
         return check(name, "ok", where + ", a network file system")
-    return check(name, "ok", where + ": a file system of this node; the compute nodes must mount it too "
-                 "(every batch job checks it first and fails with 'gcbundle: no ... on <node>' if not)")
+    return check(
+        name,
+        "ok",
+        where + ": a file system of this node; the compute nodes must mount it too "
+        "(every batch job checks it first and fails with 'gcbundle: no ... on <node>' if not)",
+    )
 
 
 def idle_timers(endpoint_dir: str | None) -> dict[str, str] | None:
@@ -225,15 +245,21 @@ def idle_timers(endpoint_dir: str | None) -> dict[str, str] | None:
         hard = int(data.get("idle_heartbeats_hard") or 5760)
         period = float(data.get("heartbeat_period") or 30)
     except (TypeError, ValueError):
-        return check(name, "warn", f"{root / source}: idle timers are not numbers", "fix idle_heartbeats_soft/hard there")
+        not_numbers = f"{root / source}: idle timers are not numbers"
+        return check(name, "warn", not_numbers, "fix idle_heartbeats_soft/hard there")
     if soft <= 0:
-        return check(name, "ok", f"{source}: idle_heartbeats_soft {soft}: the endpoint stays up while no task is in flight")
+        stays_up = f"{source}: idle_heartbeats_soft {soft}: the endpoint stays up while no task is in flight"
+        return check(name, "ok", stays_up)
     idle = soft * period
-    return check(name, "warn",
-                 f"{source}: the endpoint stops after {idle / 60:.0f} min without a task (idle_heartbeats_soft {soft} x "
-                 f"heartbeat_period {period:g} s; idle_heartbeats_hard {hard}). gcbundle's tasks are short, so it stops while "
-                 "a run is in flight: the run goes on (its driver is detached from the endpoint), but status, logs, results "
-                 "and cancel wait until the endpoint runs again (a multi-user endpoint starts it on the next task; "
-                 "a single-user endpoint must be started again)",
-                 "set idle_heartbeats_soft: 0 in the endpoint's configuration to keep it up, or be ready to start it again "
-                 "(`globus-compute-endpoint start NAME`) before asking about a run")
+    return check(
+        name,
+        "warn",
+        f"{source}: the endpoint stops after {idle / 60:.0f} min without a task (idle_heartbeats_soft {soft} x "
+        f"heartbeat_period {period:g} s; idle_heartbeats_hard {hard}). "
+        "gcbundle's tasks are short, so it stops while a run is in flight: "
+        "the run goes on (its driver is detached from the endpoint), but status, logs, results "
+        "and cancel wait until the endpoint runs again (a multi-user endpoint starts it on the next task; "
+        "a single-user endpoint must be started again)",
+        "set idle_heartbeats_soft: 0 in the endpoint's configuration to keep it up, or be ready to start it again "
+        "(`globus-compute-endpoint start NAME`) before asking about a run",
+    )

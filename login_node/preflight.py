@@ -42,18 +42,22 @@ def check(request: dict) -> dict:
     try:
         import parsl
     except ImportError as exc:
-        problems.append({"message": f"Parsl cannot be imported: {exc}",
-                         "hint": "install parsl in that environment (`pip install parsl`), or activate one that has it in driver_init"})
+        problems.append({
+            "message": f"Parsl cannot be imported: {exc}",
+            "hint": "install parsl in that environment (`pip install parsl`), "
+                    "or activate one that has it in driver_init",
+        })
         return out
     # gcbundle's own modules are imported only now, after Python and Parsl were
     # found usable: this runs in the user's environment (driver_init), and each
     # missing piece is reported as a problem rather than a traceback.
-    from bundle import __version__
+    from bundle import __version__  # local on purpose: after the Python and Parsl checks above
 
     out["parsl"] = parsl.__version__
     out["gcbundle"] = __version__
     rendered = request.get("rendered")
     if rendered:
+        # Local on purpose, as above; only a launch with a site profile needs them.
         from bundle import profiles, render
         from bundle.errors import GcbundleError
         from login_node import pitfalls
@@ -61,12 +65,16 @@ def check(request: dict) -> dict:
         try:
             config = profiles.build_config(rendered, factory=render._dry_factory({}))
         except GcbundleError as exc:
-            problems.append({"message": f"Parsl {parsl.__version__} cannot build the site profile's Config: {exc.message}",
-                             "hint": "upgrade parsl there (`pip install -U parsl`) to a version that has these keywords"})
+            problems.append({
+                "message": f"Parsl {parsl.__version__} cannot build the site profile's Config: {exc.message}",
+                "hint": "upgrade parsl there (`pip install -U parsl`) to a version that has these keywords",
+            })
             return out
         except Exception as exc:  # noqa: BLE001 - Parsl refusing a value
-            problems.append({"message": f"Parsl {parsl.__version__} refuses the site profile: {type(exc).__name__}: {exc}",
-                             "hint": "upgrade parsl there (`pip install -U parsl`), or fix the profile's values"})
+            problems.append({
+                "message": f"Parsl {parsl.__version__} refuses the site profile: {type(exc).__name__}: {exc}",
+                "hint": "upgrade parsl there (`pip install -U parsl`), or fix the profile's values",
+            })
             return out
         providers = [type(getattr(e, "provider", None)).__name__ for e in config.executors]
         pbs = pitfalls.pbs_job_states(parsl.__version__, providers)

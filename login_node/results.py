@@ -121,8 +121,11 @@ def page(paths: RunPaths, start: int, manifest_sha256: str | None) -> dict[str, 
     else:
         cached = _cached_listing(paths, manifest_sha256)
         if cached is None:
-            raise ResultsError("the run's results changed since their listing was started", "run `gcbundle results` again")
-        files, sha = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in cached], manifest_sha256
+            raise ResultsError(
+                "the run's results changed since their listing was started", "run `gcbundle results` again"
+            )
+        files = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]} for f in cached]
+        sha = manifest_sha256
     if not 0 <= start <= len(files):
         raise ResultsError(f"listing page {start} is outside 0..{len(files)}")
     out, used, end = [], 0, start
@@ -187,7 +190,9 @@ def read_chunk(paths: RunPaths, manifest_sha256: str, index: int) -> bytes:
     if files is None:
         current = manifest(paths)
         if current["manifest_sha256"] != manifest_sha256:
-            raise ResultsError("the run's results changed since their manifest was read", "run `gcbundle results` again")
+            raise ResultsError(
+                "the run's results changed since their manifest was read", "run `gcbundle results` again"
+            )
         files = _cached_listing(paths, manifest_sha256) or [dict(f, mtime_ns=None) for f in current["files"]]
     total = sum(f["size"] for f in files)
     count = chunk_count(total)
@@ -207,11 +212,19 @@ def read_chunk(paths: RunPaths, manifest_sha256: str, index: int) -> bytes:
         try:
             fd = os.open(_source(paths, f["path"]), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
-            raise ResultsError(f"{f['path']} disappeared since the results manifest was read", "run `gcbundle results` again") from None
+            raise ResultsError(
+                f"{f['path']} disappeared since the results manifest was read", "run `gcbundle results` again"
+            ) from None
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != f["size"] or (f.get("mtime_ns") is not None and st.st_mtime_ns != f["mtime_ns"]):
-                raise ResultsError("the run's results changed since their manifest was read", "run `gcbundle results` again")
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_size != f["size"]
+                or (f.get("mtime_ns") is not None and st.st_mtime_ns != f["mtime_ns"])
+            ):
+                raise ResultsError(
+                    "the run's results changed since their manifest was read", "run `gcbundle results` again"
+                )
             fh.seek(lo)
             data = fh.read(hi - lo)
         if len(data) != hi - lo:

@@ -42,7 +42,9 @@ def home() -> Path:
 
 def check_run_id(run_id: Any) -> str:
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        raise RunNotFound(f"{str(run_id)[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them")
+        raise RunNotFound(
+            f"{str(run_id)[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them"
+        )
     return run_id
 
 
@@ -92,10 +94,12 @@ class Home:
             os.chmod(self.root, 0o700)
         except OSError as exc:
             where = Path(exc.filename) if exc.filename else self.root
-            raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} cannot be used: {folder_problem(where, exc)}", fix) from None
+            problem = folder_problem(where, exc)
+            raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} cannot be used: {problem}", fix) from None
         for d in (self.root, self.cache, self.staging, self.runs):
             if not os.access(d, os.W_OK | os.X_OK):
-                raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} is not writable" + ("" if d == self.root else f" ({d})"), fix)
+                which = "" if d == self.root else f" ({d})"
+                raise HomeError(f"GCBUNDLE_HOME {str(self.root)!r} is not writable" + which, fix)
 
 
 @dataclass(frozen=True)
@@ -229,7 +233,9 @@ class RunRequest(Contract):
 
     @classmethod
     def _fail(cls, message: str) -> Exception:
-        return RunStateError(f"the run's run.json {message}", "the run directory was changed or damaged: submit the run again")
+        return RunStateError(
+            f"the run's run.json {message}", "the run directory was changed or damaged: submit the run again"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -116,7 +116,10 @@ def _from_request(home: Home, paths: RunPaths, request: RunRequest) -> Any:
         module = import_entry(paths.bundle, config["path"])
         make = getattr(module, "make_config", None)
         if not callable(make):
-            raise SiteProfileError(f"config module {config['path']} defines no make_config()", "define make_config(**params) -> parsl.Config")
+            raise SiteProfileError(
+                f"config module {config['path']} defines no make_config()",
+                "define make_config(**params) -> parsl.Config",
+            )
         return make(**request.params)
     return None
 

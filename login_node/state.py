@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from bundle.contracts import STATES, TERMINAL
+from login_node.procs import run_processes
 from login_node.rundir import RunPaths, read_json, write_json
 
 DEFAULT_HEARTBEAT = 30.0
@@ -93,8 +94,13 @@ def read_raw(paths: RunPaths) -> dict[str, Any]:
             reason = f"state.json has no valid state ({str(data.get('state'))[:40]!r})"
         else:
             return data
-    return {"run_id": paths.run_id, "state": "unknown", "detail": reason,
-            "hint": f"`gcbundle cancel {paths.run_id}` still stops whatever runs of it; `gcbundle results` fetches what it left"}
+    return {
+        "run_id": paths.run_id,
+        "state": "unknown",
+        "detail": reason,
+        "hint": f"`gcbundle cancel {paths.run_id}` still stops whatever runs of it; "
+        "`gcbundle results` fetches what it left",
+    }
 
 
 def effective(paths: RunPaths, now: float | None = None) -> dict[str, Any]:
@@ -139,8 +145,6 @@ def _number(value: Any) -> float:
 
 
 def _has_processes(run_id: str) -> bool:
-    from login_node.procs import run_processes
-
     return bool(run_processes(run_id))
 
 

@@ -22,7 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import CGROUP_PARENT, CGROUP_ROOT, RenderedEndpoint, SystemdUnit, chown_tree, render_role, run_as, user_env
+from tests.daemon import (
+    CGROUP_PARENT,
+    CGROUP_ROOT,
+    RenderedEndpoint,
+    SystemdUnit,
+    chown_tree,
+    render_role,
+    run_as,
+    user_env,
+)
+from tests.globus_service import COMPUTE_PORT, Endpoint, GlobusStandIn
 from tests.rabbitmq import SETUP_HINT, MissingPrerequisite, RabbitMQ
 
 DAEMON_USER = os.environ.get("GCBUNDLE_DAEMON_USER", "gcbdaemon")
@@ -45,7 +55,7 @@ class DaemonTier:
     base: Path
     user: pwd.struct_passwd
     rabbit: RabbitMQ
-    service: object  # tests.globus_service.GlobusStandIn
+    service: GlobusStandIn
     client_id: str
     client_secret: str
     common_vars: dict[str, object]
@@ -61,18 +71,21 @@ class DaemonTier:
         return Path(str(self.common_vars["gcbundle_endpoint_gcbundle_home"]))
 
     def endpoint_id(self, name: str) -> str:
-        return self.service.endpoint_named(name).id  # type: ignore[attr-defined]
+        return self.service.endpoint_named(name).id
 
     def client_env(self) -> dict[str, str]:
         """What a gcbundle client (or any SDK user) needs to reach the stand-in as the endpoint's owner."""
-        return {**self.service.environment(), "GLOBUS_COMPUTE_CLIENT_ID": self.client_id,  # type: ignore[attr-defined]
-                "GLOBUS_COMPUTE_CLIENT_SECRET": self.client_secret}
+        return {
+            **self.service.environment(),
+            "GLOBUS_COMPUTE_CLIENT_ID": self.client_id,
+            "GLOBUS_COMPUTE_CLIENT_SECRET": self.client_secret,
+        }
 
     def gce(self, *args: str, timeout: float = 120, check: bool = True) -> object:
         """``globus-compute-endpoint ARGS`` as the account, with the unit's environment."""
         env = self.units["gcbundle"].environment()
-        return run_as(self.user, [str(Path(sys.prefix) / "bin" / "globus-compute-endpoint"), *args], env=env,
-                      cwd=self.user.pw_dir, timeout=timeout, check=check)
+        gce = str(Path(sys.prefix) / "bin" / "globus-compute-endpoint")
+        return run_as(self.user, [gce, *args], env=env, cwd=self.user.pw_dir, timeout=timeout, check=check)
 
     def start(self, name: str, timeout: float = 90) -> str:
         """Start (or restart) endpoint ``name``'s unit; its id once the stand-in sees it online."""
@@ -83,29 +96,29 @@ class DaemonTier:
 
     def _registrations(self, name: str) -> int:
         try:
-            return self.service.endpoint_named(name).registrations  # type: ignore[attr-defined]
+            return self.service.endpoint_named(name).registrations
         except KeyError:
             return 0
 
-    def is_up(self, name: str, registrations_before: int) -> object:
+    def is_up(self, name: str, registrations_before: int) -> Endpoint | None:
         """Endpoint ``name`` has registered since and sends heartbeats: its record, else None."""
         try:
-            ep = self.service.endpoint_named(name)  # type: ignore[attr-defined]
+            ep = self.service.endpoint_named(name)
         except KeyError:
             return None
         return ep if ep.registrations > registrations_before and ep.online(time.time()) else None
 
     def wait_online(self, name: str, registrations_before: int, timeout: float = 90) -> str:
-        svc = self.service
-
-        def registered() -> object:
+        def registered() -> Endpoint | None:
             return self.is_up(name, registrations_before)
 
         try:
-            ep = svc.wait_for(registered, timeout, f"endpoint {name} to register and send a heartbeat")  # type: ignore[attr-defined]
+            ep = self.service.wait_for(registered, timeout, f"endpoint {name} to register and send a heartbeat")
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n--- {self.units[name].log}:\n{tail(self.units[name].log)}\n"
-                                 f"--- endpoint.log:\n{tail(self.rendered[name].ep_dir / 'endpoint.log')}") from None
+            raise AssertionError(
+                f"{exc}\n--- {self.units[name].log}:\n{tail(self.units[name].log)}\n"
+                f"--- endpoint.log:\n{tail(self.rendered[name].ep_dir / 'endpoint.log')}"
+            ) from None
         return str(ep.id)
 
 
@@ -123,7 +136,8 @@ def shorten_heartbeats(ep: RenderedEndpoint, seconds: int) -> None:
     text = path.read_text()
     marker = "engine:\n"
     assert marker in text and "heartbeat_period" not in text
-    path.write_text(text.replace(marker, f"heartbeat_period: {seconds}  # test-only (tests/conftest_daemon.py)\n\n{marker}", 1))
+    shorter = f"heartbeat_period: {seconds}  # test-only (tests/conftest_daemon.py)\n\n"
+    path.write_text(text.replace(marker, shorter + marker, 1))
 
 
 def check_prerequisites() -> pwd.struct_passwd:
@@ -146,8 +160,6 @@ def check_prerequisites() -> pwd.struct_passwd:
 
 @pytest.fixture(scope="session")
 def daemon_tier() -> Iterator[DaemonTier]:
-    from tests.globus_service import COMPUTE_PORT, GlobusStandIn
-
     user = check_prerequisites()
     for old in Path(user.pw_dir).glob("daemon-tier-*"):  # earlier sessions' leftovers, once their process is gone
         if not Path(f"/proc/{old.name.rsplit('-', 1)[-1]}").exists():

@@ -42,19 +42,39 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest_ssh import controller_ansible_env
+
 REPO = Path(__file__).resolve().parent.parent
 ROLES = REPO / "ansible" / "roles"
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
 CGROUP_PARENT = f"gcbundle-daemon-tier-{os.getpid()}"
 
 
-def run_as(user: pwd.struct_passwd, argv: list[str], *, env: Mapping[str, str], cwd: Path | str = "/", timeout: float = 120,
-           check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_as(
+    user: pwd.struct_passwd,
+    argv: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str = "/",
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """A command as ``user`` (Popen switches user itself), with only ``env``."""
-    proc = subprocess.run(argv, user=user.pw_uid, group=user.pw_gid, extra_groups=[], env=dict(env), cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        argv,
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        raise RuntimeError(f"{shlex.join(argv)} failed ({proc.returncode}):\n{output}")
     return proc
 
 
@@ -97,8 +117,6 @@ def render_role(workdir: Path, user: pwd.struct_passwd, common: dict[str, object
     directory the account owns: the role writes everything and starts nothing
     (the tests start the unit themselves, the way systemd would).
     """
-    from tests.conftest_ssh import controller_ansible_env
-
     workdir.mkdir(parents=True, exist_ok=True)
     unit_dir.mkdir(parents=True, exist_ok=True)
     play = PLAY_HEAD + "".join(
@@ -119,9 +137,13 @@ def render_role(workdir: Path, user: pwd.struct_passwd, common: dict[str, object
     env["ANSIBLE_ROLES_PATH"] = str(ROLES)
     chown_tree(workdir, user)
     chown_tree(unit_dir, user)
-    run_as(user, ["ansible-playbook", "-i", "localhost,", "play.yml", "-e", "@vars.json"], env=env, cwd=workdir, timeout=600)
+    playbook = ["ansible-playbook", "-i", "localhost,", "play.yml", "-e", "@vars.json"]
+    run_as(user, playbook, env=env, cwd=workdir, timeout=600)
     root = Path(str(common["gcbundle_endpoint_config_root"]))
-    return {name: RenderedEndpoint(name, root / name, unit_dir / f"globus-compute-endpoint-{name}.service") for name in endpoints}
+    return {
+        name: RenderedEndpoint(name, root / name, unit_dir / f"globus-compute-endpoint-{name}.service")
+        for name in endpoints
+    }
 
 
 # -- systemd, emulated -----------------------------------------------------------------------
@@ -223,11 +245,18 @@ class SystemdUnit:
         argv = shlex.split(self.service["ExecStart"][-1])
         # Join the cgroup as root, then drop to the unit's user and exec ExecStart
         # (no process in between, so the main pid is ExecStart's, as under systemd).
-        wrapper = ['/bin/sh', '-c', 'echo $$ > "$1" && shift && exec "$@"', "sh", str(self.cgroup / "cgroup.procs"),
-                   "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--", *argv]
+        join_cgroup = ['/bin/sh', '-c', 'echo $$ > "$1" && shift && exec "$@"', "sh", str(self.cgroup / "cgroup.procs")]
+        drop_user = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
         with open(self.log, "ab") as out:
-            self.main = subprocess.Popen(wrapper, env=self.environment(), cwd="/", stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                         start_new_session=True)
+            self.main = subprocess.Popen(
+                [*join_cgroup, *drop_user, *argv],
+                env=self.environment(),
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         self.starts += 1
         return self.main.pid
 
@@ -318,7 +347,9 @@ class SystemdUnit:
                 self.start()
                 starts += 1
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.path.name}: not up {timeout:.0f} s after its main process exited ({starts} starts)")
+                raise TimeoutError(
+                    f"{self.path.name}: not up {timeout:.0f} s after its main process exited ({starts} starts)"
+                )
             time.sleep(0.5)
 
     def remove(self, *, kill_rest: bool = True) -> None:

@@ -61,7 +61,9 @@ class Failure:
 class FakeComputeService:
     """The Globus Compute web service, as far as gcbundle uses it."""
 
-    def __init__(self, rsps: responses.RequestsMock, endpoint_id: str, workdir: Path, *, result_limit: int = 10 * 1024 * 1024) -> None:
+    def __init__(
+        self, rsps: responses.RequestsMock, endpoint_id: str, workdir: Path, *, result_limit: int = 10 * 1024 * 1024
+    ) -> None:
         self.rsps = rsps
         self.endpoint_id = endpoint_id
         self.workdir = workdir
@@ -92,11 +94,15 @@ class FakeComputeService:
     # -- plumbing ----------------------------------------------------------------------
     def _install(self) -> None:
         uuid_re = r"[0-9a-f-]{36}"
-        self.rsps.add_callback("POST", f"{COMPUTE}/v3/functions", callback=self._guard("register", self._register))
-        self.rsps.add_callback("POST", re.compile(rf"{COMPUTE}/v3/endpoints/{uuid_re}/submit"), callback=self._guard("submit", self._submit))
-        self.rsps.add_callback("GET", re.compile(rf"{COMPUTE}/v2/tasks/{uuid_re}"), callback=self._guard("task", self._task))
-        self.rsps.add_callback("GET", re.compile(rf"{COMPUTE}/v2/endpoints/{uuid_re}/status"), callback=self._guard("status", self._status))
-        self.rsps.add_callback("GET", re.compile(rf"{COMPUTE}/v2/version.*"), callback=self._guard("version", self._version))
+        routes = [  # method, URL, the route's name for ``fail``, handler
+            ("POST", f"{COMPUTE}/v3/functions", "register", self._register),
+            ("POST", re.compile(rf"{COMPUTE}/v3/endpoints/{uuid_re}/submit"), "submit", self._submit),
+            ("GET", re.compile(rf"{COMPUTE}/v2/tasks/{uuid_re}"), "task", self._task),
+            ("GET", re.compile(rf"{COMPUTE}/v2/endpoints/{uuid_re}/status"), "status", self._status),
+            ("GET", re.compile(rf"{COMPUTE}/v2/version.*"), "version", self._version),
+        ]
+        for method, url, route, handler in routes:
+            self.rsps.add_callback(method, url, callback=self._guard(route, handler))
 
     def _guard(self, route: str, handler: Any) -> Any:
         def callback(request: Any) -> tuple[int, dict[str, str], str]:
@@ -114,8 +120,8 @@ class FakeComputeService:
 
         return callback
 
-    def fail(self, route: str, status: int, code: str | None = None, message: str = "", headers: dict[str, str] | None = None,
-             times: int = 1) -> None:
+    def fail(self, route: str, status: int, code: str | None = None, message: str = "",
+             headers: dict[str, str] | None = None, times: int = 1) -> None:
         body = {"code": code, "message": message} if code else {"message": message}
         self.failures.setdefault(route, []).append(Failure(status, body, headers or {}, times))
 
@@ -139,8 +145,8 @@ class FakeComputeService:
         ep = path.split("/")[3]
         if ep not in self.endpoints:
             return 404, {"code": "ENDPOINT_NOT_FOUND", "message": f"Endpoint {ep} could not be found"}
-        return 200, {"status": self.endpoints[ep],
-                     "details": {"total_workers": 1, "idle_workers": 1, "pending_tasks": 0, "outstanding_tasks": 0, "managers": 1}}
+        details = {"total_workers": 1, "idle_workers": 1, "pending_tasks": 0, "outstanding_tasks": 0, "managers": 1}
+        return 200, {"status": self.endpoints[ep], "details": details}
 
     def _version(self, request: Any, path: str) -> tuple[int, dict[str, Any]]:
         return 200, {"api": "1.0", "min_sdk_version": "1.0.0", "min_ep_version": "1.0.0"}
@@ -157,21 +163,24 @@ class FakeComputeService:
             if fid not in self.functions:
                 return 404, {"code": "FUNCTION_NOT_FOUND", "message": f"Function {fid} could not be found"}
             if self.allowed is not None and fid not in self.allowed:
-                return 403, {"code": "FUNCTION_NOT_PERMITTED", "message": f"Function {fid} not permitted on endpoint {ep}"}
+                return 403, {"code": "FUNCTION_NOT_PERMITTED",
+                             "message": f"Function {fid} not permitted on endpoint {ep}"}
             for payload in payloads:
                 size = len(self.functions[fid]["function_code"]) + len(payload)
                 if size > self.task_limit:
                     return 413, {"code": "TASK_PAYLOAD_TOO_LARGE",
                                  "message": f"Task payload of {size} bytes exceeds the {self.task_limit}-byte limit"}
             out[fid] = [self._accept(fid, payload) for payload in payloads]
-        return 200, {"request_id": str(uuid.uuid4()), "task_group_id": str(uuid.uuid4()), "endpoint_id": ep, "tasks": out}
+        return 200, {"request_id": str(uuid.uuid4()), "task_group_id": str(uuid.uuid4()),
+                     "endpoint_id": ep, "tasks": out}
 
     def _accept(self, fid: str, payload: str) -> str:
         tid = str(uuid.uuid4())
         if self.stuck_status:
             self.tasks[tid] = {"task_id": tid, "status": self.stuck_status}
         elif self.remote_error:
-            self.tasks[tid] = {"task_id": tid, "status": "failed", "exception": self.remote_error, "completion_t": str(time.time())}
+            self.tasks[tid] = {"task_id": tid, "status": "failed", "exception": self.remote_error,
+                               "completion_t": str(time.time())}
         else:
             # What the service hands an endpoint: the registered function's
             # buffer followed by the submitted args/kwargs buffers.
@@ -189,7 +198,8 @@ class FakeComputeService:
 
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        result = messagepack.unpack(self._pool.submit(_execute, packed, task_id, str(self.workdir), self.result_limit).result())
+        raw = self._pool.submit(_execute, packed, task_id, str(self.workdir), self.result_limit).result()
+        result = messagepack.unpack(raw)
         doc: dict[str, Any] = {"task_id": str(task_id), "completion_t": str(time.time()),
                                "details": {"python_version": "3.11", "endpoint_id": self.endpoint_id}}
         if result.is_error:
@@ -236,7 +246,11 @@ def client_credentials_grant(request: Any) -> tuple[int, dict[str, str], str]:
     body = request.body.decode() if isinstance(request.body, bytes) else request.body
     tokens = []
     for scope in parse_qs(body)["scope"][0].split():
-        rs, token = ("funcx_service", ACCESS_TOKEN) if scope == COMPUTE_SCOPE else ("auth.globus.org", "fake-auth-token")
-        tokens.append({"access_token": token, "scope": scope, "resource_server": rs, "expires_in": 172800, "token_type": "Bearer"})
+        if scope == COMPUTE_SCOPE:
+            rs, token = "funcx_service", ACCESS_TOKEN
+        else:
+            rs, token = "auth.globus.org", "fake-auth-token"
+        tokens.append({"access_token": token, "scope": scope, "resource_server": rs, "expires_in": 172800,
+                       "token_type": "Bearer"})
     doc = {**tokens[0], "other_tokens": tokens[1:]}
     return 200, {"Content-Type": "application/json"}, json.dumps(doc)

@@ -66,7 +66,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 COMPUTE_PORT = 5000
@@ -80,6 +80,21 @@ HEARTBEATS_QUEUE = "gcb.heartbeats"
 TASK_GROUP_PREFIX = "gcb.taskgroup."
 _UUID = r"[0-9a-fA-F-]{36}"
 _NS = uuid.UUID("6a1b2c3d-0000-4000-8000-00000000c0de")
+
+
+_Message = TypeVar("_Message")
+
+
+def _unpack(body: bytes, kind: type[_Message]) -> _Message | None:
+    """The message an endpoint sent, if ``body`` is a ``kind``; None for anything
+    else, which the stand-in drops as the service would not act on it."""
+    from globus_compute_common import messagepack  # the daemon tier's dependency, not every session's
+
+    try:
+        message = messagepack.unpack(body)
+    except Exception:
+        return None
+    return message if isinstance(message, kind) else None
 
 
 @dataclass
@@ -160,7 +175,9 @@ class Broker:
         chan = conn.channel()
         self._consumer, self._consumer_chan = conn, chan
         for q, handler in self._on.items():
-            def callback(ch: Any, method: Any, props: Any, body: bytes, handler: Callable[[bytes], None] = handler) -> None:
+            def callback(
+                ch: Any, method: Any, props: Any, body: bytes, handler: Callable[[bytes], None] = handler
+            ) -> None:
                 try:
                     handler(body)
                 finally:
@@ -190,7 +207,8 @@ class Broker:
 
     def publish(self, exchange: str, routing_key: str, body: bytes, **props: Any) -> None:
         with self._lock:
-            self._chan.basic_publish(exchange, routing_key, body, self._pika.BasicProperties(delivery_mode=2, **props), mandatory=True)
+            properties = self._pika.BasicProperties(delivery_mode=2, **props)
+            self._chan.basic_publish(exchange, routing_key, body, properties, mandatory=True)
 
     def close(self) -> None:
         if self._consumer is not None and self._consumer_chan is not None:
@@ -258,7 +276,9 @@ class GlobusStandIn:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="standin-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="standin-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -460,8 +480,13 @@ class GlobusStandIn:
         with self.lock:
             rec = self.endpoints.get(cid)
             if rec is None:
-                rec = self.endpoints[cid] = Endpoint(id=cid, name=f"uep.{parent.id}.{cid}", owner=ident, parent=parent.id,
-                                                     user_endpoint_config=config or {})
+                rec = self.endpoints[cid] = Endpoint(
+                    id=cid,
+                    name=f"uep.{parent.id}.{cid}",
+                    owner=ident,
+                    parent=parent.id,
+                    user_endpoint_config=config or {},
+                )
         assert self.broker is not None
         self.broker.declare(f"{cid}.tasks", "gcb.tasks")
         return rec
@@ -503,17 +528,23 @@ class GlobusStandIn:
         if not isinstance(tasks, dict) or "user_runtime" not in doc:
             raise ServiceError(400, "BAD_REQUEST", "tasks (by function id) and user_runtime are required")
         with self.lock:
-            self.submissions.append({"endpoint_id": ep, **{k: v for k, v in doc.items() if k != "tasks"},
-                                     "function_ids": sorted(tasks), "task_count": sum(len(p) for p in tasks.values())})
+            self.submissions.append({
+                "endpoint_id": ep,
+                **{k: v for k, v in doc.items() if k != "tasks"},
+                "function_ids": sorted(tasks),
+                "task_count": sum(len(p) for p in tasks.values()),
+            })
         for fid, payloads in tasks.items():
             if fid not in self.functions:
                 raise ServiceError(404, "FUNCTION_NOT_FOUND", f"Function {fid} could not be found")
-            if self.check_allowed_at_submit and parent.allowed_functions is not None and fid not in parent.allowed_functions:
+            restricted = self.check_allowed_at_submit and parent.allowed_functions is not None
+            if restricted and fid not in parent.allowed_functions:
                 raise ServiceError(403, "FUNCTION_NOT_PERMITTED", f"Function {fid} not permitted on endpoint {ep}")
             for payload in payloads:
                 size = len(self.functions[fid]["function_code"]) + len(payload)
                 if size > TASK_LIMIT:
-                    raise ServiceError(413, "TASK_PAYLOAD_TOO_LARGE", f"Task payload of {size} bytes exceeds the {TASK_LIMIT}-byte limit")
+                    too_large = f"Task payload of {size} bytes exceeds the {TASK_LIMIT}-byte limit"
+                    raise ServiceError(413, "TASK_PAYLOAD_TOO_LARGE", too_large)
         child = self._child(parent, ident, doc.get("user_endpoint_config"))
         tg = str(doc.get("task_group_id") or uuid.uuid4())
         assert self.broker is not None
@@ -530,9 +561,17 @@ class GlobusStandIn:
             for payload in payloads:
                 tid = str(uuid.uuid4())
                 with self.lock:
-                    self.tasks[tid] = TaskRecord(id=tid, function_id=fid, endpoint_id=ep, child_id=child.id, task_group_id=tg, submitted=time.time())
+                    self.tasks[tid] = TaskRecord(
+                        id=tid,
+                        function_id=fid,
+                        endpoint_id=ep,
+                        child_id=child.id,
+                        task_group_id=tg,
+                        submitted=time.time(),
+                    )
                     self.task_groups[tg]["tasks"].append(tid)
-                body = messagepack.pack(Task(task_id=uuid.UUID(tid), task_buffer=self.functions[fid]["function_code"] + payload))
+                task_buffer = self.functions[fid]["function_code"] + payload
+                body = messagepack.pack(Task(task_id=uuid.UUID(tid), task_buffer=task_buffer))
                 self.broker.publish("gcb.tasks", f"{child.id}.tasks", body,
                                     headers={"function_uuid": fid, "task_uuid": tid, **headers_base})
                 out.setdefault(fid, []).append(tid)
@@ -566,7 +605,8 @@ class GlobusStandIn:
         results = {}
         for tid in ids:
             doc = self._task_doc(str(tid))
-            results[str(tid)] = doc if doc is not None else {"task_id": str(tid), "status": "failed", "reason": "unknown task id"}
+            unknown = {"task_id": str(tid), "status": "failed", "reason": "unknown task id"}
+            results[str(tid)] = doc if doc is not None else unknown
         return 200, {"response": "batch", "results": results}
 
     def _amqp_url(self, req: Any, raw: bytes, query: Any) -> tuple[int, dict[str, Any]]:
@@ -583,14 +623,10 @@ class GlobusStandIn:
 
     # -- messages from endpoints -------------------------------------------------------------
     def _on_result(self, body: bytes) -> None:
-        from globus_compute_common import messagepack
         from globus_compute_common.messagepack.message_types import Result
 
-        try:
-            res = messagepack.unpack(body)
-        except Exception:
-            return
-        if not isinstance(res, Result):
+        res = _unpack(body, Result)
+        if res is None:
             return
         tid = str(res.task_id)
         with self.lock:
@@ -609,14 +645,10 @@ class GlobusStandIn:
             self.broker.publish("", f"{TASK_GROUP_PREFIX}{rec.task_group_id}", body)
 
     def _on_heartbeat(self, body: bytes) -> None:
-        from globus_compute_common import messagepack
         from globus_compute_common.messagepack.message_types import EPStatusReport
 
-        try:
-            report = messagepack.unpack(body)
-        except Exception:
-            return
-        if not isinstance(report, EPStatusReport):
+        report = _unpack(body, EPStatusReport)
+        if report is None:
             return
         state = dict(report.global_state or {})
         with self.lock:

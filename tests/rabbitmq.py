@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
-SETUP_HINT = "install it with `scripts/setup.sh --test` (or `scripts/setup_rabbitmq.sh` as root): Debian's rabbitmq-server and the user gcbdaemon"
+SETUP_HINT = (
+    "install it with `scripts/setup.sh --test` (or `scripts/setup_rabbitmq.sh` as root): "
+    "Debian's rabbitmq-server and the user gcbdaemon"
+)
 
 
 class MissingPrerequisite(RuntimeError):
@@ -137,7 +140,9 @@ class RabbitMQ:
             except Exception:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"RabbitMQ did not accept connections within {timeout:.0f} s: {self.tail()}") from None
+                    raise RuntimeError(
+                        f"RabbitMQ did not accept connections within {timeout:.0f} s: {self.tail()}"
+                    ) from None
                 time.sleep(0.5)
 
     def tail(self, lines: int = 20) -> str:

@@ -25,6 +25,7 @@ from bundle.transport import get_transport
 from tests.conftest import write_workflow
 from tests.conftest_daemon import DaemonTier
 from tests.daemon import alive, load_yaml, render_role
+from tests.test_multisite import MULTISITE, load
 
 pytestmark = pytest.mark.daemon
 
@@ -62,7 +63,8 @@ def cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.Comp
     """The gcbundle command, as a user types it (this process's environment)."""
     proc = subprocess.run([GCBUNDLE, *args], capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
-        raise AssertionError(f"gcbundle {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        raise AssertionError(f"gcbundle {' '.join(args)} exited {proc.returncode}\n{output}")
     return proc
 
 
@@ -174,14 +176,16 @@ def test_multisite_executor_path_through_the_daemon(gc_client: DaemonTier, tmp_p
     login node, sends `preprocess` and `analyse` through the SDK's Executor
     (Parsl's GlobusComputeExecutor) to two more daemon endpoints, with the
     credentials the role gave the endpoint; results come back over AMQP."""
-    from tests.test_multisite import MULTISITE, load
-
     tier = gc_client
     a, b = tier.endpoint_id("gcbundle"), tier.endpoint_id("gcbundle-idle")
     cli("endpoints", "add", "ms", a)
     first = len(tier.service.submissions)
-    sub = cli_json("submit", str(MULTISITE / "workflow.py"), "--endpoint", "ms", "--config", str(MULTISITE / "globus_config.py"),
-                   "--set", f"preprocess_endpoint={a}", "--set", f"analysis_endpoint={b}", "--wait", timeout=600)
+    sub = cli_json(
+        "submit", str(MULTISITE / "workflow.py"), "--endpoint", "ms",
+        "--config", str(MULTISITE / "globus_config.py"),
+        "--set", f"preprocess_endpoint={a}", "--set", f"analysis_endpoint={b}",
+        "--wait", timeout=600,
+    )  # fmt: skip
     assert sub["status"] == "success" and sub["data"]["state"]["state"] == "succeeded", sub
     run_id = sub["data"]["run_id"]
     out = tmp_path / "res"
@@ -224,7 +228,8 @@ def test_function_not_permitted_then_register_and_allow(gc_client: DaemonTier, t
         refused = status_task()
     finally:
         tier.service.check_allowed_at_submit = True
-    assert isinstance(refused, FunctionNotPermitted) and "the endpoint refused to run the status task" in str(refused), refused
+    assert isinstance(refused, FunctionNotPermitted), refused
+    assert "the endpoint refused to run the status task" in str(refused), refused
     assert "not permitted on endpoint" in str(refused)
 
     registered = cli_json("register", "--endpoint", "allow", "-o", str(tmp_path / "gcbundle-functions.yaml"))

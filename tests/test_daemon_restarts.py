@@ -69,7 +69,12 @@ def _unit_with(tmp_path: Path, text: str, name: str) -> SystemdUnit:
     """``text`` with ExecStart replaced: a main process that starts a detached
     (new session) child, as the endpoint's worker starts a run driver."""
     script = tmp_path / f"{name}.sh"
-    script.write_text(f"#!/bin/sh\nsetsid sleep 300 </dev/null >/dev/null 2>&1 &\necho $! > {tmp_path}/{name}.child\nexec sleep 300\n")
+    script.write_text(
+        "#!/bin/sh\n"
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 &\n"
+        f"echo $! > {tmp_path}/{name}.child\n"
+        "exec sleep 300\n"
+    )
     script.chmod(0o755)
     lines = [f"ExecStart={script}" if line.startswith("ExecStart=") else line for line in text.splitlines()]
     path = tmp_path / f"{name}.service"
@@ -145,7 +150,9 @@ def test_drivers_outlive_unit_restart_endpoint_stop_and_a_manager_crash(gc_clien
     assert done["state"]["pid"] == driver
 
 
-def test_user_endpoint_stops_on_idleness_mid_run_and_the_next_task_says_cold_start(gc_client: DaemonTier, tmp_path: Path) -> None:
+def test_user_endpoint_stops_on_idleness_mid_run_and_the_next_task_says_cold_start(
+    gc_client: DaemonTier, tmp_path: Path
+) -> None:
     """`gcbundle-idle` stops its user endpoint process after two idle 5 s
     heartbeats; the run goes on in its driver; the next task starts a new
     process (a cold start) and the client says so instead of looking hung."""

@@ -39,13 +39,18 @@ def test_local_mode_passes_on_this_machine(home: Path) -> None:
     assert code == 0 and env["status"] == "success", env
     data = env["data"]
     assert data["ok"] and data["home"] == str(home) and data["versions"] == local_versions()
-    assert by_name["batch scheduler"]["status"] == "ok"
-    assert "/usr/bin/sbatch" in by_name["batch scheduler"]["detail"] and "qsub /" in by_name["batch scheduler"]["detail"]
-    assert by_name["batch scheduler"]["detail"].endswith("slurm, pbs answers")
-    assert by_name["MPI launchers"]["status"] == "ok" and "mpiexec /usr/bin/mpiexec" in by_name["MPI launchers"]["detail"]
-    assert by_name["GCBUNDLE_HOME"]["status"] == "ok" and "GiB free" in by_name["GCBUNDLE_HOME"]["detail"]
-    assert by_name["worker_init"] == {"name": "worker_init", "status": "ok", "fix": "",
-                                      "detail": f"workers get Parsl {parsl.__version__} from {sys.executable}"}
+    scheduler, launchers, gc_home = by_name["batch scheduler"], by_name["MPI launchers"], by_name["GCBUNDLE_HOME"]
+    assert scheduler["status"] == "ok"
+    assert "/usr/bin/sbatch" in scheduler["detail"] and "qsub /" in scheduler["detail"]
+    assert scheduler["detail"].endswith("slurm, pbs answers")
+    assert launchers["status"] == "ok" and "mpiexec /usr/bin/mpiexec" in launchers["detail"]
+    assert gc_home["status"] == "ok" and "GiB free" in gc_home["detail"]
+    assert by_name["worker_init"] == {
+        "name": "worker_init",
+        "status": "ok",
+        "fix": "",
+        "detail": f"workers get Parsl {parsl.__version__} from {sys.executable}",
+    }
 
 
 def test_endpoint_mode_with_the_slurm_profile(home: Path) -> None:
@@ -62,18 +67,20 @@ def test_endpoint_mode_with_the_slurm_profile(home: Path) -> None:
 
 def test_polaris_profile_fails_here_and_says_how_to_fix(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A login node without PBS commands nor the interface the profile names."""
-    monkeypatch.setenv("PATH", os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
-                                               if not Path(d, "qsub").exists()))
-    code, env, by_name = doctor("--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0")
+    without_pbs = [d for d in os.environ["PATH"].split(os.pathsep) if not Path(d, "qsub").exists()]
+    monkeypatch.setenv("PATH", os.pathsep.join(without_pbs))
+    polaris = ("--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0")
+    code, env, by_name = doctor(*polaris)
     assert code == ChecksFailed.exit_code and env["status"] == "error"
     assert "2 doctor checks failed: batch scheduler, address of executors[0]" in env["errors"][0]["message"]
     assert by_name["batch scheduler"]["status"] == "fail" and "qsub, qstat, qdel" in by_name["batch scheduler"]["fix"]
     address = by_name["address of executors[0]"]
     assert address["status"] == "fail" and "address_by_interface(ifname='nosuch0') failed here" in address["detail"]
     assert "--set ifname=" in address["fix"]
-    res = CliRunner().invoke(main, ["doctor", "--local", "--site", "polaris", "--set", "account=proj", "--set", "ifname=nosuch0"])
+    res = CliRunner().invoke(main, ["doctor", *polaris])
     assert res.exit_code == ChecksFailed.exit_code
-    assert "  FAIL  address of executors[0]" in res.stdout and "fix: no nosuch0 on this login node, but it has hsn0, bond0" in res.stdout
+    assert "  FAIL  address of executors[0]" in res.stdout
+    assert "fix: no nosuch0 on this login node, but it has hsn0, bond0" in res.stdout
     assert "gcbundle: error: 2 doctor checks failed" in res.stderr
 
 
@@ -82,7 +89,8 @@ def test_polaris_profile_passes_on_the_virtual_login_node(pbs_cluster: None, hom
     code, env, by_name = doctor("--endpoint", "local", "--site", "polaris", "--set", "account=proj")
     assert code == 0, env
     assert by_name["batch scheduler"]["detail"].endswith("pbs answers")
-    assert by_name["address of executors[0]"]["detail"] == f"address_by_interface(ifname='hsn0') = {LOGIN_HSN_ADDRESS}"
+    address = by_name["address of executors[0]"]
+    assert address["detail"] == f"address_by_interface(ifname='hsn0') = {LOGIN_HSN_ADDRESS}"
 
 
 def test_missing_required_parameter_is_a_failing_check(home: Path) -> None:
@@ -94,7 +102,9 @@ def test_missing_required_parameter_is_a_failing_check(home: Path) -> None:
 def test_site_defaults_give_the_account(home: Path) -> None:
     """A parameter the Ansible role wrote into site-defaults.yaml counts, as in the driver."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "site-defaults.yaml").write_text("profile_params:\n  account: m0000\n  ifname: lo\nworker_init: export GCBUNDLE_DOCTOR_SITE=1\n")
+    (home / "site-defaults.yaml").write_text(
+        "profile_params:\n  account: m0000\n  ifname: lo\nworker_init: export GCBUNDLE_DOCTOR_SITE=1\n"
+    )
     _, _, by_name = doctor("--local", "--site", "perlmutter")
     assert by_name["site profile"]["status"] == "ok"
     assert by_name["address of executors[0]"]["status"] == "ok"
@@ -117,7 +127,9 @@ def test_worker_init_that_changes_parsl_fails(tmp_path: Path, home: Path) -> Non
     assert code == ChecksFailed.exit_code
     check = by_name["worker_init"]
     assert check["status"] == "fail"
-    assert check["detail"].startswith(f"workers would run Parsl 1999.1.1 ({sys.executable}), the driver runs {parsl.__version__}")
+    assert check["detail"].startswith(
+        f"workers would run Parsl 1999.1.1 ({sys.executable}), the driver runs {parsl.__version__}"
+    )
     assert "the interchange refuses managers of another Parsl" in check["fix"]
 
 
@@ -141,8 +153,9 @@ def test_missing_scheduler_commands(home: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
     code, _, by_name = doctor("--local", "--site", "slurm")
     assert code == ChecksFailed.exit_code
-    assert by_name["batch scheduler"]["status"] == "fail" and "sbatch not found" in by_name["batch scheduler"]["detail"]
-    assert by_name["MPI launchers"]["status"] == "warn" and "MpiExecLauncher runs `mpiexec`" in by_name["MPI launchers"]["detail"]
+    scheduler, launchers = by_name["batch scheduler"], by_name["MPI launchers"]
+    assert scheduler["status"] == "fail" and "sbatch not found" in scheduler["detail"]
+    assert launchers["status"] == "warn" and "MpiExecLauncher runs `mpiexec`" in launchers["detail"]
 
 
 def test_no_mpi_launcher_is_a_warning_not_ok(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,7 +167,8 @@ def test_no_mpi_launcher_is_a_warning_not_ok(home: Path, monkeypatch: pytest.Mon
     assert launchers["status"] == "warn" and launchers["detail"] == "mpiexec not found, srun not found"
     assert "no MPI launcher on this login node's PATH" in launchers["fix"]
     _, _, by_name = doctor("--local", "--site", "local")
-    assert by_name["MPI launchers"]["status"] == "ok" and by_name["MPI launchers"]["detail"].endswith("(the profile starts its workers without one)")
+    launchers = by_name["MPI launchers"]
+    assert launchers["status"] == "ok" and launchers["detail"].endswith("(the profile starts its workers without one)")
 
 
 def test_doctor_needs_an_endpoint_or_local() -> None:
@@ -163,8 +177,14 @@ def test_doctor_needs_an_endpoint_or_local() -> None:
 
 
 #: The polaris profile on the virtual site: only what the machine lacks overridden (see tests/test_pbs_e2e.py).
-POLARIS_HERE = ("--set", "account=proj", "--set", "bind_cmd=--bind-to", "--set", "mpi_overrides=", "--set", "cpus_per_node=2",
-                "--set", "select_options=mpiprocs=1", "--set", "cpu_affinity=alternating")
+POLARIS_HERE = (
+    "--set", "account=proj",
+    "--set", "bind_cmd=--bind-to",
+    "--set", "mpi_overrides=",
+    "--set", "cpus_per_node=2",
+    "--set", "select_options=mpiprocs=1",
+    "--set", "cpu_affinity=alternating",
+)  # fmt: skip
 
 
 @pytest.mark.timeout(300)
@@ -175,7 +195,8 @@ def test_probe_job_reaches_the_login_node_on_hsn0(pbs_cluster: None, home: Path)
     assert code == 0, env
     reach = by_name["compute node reaches executors[0]"]
     assert reach["status"] == "ok"
-    assert re.fullmatch(rf"probe job \d+\.\S+ on cn\d reached {re.escape(LOGIN_HSN_ADDRESS)}:5\d{{4}} in [\d.]+ s", reach["detail"]), reach
+    reached = rf"probe job \d+\.\S+ on cn\d reached {re.escape(LOGIN_HSN_ADDRESS)}:5\d{{4}} in [\d.]+ s"
+    assert re.fullmatch(reached, reach["detail"]), reach
 
 
 @pytest.mark.timeout(300)
@@ -183,11 +204,17 @@ def test_probe_catches_an_address_the_compute_nodes_cannot_reach(pbs_cluster: No
     """An interface of this login node outside the site's links (eth0 here):
     the address check passes, but the compute nodes have no route to it, and
     only the probe can tell."""
-    shown = subprocess.run(["ip", "-4", "-br", "addr"], capture_output=True, text=True, timeout=30, check=True).stdout.split("\n")
-    outside = [line.split()[0].split("@")[0] for line in shown
-               if len(line.split()) >= 3 and line.split()[0].split("@")[0] not in ("lo", "bond0", "hsn0")]
+    ip = subprocess.run(["ip", "-4", "-br", "addr"], capture_output=True, text=True, timeout=30, check=True)
+    shown = ip.stdout.split("\n")
+    outside = [
+        line.split()[0].split("@")[0]
+        for line in shown
+        if len(line.split()) >= 3 and line.split()[0].split("@")[0] not in ("lo", "bond0", "hsn0")
+    ]
     assert outside, f"this login node has no interface outside the site's links: {shown}"
-    code, env, by_name = doctor("--local", "--site", "polaris", *POLARIS_HERE, "--set", f"ifname={outside[0]}", "--probe")
+    code, env, by_name = doctor(
+        "--local", "--site", "polaris", *POLARIS_HERE, "--set", f"ifname={outside[0]}", "--probe"
+    )
     assert code == ChecksFailed.exit_code
     assert by_name["address of executors[0]"]["status"] == "ok"
     reach = by_name["compute node reaches executors[0]"]

@@ -7,7 +7,6 @@ the real CLI, API, transport checks and results writer."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,20 @@ from click.testing import CliRunner
 from bundle import api, transport
 from bundle import doctor as client_doctor
 from bundle.cli import main
-from bundle.registry import Registry, RunRecord
+from bundle.errors import ResultsError
+from bundle.registry import Registry
 from tests.conftest import write_workflow
 from tests.hostile_replies import CASES, ESCAPES, GOOD, GOOD_CHUNK, RUN, HostileLoginNode, listing
+from tests.registry_rows import row
 
 ARGS = {
-    "status": ["status", RUN], "logs": ["logs", RUN], "cancel": ["cancel", RUN], "results": ["results", RUN, "-o", "{dest}"],
-    "doctor": ["doctor", "--endpoint", "local"], "list": ["list", "--endpoint", "local"], "submit": ["submit", "{wf}"],
+    "status": ["status", RUN],
+    "logs": ["logs", RUN],
+    "cancel": ["cancel", RUN],
+    "results": ["results", RUN, "-o", "{dest}"],
+    "doctor": ["doctor", "--endpoint", "local"],
+    "list": ["list", "--endpoint", "local"],
+    "submit": ["submit", "{wf}"],
 }
 
 
@@ -32,9 +38,7 @@ def _files(root: Path, skip: Path) -> set[str]:
 
 
 def _registered() -> None:
-    now = time.time()
-    Registry().adopt(RunRecord(run_id=RUN, endpoint="local", digest="0" * 64, workflow="wf.py", site=None, state="running",
-                             submitted=now, updated=now))
+    Registry().adopt(row(RUN))
 
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, replies: dict[str, Any]) -> tuple[Any, Path]:
@@ -53,7 +57,9 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, replies:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_hostile_reply_is_one_error_line_and_writes_nothing_outside(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hostile_reply_is_one_error_line_and_writes_nothing_outside(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     command, replies = CASES[case]
     write_workflow(tmp_path / "wf", "def main():\n    return 1\n")
     before = _files(tmp_path, tmp_path / "res")
@@ -75,12 +81,15 @@ def test_the_corpus_has_at_least_thirty_shapes() -> None:
     assert {command for command, _ in CASES.values()} == set(ARGS)
 
 
-def test_escape_sequences_from_the_login_node_are_shown_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_escape_sequences_from_the_login_node_are_shown_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     res, _ = _run(tmp_path, monkeypatch, "status", {"status": ESCAPES})
     assert res.exit_code == 0, res.output
     assert "\x1b" not in res.output and "\x9b" not in res.output and "\x07" not in res.output
     assert "\\x1b]0;owned\\x07\\x1b[2Jcleared" in res.output and "\\x9b31mred" in res.output
-    error = {"protocol": 3, "ok": False, "error": {"type": "RunStateError", "message": "no\x1b[2J\nline two", "hint": "\x1b[31m"}}
+    hostile_error = {"type": "RunStateError", "message": "no\x1b[2J\nline two", "hint": "\x1b[31m"}
+    error = {"protocol": 3, "ok": False, "error": hostile_error}
     res, _ = _run(tmp_path, monkeypatch, "cancel", {"cancel": {"__envelope__": error}})
     assert res.exit_code == 6 and len(res.stderr.strip().splitlines()) == 1 and "\x1b" not in res.stderr, res.stderr
 
@@ -99,8 +108,6 @@ def test_a_result_json_that_is_not_json_is_a_results_error(tmp_path: Path, monke
 
 
 def test_a_state_json_that_is_not_json_stops_run_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bundle.errors import ResultsError
-
     files = [("state.json", b"[1, 2")]
     hostile = HostileLoginNode({"results_manifest": listing(files), "results_chunk": {"index": 0, "data": b"[1, 2"}})
     _registered()

@@ -69,7 +69,7 @@ def test_only_the_meeting_points_of_bundle_import_login_node() -> None:
         rel = path.relative_to(REPO).as_posix()
         if rel in MAY_IMPORT_LOGIN_NODE:
             continue
-        for line, statement in _login_node_imports(path.read_text()):
+        for line, statement in _login_node_imports(path.read_text(encoding="utf-8")):
             if f"{rel}: {statement}" not in ON_THE_WAY_OUT:
                 found.append(f"{rel}:{line}: {statement}")
     assert found == [], (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,14 @@ from click.testing import CliRunner
 
 from bundle import api
 from bundle.cli import main
-from bundle.errors import RunNotFound, RunStateError, SiteProfileError
+from bundle.errors import ProtocolMismatch, RunNotFound, RunStateError, SiteProfileError
+from bundle.limits import CHUNK_BYTES
+from bundle.protocol import unwrap
 from bundle.registry import Registry
 from bundle.transport import Tally
-from bundle.transport.local import LocalTransport
+from bundle.transport.local import LocalTransport, _execute
+from bundle.transport.wire import pack_task, unpack_result
+from login_node import tasks
 from login_node.procs import run_processes
 from tests.conftest import EXAMPLES, write_workflow
 from tests.hostile import valid_bundle
@@ -145,20 +150,14 @@ def test_login_node_tasks_refuse_path_like_run_ids(task: str, bad: object, home:
 
 
 def test_protocol_mismatch_says_which_side_to_upgrade() -> None:
-    from bundle.errors import ProtocolMismatch
-    from bundle.protocol import unwrap
-    from bundle.transport.local import _execute
-    from bundle.transport.wire import pack_task, unpack_result
-    from login_node import tasks
-
     newer = {"protocol": 99, "client_version": "9.9", "run_id": "0123456789ab"}
     _, packed = pack_task(tasks.status, newer)
     with pytest.raises(ProtocolMismatch, match="upgrade gcbundle on the login node"):
-        unwrap(unpack_result(_execute(packed, __import__("uuid").uuid4(), os.getcwd())))
+        unwrap(unpack_result(_execute(packed, uuid.uuid4(), os.getcwd())))
     older = {"protocol": 0, "run_id": "0123456789ab"}
     _, packed = pack_task(tasks.status, older)
     with pytest.raises(ProtocolMismatch, match="upgrade your gcbundle client"):
-        unwrap(unpack_result(_execute(packed, __import__("uuid").uuid4(), os.getcwd())))
+        unwrap(unpack_result(_execute(packed, uuid.uuid4(), os.getcwd())))
 
 
 def test_cancel_stops_the_driver_and_every_process(tmp_path: Path) -> None:
@@ -187,8 +186,6 @@ def test_cancel_stops_the_driver_and_every_process(tmp_path: Path) -> None:
 
 
 def test_large_bundle_is_staged_in_chunks_once(tmp_path: Path, home: Path) -> None:
-    from bundle.limits import CHUNK_BYTES
-
     write_workflow(tmp_path / "wf", "import os\n\ndef main():\n    return os.path.getsize('blob.bin')\n")
     (tmp_path / "wf" / "blob.bin").write_bytes(os.urandom(CHUNK_BYTES + 1_000_000))
     t = LocalTransport()
@@ -208,8 +205,6 @@ def test_large_bundle_is_staged_in_chunks_once(tmp_path: Path, home: Path) -> No
 
 
 def test_results_resume_after_the_client_dies(tmp_path: Path) -> None:
-    from bundle.limits import CHUNK_BYTES
-
     wf = write_workflow(tmp_path / "wf", (
         "import os\n\ndef main():\n    out = os.environ['GCBUNDLE_OUTPUT_DIR']\n"
         f"    for i in range(3):\n        with open(os.path.join(out, f'part{{i}}.bin'), 'wb') as f:\n            "

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from bundle import api
 from bundle.cli import main
 from bundle.errors import SiteProfileError
+from bundle.pack import pack
 from tests.conftest import EXAMPLES
 from tests.fake_globus import AUTH, COMPUTE, client_credentials_grant
 
@@ -58,7 +59,10 @@ def test_offline_variant_runs_end_to_end(tmp_path: Path, workflow: ModuleType) -
 
     files = sorted((MULTISITE / "experiments").glob("*.csv"))
     assert value["experiments"] == [p.name for p in files] == ["run-01.csv", "run-02.csv", "run-03.csv", "run-04.csv"]
-    expected = [len(workflow._analyse(workflow._preprocess(workflow.read_experiment(str(p)), 3), 2.5)["events"]) for p in files]
+    expected = [
+        len(workflow._analyse(workflow._preprocess(workflow.read_experiment(str(p)), 3), 2.5)["events"])
+        for p in files
+    ]
     assert value["events_per_experiment"] == expected and sum(expected) > 0
     rows = list(csv.reader((tmp_path / "res" / run.id / "outputs" / "events.csv").read_text().splitlines()))
     assert rows[0] == ["experiment", "events", "first_event", "peak"] and [int(r[1]) for r in rows[1:]] == expected
@@ -68,8 +72,6 @@ def test_offline_variant_runs_end_to_end(tmp_path: Path, workflow: ModuleType) -
 
 def test_without_its_folder_the_workflow_is_warned_about_experiments(tmp_path: Path) -> None:
     """--only-imports leaves ./experiments behind; the literal in main() is named before anything is sent."""
-    from bundle.pack import pack
-
     res = pack(MULTISITE / "workflow.py", tmp_path / "b.tar.gz", only_imports=True)
     assert [f.path for f in res.manifest.files] == ["workflow.py"]
     assert len(res.warnings) == 1 and res.warnings[0].startswith("workflow.py:")
@@ -94,11 +96,16 @@ def test_remote_apps_travel_by_value(tmp_path: Path, workflow: ModuleType) -> No
         "print(f([0.0, 3.0, 0.0, 3.0], 2))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    ok = subprocess.run([sys.executable, "-c", probe, str(shipped)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    def run_probe(serialized: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-c", probe, str(serialized)]
+        return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    ok = run_probe(shipped)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == str(workflow._preprocess([0.0, 3.0, 0.0, 3.0], 2))
     # the same function defined the ordinary way would need the workflow module there
-    bad = subprocess.run([sys.executable, "-c", probe, str(plain)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    bad = run_probe(plain)
     assert bad.returncode != 0 and "No module named 'multisite_workflow'" in bad.stderr
 
 
@@ -111,7 +118,8 @@ def faked_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[r
     monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_SECRET", "fake-secret")
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.add_callback("POST", f"{AUTH}/v2/oauth2/token", callback=client_credentials_grant)
-        rsps.add("GET", f"{COMPUTE}/v2/version", json={"api": "1.0", "min_sdk_version": "1.0.0", "min_ep_version": "1.0.0"})
+        version = {"api": "1.0", "min_sdk_version": "1.0.0", "min_ep_version": "1.0.0"}
+        rsps.add("GET", f"{COMPUTE}/v2/version", json=version)
         yield rsps
 
 
@@ -123,9 +131,10 @@ def test_real_site_config_maps_labels_to_globus_compute_executors(faked_service:
     try:
         by_label = {e.label: e for e in config.executors}
         assert set(by_label) == {"preprocess", "analysis", "postprocess"}
-        assert isinstance(by_label["preprocess"], GlobusComputeExecutor) and str(by_label["preprocess"].executor.endpoint_id) == a
-        assert isinstance(by_label["analysis"], GlobusComputeExecutor) and str(by_label["analysis"].executor.endpoint_id) == b
-        assert isinstance(by_label["postprocess"], HighThroughputExecutor) and by_label["postprocess"].max_workers_per_node == 2
+        preprocess, analysis, postprocess = by_label["preprocess"], by_label["analysis"], by_label["postprocess"]
+        assert isinstance(preprocess, GlobusComputeExecutor) and str(preprocess.executor.endpoint_id) == a
+        assert isinstance(analysis, GlobusComputeExecutor) and str(analysis.executor.endpoint_id) == b
+        assert isinstance(postprocess, HighThroughputExecutor) and postprocess.max_workers_per_node == 2
     finally:
         for e in config.executors:
             if isinstance(e, GlobusComputeExecutor):
@@ -143,7 +152,11 @@ def test_real_site_config_without_credentials_says_what_to_do(tmp_path: Path, mo
 
 def test_readme_commands_match_the_files() -> None:
     readme = (MULTISITE / "README.md").read_text()
-    assert "gcbundle submit examples/multisite/workflow.py --endpoint local --site examples/multisite/offline.yaml --wait" in readme
+    offline = (
+        "gcbundle submit examples/multisite/workflow.py --endpoint local "
+        "--site examples/multisite/offline.yaml --wait"
+    )
+    assert offline in readme
     assert "--config examples/multisite/globus_config.py" in readme
     for name in ("preprocess_endpoint", "analysis_endpoint"):
         assert f"--set {name}=" in readme and name in (MULTISITE / "globus_config.py").read_text()

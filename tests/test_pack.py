@@ -20,18 +20,35 @@ def test_only_imports_follows_imports_and_declared_includes(tmp_path: Path) -> N
     (tmp_path / "wf" / "helper.py").parent.mkdir(parents=True)
     wf = write_workflow(
         tmp_path / "wf",
-        "import helper\nfrom pkg import mod\nfrom pkg.sub import deep\nimport numpy\nGCBUNDLE_INCLUDE = ['data/in.txt']\n\ndef main(n=1):\n    "
-        "return n\n",
+        "import helper\nfrom pkg import mod\nfrom pkg.sub import deep\nimport numpy\n"
+        "GCBUNDLE_INCLUDE = ['data/in.txt']\n\ndef main(n=1):\n    return n\n",
     )
-    for rel, text in {"helper.py": "X = 1\n", "pkg/__init__.py": "", "pkg/mod.py": "from . import sibling\n", "pkg/sibling.py": "Y = 2\n",
-                      "pkg/sub/__init__.py": "", "pkg/sub/deep.py": "Z = 3\n", "data/in.txt": "hi\n", "unused.py": "u = 1\n"}.items():
+    tree = {
+        "helper.py": "X = 1\n",
+        "pkg/__init__.py": "",
+        "pkg/mod.py": "from . import sibling\n",
+        "pkg/sibling.py": "Y = 2\n",
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/deep.py": "Z = 3\n",
+        "data/in.txt": "hi\n",
+        "unused.py": "u = 1\n",
+    }
+    for rel, text in tree.items():
         p = tmp_path / "wf" / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
     res = pack(wf, tmp_path / "b.tar.gz", only_imports=True)
     paths = [f.path for f in res.manifest.files]
-    assert paths == ["data/in.txt", "helper.py", "pkg/__init__.py", "pkg/mod.py", "pkg/sibling.py", "pkg/sub/__init__.py", "pkg/sub/deep.py",
-                     "workflow.py"]
+    assert paths == [
+        "data/in.txt",
+        "helper.py",
+        "pkg/__init__.py",
+        "pkg/mod.py",
+        "pkg/sibling.py",
+        "pkg/sub/__init__.py",
+        "pkg/sub/deep.py",
+        "workflow.py",
+    ]
     assert res.manifest.mode == "function"
     assert res.manifest.entry == "workflow.py"
 
@@ -65,8 +82,9 @@ def test_digest_changes_with_content_and_args_but_not_mtime(tmp_path: Path) -> N
 def test_directory_excludes_secrets_tools_and_ignored_files_with_reasons(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     write_workflow(root, "def main():\n    return 0\n")
-    for rel in (".git/config", "venv/pyvenv.cfg", "venv/lib/x.py", "__pycache__/a.pyc", ".env", "keys/server.pem", "id_rsa", ".netrc",
-                "big/data.bin", "keep/data.bin", "notes.txt"):
+    tools = (".git/config", "venv/pyvenv.cfg", "venv/lib/x.py", "__pycache__/a.pyc")
+    secrets = (".env", "keys/server.pem", "id_rsa", ".netrc")
+    for rel in (*tools, *secrets, "big/data.bin", "keep/data.bin", "notes.txt"):
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
@@ -76,8 +94,10 @@ def test_directory_excludes_secrets_tools_and_ignored_files_with_reasons(tmp_pat
     paths = {f.path for f in res.manifest.files}
     assert paths == {".gcbundleignore", "workflow.py", "keep/data.bin"}
     reasons = dict(res.excluded)
-    assert "secret" in reasons[".env"] and "secret" in reasons["keys/server.pem"] and "secret" in reasons["id_rsa"] and "secret" in reasons[".netrc"]
-    assert reasons["big/"] == "matched .gcbundleignore (big/)" and reasons["notes.txt"] == "matched .gcbundleignore (*.txt)"
+    assert "secret" in reasons[".env"] and "secret" in reasons["keys/server.pem"]
+    assert "secret" in reasons["id_rsa"] and "secret" in reasons[".netrc"]
+    assert reasons["big/"] == "matched .gcbundleignore (big/)"
+    assert reasons["notes.txt"] == "matched .gcbundleignore (*.txt)"
     assert "virtualenv" in reasons["venv/"] and "tool" in reasons[".git/"]
     assert "outside" in reasons["escape"]
 
@@ -126,12 +146,12 @@ def test_syntax_error_is_a_clear_error(tmp_path: Path) -> None:
         pack(wf, tmp_path / "b.tar.gz")
 
 
-def test_bundle_over_the_size_cap_is_refused_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bundle.archive
-
+def test_bundle_over_the_size_cap_is_refused_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_workflow(tmp_path / "w", "def main():\n    return 0\n")
     (tmp_path / "w" / "blob.bin").write_bytes(os.urandom(200_000))
-    monkeypatch.setattr(bundle.archive, "MAX_BUNDLE_BYTES", 100_000)
+    monkeypatch.setattr(archive, "MAX_BUNDLE_BYTES", 100_000)
     with pytest.raises(BundleError, match="more than the cap"):
         pack(tmp_path / "w", tmp_path / "b.tar.gz")
     assert list(tmp_path.glob("*.tar.gz")) == [] and list(tmp_path.glob(".*tmp")) == []

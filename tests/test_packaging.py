@@ -20,8 +20,13 @@ def test_building_the_wheel_prints_no_warnings(tmp_path: Path) -> None:
     assert proc.stdout == "" and proc.stderr == "", proc.stdout + proc.stderr
     (wheel,) = tmp_path.glob("gcbundle-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    packages = {p.parent.relative_to(REPO).as_posix() for top in ("bundle", "login_node") for p in (REPO / top).rglob("__init__.py")}
-    assert packages and all(f"{pkg}/__init__.py" in names for pkg in packages), packages - {n.rsplit("/", 1)[0] for n in names}
+    packages = {
+        p.parent.relative_to(REPO).as_posix()
+        for top in ("bundle", "login_node")
+        for p in (REPO / top).rglob("__init__.py")
+    }
+    missing = packages - {n.rsplit("/", 1)[0] for n in names}
+    assert packages and all(f"{pkg}/__init__.py" in names for pkg in packages), missing
     sites = {f"bundle/sites/{p.name}" for p in (REPO / "bundle" / "sites").glob("*.yaml")}
     assert sites and sites <= names
     metadata = next(n for n in names if n.endswith("/METADATA"))

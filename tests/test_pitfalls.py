@@ -8,6 +8,7 @@ Globus Compute endpoint lays it out. No scheduler command runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import parsl
 import pytest
@@ -52,10 +53,14 @@ def test_endpoint_version() -> None:
 
 
 def _tmpdir_check(site: str, params: dict[str, object], tmp_path: Path) -> dict[str, str]:
-    config = profiles.build_config(profiles.substitute(profiles.load(site), params), factory=lambda k, t, kw,
-                                   w: "127.0.0.1" if k == "address" else t(**kw))
+    def loopback_address(kind: str, cls: Any, kwargs: dict[str, Any], where: str) -> Any:
+        return "127.0.0.1" if kind == "address" else cls(**kwargs)
+
+    config = profiles.build_config(profiles.substitute(profiles.load(site), params), factory=loopback_address)
     provider = config.executors[0].provider
-    prelude = job_prelude.worker_prelude(bindir="/usr/bin", bundle_dir=str(tmp_path / "b"), outputs_dir=str(tmp_path / "o"), run_id="x")
+    prelude = job_prelude.worker_prelude(
+        bindir="/usr/bin", bundle_dir=str(tmp_path / "b"), outputs_dir=str(tmp_path / "o"), run_id="x"
+    )
     prelude = "\n".join(line for line in prelude.splitlines() if not line.startswith("cd ")) + "\n"
     scheduler = schedulers.PROVIDER_SCHEDULER.get(type(provider).__name__)
     return pitfalls.worker_tmpdir(prelude, provider.worker_init, scheduler, type(provider.launcher).__name__, tmp_path)
@@ -85,7 +90,8 @@ def test_alcf_profiles_pass_the_tmpdir_check(site: str, polaris_pbs_conf: None, 
 
 def test_a_long_tmpdir_set_in_worker_init_fails(tmp_path: Path) -> None:
     long = "/scratch/" + "x" * 80
-    found = _tmpdir_check("slurm", {"worker_init": f"mkdir -p {tmp_path}{long} && export TMPDIR={tmp_path}{long}"}, tmp_path)
+    worker_init = f"mkdir -p {tmp_path}{long} && export TMPDIR={tmp_path}{long}"
+    found = _tmpdir_check("slurm", {"worker_init": worker_init}, tmp_path)
     assert found["status"] == "fail" and f"TMPDIR={tmp_path}{long} from worker_init" in found["detail"], found
 
 
@@ -116,9 +122,11 @@ def test_idle_timers(tmp_path: Path) -> None:
     assert pitfalls.idle_timers(None) is None
     stays = pitfalls.idle_timers(_endpoint_dir(tmp_path, "engine:\n  type: ThreadPoolEngine\n"))
     assert stays is not None and stays["status"] == "ok" and "stays up" in stays["detail"]
-    stops = pitfalls.idle_timers(_endpoint_dir(tmp_path / "b", "idle_heartbeats_soft: 10\nheartbeat_period: 60\nengine:\n  type: ThreadPoolEngine\n"))
+    soft_timer = "idle_heartbeats_soft: 10\nheartbeat_period: 60\nengine:\n  type: ThreadPoolEngine\n"
+    stops = pitfalls.idle_timers(_endpoint_dir(tmp_path / "b", soft_timer))
     assert stops is not None and stops["status"] == "warn"
-    assert "stops after 10 min" in stops["detail"] and "the run goes on" in stops["detail"] and "idle_heartbeats_soft: 0" in stops["fix"]
+    assert "stops after 10 min" in stops["detail"] and "the run goes on" in stops["detail"]
+    assert "idle_heartbeats_soft: 0" in stops["fix"]
 
 
 def test_doctor_report_carries_the_pitfall_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,6 +147,7 @@ def test_a_missing_interface_names_the_known_ones_this_node_has(monkeypatch: pyt
     import socket
 
     monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0"), (3, "bond0")])
-    assert "it has bond0" in site_doctor._address_fix({"ifname": "hsn0"}) and "--set ifname=bond0" in site_doctor._address_fix({"ifname": "hsn0"})
+    fix = site_doctor._address_fix({"ifname": "hsn0"})
+    assert "it has bond0" in fix and "--set ifname=bond0" in fix
     monkeypatch.setattr(socket, "if_nameindex", lambda: [(1, "lo"), (2, "eth0")])
     assert "--set ifname=<name>" in site_doctor._address_fix({"ifname": "hsn0"})

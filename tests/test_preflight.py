@@ -15,6 +15,8 @@ from bundle.pack import pack
 from bundle.preflight import parse_args
 from bundle.registry import Registry
 from tests.conftest import write_workflow
+from tests.hostile import valid_bundle
+from tests.test_driver_env import SCIENCE_PARSL, _venv
 from tests.test_selection import make
 
 
@@ -61,29 +63,41 @@ def test_arg_names_are_checked_against_main_with_a_did_you_mean(tmp_path: Path, 
 
 
 def test_kwargs_positional_only_and_script_mode(tmp_path: Path) -> None:
-    pack(write_workflow(tmp_path / "a", "def main(**kw):\n    return kw\n"), tmp_path / "a.tar.gz", run_args={"anything": 1})
+    any_keyword = write_workflow(tmp_path / "a", "def main(**kw):\n    return kw\n")
+    pack(any_keyword, tmp_path / "a.tar.gz", run_args={"anything": 1})
+    positional_only = write_workflow(tmp_path / "b", "def main(n, /):\n    return n\n")
     with pytest.raises(UsageError, match="only by position"):
-        pack(write_workflow(tmp_path / "b", "def main(n, /):\n    return n\n"), tmp_path / "b.tar.gz", run_args={"n": 1})
-    pack(write_workflow(tmp_path / "c", "import sys\nprint(sys.argv)\n"), tmp_path / "c.tar.gz", run_args={"whatever": 1})
+        pack(positional_only, tmp_path / "b.tar.gz", run_args={"n": 1})
+    script = write_workflow(tmp_path / "c", "import sys\nprint(sys.argv)\n")
+    pack(script, tmp_path / "c.tar.gz", run_args={"whatever": 1})
 
 
 # -- local imports ------------------------------------------------------------------------
 
 def test_a_local_import_that_resolves_to_nothing_is_an_error(tmp_path: Path, home: Path) -> None:
     wf = write_workflow(tmp_path / "w", "from mypkg import nothere\n\ndef main():\n    return 0\n")
-    make(tmp_path / "w", {"mypkg/__init__.py": "from .real import thing\nVERSION = 1\n", "mypkg/real.py": "thing = 1\n"})
+    make(tmp_path / "w", {
+        "mypkg/__init__.py": "from .real import thing\nVERSION = 1\n",
+        "mypkg/real.py": "thing = 1\n",
+    })
     with pytest.raises(BundleError) as err:
         api.submit(wf, "local")
-    assert err.value.message == "workflow.py:1 imports mypkg.nothere, but the bundle has no mypkg/nothere.py and mypkg/__init__.py defines no nothere"
+    assert err.value.message == (
+        "workflow.py:1 imports mypkg.nothere, but the bundle has no mypkg/nothere.py "
+        "and mypkg/__init__.py defines no nothere"
+    )
     nothing_sent(home)
     for ok in ("from mypkg import real, thing, VERSION", "import mypkg.real", "from mypkg.real import thing",
                "try:\n    from mypkg import nothere\nexcept ImportError:\n    nothere = None"):
         wf.write_text(ok + "\n\ndef main():\n    return 0\n")
         pack(wf, tmp_path / "ok.tar.gz")
-    for bad, message in (("import mypkg.gone", "imports mypkg.gone, but the bundle has no mypkg/gone.py or mypkg/gone/"),
-                         ("from mypkg.real import other",
-                          "imports mypkg.real.other, but the bundle has no mypkg/real/other.py and mypkg/real.py defines no other"),
-                         ("import mypkg.real.deeper", "mypkg/real.py is a module, not a package")):
+    refused = (
+        ("import mypkg.gone", "imports mypkg.gone, but the bundle has no mypkg/gone.py or mypkg/gone/"),
+        ("from mypkg.real import other",
+         "imports mypkg.real.other, but the bundle has no mypkg/real/other.py and mypkg/real.py defines no other"),
+        ("import mypkg.real.deeper", "mypkg/real.py is a module, not a package"),
+    )
+    for bad, message in refused:
         wf.write_text(bad + "\n\ndef main():\n    return 0\n")
         with pytest.raises(BundleError, match=message.replace(".", r"\.")):
             pack(wf, tmp_path / "bad.tar.gz")
@@ -95,21 +109,27 @@ def test_a_local_module_left_out_by_gcbundleignore_is_named_with_the_rule(tmp_pa
     (tmp_path / "w" / ".gcbundleignore").write_text("helpers.py\n")
     with pytest.raises(BundleError) as err:
         pack(wf, tmp_path / "b.tar.gz")
-    assert err.value.message == "workflow.py:1 imports helpers, which is left out of the bundle: helpers.py matched .gcbundleignore (helpers.py)"
+    assert err.value.message == (
+        "workflow.py:1 imports helpers, which is left out of the bundle: "
+        "helpers.py matched .gcbundleignore (helpers.py)"
+    )
     assert "--include helpers.py" in err.value.hint
     make(tmp_path / "w", {"tools/__init__.py": "", "tools/run.py": "def go():\n    pass\n"})
     wf.write_text("from tools.run import go\n\ndef main():\n    return 0\n")
     (tmp_path / "w" / ".gcbundleignore").write_text("tools/\n")
     with pytest.raises(BundleError) as err:
         pack(wf, tmp_path / "b.tar.gz")
-    assert err.value.message == "workflow.py:1 imports tools.run, which is left out of the bundle: tools/ matched .gcbundleignore (tools/)"
+    assert err.value.message == (
+        "workflow.py:1 imports tools.run, which is left out of the bundle: tools/ matched .gcbundleignore (tools/)"
+    )
     assert err.value.hint.startswith("bring it along with --include tools,")
 
 
 def test_a_module_importing_an_absent_sibling_is_found_through_the_chain(tmp_path: Path) -> None:
     wf = write_workflow(tmp_path / "w", "import stages\n\ndef main():\n    return 0\n")
     make(tmp_path / "w", {"stages.py": "from stages_impl import run\n", "stages_impl.py": "def go():\n    pass\n"})
-    with pytest.raises(BundleError, match=r"stages\.py:1 imports stages_impl\.run, but .*stages_impl\.py defines no run"):
+    absent = r"stages\.py:1 imports stages_impl\.run, but .*stages_impl\.py defines no run"
+    with pytest.raises(BundleError, match=absent):
         pack(wf, tmp_path / "b.tar.gz")
 
 
@@ -133,12 +153,12 @@ def test_literal_paths_left_out_of_the_bundle_give_warnings(tmp_path: Path) -> N
     (tmp_path / "shared.txt").write_text("s")
     res = pack(wf, tmp_path / "b.tar.gz")
     assert res.warnings == (
-        "workflow.py:4 names 'data/input.csv', which exists here but is left out of the bundle (data/ matched .gitignore (data/)); bring it with "
-        "--include data/input.csv",
-        "workflow.py:5 names 'scratch/*.npy', which exists here but is left out of the bundle (matched .gcbundleignore (scratch/)); bring it with "
-        "--include scratch",
-        "workflow.py:6 names '../shared.txt', which is outside the workflow's folder and does not travel; move it into the folder, or stage it on "
-        "the site and use an absolute path there",
+        "workflow.py:4 names 'data/input.csv', which exists here but is left out of the bundle "
+        "(data/ matched .gitignore (data/)); bring it with --include data/input.csv",
+        "workflow.py:5 names 'scratch/*.npy', which exists here but is left out of the bundle "
+        "(matched .gcbundleignore (scratch/)); bring it with --include scratch",
+        "workflow.py:6 names '../shared.txt', which is outside the workflow's folder and does not travel; "
+        "move it into the folder, or stage it on the site and use an absolute path there",
     )
     res = CliRunner().invoke(main, ["pack", str(wf), "-o", str(tmp_path / "c.tar.gz")])
     assert res.exit_code == 0 and res.stderr.count("warning: workflow.py:") == 3
@@ -159,7 +179,8 @@ def test_data_beside_the_workflow_is_found_on_the_login_node(tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)["data"]
     size = wf.stat().st_size + len("x\n1\n2\n39\n")
-    assert data["result"] == 42 and data["bundle"]["summary"] == [f"included 2 files, {size} B"] and data["bundle"]["warnings"] == []
+    assert data["result"] == 42
+    assert data["bundle"]["summary"] == [f"included 2 files, {size} B"] and data["bundle"]["warnings"] == []
 
 
 # -- the login node's environment -------------------------------------------------------------
@@ -169,8 +190,11 @@ def test_login_node_refuses_a_third_party_import_it_lacks_before_a_run_exists(tm
         "import os\nimport json\nfrom parsl import python_app\nimport helper\n\n"
         "def main():\n    import numpy_only_on_workers  # inside a function: not the driver's to check\n    return 0\n"
     ))
-    make(tmp_path / "w",
-         {"helper.py": "try:\n    import fastjson_maybe\nexcept ImportError:\n    fastjson_maybe = None\nimport gcb_absent_pkg.sub as sub\n"})
+    helper = (
+        "try:\n    import fastjson_maybe\nexcept ImportError:\n    fastjson_maybe = None\n"
+        "import gcb_absent_pkg.sub as sub\n"
+    )
+    make(tmp_path / "w", {"helper.py": helper})
     with pytest.raises(SiteEnvironmentError) as err:
         api.submit(wf, "local")
     assert err.value.message == "the login node's environment lacks gcb_absent_pkg (imported by helper.py:5)"
@@ -209,7 +233,12 @@ def test_pack_once_submit_twice_through_the_same_checks(tmp_path: Path, home: Pa
         api.submit(bundle, "local", args={"nn": 1})
     with pytest.raises(UsageError, match="needs n"):
         api.submit(bundle, "local")
-    with pytest.raises(UsageError, match="--only-imports, --include cannot change a bundle made earlier|--include, --only-imports cannot change"):
+    # the two options' names in either order
+    cannot_change = (
+        "--only-imports, --include cannot change a bundle made earlier"
+        "|--include, --only-imports cannot change"
+    )
+    with pytest.raises(UsageError, match=cannot_change):
         api.submit(bundle, "local", args={"n": 1}, includes=("x",), only_imports=True)
     nothing_sent(home)
     first = api.submit(bundle, "local", args={"n": 1}, wait=True)
@@ -220,9 +249,8 @@ def test_pack_once_submit_twice_through_the_same_checks(tmp_path: Path, home: Pa
 
 
 def test_a_bundle_with_a_broken_local_import_is_refused_before_sending(tmp_path: Path, home: Path) -> None:
-    from tests.hostile import valid_bundle
-
-    bundle, _ = valid_bundle(tmp_path / "b.tar.gz", {"workflow.py": b"from lib import missing\n\ndef main():\n    return 0\n", "lib.py": b"x = 1\n"})
+    files = {"workflow.py": b"from lib import missing\n\ndef main():\n    return 0\n", "lib.py": b"x = 1\n"}
+    bundle, _ = valid_bundle(tmp_path / "b.tar.gz", files)
     with pytest.raises(BundleError, match=r"workflow\.py:1 imports lib\.missing, but .*lib\.py defines no missing"):
         api.submit(bundle, "local")
     nothing_sent(home)
@@ -231,8 +259,6 @@ def test_a_bundle_with_a_broken_local_import_is_refused_before_sending(tmp_path:
 def test_with_driver_init_the_imports_are_looked_for_in_the_users_environment(tmp_path: Path, home: Path) -> None:
     """`six` is in the user's environment (driver_init) and not the endpoint's: found there;
     a module in neither is refused, with the user's Python in the hint."""
-    from tests.test_driver_env import SCIENCE_PARSL, _venv
-
     science = _venv("science", [f"parsl=={SCIENCE_PARSL}", "six"])
     wf = write_workflow(tmp_path / "w", "import six\n\ndef main():\n    return six.__version__\n")
     with pytest.raises(SiteEnvironmentError, match=r"lacks six \(imported by workflow\.py:1\)"):
@@ -248,7 +274,9 @@ def test_with_driver_init_the_imports_are_looked_for_in_the_users_environment(tm
     assert [r.run_id for r in Registry().list(10)] == [run.id]
 
 
-def test_a_local_module_from_pythonpath_travels_and_imports_on_the_login_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_local_module_from_pythonpath_travels_and_imports_on_the_login_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lib = tmp_path / "lib"
     make(lib, {"shared/__init__.py": "", "shared/util.py": "def scale(x):\n    return x * 3\n"})
     wf = write_workflow(tmp_path / "flows", "from shared.util import scale\n\ndef main(x=14):\n    return scale(x)\n")
@@ -256,4 +284,5 @@ def test_a_local_module_from_pythonpath_travels_and_imports_on_the_login_node(tm
     run = api.submit(wf, "local", wait=True)
     assert run.last_state["state"] == "succeeded", run.last_state
     assert run.result(tmp_path / "r") == 42
-    assert run.bundle["summary"][0].startswith("included 3 files") and "(2 from outside the folder)" in run.bundle["summary"][0]
+    summary = run.bundle["summary"][0]
+    assert summary.startswith("included 3 files") and "(2 from outside the folder)" in summary

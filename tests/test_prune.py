@@ -4,6 +4,7 @@ client's caches and results; a login node without the prune task."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -11,10 +12,18 @@ import pytest
 from click.testing import CliRunner
 
 from bundle import api, packcache
+from bundle import prune as pruning
 from bundle.cli import main
+from bundle.errors import UsageError
 from bundle.registry import Registry
+from bundle.transport import Tally
 from bundle.transport.local import LocalTransport
+from login_node import tasks
+from login_node.prune import Criteria
+from login_node.prune import prune as prune_home
+from login_node.rundir import Home
 from tests.conftest import write_workflow
+from tests.registry_rows import row
 
 WORKFLOW = '''
 from parsl import python_app
@@ -47,7 +56,9 @@ def actions(env: dict) -> dict[str, str]:
     return {r["run_id"]: r["action"] for r in env["data"]["endpoints"]["local"]["runs"]}
 
 
-def test_prune_by_state_age_and_fetched_never_a_running_run(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prune_by_state_age_and_fetched_never_a_running_run(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     wf = write_workflow(tmp_path / "wf", WORKFLOW)
     done = api.submit(wf, "local", wait=True)  # succeeded, results fetched below
@@ -140,8 +151,6 @@ def test_a_login_node_without_the_prune_task_says_to_upgrade(home: Path, monkeyp
     """An older login node: its ``login_node.tasks`` has no ``prune``. The local
     endpoint's worker is forked while the function is missing, so the task
     fails there as it would on an endpoint running an older gcbundle."""
-    from login_node import tasks
-
     transport = LocalTransport()
     fn = tasks.prune
     monkeypatch.delattr(tasks, "prune")
@@ -151,8 +160,10 @@ def test_a_login_node_without_the_prune_task_says_to_upgrade(home: Path, monkeyp
     code, env = prune("--endpoint", "local", "--no-caches")
     transport.close()
     assert code == 7 and env["errors"][0]["type"] == "ProtocolMismatch", env
-    assert env["errors"][0]["message"] == ("1 endpoint not pruned: endpoint local: "
-                                           "the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)")
+    assert env["errors"][0]["message"] == (
+        "1 endpoint not pruned: endpoint local: "
+        "the login node's gcbundle has no `prune` task (it came with gcbundle protocol 3)"
+    )
     assert env["errors"][0]["hint"].startswith("upgrade gcbundle on the login node")
 
 
@@ -160,10 +171,16 @@ def test_bad_prune_options_and_requests(home: Path) -> None:
     assert prune("--older-than", "soon")[0] == 2
     assert prune("--state", "running")[0] == 2
     transport = LocalTransport()
+    bad_requests = (
+        {"states": ["running"]},
+        {"older_than": -1},
+        {"fetched": ["../x"]},
+        {"dry_run": "yes"},
+        {"zap": 1},
+        [],
+    )
     try:
-        from bundle.errors import UsageError
-
-        for bad in ({"states": ["running"]}, {"older_than": -1}, {"fetched": ["../x"]}, {"dry_run": "yes"}, {"zap": 1}, []):
+        for bad in bad_requests:
             with pytest.raises(UsageError):
                 transport.call("prune", prune=bad)
     finally:
@@ -171,10 +188,6 @@ def test_bad_prune_options_and_requests(home: Path) -> None:
 
 
 def test_leftovers_of_an_interrupted_prune_are_finished(home: Path) -> None:
-    from login_node.prune import Criteria
-    from login_node.prune import prune as prune_home
-    from login_node.rundir import Home
-
     h = Home(home)
     h.ensure()
     half = h.runs / ".0123456789ab.pruning.999"
@@ -182,8 +195,6 @@ def test_leftovers_of_an_interrupted_prune_are_finished(home: Path) -> None:
     (half / "outputs" / "x").write_bytes(b"x" * 10_000)
     fresh = h.runs / ".0123456789ac.creating.999"  # a launch under way: too young to touch
     fresh.mkdir()
-    import os
-
     old = time.time() - 2 * 3600
     os.utime(half, (old, old))
     rep = prune_home(h, Criteria())
@@ -193,14 +204,9 @@ def test_leftovers_of_an_interrupted_prune_are_finished(home: Path) -> None:
 
 def test_one_prune_task_per_endpoint(home: Path) -> None:
     """However many runs the registry has there: one task for the endpoint."""
-    from bundle import prune as pruning
-    from bundle.registry import RunRecord
-    from bundle.transport import Tally
-
     reg = Registry()
     for i in range(5):
-        reg.add(RunRecord(run_id=f"{i:012x}", endpoint="local", digest="0" * 64, workflow="wf.py", site=None,
-                          state="succeeded", submitted=time.time(), updated=time.time(), results_sha="x"))
+        reg.add(row(f"{i:012x}", state="succeeded", results_sha="x"))
     transport = LocalTransport()
     tally = Tally.attach(transport)
     try:

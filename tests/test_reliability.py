@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bundle import api
+from bundle import api, archive
+from bundle.errors import RunStateError, TransportError
+from bundle.limits import CHUNK_BYTES
 from bundle.registry import Registry
 from bundle.transport.local import LocalTransport
 from login_node.procs import run_processes
@@ -58,8 +60,6 @@ def test_reboot_kills_everything_then_resume(tmp_path: Path) -> None:
 
 
 def test_resume_is_refused_while_running_and_after_a_code_change(tmp_path: Path) -> None:
-    from bundle.errors import RunStateError
-
     run, marks, release = start_checkpoint_run(tmp_path)
     with pytest.raises(RunStateError, match="still running"):
         api.resume(run.id)
@@ -79,9 +79,6 @@ def test_resume_is_refused_while_running_and_after_a_code_change(tmp_path: Path)
 
 
 def test_local_worker_killed_while_staging_leaves_no_partial_cache_entry(tmp_path: Path, home: Path) -> None:
-    from bundle.errors import TransportError
-    from bundle.limits import CHUNK_BYTES
-
     write_workflow(tmp_path / "wf", "def main():\n    return 7\n")
     (tmp_path / "wf" / "blob.bin").write_bytes(os.urandom(CHUNK_BYTES + 3_000_000))
 
@@ -104,7 +101,6 @@ def test_local_worker_killed_while_staging_leaves_no_partial_cache_entry(tmp_pat
         outcome = "killed"
         assert "worker died" in str(exc)
     for entry in (home / "cache").glob("*.tar.gz"):
-        from bundle import archive
         archive.verify(entry)  # whatever is at a cache name is complete and valid
     if outcome == "killed":
         # The kill may also land after the last chunk was committed (the
@@ -116,19 +112,24 @@ def test_local_worker_killed_while_staging_leaves_no_partial_cache_entry(tmp_pat
 
 
 def test_client_killed_during_results_then_resumes(tmp_path: Path) -> None:
-    from bundle.limits import CHUNK_BYTES
-
     size = CHUNK_BYTES + 999
     wf = write_workflow(tmp_path / "wf", (
         "import os\n\ndef main():\n    out = os.environ['GCBUNDLE_OUTPUT_DIR']\n"
-        f"    for i in range(5):\n        with open(os.path.join(out, f'p{{i}}.bin'), 'wb') as f:\n            f.write(os.urandom({size}))\n"
+        "    for i in range(5):\n"
+        "        with open(os.path.join(out, f'p{i}.bin'), 'wb') as f:\n"
+        f"            f.write(os.urandom({size}))\n"
     ))
     run = api.submit(wf, "local", wait=True)
     dest = tmp_path / "res"
     partial = dest / f".{run.id}.partial"
-    proc = subprocess.Popen([sys.executable, "-m", "bundle.cli", "results", run.id, "-o", str(dest)], env=os.environ.copy())
-    wait_for(lambda: partial.is_dir() and sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) > CHUNK_BYTES + 1,
-             timeout=60, poll=0.005, what="the first chunk on disk")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bundle.cli", "results", run.id, "-o", str(dest)], env=os.environ.copy()
+    )
+
+    def first_chunk_on_disk() -> bool:
+        return partial.is_dir() and sum(p.stat().st_size for p in partial.rglob("*") if p.is_file()) > CHUNK_BYTES + 1
+
+    wait_for(first_chunk_on_disk, timeout=60, poll=0.005, what="the first chunk on disk")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert not (dest / run.id).exists()
@@ -143,11 +144,13 @@ def _can_mount_tmpfs(where: Path) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
     where.mkdir(parents=True, exist_ok=True)
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(where)], capture_output=True, timeout=30).returncode == 0
-    return ok
+    argv = ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(where)]
+    return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
 
-def test_disk_full_while_writing_results_ends_failed_and_corrupts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_while_writing_results_ends_failed_and_corrupts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     small = tmp_path / "small"
     if not _can_mount_tmpfs(small):
         pytest.skip("needs root and mount(8) to put GCBUNDLE_HOME on a 24 MiB tmpfs")
@@ -163,7 +166,6 @@ def test_disk_full_while_writing_results_ends_failed_and_corrupts_nothing(tmp_pa
         assert not (run_dir / "result.pkl").exists()
         assert not [p for p in run_dir.iterdir() if p.name.startswith(".result")], "no temp file left"
         for entry in (small / "home" / "cache").glob("*.tar.gz"):
-            from bundle import archive
             archive.verify(entry)
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True, timeout=30)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from bundle import api, results
+from bundle import api, protocol, results
 from bundle.cli import main
 from bundle.errors import ResultsError
 from bundle.transport import Tally
 from bundle.transport.local import LocalTransport
+from login_node import results as login_results
 from tests.conftest import write_workflow
 
 MANY = '''import json, os
@@ -50,9 +52,8 @@ def test_eighty_thousand_files_come_back_through_a_paged_listing(tmp_path: Path)
 
 
 def test_a_listing_in_many_pages_is_joined_and_checked_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import login_node.results as package
-
-    monkeypatch.setattr(package, "LISTING_PAGE_BYTES", 400)  # before the worker forks: it serves pages of ~3 files
+    # before the worker forks: it serves pages of ~3 files
+    monkeypatch.setattr(login_results, "LISTING_PAGE_BYTES", 400)
     with LocalTransport() as t:
         run = _run_with_files(tmp_path, t, 30)
         calls = Tally.attach(t).calls
@@ -68,9 +69,9 @@ def finished(tmp_path: Path) -> api.Run:
     return api.get_run(run.id)
 
 
-def test_the_announced_total_is_checked_against_free_disk_first(finished: api.Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from collections import namedtuple
-
+def test_the_announced_total_is_checked_against_free_disk_first(
+    finished: api.Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Stand-in for a nearly full disk (filling the real one would hurt the shared machine):
     # the file system reports 10 bytes free.
     usage = namedtuple("usage", "total used free")
@@ -87,8 +88,10 @@ def test_two_fetches_of_one_run_into_one_folder_exclude_each_other(finished: api
     dest.mkdir()
     code = ("import fcntl, os, sys, time\n"
             "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
-            "fcntl.lockf(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\nprint('held', flush=True)\ntime.sleep(30)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(dest / f".{finished.id}.lock")], stdout=subprocess.PIPE, text=True)
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+            "print('held', flush=True)\ntime.sleep(30)\n")
+    lock = dest / f".{finished.id}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         res = CliRunner().invoke(main, ["results", finished.id, "-o", str(dest)])
@@ -125,8 +128,6 @@ def test_a_refetch_updates_the_package_and_keeps_the_users_files(finished: api.R
 
 def test_a_protocol_2_login_node_gets_one_whole_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An older login node refuses the paged request (protocol 3) and the client asks for the whole listing."""
-    import bundle.protocol as protocol
-
     with LocalTransport() as t:
         run = _run_with_files(tmp_path, t, 5)
     monkeypatch.setattr(protocol, "PROTOCOL", 2)  # stand-in for an older install: patched before its worker forks

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bundle import selection
 from bundle.cli import main
 from bundle.errors import BundleError, UsageError
 from bundle.pack import pack
@@ -26,7 +27,8 @@ def make(root: Path, files: dict[str, str | bytes]) -> None:
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False).stdout
+    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
+    return proc.stdout
 
 
 def test_the_folder_travels_with_the_workflow_file(tmp_path: Path) -> None:
@@ -38,7 +40,8 @@ def test_the_folder_travels_with_the_workflow_file(tmp_path: Path) -> None:
 
 
 def test_only_imports_ships_the_imports_and_named_paths_alone(tmp_path: Path) -> None:
-    wf = write_workflow(tmp_path / "proj", "import helper\nGCBUNDLE_INCLUDE = ['data/a.txt']\n\ndef main():\n    return 0\n")
+    source = "import helper\nGCBUNDLE_INCLUDE = ['data/a.txt']\n\ndef main():\n    return 0\n"
+    wf = write_workflow(tmp_path / "proj", source)
     make(tmp_path / "proj", {"helper.py": "X = 1\n", "data/a.txt": "a", "data/b.txt": "b", "other.py": ""})
     assert set(select(wf, only_imports=True).files) == {"workflow.py", "helper.py", "data/a.txt"}
     assert set(select(wf).files) == {"workflow.py", "helper.py", "data/a.txt", "data/b.txt", "other.py"}
@@ -81,12 +84,18 @@ def test_gitignore_above_the_folder_applies_inside_a_work_tree(tmp_path: Path) -
 
 def test_gcbundleignore_leaves_out_and_its_negation_brings_back_what_git_ignores(tmp_path: Path) -> None:
     root = tmp_path / "proj"
-    make(root, {"workflow.py": MAIN, ".gitignore": "data/\n*.csv\n", ".gcbundleignore": "!data/\n!inputs/*.csv\nscratch/\n",
-                "data/big.bin": "x", "data/more/y.bin": "y", "inputs/a.csv": "1", "other.csv": "2", "scratch/s": ""})
+    make(root, {
+        "workflow.py": MAIN,
+        ".gitignore": "data/\n*.csv\n",
+        ".gcbundleignore": "!data/\n!inputs/*.csv\nscratch/\n",
+        "data/big.bin": "x", "data/more/y.bin": "y", "inputs/a.csv": "1", "other.csv": "2", "scratch/s": "",
+    })
     sel = select(root / "workflow.py")
-    assert set(sel.files) == {"workflow.py", ".gitignore", ".gcbundleignore", "data/big.bin", "data/more/y.bin", "inputs/a.csv"}
+    brought_back = {"data/big.bin", "data/more/y.bin", "inputs/a.csv"}
+    assert set(sel.files) == {"workflow.py", ".gitignore", ".gcbundleignore", *brought_back}
     reasons = dict(sel.excluded)
-    assert reasons["other.csv"] == "matched .gitignore (*.csv)" and reasons["scratch/"] == "matched .gcbundleignore (scratch/)"
+    assert reasons["other.csv"] == "matched .gitignore (*.csv)"
+    assert reasons["scratch/"] == "matched .gcbundleignore (scratch/)"
 
 
 def test_include_of_an_ignored_directory_brings_it_but_not_its_secrets(tmp_path: Path) -> None:
@@ -99,15 +108,28 @@ def test_include_of_an_ignored_directory_brings_it_but_not_its_secrets(tmp_path:
 
 def test_imported_module_comes_along_even_if_gitignored(tmp_path: Path) -> None:
     root = tmp_path / "proj"
-    make(root, {"workflow.py": "from _version import V\n\ndef main():\n    return V\n", ".gitignore": "_version.py\n", "_version.py": "V = 1\n"})
+    make(root, {
+        "workflow.py": "from _version import V\n\ndef main():\n    return V\n",
+        ".gitignore": "_version.py\n",
+        "_version.py": "V = 1\n",
+    })
     assert "_version.py" in select(root / "workflow.py").files
 
 
 def test_default_excludes_parsl_runinfo_results_packages_and_the_archive_being_written(tmp_path: Path) -> None:
     root = tmp_path / "proj"
-    make(root, {"workflow.py": MAIN, "runinfo/000/parsl.log": "x", "results/3f2a/.gcbundle-results.json": "{}",
-                "results/3f2a/result.json": "1", "node_modules/x.js": "", "src/pkg/__pycache__/m.cpython-311.pyc": "",
-                "env/conda-meta/history": "", "env/lib/python3.11/os.py": "", "venv/pyvenv.cfg": "", "venv/lib/x.py": ""})
+    make(root, {
+        "workflow.py": MAIN,
+        "runinfo/000/parsl.log": "x",
+        "results/3f2a/.gcbundle-results.json": "{}",
+        "results/3f2a/result.json": "1",
+        "node_modules/x.js": "",
+        "src/pkg/__pycache__/m.cpython-311.pyc": "",
+        "env/conda-meta/history": "",
+        "env/lib/python3.11/os.py": "",
+        "venv/pyvenv.cfg": "",
+        "venv/lib/x.py": "",
+    })
     res = pack(root / "workflow.py", root / "bundle.tar.gz")
     assert [f.path for f in res.manifest.files] == ["workflow.py"]
     reasons = dict(res.excluded)
@@ -118,7 +140,9 @@ def test_default_excludes_parsl_runinfo_results_packages_and_the_archive_being_w
     assert again.digest == res.digest
 
 
-def test_local_module_from_outside_the_folder_travels_at_its_module_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_module_from_outside_the_folder_travels_at_its_module_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lib = tmp_path / "lib"
     make(lib, {"shared/__init__.py": "", "shared/util.py": "def f():\n    return 41\n", "unrelated.py": ""})
     wf = write_workflow(tmp_path / "flows", "from shared.util import f\n\ndef main():\n    return f() + 1\n")
@@ -145,7 +169,13 @@ def test_a_big_ignored_directory_is_one_line_of_the_report(tmp_path: Path) -> No
 
 def test_size_guard_refuses_a_big_folder_at_once_naming_its_largest_entries(tmp_path: Path) -> None:
     root = tmp_path / "home"
-    make(root, {"workflow.py": MAIN, "data/a.bin": b"x" * 3000, "data/b.bin": b"x" * 3000, "model.pt": b"y" * 2000, "small.txt": "z"})
+    make(root, {
+        "workflow.py": MAIN,
+        "data/a.bin": b"x" * 3000,
+        "data/b.bin": b"x" * 3000,
+        "model.pt": b"y" * 2000,
+        "small.txt": "z",
+    })
     with pytest.raises(BundleError) as err:
         pack(root / "workflow.py", tmp_path / "b.tar.gz", limits=Limits(max_bytes=5000, max_files=100))
     text = str(err.value)
@@ -173,8 +203,6 @@ def test_size_guard_limits_come_from_flags_then_environment(monkeypatch: pytest.
 def test_walk_reports_progress_through_the_callback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "proj"
     make(root, {"workflow.py": MAIN, **{f"d{i}/f.txt": "x" for i in range(50)}})
-    import bundle.selection as selection
-
     clock = iter(range(0, 10_000))
     monkeypatch.setattr(selection.time, "monotonic", lambda: float(next(clock)))
     calls: list[tuple[str, int, int]] = []
@@ -192,8 +220,9 @@ def test_cli_shows_the_walk_on_a_terminal_only(tmp_path: Path) -> None:
     make(root, {"workflow.py": MAIN, **{f"d{i}/f.txt": "x" for i in range(200)}})
     leader, follower = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "bundle.cli", "pack", str(root / "workflow.py"), "-o", str(tmp_path / "b.tar.gz")],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, timeout=120, check=False)
+        argv = [sys.executable, "-m", "bundle.cli", "pack", str(root / "workflow.py"), "-o", str(tmp_path / "b.tar.gz")]
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower, timeout=120,
+                              check=False)
         os.close(follower)
         follower = -1
         seen = b""
@@ -217,19 +246,26 @@ def test_cli_shows_the_walk_on_a_terminal_only(tmp_path: Path) -> None:
 
 def test_cli_pack_says_what_it_included_and_left_out_and_refuses_big_folders(tmp_path: Path) -> None:
     root = tmp_path / "proj"
-    make(root, {"workflow.py": MAIN, ".gitignore": "big/\n", "big/x.bin": "x", "data.csv": "1", **{f"many/{i}": "" for i in range(30)}})
+    make(root, {
+        "workflow.py": MAIN,
+        ".gitignore": "big/\n",
+        "big/x.bin": "x",
+        "data.csv": "1",
+        **{f"many/{i}": "" for i in range(30)},
+    })
     runner = CliRunner()
-    res = runner.invoke(main, ["pack", str(root / "workflow.py"), "-o", str(tmp_path / "b.tar.gz")])
+    pack_argv = ["pack", str(root / "workflow.py"), "-o"]
+    res = runner.invoke(main, [*pack_argv, str(tmp_path / "b.tar.gz")])
     assert res.exit_code == 0, res.output
     assert "included 33 files" in res.stderr and "left out big/: matched .gitignore (big/)" in res.stderr
     assert "scanning" not in res.stderr  # progress only on a terminal
-    res = runner.invoke(main, ["pack", str(root / "workflow.py"), "-o", str(tmp_path / "c.tar.gz"), "--max-files", "10", "--json"])
+    res = runner.invoke(main, [*pack_argv, str(tmp_path / "c.tar.gz"), "--max-files", "10", "--json"])
     assert res.exit_code == 3
     envelope = json.loads(res.stdout)
     assert envelope["status"] == "error" and "size guard" in envelope["errors"][0]["message"]
     assert "many/ 0 B (" in envelope["errors"][0]["message"]
     assert not (tmp_path / "c.tar.gz").exists()
-    res = runner.invoke(main, ["pack", str(root / "workflow.py"), "-o", str(tmp_path / "d.tar.gz"), "--only-imports", "--json"])
+    res = runner.invoke(main, [*pack_argv, str(tmp_path / "d.tar.gz"), "--only-imports", "--json"])
     data = json.loads(res.stdout)["data"]
     assert data["files"] == 1 and data["summary"][0].startswith("included 1 file,")
     os.remove(tmp_path / "b.tar.gz")

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +25,9 @@ import pytest
 from click.testing import CliRunner
 
 from bundle.cli import main
-from bundle.registry import Registry, RunRecord
+from bundle.registry import Registry
 from tests.conftest import EXAMPLES, REPO
+from tests.registry_rows import row
 
 HELLO = str(EXAMPLES / "hello" / "workflow.py")
 RUN = "0123456789ab"
@@ -56,17 +56,19 @@ def test_an_impossible_registry_folder(argv: list[str], tmp_path: Path, monkeypa
     code, env, err = invoke_json(argv)
     assert code == 8 and env["status"] == "error" and env["errors"][0]["type"] == "RegistryError", (env, err)
     folder = tmp_path / "afile"
-    assert err.strip() == (f"gcbundle: error: cannot create the run registry's folder {str(folder)!r}: {folder} is a file, not a folder; "
-                           "make it writable, or set GCBUNDLE_REGISTRY to a file in a folder you can write")
-    assert not (tmp_path / "gchome" / "runs").exists() or not list((tmp_path / "gchome" / "runs").iterdir())  # nothing started
+    assert err.strip() == (
+        f"gcbundle: error: cannot create the run registry's folder {str(folder)!r}: {folder} is a file, not a folder; "
+        "make it writable, or set GCBUNDLE_REGISTRY to a file in a folder you can write"
+    )
+    runs = tmp_path / "gchome" / "runs"
+    assert not runs.exists() or not list(runs.iterdir())  # nothing started
 
 
 @pytest.mark.parametrize("argv", [["submit", HELLO], ["status", RUN], ["prune", "--no-caches"]], ids=lambda a: a[0])
 def test_an_impossible_gcbundle_home(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "afile").write_text("")
     home = tmp_path / "afile" / "home"
-    Registry().add(RunRecord(run_id=RUN, endpoint="local", digest="0" * 64, workflow=HELLO, site=None, state="running",
-                             submitted=time.time(), updated=time.time()))
+    Registry().add(row(RUN, workflow=HELLO))
     monkeypatch.setenv("GCBUNDLE_HOME", str(home))
     code, env, err = invoke_json(argv)
     assert code == 12 and env["errors"][0]["type"] == "HomeError", (env, err)
@@ -76,14 +78,17 @@ def test_an_impossible_gcbundle_home(argv: list[str], tmp_path: Path, monkeypatc
 
 
 @pytest.mark.parametrize("where", ["--local", "--endpoint=local"])
-def test_doctor_reports_an_impossible_gcbundle_home_as_a_failed_check(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_reports_an_impossible_gcbundle_home_as_a_failed_check(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "afile").write_text("")
     monkeypatch.setenv("GCBUNDLE_HOME", str(tmp_path / "afile" / "home"))
     code, env, err = invoke_json(["doctor", where])
     assert code == 10 and env["errors"][0]["type"] == "ChecksFailed", (env, err)
     checks = {c["name"]: c for c in env["data"]["checks"]}
-    assert checks["GCBUNDLE_HOME"]["status"] == "fail" and "is a file, not a folder" in checks["GCBUNDLE_HOME"]["detail"]
-    assert "set GCBUNDLE_HOME to a writable directory" in checks["GCBUNDLE_HOME"]["fix"]
+    home_check = checks["GCBUNDLE_HOME"]
+    assert home_check["status"] == "fail" and "is a file, not a folder" in home_check["detail"]
+    assert "set GCBUNDLE_HOME to a writable directory" in home_check["fix"]
     assert [c["name"] for c in env["data"]["checks"] if c["status"] == "fail"] == ["GCBUNDLE_HOME"]
 
 
@@ -101,9 +106,14 @@ def other_user() -> Iterator[tuple[Path, dict[str, str], dict]]:
         kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         os.chown(scratch, user.pw_uid, user.pw_gid)
     env = {
-        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(scratch),
-        "XDG_DATA_HOME": str(scratch / "data"), "XDG_CACHE_HOME": str(scratch / "cache"), "XDG_CONFIG_HOME": str(scratch / "config"),
-        "GCBUNDLE_HOME": str(scratch / "gchome"), "GCBUNDLE_REGISTRY": str(scratch / "reg" / "registry.sqlite3"),
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(scratch),
+        "XDG_DATA_HOME": str(scratch / "data"),
+        "XDG_CACHE_HOME": str(scratch / "cache"),
+        "XDG_CONFIG_HOME": str(scratch / "config"),
+        "GCBUNDLE_HOME": str(scratch / "gchome"),
+        "GCBUNDLE_REGISTRY": str(scratch / "reg" / "registry.sqlite3"),
     }
     try:
         yield scratch, env, kwargs
@@ -131,8 +141,10 @@ def test_an_unwritable_registry_folder(other_user: tuple[Path, dict[str, str], d
     proc = _gcbundle(["list", "--json"], env, kwargs, scratch)
     assert proc.returncode == 8, proc.stderr
     assert json.loads(proc.stdout)["errors"][0]["type"] == "RegistryError"
-    assert proc.stderr.strip() == (f"gcbundle: error: the run registry's folder {str(scratch / 'reg')!r} is not writable; "
-                                   "make it writable, or set GCBUNDLE_REGISTRY to a file in a folder you can write")
+    assert proc.stderr.strip() == (
+        f"gcbundle: error: the run registry's folder {str(scratch / 'reg')!r} is not writable; "
+        "make it writable, or set GCBUNDLE_REGISTRY to a file in a folder you can write"
+    )
 
 
 def test_an_unwritable_gcbundle_home(other_user: tuple[Path, dict[str, str], dict]) -> None:
@@ -141,7 +153,8 @@ def test_an_unwritable_gcbundle_home(other_user: tuple[Path, dict[str, str], dic
     proc = _gcbundle(["submit", HELLO, "--json"], env, kwargs, scratch)
     assert proc.returncode == 12, proc.stderr
     assert json.loads(proc.stdout)["errors"][0]["type"] == "HomeError"
-    assert proc.stderr.startswith(f"gcbundle: error: GCBUNDLE_HOME {str(scratch / 'gchome')!r} ") and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith(f"gcbundle: error: GCBUNDLE_HOME {str(scratch / 'gchome')!r} ")
+    assert len(proc.stderr.splitlines()) == 1
     proc = _gcbundle(["doctor", "--local", "--json"], env, kwargs, scratch)
     assert proc.returncode == 10, proc.stderr
     checks = {c["name"]: c for c in json.loads(proc.stdout)["data"]["checks"]}
@@ -156,9 +169,12 @@ def test_an_impossible_results_folder(tmp_path: Path, monkeypatch: pytest.Monkey
     code, env, err = invoke_json(["submit", HELLO, "--wait"])
     assert code == 9 and env["errors"][0]["type"] == "ResultsError", (env, err)
     run_id = env["errors"][0]["hint"].split("`gcbundle results ")[1].split()[0]
+    results_dir = tmp_path / "afile" / "data" / "gcbundle" / "results"
     assert err.strip().splitlines()[-1] == (
-        f"gcbundle: error: cannot create the results folder {str(tmp_path / 'afile' / 'data' / 'gcbundle' / 'results')!r}: "
-        f"{tmp_path / 'afile'} is a file, not a folder; make it writable, or fetch them elsewhere: `gcbundle results {run_id} -o DIR`")
+        f"gcbundle: error: cannot create the results folder {str(results_dir)!r}: "
+        f"{tmp_path / 'afile'} is a file, not a folder; make it writable, or fetch them elsewhere: "
+        f"`gcbundle results {run_id} -o DIR`"
+    )
     code, env, err = invoke_json(["results", run_id, "-o", str(tmp_path / "afile" / "out")])
     assert code == 9 and "is a file, not a folder" in err
     code, env, err = invoke_json(["results", run_id, "-o", str(tmp_path / "out")])

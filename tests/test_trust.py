@@ -4,12 +4,14 @@ that crosses the wire). Real parts throughout: the local endpoint's real
 one stand-in is named where it is used."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,18 +22,31 @@ from click.testing import CliRunner
 
 from bundle import api, packcache, tempdirs
 from bundle.cli import main
-from bundle.errors import BundleError, GcbundleError, ManifestError, RegistryError, RegistryLocked, RunNotFound, UsageError
+from bundle.errors import (
+    BundleError,
+    GcbundleError,
+    ManifestError,
+    ProtocolMismatch,
+    RegistryError,
+    RegistryLocked,
+    RemoteError,
+    RunNotFound,
+    RunStateError,
+    UsageError,
+)
 from bundle.manifest import Manifest
 from bundle.pack import pack
 from bundle.registry import Registry
 from bundle.transport import Tally
+from bundle.transport import local as local_endpoint
 from bundle.transport.local import LocalTransport
 from login_node.cache import check_digest
-from login_node.procs import run_processes
+from login_node.procs import run_processes, sweep
 from login_node.rundir import check_run_id
 from tests.conftest import write_workflow
 from tests.faults import wait_for
 from tests.hostile import manifest_for, reg, write_tar
+from tests.registry_rows import row
 
 #: A script-mode workflow: no DFK, so a run takes a couple of seconds. It
 #: sleeps for the seconds in its `s` argument (a run to cancel or lose).
@@ -53,14 +68,14 @@ def t() -> Any:
 
 
 def _sweep(run_id: str) -> None:
-    from login_node.procs import sweep
-
     sweep(run_id, grace=1.0)
 
 
 # -- caches heal ----------------------------------------------------------------------
 
-def test_damaged_login_node_cache_entry_is_dropped_and_the_bundle_resent_once(tmp_path: Path, home: Path, t: LocalTransport) -> None:
+def test_damaged_login_node_cache_entry_is_dropped_and_the_bundle_resent_once(
+    tmp_path: Path, home: Path, t: LocalTransport
+) -> None:
     wf = _wf(tmp_path)
     first = api.submit(wf, "local", mode="script", transport=t, wait=True)
     assert first.last_state["state"] == "succeeded"
@@ -70,7 +85,8 @@ def test_damaged_login_node_cache_entry_is_dropped_and_the_bundle_resent_once(tm
     entry.write_bytes(bytes(data))
     calls = Tally.attach(t).calls
     launches = calls["launch"]
-    second = api.submit(wf, "local", mode="script", transport=t, wait=True)  # the registry says "cached": no upload first
+    # the registry says "cached": no upload first
+    second = api.submit(wf, "local", mode="script", transport=t, wait=True)
     assert second.last_state["state"] == "succeeded", second.last_state
     assert calls["launch"] - launches == 2, "one launch found the entry bad, the second carried the bundle again"
     assert entry.read_bytes() != bytes(data), "the entry was replaced by a good copy"
@@ -118,7 +134,9 @@ def _deep(n: int) -> str:
 
 MALFORMED_MANIFESTS = {
     "deep nesting in args": lambda m: json.dumps({**m, "args": {"x": None}}).replace("null", _deep(100_000)).encode(),
-    "deep nesting in config": lambda m: json.dumps({**m, "config": {"kind": "site", "x": None}}).replace("null", _deep(50_000)).encode(),
+    "deep nesting in config": lambda m: (
+        json.dumps({**m, "config": {"kind": "site", "x": None}}).replace("null", _deep(50_000)).encode()
+    ),
     "huge integer": lambda m: json.dumps({**m, "args": {"x": 0}}).replace('"x": 0', '"x": ' + "9" * 5000).encode(),
     "huge size": lambda m: json.dumps(m).replace('"size": 25', '"size": ' + "9" * 5000).encode(),
     "lone surrogate": lambda m: json.dumps({**m, "args": {"x": "\ud800"}}).encode(),
@@ -146,13 +164,14 @@ def test_any_malformed_manifest_is_a_manifest_error(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["deep nesting in args", "huge integer", "lone surrogate", "deep nesting in config"])
-def test_a_malformed_manifest_sent_to_the_login_node_leaves_nothing(case: str, tmp_path: Path, home: Path, t: LocalTransport) -> None:
-    import hashlib
-
+def test_a_malformed_manifest_sent_to_the_login_node_leaves_nothing(
+    case: str, tmp_path: Path, home: Path, t: LocalTransport
+) -> None:
     wf = b"def main():\n    return 1\n"
     m = manifest_for({"workflow.py": wf})
     m.pop("digest")
-    bundle = write_tar(tmp_path / "b.tar.gz", [reg("gcbundle.json", MALFORMED_MANIFESTS[case](m)), reg("workflow.py", wf)])
+    members = [reg("gcbundle.json", MALFORMED_MANIFESTS[case](m)), reg("workflow.py", wf)]
+    bundle = write_tar(tmp_path / "b.tar.gz", members)
     raw = bundle.read_bytes()
     sha = hashlib.sha256(raw).hexdigest()
     with pytest.raises(BundleError):
@@ -181,7 +200,9 @@ class _DiesAtLaunch(LocalTransport):
 
 
 @pytest.mark.parametrize("after_send", [False, True])
-def test_a_client_stopped_mid_launch_leaves_a_row_that_status_resolves(after_send: bool, tmp_path: Path, home: Path) -> None:
+def test_a_client_stopped_mid_launch_leaves_a_row_that_status_resolves(
+    after_send: bool, tmp_path: Path, home: Path
+) -> None:
     wf = _wf(tmp_path)
     dying = _DiesAtLaunch(after_send)
     try:
@@ -200,12 +221,11 @@ def test_a_client_stopped_mid_launch_leaves_a_row_that_status_resolves(after_sen
             return
         st = run.status()
         assert st["state"] == "launching" and "not reached the login node" in st["detail"]
-        from bundle.errors import RunStateError
-
         with pytest.raises(RunStateError, match="has not reached the login node"):
             run.cancel()
-        with sqlite3.connect(Registry().path) as db:  # long ago: it is not coming
-            db.execute("UPDATE runs SET submitted = ? WHERE run_id = ?", (time.time() - api.launch_grace() - 1, rec.run_id))
+        long_ago = time.time() - api.launch_grace() - 1  # it is not coming
+        with sqlite3.connect(Registry().path) as db:
+            db.execute("UPDATE runs SET submitted = ? WHERE run_id = ?", (long_ago, rec.run_id))
         st = run.status()
         assert st["state"] == "unlaunched" and "never received" in st["detail"]
         assert run.cancel()["already"] is True
@@ -307,14 +327,14 @@ def _old_login_node(req: Any) -> Any:
     raise AttributeError("module 'login_node.tasks' has no attribute 'runs'")
 
 
-def test_an_old_login_node_without_the_runs_task_is_told_to_upgrade(t: LocalTransport, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bundle.errors import ProtocolMismatch
-    from bundle.transport import local as tr  # where the local endpoint looks task functions up
-
+def test_an_old_login_node_without_the_runs_task_is_told_to_upgrade(
+    t: LocalTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Stand-in for an old install: the endpoint runs a function that fails as
-    # a missing `login_node.tasks.runs` does there.
-    real = tr.task_function
-    monkeypatch.setattr(tr, "task_function", lambda name: _old_login_node if name == "runs" else real(name))
+    # a missing `login_node.tasks.runs` does there (the local endpoint looks
+    # task functions up through its module's task_function).
+    real = local_endpoint.task_function
+    monkeypatch.setattr(local_endpoint, "task_function", lambda name: _old_login_node if name == "runs" else real(name))
     with pytest.raises(ProtocolMismatch, match="upgrade gcbundle on the login node"):
         t.call("runs", after=None)
     res = CliRunner().invoke(main, ["list", "--endpoint", "local"])
@@ -338,7 +358,12 @@ def test_a_run_without_a_readable_state_is_unknown_and_cancel_still_stops_it(dam
             if damage == "missing":
                 state_file.unlink()
             else:
-                state_file.write_text({"not json": "{\"state\": ", "a list": "[1, 2]", "a state that is a dict": '{"state": {"x": 1}}'}[damage])
+                damaged = {
+                    "not json": "{\"state\": ",
+                    "a list": "[1, 2]",
+                    "a state that is a dict": '{"state": {"x": 1}}',
+                }
+                state_file.write_text(damaged[damage])
             st = run.status()
             assert st["state"] == "unknown" and "state.json" in st["detail"], st
             assert "1970" not in json.dumps(st) and "staged" not in json.dumps(st)
@@ -376,9 +401,9 @@ def test_ids_are_matched_whole(value: str, t: LocalTransport) -> None:
         t.call("status", run_id=value)
 
 
-def test_a_killed_clients_temporary_folders_are_swept_at_the_next_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tempfile
-
+def test_a_killed_clients_temporary_folders_are_swept_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
     code = ("import os\nfrom bundle import tempdirs\n"
@@ -398,7 +423,8 @@ def test_a_killed_clients_temporary_folders_are_swept_at_the_next_start(tmp_path
 # -- secrets stay home ----------------------------------------------------------------
 
 SECRETS = [
-    ".aws/credentials", ".aws/config", ".kube/config", ".docker/config.json", ".config/gcloud/application_default_credentials.json",
+    ".aws/credentials", ".aws/config", ".kube/config", ".docker/config.json",
+    ".config/gcloud/application_default_credentials.json",
     "keys/application_default_credentials.json", "my-project-service-account.json", "gcp_service_account_key.json",
     ".npmrc", ".vault-token", ".s3cfg", ".boto", ".my.cnf", "host.keytab", ".gnupg/pubring.kbx", "prod.env", ".envrc",
     "ID_RSA", ".ENV", "Credentials.JSON", "sub/.Netrc",
@@ -406,7 +432,9 @@ SECRETS = [
 KEPT = ["environment.yml", "keynote.txt", "envoy.py", "data/config.json", "docs/aws.md"]
 
 
-def test_the_secret_list_covers_cloud_and_cluster_credentials_case_insensitively_and_symlink_targets(tmp_path: Path) -> None:
+def test_the_secret_list_covers_cloud_and_cluster_credentials_case_insensitively_and_symlink_targets(
+    tmp_path: Path,
+) -> None:
     root = tmp_path / "wf"
     write_workflow(root, "def main():\n    return 1\n")
     for rel in SECRETS + KEPT:
@@ -418,7 +446,8 @@ def test_the_secret_list_covers_cloud_and_cluster_credentials_case_insensitively
     packed = {f.path for f in res.manifest.files}
     assert packed == {"workflow.py", *KEPT}, packed
     reasons = dict(res.excluded)
-    for rel in ["my-project-service-account.json", ".npmrc", "host.keytab", "prod.env", "ID_RSA", "notes.txt", "readme.txt"]:
+    secrets = ["my-project-service-account.json", ".npmrc", "host.keytab", "prod.env", "ID_RSA"]
+    for rel in [*secrets, "notes.txt", "readme.txt"]:  # the last two: symlinks to secrets
         assert "secret" in reasons[rel], (rel, reasons.get(rel))
     assert "secret" in reasons[".aws/"] and "secret" in reasons[".gnupg/"]
 
@@ -435,7 +464,8 @@ HOSTILE_ARGS = [
     ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"resumed_from": 5}}),
     ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"inherit": "yes"}}),
     ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {"surprise": 1}}),
-    ("launch", {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {}, "bundle": "not bytes", "archive_sha256": "a" * 64}),
+    ("launch",
+     {"run_id": "0123456789ab", "digest": "a" * 64, "spec": {}, "bundle": "not bytes", "archive_sha256": "a" * 64}),
     ("status", {"run_id": "0123456789ab", "wait": "10"}),
     ("status", {"run_id": "0123456789ab", "wait": 1e9}),
     ("status", {"run_id": ["0123456789ab"]}),
@@ -466,12 +496,11 @@ HOSTILE_ARGS = [
 
 
 @pytest.mark.parametrize("task,fields", HOSTILE_ARGS, ids=[f"{t}-{i}" for i, (t, _) in enumerate(HOSTILE_ARGS)])
-def test_every_field_of_a_tasks_arguments_is_checked_at_the_edge(task: str, fields: dict[str, Any], t: LocalTransport, home: Path,
-                                                                  tmp_path: Path) -> None:
+def test_every_field_of_a_tasks_arguments_is_checked_at_the_edge(
+    task: str, fields: dict[str, Any], t: LocalTransport, home: Path, tmp_path: Path
+) -> None:
     """A hostile client's arguments: a gcbundle error naming the field, from the login node's
     own checks (never an exception of another kind, which would arrive as a RemoteError)."""
-    from bundle.errors import RemoteError
-
     run_dir = home / "runs" / "0123456789ab"  # a finished run, as launch and the driver leave it
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text('{"run_id": "0123456789ab", "digest": "' + "a" * 64 + '"}')
@@ -482,15 +511,12 @@ def test_every_field_of_a_tasks_arguments_is_checked_at_the_edge(task: str, fiel
         t.call(task, **fields)
     assert not isinstance(err.value, RemoteError), err.value
     assert set((home / "runs").iterdir()) == runs_before, "no run directory made"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["driver.log", "run.json", "state.json"], "nothing written into the run"
+    left = sorted(p.name for p in run_dir.iterdir())
+    assert left == ["driver.log", "run.json", "state.json"], "nothing written into the run"
 
 
 def test_list_shows_recorded_states_with_a_note_when_an_endpoint_cannot_be_asked(tmp_path: Path) -> None:
-    from bundle.registry import RunRecord
-
-    now = time.time()
-    Registry().add(RunRecord(run_id="00000000000a", endpoint="nosuchalias", digest="0" * 64, workflow="wf.py", site=None,
-                             state="running", submitted=now, updated=now))
+    Registry().add(row("00000000000a", endpoint="nosuchalias"))
     res = CliRunner().invoke(main, ["list"])
     assert res.exit_code == 0, res.output
     assert "00000000000a  running" in res.stdout

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bundle.contracts import Contract, check_reply, check_reply_shape
+from bundle.endpoints import resolve
 from bundle.errors import ProtocolMismatch, RemoteError
 from bundle.protocol import TASK_SINCE, request, unwrap
 
@@ -138,20 +139,19 @@ def _missing_task(task: str, exc: RemoteError) -> RemoteError:
     """A task newer than the login node's gcbundle fails there as a missing function: say to upgrade."""
     since = TASK_SINCE.get(task)
     if since and task in exc.message and ("attribute" in exc.message or "import" in exc.message):
-        return ProtocolMismatch(f"the login node's gcbundle has no `{task}` task (it came with gcbundle protocol {since})",
-                                "upgrade gcbundle on the login node (re-run the Ansible playbook)")
+        return ProtocolMismatch(
+            f"the login node's gcbundle has no `{task}` task (it came with gcbundle protocol {since})",
+            "upgrade gcbundle on the login node (re-run the Ansible playbook)",
+        )
     return exc
 
 
 def get_transport(endpoint: str) -> Transport:
     """``local``, or a Globus Compute endpoint by UUID or configured alias."""
-    # Imported here, not at the top: both transport modules import this one
-    # (the interface), and the Globus SDK is heavy and not needed for ``local``.
     if endpoint == "local":
-        from bundle.transport.local import LocalTransport
+        from bundle.transport.local import LocalTransport  # import cycle: local.py subclasses Transport
 
         return LocalTransport()
-    from bundle.endpoints import resolve
-    from bundle.transport.globus import transport_for
+    from bundle.transport.globus import transport_for  # import cycle: globus.py subclasses Transport
 
     return transport_for(resolve(endpoint))  # resolve() says what to do with an unknown name

@@ -36,9 +36,10 @@ Authentication
 
 Errors
     Everything the service or the SDK raises becomes one of ``bundle.errors``
-    with a line on what to do (the translation lives in ``globus_errors.py``). Replies travel as the login node wrote them, so
-    ``protocol.unwrap`` (in ``Transport.call``) reports a login node whose
-    gcbundle speaks another protocol, as for ``local``.
+    with a line on what to do (the translation lives in ``globus_errors.py``).
+    Replies travel as the login node wrote them, so ``protocol.unwrap`` (in
+    ``Transport.call``) reports a login node whose gcbundle speaks another
+    protocol, as for ``local``.
 """
 from __future__ import annotations
 
@@ -57,28 +58,21 @@ from typing import Any
 
 from bundle import __version__
 from bundle.endpoints import resolve
-from bundle.errors import (
-    EndpointUnavailable,
-    FunctionNotPermitted,
-    GcbundleError,
-    NotLoggedIn,
-    PayloadTooLarge,
-    ProtocolMismatch,
-    RateLimited,
-    RemoteError,
-    TaskTimeout,
-    TransportError,
-    UsageError,
-)
+from bundle.errors import FunctionNotPermitted, GcbundleError, NotLoggedIn, PayloadTooLarge, TransportError, UsageError
 from bundle.limits import TASK_LIMIT
 from bundle.protocol import PROTOCOL, TASKS
 from bundle.transport import Transport
 from bundle.transport.globus_errors import (
     LOGIN_HINT,
+    no_result,
+    offline,
+    out_of_patience,
     remote_failure,
     stale_function,
+    still_pending,
     translate,
-    versions_note,
+    unreachable,
+    unreadable_result,
 )
 from bundle.transport.wire import task_function
 
@@ -101,6 +95,7 @@ COLD_START_NOTICE = 5.0
 
 def _stderr_note(text: str) -> None:
     print(f"gcbundle: {text}", file=sys.stderr, flush=True)
+
 
 def _env_float(name: str, default: float) -> float:
     try:
@@ -209,14 +204,20 @@ class GlobusTransport(Transport):
         self.label = label or endpoint_id
         #: Registered function ids by task name; empty means "register on first use".
         self.functions = dict(functions or {})
-        self.task_timeout = task_timeout if task_timeout is not None else _env_float("GCBUNDLE_TASK_TIMEOUT", DEFAULT_TASK_TIMEOUT)
+        if task_timeout is None:
+            task_timeout = _env_float("GCBUNDLE_TASK_TIMEOUT", DEFAULT_TASK_TIMEOUT)
+        self.task_timeout = task_timeout
         if interactive is None:  # someone at a terminal can answer the SDK's login prompt (on stdout)
-            interactive = sys.stdin.isatty() and sys.stdout.isatty() and not os.environ.get("GCBUNDLE_NO_LOGIN")
+            at_terminal = sys.stdin.isatty() and sys.stdout.isatty()
+            interactive = at_terminal and not os.environ.get("GCBUNDLE_NO_LOGIN")
         self.interactive = interactive
         self.rate_limit_patience = rate_limit_patience
         self._sleep = sleep or time.sleep
         self._clock = clock or time.monotonic
-        self._limiter = _SHARED_LIMITER if sleep is None and clock is None else RateLimiter(clock=self._clock, sleep=self._sleep)
+        if sleep is None and clock is None:
+            self._limiter = _SHARED_LIMITER
+        else:  # an injected clock and sleep (tests): a pace of their own
+            self._limiter = RateLimiter(clock=self._clock, sleep=self._sleep)
         self._function_ids = function_ids or FunctionIds()
         self._auto_ids: dict[str, tuple[str, str]] = {}  # task -> (function id, cache key)
         self._client_obj = client
@@ -278,7 +279,8 @@ class GlobusTransport(Transport):
         self._guard("log in to Globus", app.login)
 
     # -- requests, paced and translated ---------------------------------------------------
-    def _guard(self, what: str, fn: Callable[..., Any], *args: Any, idempotent: bool = True, task: str | None = None) -> Any:
+    def _guard(self, what: str, fn: Callable[..., Any], *args: Any, idempotent: bool = True,
+               task: str | None = None) -> Any:
         """Call the SDK: paced, with back-off on 429/503 (and 5xx when safe), errors translated."""
         import globus_sdk
         from globus_sdk.token_storage import TokenValidationError
@@ -297,27 +299,26 @@ class GlobusTransport(Transport):
                 status = exc.http_status
                 retry = status in (429, 503) or (idempotent and status in (500, 502, 504))
                 if not retry or isinstance(exc, globus_sdk.AuthAPIError):
-                    raise translate(exc, what, task, label=self.label, endpoint_id=self.endpoint_id,
-                                    has_functions=bool(self.functions), client_credentials=_client_credentials()) from None
+                    raise translate(
+                        exc, what, task,
+                        label=self.label,
+                        endpoint_id=self.endpoint_id,
+                        has_functions=bool(self.functions),
+                        client_credentials=_client_credentials(),
+                    ) from None
                 delay = self._retry_after(exc, attempt)
                 waited = self._clock() - started
                 if waited + delay > self.rate_limit_patience:
-                    if status == 429:
-                        raise RateLimited(
-                            f"Globus Compute still limits this client's requests after {waited:.0f} s of backing off (HTTP 429 on: {what})",
-                            "another program may be sending many requests as you: wait a few minutes and run the command again",
-                        ) from None
-                    raise TransportError(f"the Globus Compute service kept failing for {waited:.0f} s (HTTP {status} on: {what})",
-                                         "check https://status.globus.org and run the command again later") from None
+                    raise out_of_patience(status, waited, what) from None
                 log.warning("Globus Compute answered HTTP %s to %s; retrying in %.0f s", status, what, delay)
                 self._sleep(delay)
                 attempt += 1
             except globus_sdk.NetworkError as exc:
-                raise TransportError(f"cannot reach the Globus Compute service ({what}): {type(exc).__name__}",
-                                     "check your network connection and run the command again") from None
+                raise unreachable(what, exc) from None
             except EOFError:
                 # The SDK started a login flow (e.g. Globus asked for a fresh session) and nobody can answer it.
-                raise NotLoggedIn(f"Globus asked for a new login ({what}) and there is no terminal to do it", LOGIN_HINT) from None
+                raise NotLoggedIn(f"Globus asked for a new login ({what}) and there is no terminal to do it",
+                                  LOGIN_HINT) from None
             except TokenValidationError as exc:
                 raise NotLoggedIn(f"your stored Globus credentials cannot be used: {exc}", LOGIN_HINT) from None
 
@@ -338,19 +339,12 @@ class GlobusTransport(Transport):
         data = self._guard(f"endpoint {self.label} status", client.get_endpoint_status, self.endpoint_id)
         return dict(data) if isinstance(data, Mapping) else {"status": str(data)}
 
-    def _offline(self, extra: str = "") -> EndpointUnavailable:
-        return EndpointUnavailable(
-            f"endpoint {self.label} is offline{extra}",
-            "start it on the login node (`globus-compute-endpoint start NAME`) or ask the site's administrators; `gcbundle doctor --endpoint "
-            f"{self.label}` checks again",
-        )
-
     def _check_endpoint(self) -> None:
         """Fail fast on an unknown or offline endpoint instead of waiting for a task that cannot run."""
         if self._endpoint_checked:
             return
         if str(self.endpoint_status().get("status", "")).lower() == "offline":
-            raise self._offline()
+            raise offline(self.label)
         self._endpoint_checked = True
 
     # -- functions -----------------------------------------------------------------------
@@ -361,7 +355,8 @@ class GlobusTransport(Transport):
             if not fid:
                 raise FunctionNotPermitted(
                     f"the alias {self.label} holds registered function ids, but none for the {task} task",
-                    f"run `gcbundle register --endpoint {self.label}` again and have the administrators allow the new ids",
+                    f"run `gcbundle register --endpoint {self.label}` again "
+                    "and have the administrators allow the new ids",
                 )
             return fid, None
         if task in self._auto_ids:
@@ -373,8 +368,8 @@ class GlobusTransport(Transport):
         key = f"{_identity_namespace()}:{hashlib.sha256(code.encode()).hexdigest()}"
         fid = self._function_ids.get(key)
         if fid is None:
-            fid = str(self._guard(f"register the {task} task function", client.register_function, fn, _description(task),
-                                  idempotent=False, task=task))
+            register = functools.partial(client.register_function, fn, _description(task))
+            fid = str(self._guard(f"register the {task} task function", register, idempotent=False, task=task))
             self._function_ids.put(key, fid)
         self._auto_ids[task] = (fid, key)
         return fid, key
@@ -384,7 +379,8 @@ class GlobusTransport(Transport):
         client = self.client()
         out = {}
         for task in TASKS:
-            register = functools.partial(client.register_function, task_function(task), description=_description(task), public=public, group=group)
+            register = functools.partial(client.register_function, task_function(task),
+                                         description=_description(task), public=public, group=group)
             out[task] = str(self._guard(f"register the {task} task function", register, idempotent=False, task=task))
         return out
 
@@ -404,11 +400,13 @@ class GlobusTransport(Transport):
             batch.add(fid, (req,), {})
             payload = batch.prepare()["tasks"][fid][0]
             if len(payload) > TASK_LIMIT:
-                raise PayloadTooLarge(f"the {task} task is {len(payload)} bytes after serialization, above the {TASK_LIMIT}-byte limit",
-                                      "this is a gcbundle bug: chunk sizes should keep tasks under the limit")
+                raise PayloadTooLarge(
+                    f"the {task} task is {len(payload)} bytes after serialization, above the {TASK_LIMIT}-byte limit",
+                    "this is a gcbundle bug: chunk sizes should keep tasks under the limit",
+                )
             try:
-                reply = self._guard(f"submit the {task} task to endpoint {self.label}", client.batch_run, self.endpoint_id, batch, idempotent=False,
-                                    task=task)
+                reply = self._guard(f"submit the {task} task to endpoint {self.label}",
+                                    client.batch_run, self.endpoint_id, batch, idempotent=False, task=task)
             except TransportError as exc:
                 # A function id we registered ourselves may have been deleted, or
                 # belong to the identity we were logged in as before: register anew, once.
@@ -421,7 +419,8 @@ class GlobusTransport(Transport):
             try:
                 return str(reply["tasks"][fid][0])
             except (KeyError, IndexError, TypeError):
-                raise TransportError(f"Globus Compute accepted the {task} task but returned no task id", "run the command again") from None
+                raise TransportError(f"Globus Compute accepted the {task} task but returned no task id",
+                                     "run the command again") from None
         raise AssertionError("unreachable")
 
     def _wait(self, task: str, task_id: str) -> Any:
@@ -439,10 +438,7 @@ class GlobusTransport(Transport):
             except TaskExecutionFailed as exc:
                 raise remote_failure(task, exc.remote_data, self._warnings) from None
             except SerializationError:
-                raise ProtocolMismatch(
-                    f"the login node's answer to the {task} task cannot be read here" + versions_note(self._warnings),
-                    "use the same Python minor version (and dill) on this machine and in the endpoint's environment",
-                ) from None
+                raise unreadable_result(task, self._warnings) from None
             finally:
                 # The SDK keeps every fetched result in a table for the life of the
                 # client; a results download would pile up there. The caller has it now.
@@ -450,16 +446,16 @@ class GlobusTransport(Transport):
             if not st.get("pending", True):
                 if "result" in st:
                     return st["result"]
-                raise RemoteError(f"the {task} task ended without a result ({st.get('status')}: {st.get('reason', 'no reason given')})",
-                                  f"run the command again; `gcbundle doctor --endpoint {self.label}` checks the endpoint")
+                raise no_result(task, st, self.label)
             elapsed = self._clock() - started
             if elapsed >= self.task_timeout:
                 raise self._pending_too_long(task, task_id, str(st.get("status")), elapsed)
             if not noted and elapsed >= COLD_START_NOTICE:
                 # An endpoint stops its user endpoint process when idle; the next
                 # task waits while it starts again. Say so rather than look hung.
-                self.notify(f"the {task} task has waited {elapsed:.0f} s ({st.get('status')}): endpoint {self.label} is probably "
-                            "starting a worker (a cold start after idling takes ~20 s), or busy with another task")
+                self.notify(f"the {task} task has waited {elapsed:.0f} s ({st.get('status')}): "
+                            f"endpoint {self.label} is probably starting a worker "
+                            "(a cold start after idling takes ~20 s), or busy with another task")
                 noted = True
             self._sleep(min(interval, max(0.0, self.task_timeout - elapsed)))
             interval = min(POLL_MAX, interval * POLL_GROWTH)
@@ -468,15 +464,10 @@ class GlobusTransport(Transport):
         note = f" (task {task_id}, still {status} after {elapsed:.0f} s; it stays queued and may run later)"
         try:
             if str(self.endpoint_status().get("status", "")).lower() == "offline":
-                return self._offline(note)
+                return offline(self.label, note)
         except GcbundleError:
             pass
-        return TaskTimeout(
-            f"the {task} task has waited {elapsed:.0f} s on endpoint {self.label} without finishing (task {task_id}, {status})",
-            "the endpoint may be busy: a default endpoint runs one task at a time, so another task (an earlier gcbundle command's, or anyone's "
-            "sent as you) may hold it; try again later, check with `gcbundle doctor --endpoint "
-            f"{self.label}`, or allow longer with GCBUNDLE_TASK_TIMEOUT=SECONDS",
-        )
+        return still_pending(task, task_id, status, elapsed, self.label)
 
 
 def _description(task: str) -> str:
@@ -496,8 +487,10 @@ def login(force: bool = False) -> dict[str, Any]:
     """
     headless = _client_credentials()
     if not headless and not sys.stdin.isatty():
-        raise NotLoggedIn("logging in needs a terminal: the SDK prints a link and asks for the code Globus shows",
-                          "run `gcbundle login` in a terminal, or set GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET")
+        raise NotLoggedIn(
+            "logging in needs a terminal: the SDK prints a link and asks for the code Globus shows",
+            "run `gcbundle login` in a terminal, or set GLOBUS_COMPUTE_CLIENT_ID and GLOBUS_COMPUTE_CLIENT_SECRET",
+        )
     client = make_client()
     t = GlobusTransport("00000000-0000-0000-0000-000000000000", label="login", client=client, interactive=True)
     if force and not headless and getattr(client, "app", None) is not None:
@@ -511,5 +504,6 @@ def login(force: bool = False) -> dict[str, Any]:
 def require_globus(endpoint: str) -> GlobusTransport:
     """The globus transport for ``endpoint`` (an alias or UUID), refusing ``local``."""
     if endpoint == "local":
-        raise UsageError("the local endpoint has no Globus functions to register", "name a Globus Compute endpoint: an alias or a UUID")
+        raise UsageError("the local endpoint has no Globus functions to register",
+                         "name a Globus Compute endpoint: an alias or a UUID")
     return transport_for(resolve(endpoint))

@@ -150,7 +150,8 @@ class LocalTransport(Transport):
                 result = worker.run(packed, task_id, workdir)
             except (EOFError, OSError):
                 self._close_worker()
-                raise TransportError(f"the local endpoint's worker died while running the {task} task", "run the command again") from None
+                raise TransportError(f"the local endpoint's worker died while running the {task} task",
+                                     "run the command again") from None
             except BaseException:
                 self._close_worker(kill=True)  # interrupted half-way: the pipes are out of step
                 raise
@@ -194,7 +195,8 @@ class LocalTransport(Transport):
             except (EOFError, OSError):
                 in_flight = 0
                 self._close_worker()
-                raise TransportError(f"the local endpoint's worker died while running a {task} task", "run the command again") from None
+                raise TransportError(f"the local endpoint's worker died while running a {task} task",
+                                     "run the command again") from None
             finally:
                 self._holder = None
                 if in_flight:
