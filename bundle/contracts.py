@@ -13,8 +13,8 @@ stated here, once, for both sides:
   skip it; the login node checks its own replies the same way before they
   leave (``login_node.tasks``), so a reply it gets wrong is an error there,
   not bad data here;
-- the login node parses every request with the ``*Request`` class
-  (``login_node.tasks``).
+- the login node parses and checks every request with the ``*Request`` class,
+  and its task functions (``login_node.tasks``) work from that object.
 
 The client trusts nothing that crosses the wire: a login node may run another
 gcbundle version, a damaged install, or be hostile. A reply class checks
@@ -26,10 +26,14 @@ raises one ``MalformedReply`` line that names the task and the field::
 then ``from_json`` parses each declared field by its kind, and raises one
 line that names the task and the field: a ``UsageError`` for a request (the
 login node refuses it), a ``RemoteError`` for a reply (the client cannot use
-it). What a request's value means (a run id's pattern, a digest's, a chunk's
-range) is checked where it is used, on the login node. A reply keeps the
-fields it does not declare (``extra``), so a newer login node can add fields
-that an older client passes through. The results listing's paths, sizes and
+it). A request field also states what its value must mean (its ``rule``: a
+run id's pattern, a digest's, a number's range), checked once every field's
+kind is, in field order, with the error the login node answers; and what a
+request that leaves it out gets (``absent``), which may differ from what one
+that sends null gets (status's ``wait`` is 0 when absent; a null ``wait`` is
+refused). The task functions read a checked request's attributes only. A
+reply keeps the fields it does not declare (``extra``), so a newer login node
+can add fields that an older client passes through. The results listing's paths, sizes and
 digests are checked file by file in ``bundle.results``, which writes them to
 disk.
 
@@ -46,8 +50,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from bundle.errors import MalformedReply, RemoteError, UsageError
-from bundle.limits import TASK_LIMIT
+from bundle.errors import MalformedReply, RemoteError, RunNotFound, UsageError
+from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE, TASK_LIMIT
 
 #: Every state of a run, and those it never leaves (``login_node.state`` writes them).
 STATES = ("staged", "queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
@@ -81,7 +85,8 @@ _KINDS: dict[str, tuple[Any, str]] = {
 
 _SHA = re.compile(r"[0-9a-f]{64}")
 _RUN_ID = re.compile(r"[0-9a-f]{12}")
-_SHAPE_HINT = "the login node's gcbundle may be damaged or another version: check it with `gcbundle doctor --endpoint ENDPOINT`"
+_SHAPE_HINT = ("the login node's gcbundle may be damaged or another version: "
+               "check it with `gcbundle doctor --endpoint ENDPOINT`")
 _CHECK_STATUS = ("ok", "warn", "fail", "skip", "info")
 
 
@@ -126,22 +131,28 @@ def _get(task: str, data: dict[str, Any], key: str, ok: Callable[[Any], bool], w
 
 def _obj(task: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise MalformedReply(f"the login node sent a {task} reply that is a {type(data).__name__}, not an object", _SHAPE_HINT)
+        what = type(data).__name__
+        raise MalformedReply(f"the login node sent a {task} reply that is a {what}, not an object", _SHAPE_HINT)
     return data
 
 
 def _check_state(data: Any, task: str) -> None:
     """A run's state, as ``status``, ``launch``, ``cancel`` and ``results_manifest`` carry it."""
     d = _obj(task, data)
-    _get(task, d, "error", lambda v: isinstance(v, dict) and all(isinstance(v.get(k), (str, type(None))) for k in ("message", "traceback")),
-         "an object of strings", False)
+
+    def error_ok(v: Any) -> bool:
+        return isinstance(v, dict) and all(isinstance(v.get(k), (str, type(None))) for k in ("message", "traceback"))
+
+    def counts_ok(v: Any) -> bool:
+        return isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) for k, n in v.items())
+
+    _get(task, d, "error", error_ok, "an object of strings", False)
     _get(task, d, "state", lambda v: v in REPLY_STATES, f"one of {', '.join(REPLY_STATES)}")
     for key in ("detail", "hint", "host"):
         _get(task, d, key, _is_str, "a string", False)
     _get(task, d, "pid", _is_int, "a process id", False)
     _get(task, d, "updated", _is_num, "a time", False)
-    _get(task, d, "tasks", lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(n) for k, n in v.items()),
-         "an object of counts", False)
+    _get(task, d, "tasks", counts_ok, "an object of counts", False)
     _get(task, d, "scheduler_job_ids", _str_list, "a list of strings", False)
     _get(task, d, "resumed_from", lambda v: isinstance(v, str) and _RUN_ID.fullmatch(v) is not None, "a run id", False)
     _get(task, d, "waited", _is_num, "a number of seconds", False)
@@ -154,9 +165,26 @@ def _kind_of(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def contract_field(kind: str, *, optional: bool = False, default: Any = _MISSING) -> Any:
-    """A contract field of JSON ``kind``; ``optional`` also accepts null; ``default`` makes it not required."""
-    meta = {"kind": kind, "optional": optional}
+#: ``contract_field(absent=AS_NULL)``: a request that leaves the field out reads as if it sent null.
+AS_NULL: Any = object()
+
+#: A request field's rule: ``rule(request, name, value, sent)`` raises the error the login node answers
+#: if ``value`` does not mean what the field must (``sent`` is the request as it came, for a rule that
+#: depends on whether another field was sent).
+Rule = Callable[[Any, str, Any, Mapping[str, Any]], None]
+
+
+def contract_field(kind: str, *, optional: bool = False, default: Any = _MISSING, absent: Any = _MISSING,
+                   rule: Rule | None = None) -> Any:
+    """A contract field of JSON ``kind``.
+
+    ``optional`` also accepts null; ``default`` makes it not required (and is what a Python
+    caller gets who leaves it out: None is not sent). ``absent``: what a request that leaves
+    the field out gets instead of ``default`` (``AS_NULL``: it reads as null, and is checked
+    as null). ``rule``: what the value must mean, checked on a value that was sent (or read
+    as null), not on a default.
+    """
+    meta = {"kind": kind, "optional": optional, "absent": absent, "rule": rule}
     if default is _MISSING:
         return field(metadata=meta)
     if isinstance(default, (list, dict)):
@@ -173,6 +201,9 @@ class Contract:
 
     task: ClassVar[str] = "?"
     side: ClassVar[str] = "request"
+    #: The fields whose rules are checked first, in this order (the order the login node has
+    #: always checked them in); the other fields' follow in field order.
+    rule_order: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def _fail(cls, message: str) -> Exception:
@@ -184,10 +215,20 @@ class Contract:
     def from_json(cls: type[T], data: Any) -> T:
         """Parse and check ``data``; raise one line naming the task and the field if it does not fit.
 
-        A reply is first checked value by value (``_validate``), then parsed field by field.
+        A reply is first checked value by value (``_validate``). Then every field is parsed by
+        its kind, and only then each field's rule is checked, in ``rule_order`` (a nested
+        contract's rules at its field's place): a request wrong in two ways is refused for the
+        one the login node has always named first.
         """
         if cls.side == "reply":
             cls._validate(data)
+        obj = cls._parse(data)
+        obj._settle(data)
+        return obj
+
+    @classmethod
+    def _parse(cls: type[T], data: Any) -> T:
+        """The object of ``data``'s fields, each checked by its kind only."""
         if not isinstance(data, Mapping):
             raise cls._fail(f"that is {_kind_of(data)}, not an object")
         values: dict[str, Any] = {}
@@ -196,12 +237,18 @@ class Contract:
             if f.name == "extra":
                 continue
             declared.add(f.name)
-            kind, optional = f.metadata["kind"], f.metadata["optional"]
+            kind, optional, absent = f.metadata["kind"], f.metadata["optional"], f.metadata["absent"]
             value = data.get(f.name, _MISSING)
             if value is _MISSING:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if absent is AS_NULL:
+                    value = None
+                elif absent is not _MISSING:
+                    values[f.name] = absent
+                    continue
+                elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise cls._fail(f"without `{f.name}`")
-                continue
+                else:
+                    continue
             if value is None and optional:
                 values[f.name] = None
                 continue
@@ -211,9 +258,21 @@ class Contract:
             values[f.name] = cls._nested(f.name, value)
         if any(f.name == "extra" for f in dataclasses.fields(cls)):
             values["extra"] = {k: v for k, v in data.items() if k not in declared}
-        obj = cls(**values)
-        obj._check()
-        return obj
+        return cls(**values)
+
+    def _settle(self, data: Mapping[str, Any]) -> None:
+        """Each field's rule, in ``rule_order``, on the values ``data`` sent; then ``_check``."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for name in (*self.rule_order, *(n for n in fields if n not in self.rule_order)):
+            f = fields[name]
+            value = getattr(self, f.name)
+            if isinstance(value, Contract) and isinstance(data.get(f.name), Mapping):
+                value._settle(data[f.name])
+                continue
+            rule = f.metadata.get("rule")
+            if rule is not None and (f.name in data or f.metadata["absent"] is AS_NULL):
+                rule(self, f.name, value, data)
+        self._check()
 
     @classmethod
     def _validate(cls, data: Any) -> None:
@@ -221,7 +280,8 @@ class Contract:
 
     @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
-        """A field's value as the dataclass holds it (a nested contract parses it here)."""
+        """A field's value as the dataclass holds it (a nested contract parses it here, with
+        ``_parse``: its rules are checked at its field's place, by ``_settle``)."""
         return value
 
     def _check(self) -> None:
@@ -241,25 +301,130 @@ class Contract:
         return out
 
 
+# -- what a request's values must mean ------------------------------------------------------
+# A request field's ``rule`` (``contract_field``) raises the error the login node answers, in
+# the words its task functions have always used: clients, scripts and tests compare them.
+
+#: Longest a status task may wait for the run's state to change (``StatusRequest.wait``).
+STATUS_WAIT_MAX = 30.0
+_RUN_ID_HINT = "run ids are 12 hex digits; `gcbundle list` shows them"
+
+
+def _run_id(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    """A run id names a folder on the login node: 12 lowercase hex digits, nothing else."""
+    if not isinstance(value, str) or not _RUN_ID.fullmatch(value):
+        raise RunNotFound(f"{str(value)[:40]!r} is not a run id", _RUN_ID_HINT)
+
+
+def _run_id_or_none(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    if value is not None:
+        _run_id(req, key, value, sent)
+
+
+def _digest(what: str, *, none_ok: bool = False) -> Rule:
+    """A bundle's or an archive's sha256, which names a file in the cache."""
+    def rule(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+        if value is None and none_ok:
+            return
+        if not isinstance(value, str) or not _SHA.fullmatch(value):
+            raise UsageError(f"{what} must be 64 lowercase hex digits")
+    return rule
+
+
+def _digests(what: str, most: int, each: str) -> Rule:
+    """A list of at most ``most`` digests (null: none asked)."""
+    def rule(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+        if value is None:
+            return
+        if len(value) > most:
+            raise UsageError(f"{what} must be a list of at most {most} digests")
+        for digest in value:
+            _digest(each)(req, key, digest, sent)
+    return rule
+
+
+def _int_in(lo: int = 0, hi: int | None = None) -> Rule:
+    """An integer in ``lo..hi`` (no upper bound: ``hi`` None); null is refused like any non-integer."""
+    def rule(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+            raise UsageError(f"{key} must be an integer in {lo}..{hi if hi is not None else 'inf'}, got {value!r}")
+    return rule
+
+
+def _wait_seconds(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not 0 <= value <= STATUS_WAIT_MAX:
+        raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {value!r}")
+
+
+def _true_or_false(message: str) -> Rule:
+    """true or false, and null is refused (a field that is ``optional`` only so that this says so)."""
+    def rule(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+        if not isinstance(value, bool):
+            raise UsageError(message)
+    return rule
+
+
+def _site_profile(what: str) -> Rule:
+    """A site profile as it travels (``Profile.to_spec``), or null: none."""
+    def rule(req: Any, key: str, site: Any, sent: Mapping[str, Any]) -> None:
+        if site is None:
+            return
+        profile = isinstance(site, dict) and isinstance(site.get("text"), str)
+        if not profile or not isinstance(site.get("name", ""), str):
+            raise UsageError(f"{what} must be a site profile object with a `text` string, got {type(site).__name__}",
+                             "send it with the gcbundle client")
+        params = site.get("params", {})
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            raise UsageError(f"{what}.params must be an object with string keys")
+    return rule
+
+
+def _identifier_keys(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    if not all(isinstance(k, str) and k.isidentifier() for k in value):
+        raise UsageError("spec.args must be an object whose keys are Python identifiers")
+
+
+def _string_keys(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    if not all(isinstance(k, str) for k in value or {}):
+        raise UsageError("spec.params must be an object with string keys")
+
+
 # -- the launch spec ------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
 class LaunchSpec(Contract):
     """What a run is asked to be: its arguments, site profile and parameters, and what it resumes.
 
-    ``inherit``: a resume without new arguments or site runs with the earlier run's.
+    The detached driver reads these without the client there to hear about a bad one (a
+    string ``site`` once crashed the driver before it could write a final state, leaving a
+    run that read as lost), so every field is checked before anything is written, and a
+    field this login node does not know is refused. ``inherit``: a resume without new
+    arguments or site runs with the earlier run's. Null ``params`` are no parameters.
     """
 
     task: ClassVar[str] = "launch"
-    args: dict[str, Any] = contract_field("dict", default={})
-    site: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
-    params: dict[str, Any] = contract_field("dict", optional=True, default={})
-    resumed_from: str | None = contract_field("str", optional=True, default=None)
+    rule_order: ClassVar[tuple[str, ...]] = ("args", "params", "site", "resumed_from")
+    args: dict[str, Any] = contract_field("dict", default={}, rule=_identifier_keys)
+    site: dict[str, Any] | None = contract_field("dict", optional=True, default=None, rule=_site_profile("spec.site"))
+    params: dict[str, Any] = contract_field("dict", optional=True, default={}, rule=_string_keys)
+    resumed_from: str | None = contract_field("str", optional=True, default=None, rule=_run_id_or_none)
     inherit: bool = contract_field("bool", default=False)
+
+    def __post_init__(self) -> None:
+        if self.params is None:
+            object.__setattr__(self, "params", {})
 
     @classmethod
     def _fail(cls, message: str) -> Exception:
         return UsageError(f"the launch request's spec {message}", "use the gcbundle client to send tasks")
+
+    def _settle(self, data: Mapping[str, Any]) -> None:
+        unknown = set(data) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UsageError(f"spec has unknown fields: {', '.join(sorted(map(str, unknown)))[:120]}",
+                             "use a gcbundle client of the login node's version")
+        super()._settle(data)
 
     def to_json(self) -> dict[str, Any]:
         return {"args": dict(self.args), "site": self.site, "params": dict(self.params or {}),
@@ -267,84 +432,130 @@ class LaunchSpec(Contract):
 
 
 # -- requests -----------------------------------------------------------------------------
+# ``default`` is what the client leaves out (None: not sent); ``absent`` what the login node
+# reads for a field a request leaves out, where that differs; ``absent=AS_NULL``: the field
+# is needed, and a request without it is refused as one that sent null.
+
+def _archive_of_one_probe(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    """The upload whose chunks a probe of one bundle asks about."""
+    if value and len(req.digests) == 1:
+        _digest("archive_sha256")(req, key, value, sent)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeRequest(Contract):
     task: ClassVar[str] = "probe"
-    digests: list[str] = contract_field("list", default=[])
-    archive_sha256: str | None = contract_field("str", optional=True, default=None)
+    digests: list[str] = contract_field("list", default=[], rule=_digests("digests", 1000, "digest"))
+    archive_sha256: str | None = contract_field("str", optional=True, default=None, rule=_archive_of_one_probe)
     #: Protocol 2: digests the client could make a delta against.
-    bases: list[str] | None = contract_field("list", optional=True, default=None)
+    bases: list[str] | None = contract_field("list", optional=True, default=None, rule=_digests("bases", 64, "base"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageRequest(Contract):
     task: ClassVar[str] = "stage"
-    digest: Any = contract_field("any", optional=True, default=None)
-    archive_sha256: Any = contract_field("any", optional=True, default=None)
-    size: Any = contract_field("any", optional=True, default=None)
-    index: Any = contract_field("any", optional=True, default=None)
+    digest: str = contract_field("any", default=None, absent=AS_NULL, rule=_digest("digest"))
+    archive_sha256: str = contract_field("any", default=None, absent=AS_NULL, rule=_digest("archive_sha256"))
+    size: int = contract_field("any", default=None, absent=AS_NULL, rule=_int_in(1))
+    index: int = contract_field("any", default=None, absent=AS_NULL, rule=_int_in(0))
+    #: The chunk's bytes, checked against the upload's size and chunk count by the cache.
     data: Any = contract_field("any", optional=True, default=None)
     #: Protocol 2: the chunks are of a delta against this cached bundle.
-    base: str | None = contract_field("str", optional=True, default=None)
+    base: str | None = contract_field("str", optional=True, default=None, rule=_digest("base", none_ok=True))
+
+
+def _archive_of_inline_bundle(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    if req.bundle is not None:
+        _digest("archive_sha256")(req, key, value, sent)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LaunchRequest(Contract):
     task: ClassVar[str] = "launch"
-    run_id: Any = contract_field("any", optional=True, default=None)
-    digest: Any = contract_field("any", optional=True, default=None)
+    run_id: str = contract_field("any", default=None, absent=AS_NULL, rule=_run_id)
+    digest: str = contract_field("any", default=None, absent=AS_NULL, rule=_digest("digest"))
     spec: LaunchSpec = contract_field("dict")
-    archive_sha256: Any = contract_field("any", optional=True, default=None)
+    #: The inline bundle's archive sha256 (checked with ``bundle`` only).
+    archive_sha256: str | None = contract_field("any", optional=True, default=None, absent=AS_NULL,
+                                                rule=_archive_of_inline_bundle)
     #: The whole bundle archive, when it is small enough to travel inside the launch task.
     bundle: bytes | None = contract_field("bytes", optional=True, default=None)
 
     @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
-        return LaunchSpec.from_json(value) if name == "spec" else value
+        return LaunchSpec._parse(value) if name == "spec" else value
 
 
 @dataclass(frozen=True, kw_only=True)
 class StatusRequest(Contract):
     task: ClassVar[str] = "status"
-    run_id: Any = contract_field("any", optional=True, default=None)
-    #: Seconds to wait on the login node for the state to change (a long poll); absent: answer at once.
-    wait: float | None = contract_field("any", optional=True, default=None)
+    run_id: str = contract_field("any", default=None, absent=AS_NULL, rule=_run_id)
+    #: Seconds to wait on the login node for the state to change (a long poll); absent: 0, answer at once.
+    wait: float = contract_field("any", default=None, absent=0, rule=_wait_seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LogsRequest(Contract):
     task: ClassVar[str] = "logs"
-    run_id: Any = contract_field("any", optional=True, default=None)
+    rule_order: ClassVar[tuple[str, ...]] = ("run_id", "tail", "offset", "max_bytes")
+    run_id: str = contract_field("any", default=None, absent=AS_NULL, rule=_run_id)
     name: str = contract_field("str", default="driver")
-    offset: Any = contract_field("any", default=0)
-    tail: bool = contract_field("bool", optional=True, default=False)
-    max_bytes: Any = contract_field("any", optional=True, default=None)
+    offset: int = contract_field("any", default=0, rule=_int_in(0))
+    tail: bool = contract_field("bool", optional=True, default=False,
+                                rule=_true_or_false("logs takes a string `name` and a boolean `tail`"))
+    #: Absent: a whole slice (``LOG_SLICE_BYTES``).
+    max_bytes: int = contract_field("any", default=None, absent=LOG_SLICE_BYTES, rule=_int_in(1, LOG_SLICE_BYTES))
+
+
+def _listing_sha_of_a_page(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    """The listing a later page continues (checked for a paged request only)."""
+    if "page" in sent and value is not None and not (isinstance(value, str) and _SHA.fullmatch(value)):
+        raise UsageError("manifest_sha256 must be 64 lowercase hex digits")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResultsManifestRequest(Contract):
     task: ClassVar[str] = "results_manifest"
-    run_id: Any = contract_field("any", optional=True, default=None)
-    partial: Any = contract_field("any", optional=True, default=None)
+    rule_order: ClassVar[tuple[str, ...]] = ("run_id", "partial", "manifest_sha256", "page")
+    run_id: str = contract_field("any", default=None, absent=AS_NULL, rule=_run_id)
+    #: The listing of a run that has not ended (absent: refused until it ends).
+    partial: bool = contract_field("any", default=None, absent=False,
+                                   rule=_true_or_false("partial must be true or false"))
     #: Protocol 3: the listing in pages, from this file on; later pages name the listing they continue.
-    page: Any = contract_field("any", optional=True, default=None)
-    manifest_sha256: Any = contract_field("any", optional=True, default=None)
+    #: Absent: the whole listing in one reply; a null page is refused.
+    page: int | None = contract_field("any", default=None, rule=_int_in(0))
+    manifest_sha256: str | None = contract_field("any", optional=True, default=None, rule=_listing_sha_of_a_page)
+
+
+def _string(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    if not isinstance(value, str):
+        raise UsageError(f"{key} must be a string")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ResultsChunkRequest(Contract):
     task: ClassVar[str] = "results_chunk"
-    run_id: Any = contract_field("any", optional=True, default=None)
-    manifest_sha256: Any = contract_field("any", optional=True, default=None)
-    index: Any = contract_field("any", optional=True, default=None)
+    run_id: str = contract_field("any", default=None, absent=AS_NULL, rule=_run_id)
+    #: The listing the chunk is of (the results module says whether it still is the run's).
+    manifest_sha256: str = contract_field("any", default=None, absent=AS_NULL, rule=_string)
+    index: int = contract_field("any", default=None, absent=AS_NULL, rule=_int_in(0))
 
 
 @dataclass(frozen=True, kw_only=True)
 class CancelRequest(Contract):
     task: ClassVar[str] = "cancel"
-    run_id: Any = contract_field("any", optional=True, default=None)
-    grace: Any = contract_field("any", default=30)
+    run_id: str = contract_field("any", default=None, absent=AS_NULL, rule=_run_id)
+    #: Seconds the driver gets to stop by itself.
+    grace: int = contract_field("any", default=30, rule=_int_in(0, 600))
+
+
+def _run_ids(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    if value is None:
+        return
+    if len(value) > RUNS_PAGE:
+        raise UsageError(f"run_ids must be a list of at most {RUNS_PAGE} run ids")
+    for run_id in value:
+        _run_id(req, key, run_id, sent)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -352,14 +563,19 @@ class RunsRequest(Contract):
     """Protocol 3: the runs on the login node, ``run_ids`` only, or a page of all after ``after``."""
 
     task: ClassVar[str] = "runs"
-    run_ids: list[str] | None = contract_field("list", optional=True, default=None)
-    after: Any = contract_field("any", optional=True, default=None)
-    limit: Any = contract_field("any", optional=True, default=None)
+    rule_order: ClassVar[tuple[str, ...]] = ("limit", "after", "run_ids")
+    run_ids: list[str] | None = contract_field("list", optional=True, default=None, rule=_run_ids)
+    after: str | None = contract_field("any", optional=True, default=None, rule=_run_id_or_none)
+    #: Absent: a whole page (``RUNS_PAGE``).
+    limit: int = contract_field("any", default=None, absent=RUNS_PAGE, rule=_int_in(1, RUNS_PAGE))
 
 
 @dataclass(frozen=True, kw_only=True)
 class PruneRequest(Contract):
-    """Protocol 3: remove finished runs and cached bundles by these criteria (``login_node.prune.Criteria``)."""
+    """Protocol 3: remove finished runs and cached bundles by these criteria.
+
+    ``login_node.prune.Criteria`` parses and checks them: they are the prune's own record.
+    """
 
     task: ClassVar[str] = "prune"
     prune: Any = contract_field("any", optional=True, default=None)
@@ -369,7 +585,7 @@ class PruneRequest(Contract):
 class DoctorRequest(Contract):
     task: ClassVar[str] = "doctor"
     #: A site profile spec (``Profile.to_spec``) to check too.
-    site: dict[str, Any] | None = contract_field("dict", optional=True, default=None)
+    site: dict[str, Any] | None = contract_field("dict", optional=True, default=None, rule=_site_profile("site"))
     #: With ``site``: submit one short job per executor that checks a compute node reaches its address.
     probe: bool | None = contract_field("bool", optional=True, default=None)
 
@@ -424,7 +640,8 @@ class ProbeReply(Contract):
         d = _obj("probe", data)
         digests = lambda v: isinstance(v, list) and all(isinstance(x, str) and _SHA.fullmatch(x) for x in v)  # noqa: E731
         _get("probe", d, "cached", digests, "a list of digests")
-        _get("probe", d, "staged_chunks", lambda v: isinstance(v, list) and all(_is_int(i) for i in v), "a list of chunk numbers", False)
+        chunks = lambda v: isinstance(v, list) and all(_is_int(i) for i in v)  # noqa: E731
+        _get("probe", d, "staged_chunks", chunks, "a list of chunk numbers", False)
         _get("probe", d, "bases", digests, "a list of digests", False)
 
 
@@ -483,7 +700,8 @@ class LogsReply(Contract):
         d = _obj("logs", data)
         chunk = _get("logs", d, "data", lambda v: isinstance(v, (bytes, bytearray)), "bytes")
         offset = _get("logs", d, "offset", _is_int, "a byte offset")
-        _get("logs", d, "next_offset", lambda v: _is_int(v) and v == offset + len(chunk), "the offset after the bytes sent")
+        after = lambda v: _is_int(v) and v == offset + len(chunk)  # noqa: E731
+        _get("logs", d, "next_offset", after, "the offset after the bytes sent")
         _get("logs", d, "size", _is_int, "the log's size")
         _get("logs", d, "state", lambda v: v in REPLY_STATES, f"one of {', '.join(REPLY_STATES)}", False)
         _get("logs", d, "logs", _str_list, "a list of log names", False)
@@ -578,7 +796,9 @@ class DoctorReply(Contract):
                 and isinstance(c.get("detail", ""), str) and isinstance(c.get("fix") or "", str) for c in v)
 
         def versions_ok(v: Any) -> bool:
-            return isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, (str, type(None))) for k, x in v.items())
+            if not isinstance(v, dict):
+                return False
+            return all(isinstance(k, str) and isinstance(x, (str, type(None))) for k, x in v.items())
 
         for key in ("driver_versions", "worker_versions"):
             _get("doctor", d, key, versions_ok, "an object of version strings", False)
@@ -600,15 +820,21 @@ class RunsReply(Contract):
     def _validate(cls, data: Any) -> None:
         d = _obj("runs", data)
 
-        def entry_ok(e: Any) -> bool:
-            return (isinstance(e, dict) and isinstance(e.get("run_id"), str) and _RUN_ID.fullmatch(e["run_id"]) is not None
-                    and e.get("state") in REPLY_STATES
-                    and all(e.get(k) is None or isinstance(e[k], str) for k in ("digest", "entry", "site", "detail"))
-                    and (e.get("resumed_from") is None or (isinstance(e["resumed_from"], str) and _RUN_ID.fullmatch(e["resumed_from"]) is not None))
-                    and all(e.get(k) is None or (_is_num(e[k]) and 0 <= e[k] < 1e11) for k in ("submitted", "updated")))
+        def run_id_ok(v: Any) -> bool:
+            return isinstance(v, str) and _RUN_ID.fullmatch(v) is not None
 
-        _get("runs", d, "runs", lambda v: isinstance(v, list) and all(entry_ok(e) for e in v), "a list of runs (id, state, ...)")
-        _get("runs", d, "next", lambda v: isinstance(v, str) and _RUN_ID.fullmatch(v) is not None, "a run id", False)
+        def entry_ok(e: Any) -> bool:
+            if not isinstance(e, dict):
+                return False
+            strings, times = ("digest", "entry", "site", "detail"), ("submitted", "updated")
+            return (run_id_ok(e.get("run_id")) and e.get("state") in REPLY_STATES
+                    and all(e.get(k) is None or isinstance(e[k], str) for k in strings)
+                    and (e.get("resumed_from") is None or run_id_ok(e["resumed_from"]))
+                    and all(e.get(k) is None or (_is_num(e[k]) and 0 <= e[k] < 1e11) for k in times))
+
+        entries_ok = lambda v: isinstance(v, list) and all(entry_ok(e) for e in v)  # noqa: E731
+        _get("runs", d, "runs", entries_ok, "a list of runs (id, state, ...)")
+        _get("runs", d, "next", run_id_ok, "a run id", False)
 
     def to_json(self) -> dict[str, Any]:
         return {"runs": self.runs, "next": self.next}
@@ -658,7 +884,8 @@ def check_reply(task: str, data: Any) -> Contract:
 
 
 def check_reply_shape(task: str, data: Any) -> Any:
-    """``data`` if every value the client reads in ``task``'s reply fits (``_validate``); a ``MalformedReply`` otherwise.
+    """``data`` if every value the client reads in ``task``'s reply fits (``_validate``); a ``MalformedReply``
+    otherwise.
 
     Every reply passes here (``Transport.call``, and the login node before its reply
     leaves); the callers that keep working on the reply's dict get it back unchanged.

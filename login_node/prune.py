@@ -28,6 +28,7 @@ from typing import Any
 from bundle.errors import UsageError
 from bundle.fileio import tree_size
 from login_node import state
+from login_node.orphans import reap
 from login_node.rundir import DIGEST, RUN_ID, Home, RunPaths, read_json
 
 #: Leftovers (half-created or half-pruned run directories, abandoned uploads)
@@ -66,7 +67,8 @@ class Criteria:
         if not isinstance(states, list) or not states or not all(s in state.TERMINAL for s in states):
             raise UsageError(f"prune.states must be a non-empty list of {', '.join(state.TERMINAL)}")
         fetched = data.get("fetched", [])
-        if not isinstance(fetched, list) or len(fetched) > MAX_FETCHED or not all(isinstance(r, str) and RUN_ID.match(r) for r in fetched):
+        listed = isinstance(fetched, list) and len(fetched) <= MAX_FETCHED
+        if not listed or not all(isinstance(r, str) and RUN_ID.match(r) for r in fetched):
             raise UsageError(f"prune.fetched must be a list of at most {MAX_FETCHED} run ids")
         flags = {k: data.get(k, k == "bundles") for k in ("force", "dry_run", "bundles")}
         if not all(isinstance(v, bool) for v in flags.values()):
@@ -95,7 +97,8 @@ def _verdict(paths: RunPaths, st: dict[str, Any], criteria: Criteria, now: float
         return False, f"ended {_age(age)} ago"
     if paths.run_id not in criteria.fetched and not criteria.force:
         return False, "results not fetched (fetch them, or --force)"
-    return True, f"{name}, ended {_age(age)} ago" + ("" if paths.run_id in criteria.fetched else ", results not fetched (forced)")
+    forced = "" if paths.run_id in criteria.fetched else ", results not fetched (forced)"
+    return True, f"{name}, ended {_age(age)} ago" + forced
 
 
 def _age(seconds: float) -> str:
@@ -107,8 +110,6 @@ def _age(seconds: float) -> str:
 
 def prune(home: Home, criteria: Criteria, now: float | None = None) -> dict[str, Any]:
     """Prune ``home`` by ``criteria``; the report lists every run and bundle with what was done and why."""
-    from login_node.tasks import reap
-
     now = time.time() if now is None else now
     runs: list[dict[str, Any]] = []
     kept_digests: set[str] = set()
@@ -142,7 +143,8 @@ def prune(home: Home, criteria: Criteria, now: float | None = None) -> dict[str,
             _remove(paths.root)
     bundles = _bundles(home, criteria, kept_digests, last_use, now)
     leftovers = _leftovers(home, criteria, now)
-    freed = sum(r["bytes"] for r in runs if r["action"] == "prune") + sum(b["bytes"] for b in bundles if b["action"] == "prune")
+    freed = sum(r["bytes"] for r in runs if r["action"] == "prune")
+    freed += sum(b["bytes"] for b in bundles if b["action"] == "prune")
     freed += sum(x["bytes"] for x in leftovers)
     for row in runs:
         if row["action"] == "prune" and not criteria.dry_run:
@@ -161,7 +163,8 @@ def prune(home: Home, criteria: Criteria, now: float | None = None) -> dict[str,
     }
 
 
-def _bundles(home: Home, criteria: Criteria, kept: set[str], last_use: dict[str, float], now: float) -> list[dict[str, Any]]:
+def _bundles(home: Home, criteria: Criteria, kept: set[str], last_use: dict[str, float],
+             now: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not criteria.bundles or not home.cache.is_dir():
         return out

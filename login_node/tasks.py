@@ -2,12 +2,15 @@
 
 Each is short (seconds), takes one request dict and returns one reply dict
 (``bundle.protocol``), and confines every path it touches to
-``$GCBUNDLE_HOME``: run ids and digests are checked against strict patterns
-before they name anything on disk. These are the functions a site lists in
-``allowed_functions``; their names are part of the protocol.
+``$GCBUNDLE_HOME``. The request is parsed and checked by its contract
+(``bundle.contracts``) before the task runs: every field of its kind, and run
+ids and digests against strict patterns before they name anything on disk;
+the task reads the checked request's attributes. These are the functions a
+site lists in ``allowed_functions``; their names are part of the protocol.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -18,16 +21,32 @@ from collections.abc import Callable
 from typing import Any
 
 from bundle import archive, placement, profiles
-from bundle.contracts import check_reply_shape, parse_request
+from bundle.contracts import (
+    CancelRequest,
+    Contract,
+    DoctorRequest,
+    LaunchRequest,
+    LaunchSpec,
+    LogsRequest,
+    ProbeRequest,
+    PruneRequest,
+    ResultsChunkRequest,
+    ResultsManifestRequest,
+    RunsRequest,
+    StageRequest,
+    StatusRequest,
+    check_reply_shape,
+    parse_request,
+)
 from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
-from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from bundle.protocol import PROTOCOL, check_request, error_reply, reply
 from login_node import blocks, driverenv, driverjob, envcheck, procs, results, state
-from login_node.cache import Cache, check_digest
+from login_node.cache import Cache
 from login_node.doctor import site_report
+from login_node.orphans import reap
 from login_node.prune import Criteria
 from login_node.prune import prune as prune_home
-from login_node.rundir import DIGEST, RUN_ID, Home, RunPaths, RunRequest, check_run_id, read_json, write_json
+from login_node.rundir import RUN_ID, Home, RunPaths, RunRequest, check_run_id, read_json, write_json
 from login_node.siteconfig import SiteDefaults
 from login_node.spawn import driver_env, spawn
 
@@ -35,23 +54,23 @@ from login_node.spawn import driver_env, spawn
 LAUNCH_WAIT = float(os.environ.get("GCBUNDLE_LAUNCH_WAIT", "60"))
 
 
-def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_home: bool = True) -> Any:
-    """A task function: the request checked, ``$GCBUNDLE_HOME`` made ready (a
-    HomeError otherwise; ``doctor`` reports it as a check instead), errors as
-    envelopes."""
-    def decorate(fn: Callable[[dict[str, Any], Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _task(fn: Callable[[Any, Home], Any] | None = None, *, ensure_home: bool = True) -> Any:
+    """A task function: the request checked and parsed into its contract's request
+    object (``bundle.contracts``), which the function is given; ``$GCBUNDLE_HOME``
+    made ready (a HomeError otherwise; ``doctor`` reports it as a check instead);
+    errors as envelopes."""
+    def decorate(fn: Callable[[Any, Home], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
         @functools.wraps(fn)
         def wrapper(req: dict[str, Any]) -> dict[str, Any]:
             try:
-                req = check_request(req)
-                parse_request(fn.__name__, req)  # every field there and of its type (bundle.contracts)
+                request: Contract = parse_request(fn.__name__, check_request(req))
                 home = Home.default()
                 if ensure_home:
                     home.ensure()
                 # Built to the same declaration the client checks it against
                 # (``bundle.contracts``): a reply this login node gets wrong is an
                 # error here, with the task and field named, not bad data there.
-                return reply(check_reply_shape(fn.__name__, fn(req, home)))
+                return reply(check_reply_shape(fn.__name__, fn(request, home)))
             except GcbundleError as exc:
                 return error_reply(exc)
 
@@ -60,70 +79,48 @@ def _task(fn: Callable[[dict[str, Any], Home], Any] | None = None, *, ensure_hom
     return decorate(fn) if fn is not None else decorate
 
 
-def _int(req: dict[str, Any], key: str, default: int | None = None, lo: int = 0, hi: int | None = None) -> int:
-    value = req.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        raise UsageError(f"{key} must be an integer in {lo}..{hi if hi is not None else 'inf'}, got {value!r}")
-    return value
-
-
 @_task
-def probe(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def probe(req: ProbeRequest, home: Home) -> dict[str, Any]:
     """Which of the given bundles are cached, and which chunks of an upload have arrived."""
     cache = Cache(home)
-    digests = req.get("digests", [])
-    if not isinstance(digests, list) or len(digests) > 1000:
-        raise UsageError("digests must be a list of at most 1000 digests")
-    out: dict[str, Any] = {"cached": [d for d in digests if cache.has(check_digest(d))]}
-    if req.get("archive_sha256") and len(digests) == 1:
-        out["staged_chunks"] = cache.staged_chunks(digests[0], req["archive_sha256"])
-    bases = req.get("bases")
-    if bases is not None:  # protocol 2: which of these could a delta be made against
-        if not isinstance(bases, list) or len(bases) > 64:
-            raise UsageError("bases must be a list of at most 64 digests")
-        out["bases"] = [b for b in bases if cache.has(check_digest(b, "base"))]
+    out: dict[str, Any] = {"cached": [d for d in req.digests if cache.has(d)]}
+    if req.archive_sha256 and len(req.digests) == 1:
+        out["staged_chunks"] = cache.staged_chunks(req.digests[0], req.archive_sha256)
+    if req.bases is not None:  # protocol 2: which of these could a delta be made against
+        out["bases"] = [b for b in req.bases if cache.has(b)]
         out["protocol"] = PROTOCOL
     return out
 
 
 @_task
-def stage(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def stage(req: StageRequest, home: Home) -> dict[str, Any]:
     """Store one chunk of a bundle in the cache's staging area."""
-    complete = Cache(home).put_chunk(
-        check_digest(req.get("digest")),
-        check_digest(req.get("archive_sha256"), "archive_sha256"),
-        _int(req, "size", lo=1),
-        _int(req, "index"),
-        req.get("data"),  # type: ignore[arg-type]
-        base=None if req.get("base") is None else check_digest(req.get("base"), "base"),
-    )
+    complete = Cache(home).put_chunk(req.digest, req.archive_sha256, req.size, req.index, req.data, base=req.base)
     return {"complete": complete}
 
 
 @_task
-def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def launch(req: LaunchRequest, home: Home) -> dict[str, Any]:
     """Extract a cached bundle into a new run directory and start its detached driver."""
-    run_id = check_run_id(req.get("run_id"))
-    digest = check_digest(req.get("digest"))
-    spec = check_spec(req.get("spec"))
-    if req.get("bundle") is not None and not isinstance(req.get("bundle"), (bytes, bytearray)):
-        raise UsageError(f"bundle must be bytes, got {type(req.get('bundle')).__name__}")
+    run_id, digest = req.run_id, req.digest
     cache = Cache(home)
-    if req.get("bundle") is not None:
-        cache.put_whole(digest, check_digest(req.get("archive_sha256"), "archive_sha256"), req["bundle"])  # type: ignore[arg-type]
+    if req.bundle is not None:
+        cache.put_whole(digest, req.archive_sha256, req.bundle)
     if not cache.has(digest):
         return {"missing_bundle": True}
     paths = home.run(run_id)
     if paths.root.exists():
-        raise RunStateError(f"run {run_id} already exists on the login node", "submit again: the client picks a new run id")
-    spec = _inherit(home, spec)
+        raise RunStateError(f"run {run_id} already exists on the login node",
+                            "submit again: the client picks a new run id")
+    spec = _inherit(home, req.spec)
     resumed = _resume_sources(home, spec)
     try:
         needs = envcheck.needed(cache.path(digest))  # the workflow's third-party imports
     except BundleError as exc:
         return _damaged(cache, digest, req, exc)
-    plan = _driver_plan(home, paths, spec, [ref.top for ref in needs])  # before the run exists: a failed preflight leaves nothing
-    envcheck.check(needs, spec.get("site"), plan.get("environment"))
+    # Before the run exists: a failed preflight leaves nothing.
+    plan = _driver_plan(home, paths, spec, [ref.top for ref in needs])
+    envcheck.check(needs, spec.site, plan.get("environment"))
     try:
         _create_run(home, paths, cache.path(digest), digest, spec, resumed)
     except BundleError as exc:
@@ -139,75 +136,34 @@ def launch(req: dict[str, Any], home: Home) -> dict[str, Any]:
         pid = spawn(paths)
     except Exception as exc:
         st = state.read_raw(paths)
-        st.update(state="failed", error={"message": f"the driver could not be started: {exc}", "traceback": traceback.format_exc()})
+        error = {"message": f"the driver could not be started: {exc}", "traceback": traceback.format_exc()}
+        st.update(state="failed", error=error)
         state.write(paths, st)
         raise RunStateError(f"the driver of run {run_id} could not be started: {exc}",
                             "check the login node's Python environment with `gcbundle doctor`") from None
     return {"state": _wait_started(paths, pid)}
 
 
-def _damaged(cache: Cache, digest: str, req: dict[str, Any], exc: BundleError) -> dict[str, Any]:
+def _damaged(cache: Cache, digest: str, req: LaunchRequest, exc: BundleError) -> dict[str, Any]:
     """A cached bundle failed its checks at launch. One that came in this very
     task was checked as it arrived: then the bundle itself is bad. Otherwise the
     cached copy was damaged on disk: drop it, and the client sends the bundle
     again, once, as for a bundle that was never cached."""
-    if req.get("bundle") is not None:
+    if req.bundle is not None:
         raise exc
     cache.evict(digest)
     return {"missing_bundle": True, "evicted": str(exc)[:200]}
 
 
-_SPEC_KEYS = {"args", "site", "params", "resumed_from", "inherit"}
-
-
-def check_site_spec(site: Any, what: str = "spec.site") -> dict[str, Any] | None:
-    """A site profile as it travels (``Profile.to_spec``), or None."""
-    if site is None:
-        return None
-    if not isinstance(site, dict) or not isinstance(site.get("text"), str) or not isinstance(site.get("name", ""), str):
-        raise UsageError(f"{what} must be a site profile object with a `text` string, got {type(site).__name__}", "send it with the gcbundle client")
-    params = site.get("params", {})
-    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-        raise UsageError(f"{what}.params must be an object with string keys")
-    return site
-
-
-def check_spec(spec: Any) -> dict[str, Any]:
-    """Every field of a launch's spec, by type, before anything is written.
-
-    The detached driver reads these without the client there to hear about a
-    bad one: a string ``site`` once crashed the driver before it could write a
-    final state, leaving a run that read as lost.
-    """
-    if not isinstance(spec, dict):
-        raise UsageError(f"spec must be an object, got {type(spec).__name__}")
-    unknown = set(spec) - _SPEC_KEYS
-    if unknown:
-        raise UsageError(f"spec has unknown fields: {', '.join(sorted(map(str, unknown)))[:120]}",
-                         "use a gcbundle client of the login node's version")
-    args = spec.get("args") or {}
-    if not isinstance(args, dict) or not all(isinstance(k, str) and k.isidentifier() for k in args):
-        raise UsageError("spec.args must be an object whose keys are Python identifiers")
-    params = spec.get("params") or {}
-    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-        raise UsageError("spec.params must be an object with string keys")
-    check_site_spec(spec.get("site"))
-    if spec.get("resumed_from") is not None:
-        check_run_id(spec["resumed_from"])
-    if not isinstance(spec.get("inherit", False), bool):
-        raise UsageError(f"spec.inherit must be true or false, got {spec.get('inherit')!r}"[:120])
-    return {**spec, "args": args, "params": params}
-
-
-def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: list[str]) -> dict[str, Any]:
+def _driver_plan(home: Home, paths: RunPaths, spec: LaunchSpec, imports: list[str]) -> dict[str, Any]:
     """How the run's driver starts: in the endpoint's environment, or after
     ``driver_init`` in the user's, checked first (``login_node.driverenv``; it
     also looks for the workflow's third-party ``imports`` there)."""
     site = SiteDefaults.read(home)
     rendered = None
     options = {"driver_init": "", "placement": "login"}
-    if spec.get("site"):
-        profile, params = profiles.Profile.from_spec(spec["site"])
+    if spec.site:
+        profile, params = profiles.Profile.from_spec(spec.site)
         params = {**site.params_for(profile), **params}
         options = profile.driver_options(params)
         rendered = profiles.substitute(profile, params)
@@ -217,26 +173,28 @@ def _driver_plan(home: Home, paths: RunPaths, spec: dict[str, Any], imports: lis
         placement.batch_provider_node(rendered or {})
     if driver_init.strip():
         lib = driverenv.ship(home)
-        found = driverenv.preflight(paths, driver_init, rendered, driverenv.env_for(paths, driver_env(paths)), lib, imports)
+        env = driverenv.env_for(paths, driver_env(paths))
+        found = driverenv.preflight(paths, driver_init, rendered, env, lib, imports)
         plan.update(lib=str(lib), environment=found)
     return plan
 
 
-def _inherit(home: Home, spec: dict[str, Any]) -> dict[str, Any]:
+def _inherit(home: Home, spec: LaunchSpec) -> LaunchSpec:
     """A resume without new arguments runs with the earlier run's arguments and site."""
-    prev = spec.get("resumed_from")
+    prev = spec.resumed_from
     if prev is None:
         return spec
-    prev_paths = home.run(check_run_id(prev)).require()
+    prev_paths = home.run(prev).require()
     st = state.effective(prev_paths)
     if not state.is_terminal(st):
-        raise RunStateError(f"run {prev} is still {st.get('state')}", f"cancel it first (`gcbundle cancel {prev}`), or wait for it to end")
+        raise RunStateError(f"run {prev} is still {st.get('state')}",
+                            f"cancel it first (`gcbundle cancel {prev}`), or wait for it to end")
     reap(prev_paths, st)
-    if not spec.get("inherit"):
+    if not spec.inherit:
         return spec
     earlier = RunRequest.read(prev_paths)
-    return {**spec, "args": spec.get("args") or earlier.args, "site": spec.get("site") or earlier.site,
-            "params": spec.get("params") or earlier.params}
+    return dataclasses.replace(spec, args=spec.args or earlier.args, site=spec.site or earlier.site,
+                               params=spec.params or earlier.params)
 
 
 def _await_change(paths: RunPaths, st: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -269,26 +227,19 @@ def _await_change(paths: RunPaths, st: dict[str, Any], deadline: float) -> dict[
     return st
 
 
-def reap(paths: RunPaths, st: dict[str, Any]) -> int:
-    """Stop what is left on this host of a run whose driver is gone (orphaned
-    interchange and workers after a crash or reboot); return how many."""
-    if st.get("state") in ("lost", "cancelled") and st.get("host") == state.hostname() and not state.alive(st.get("pid"), st.get("pid_start")):
-        return procs.sweep(paths.run_id, grace=2.0)
-    return 0
-
-
-def _resume_sources(home: Home, spec: dict[str, Any]) -> list[str]:
+def _resume_sources(home: Home, spec: LaunchSpec) -> list[str]:
     """Run ids whose checkpoints a resumed run loads (the chain of earlier resumes too)."""
-    prev = spec.get("resumed_from")
+    prev = spec.resumed_from
     if prev is None:
         return []
-    prev_paths = home.run(check_run_id(prev)).require()
+    prev_paths = home.run(prev).require()
     earlier = RunRequest.read(prev_paths).checkpoint_runs
     chain = [prev, *[r for r in earlier if isinstance(r, str)]]
-    return [check_run_id(r) for r in chain]
+    return [check_run_id(r) for r in chain]  # run.json is a file on disk: its ids are checked as read
 
 
-def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec: dict[str, Any], checkpoint_runs: list[str]) -> None:
+def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec: LaunchSpec,
+                checkpoint_runs: list[str]) -> None:
     """Build the run directory beside its final name and rename it into place."""
     tmp = home.runs / f".{paths.run_id}.creating.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -299,14 +250,15 @@ def _create_run(home: Home, paths: RunPaths, bundle_path: Any, digest: str, spec
         for d in (tmp_paths.outputs, tmp_paths.runinfo):
             d.mkdir(mode=0o700)
         args = dict(manifest.args)
-        args.update(spec.get("args") or {})
+        args.update(spec.args or {})
         request = RunRequest(
             run_id=paths.run_id, digest=digest, entry=manifest.entry, mode=manifest.mode, config=dict(manifest.config),
-            args=args, site=spec.get("site"), params=dict(spec.get("params") or {}), resumed_from=spec.get("resumed_from"),
+            args=args, site=spec.site, params=dict(spec.params or {}), resumed_from=spec.resumed_from,
             checkpoint_runs=checkpoint_runs, client=dict(manifest.client), submitted=time.time(),
         )
         write_json(tmp_paths.request, request.to_json())
-        state.write(tmp_paths, {"run_id": paths.run_id, "state": "staged", "digest": digest, "resumed_from": spec.get("resumed_from")})
+        staged = {"run_id": paths.run_id, "state": "staged", "digest": digest, "resumed_from": spec.resumed_from}
+        state.write(tmp_paths, staged)
         os.rename(tmp, paths.root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -337,32 +289,29 @@ def _tail(path: Any, n: int = 400) -> str:
         return "(no output)"
 
 
-#: Longest a status task may wait for the run's state to change (``wait``).
-STATUS_WAIT_MAX = 30.0
-
-
 @_task
-def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    """The run's state; with ``wait`` (seconds), first wait that long for it to change or end.
+def status(req: StatusRequest, home: Home) -> dict[str, Any]:
+    """The run's state; with ``wait`` (seconds, at most ``bundle.contracts.STATUS_WAIT_MAX``), first
+    wait that long for it to change or end.
 
     A long poll: the client learns that a run ended within a fraction of a
     second, with one task per ``wait`` seconds instead of one per poll. A
     client that sends no ``wait`` gets the state at once, as before.
     """
-    paths = home.run(check_run_id(req.get("run_id"))).require()
+    paths = home.run(req.run_id).require()
     st = state.effective(paths)
     if st.get("state") == "queued":
         st = driverjob.check_queued(paths, st)
-    wait = req.get("wait", 0)
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= STATUS_WAIT_MAX:
-        raise UsageError(f"wait must be a number of seconds in 0..{STATUS_WAIT_MAX:g}, got {wait!r}")
+    wait = req.wait
     if wait:
         started = time.monotonic()
         st = _await_change(paths, st, started + wait)
         st = {**st, "waited": round(time.monotonic() - started, 3)}
         if not paths.exists():
-            raise RunNotFound(f"run {paths.run_id} is gone: its directory was deleted on the login node while status waited",
-                              "nothing of it is left to fetch; `gcbundle list --endpoint ENDPOINT` shows the runs that remain")
+            raise RunNotFound(f"run {paths.run_id} is gone: its directory was deleted on the login node "
+                              "while status waited",
+                              "nothing of it is left to fetch; "
+                              "`gcbundle list --endpoint ENDPOINT` shows the runs that remain")
     reaped = reap(paths, st)
     if reaped:
         st = {**st, "reaped_processes": reaped}
@@ -370,17 +319,16 @@ def status(req: dict[str, Any], home: Home) -> dict[str, Any]:
 
 
 @_task
-def logs(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def logs(req: LogsRequest, home: Home) -> dict[str, Any]:
     """A slice of one of the run's logs, from ``offset``."""
-    paths = home.run(check_run_id(req.get("run_id"))).require()
-    name = req.get("name", "driver")
-    if not isinstance(name, str) or not isinstance(req.get("tail", False), bool):
-        raise UsageError("logs takes a string `name` and a boolean `tail`")
+    paths = home.run(req.run_id).require()
+    name = req.name
     available = paths.log_files()
     if name not in available:
-        raise UsageError(f"no log named {name!r} for run {paths.run_id}", f"choose one of: {', '.join(sorted(available))}")
-    offset = _int(req, "offset", 0)
-    limit = _int(req, "max_bytes", LOG_SLICE_BYTES, lo=1, hi=LOG_SLICE_BYTES)
+        raise UsageError(f"no log named {name!r} for run {paths.run_id}",
+                         f"choose one of: {', '.join(sorted(available))}")
+    offset = req.offset
+    limit = req.max_bytes
     path = available[name]
     data = b""
     size = 0
@@ -388,43 +336,36 @@ def logs(req: dict[str, Any], home: Home) -> dict[str, Any]:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            if req.get("tail") and offset == 0:
+            if req.tail and offset == 0:
                 offset = max(0, size - limit)
             f.seek(min(offset, size))
             data = f.read(limit)
     st = state.effective(paths)
-    return {"data": data, "offset": offset, "next_offset": offset + len(data), "size": size, "state": st.get("state"), "logs": sorted(available)}
+    return {"data": data, "offset": offset, "next_offset": offset + len(data), "size": size, "state": st.get("state"),
+            "logs": sorted(available)}
 
 
 @_task
-def results_manifest(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    paths = home.run(check_run_id(req.get("run_id"))).require()
+def results_manifest(req: ResultsManifestRequest, home: Home) -> dict[str, Any]:
+    paths = home.run(req.run_id).require()
     st = state.effective(paths)
-    if not isinstance(req.get("partial", False), bool):
-        raise UsageError("partial must be true or false")
-    if not state.is_terminal(st) and not req.get("partial"):
+    if not state.is_terminal(st) and not req.partial:
         raise RunStateError(f"run {paths.run_id} is still {st.get('state')}",
-                            f"wait for it to end (`gcbundle status {paths.run_id} --wait`), or stop it (`gcbundle cancel {paths.run_id}`)")
-    if "page" in req:  # protocol 3: the listing in pages
-        sha = req.get("manifest_sha256")
-        if sha is not None and not (isinstance(sha, str) and DIGEST.fullmatch(sha)):
-            raise UsageError("manifest_sha256 must be 64 lowercase hex digits")
-        return {"state": st, **results.page(paths, _int(req, "page"), sha)}
+                            f"wait for it to end (`gcbundle status {paths.run_id} --wait`), "
+                            f"or stop it (`gcbundle cancel {paths.run_id}`)")
+    if req.page is not None:  # protocol 3: the listing in pages
+        return {"state": st, **results.page(paths, req.page, req.manifest_sha256)}
     return {"state": st, **results.manifest(paths)}
 
 
 @_task
-def results_chunk(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    paths = home.run(check_run_id(req.get("run_id"))).require()
-    sha = req.get("manifest_sha256")
-    if not isinstance(sha, str):
-        raise UsageError("manifest_sha256 must be a string")
-    index = _int(req, "index")
-    return {"index": index, "data": results.read_chunk(paths, sha, index)}
+def results_chunk(req: ResultsChunkRequest, home: Home) -> dict[str, Any]:
+    paths = home.run(req.run_id).require()
+    return {"index": req.index, "data": results.read_chunk(paths, req.manifest_sha256, req.index)}
 
 
 @_task
-def runs(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def runs(req: RunsRequest, home: Home) -> dict[str, Any]:
     """The runs on this login node (protocol 3): each one's state and what it ran.
 
     ``run_ids`` asks for those runs only (how ``gcbundle list`` refreshes the
@@ -433,15 +374,9 @@ def runs(req: dict[str, Any], home: Home) -> dict[str, Any]:
     adopted into a client's registry: one started from another machine, or
     whose registry row was lost.
     """
-    ids = req.get("run_ids")
-    limit = _int(req, "limit", RUNS_PAGE, lo=1, hi=RUNS_PAGE)
-    after = req.get("after")
-    if after is not None:
-        check_run_id(after)
+    ids, limit, after = req.run_ids, req.limit, req.after
     if ids is not None:
-        if not isinstance(ids, list) or len(ids) > RUNS_PAGE:
-            raise UsageError(f"run_ids must be a list of at most {RUNS_PAGE} run ids")
-        wanted = sorted({check_run_id(i) for i in ids})
+        wanted = sorted(set(ids))
     else:
         try:
             wanted = sorted(name for name in os.listdir(home.runs) if RUN_ID.fullmatch(name))
@@ -476,10 +411,10 @@ def runs(req: dict[str, Any], home: Home) -> dict[str, Any]:
 
 
 @_task
-def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def cancel(req: CancelRequest, home: Home) -> dict[str, Any]:
     """Ask the driver to stop, and make sure it and everything it started does."""
-    paths = home.run(check_run_id(req.get("run_id"))).require()
-    grace = float(_int(req, "grace", 30, lo=0, hi=600))
+    paths = home.run(req.run_id).require()
+    grace = float(req.grace)
     st = state.effective(paths)
     if state.is_terminal(st):
         return {"state": st, "already": True}
@@ -528,11 +463,11 @@ def cancel(req: dict[str, Any], home: Home) -> dict[str, Any]:
 
 
 @_task(ensure_home=False)
-def doctor(req: dict[str, Any], home: Home) -> dict[str, Any]:
-    return site_report(home, check_site_spec(req.get("site"), "site"), probe=bool(req.get("probe")))
+def doctor(req: DoctorRequest, home: Home) -> dict[str, Any]:
+    return site_report(home, req.site, probe=bool(req.probe))
 
 
 @_task
-def prune(req: dict[str, Any], home: Home) -> dict[str, Any]:
+def prune(req: PruneRequest, home: Home) -> dict[str, Any]:
     """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
-    return prune_home(home, Criteria.from_json(req.get("prune")))
+    return prune_home(home, Criteria.from_json(req.prune))

@@ -2,21 +2,28 @@
 from scripts/setup_sshd.sh) provisions an unprivileged account as a site user
 would (no become), twice; then the result is checked as that account.
 
-What cannot be tested here, and is not: starting the endpoint against the
-Globus Compute service (``globus-compute-endpoint start`` registers with the
-cloud service, which this machine cannot reach). Everything up to it is:
-``configure``, the files the role writes, ``globus-compute-endpoint list``,
-the endpoint's own config loader and template renderer, and the engine from
-that configuration executing a packed task offline. The keep-alive script is
-run for real with a stand-in for ``globus-compute-endpoint start`` (the only
-part replaced), and the systemd unit is rendered by the role and compared
-with what ``globus-compute-endpoint enable-on-boot`` writes (no systemd runs
-here).
+Here the endpoint is not started against the Globus Compute service
+(``globus-compute-endpoint start`` registers with the cloud service, which
+this machine cannot reach). Everything up to it is tested: ``configure``, the
+files the role writes, ``globus-compute-endpoint list``, the endpoint's own
+config loader and template renderer, and the engine from that configuration
+executing a packed task offline. The keep-alive script is run for real with a
+stand-in for ``globus-compute-endpoint start`` (the only part replaced), and
+the systemd unit is rendered by the role and compared with what
+``globus-compute-endpoint enable-on-boot`` writes (no systemd runs here).
+
+The start itself is tested by the daemon tier (tests/test_daemon.py and
+tests/test_daemon_restarts.py, set up in tests/conftest_daemon.py): the real
+endpoint daemon, started from the files and systemd unit this role writes,
+registers with a stand-in of the Globus service (tests/globus_service.py),
+heartbeats and runs gcbundle's tasks over a real RabbitMQ.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -25,8 +32,10 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -75,26 +84,21 @@ class Provisioned:
     inventory: Path
     env: dict[str, str]
     runs: list[PlayRun]
+    # Where the play puts things on the account (strings: paths over SSH), and
+    # the checkout it runs from.
+    venv: str = field(init=False)
+    envs_dir: str = field(init=False)
+    gcbundle_home: str = field(init=False)
+    ep_dir: str = field(init=False)
+    checkout: Path = field(init=False)
 
-    @property
-    def venv(self) -> str:
-        return f"{self.target.home}/{TEST_DIR}/venv"
-
-    @property
-    def gcbundle_home(self) -> str:
-        return f"{self.target.home}/{TEST_DIR}/home"
-
-    @property
-    def ep_dir(self) -> str:
-        return f"{self.target.home}/.globus_compute/{ENDPOINT}"
-
-    @property
-    def envs_dir(self) -> str:
-        return f"{self.venv}-envs"
-
-    @property
-    def checkout(self) -> Path:
-        return self.workdir / "checkout"
+    def __post_init__(self) -> None:
+        home = self.target.home
+        self.venv = f"{home}/{TEST_DIR}/venv"
+        self.envs_dir = f"{self.venv}-envs"
+        self.gcbundle_home = f"{home}/{TEST_DIR}/home"
+        self.ep_dir = f"{home}/.globus_compute/{ENDPOINT}"
+        self.checkout = self.workdir / "checkout"
 
     def play(self, *extra: str, timeout: float = 900, ok: bool = True) -> PlayRun:
         # Provision without starting (starting needs the Globus service),
@@ -502,7 +506,8 @@ rendered = render_config_user_template(
     MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], None),
     load_user_config_schema(Endpoint.user_config_schema_path(ep_dir, core)), {{}}, {{}},
 )
-os.environ.update({{k: str(v) for k, v in (yaml.safe_load((ep_dir / "user_environment.yaml").read_text()) or {{}}).items()}})
+env_file = yaml.safe_load((ep_dir / "user_environment.yaml").read_text()) or {{}}
+os.environ.update({{k: str(v) for k, v in env_file.items()}})
 engine = load_config_yaml(rendered).engine
 
 work = pathlib.Path(tempfile.mkdtemp(prefix="gcbundle-run-"))
@@ -516,7 +521,8 @@ work = pathlib.Path(tempfile.mkdtemp(prefix="gcbundle-run-"))
     "'home': os.environ.get('GCBUNDLE_HOME'), 'job': job_env().result()}}\n"
 )
 # The site profile the role names (gcbundle_site_profile), as submit --site sends it.
-site = {{"name": "site-profile", "text": (pathlib.Path.home() / "{test_dir}" / "site-profile.yaml").read_text(), "params": {{}}}}
+profile_text = (pathlib.Path.home() / "{test_dir}" / "site-profile.yaml").read_text()
+site = {{"name": "site-profile", "text": profile_text, "params": {{}}}}
 packed = pack(work / "wf" / "workflow.py", work / "b.tar.gz")
 
 
@@ -540,10 +546,14 @@ try:
     listing = call("results_manifest", run_id=run_id)
 finally:
     engine.shutdown()
-home = pathlib.Path(os.environ["GCBUNDLE_HOME"])
-print(json.dumps({{"state": st, "files": [f["path"] for f in listing["files"]],
-                  "result": json.loads((home / "runs" / run_id / "result.json").read_text()) if st["state"] == "succeeded" else None,
-                  "run_dir_mode": oct((home / "runs" / run_id).stat().st_mode & 0o777), "run_id": run_id}}))
+run_dir = pathlib.Path(os.environ["GCBUNDLE_HOME"]) / "runs" / run_id
+print(json.dumps({{
+    "state": st,
+    "files": [f["path"] for f in listing["files"]],
+    "result": json.loads((run_dir / "result.json").read_text()) if st["state"] == "succeeded" else None,
+    "run_dir_mode": oct(run_dir.stat().st_mode & 0o777),
+    "run_id": run_id,
+}}))
 """
 
 
@@ -691,7 +701,9 @@ def test_systemd_unit_matches_enable_on_boot(provisioned: Provisioned) -> None:
     positions = [ours.index(line) for line in wanted]
     assert positions == sorted(positions), unit
     extra = [line for line in ours if line not in wanted]
-    assert all(line.startswith(("Environment=", "EnvironmentFile=")) or line == "KillMode=process" for line in extra), extra
+    assert all(
+        line.startswith(("Environment=", "EnvironmentFile=")) or line == "KillMode=process" for line in extra
+    ), extra
     t.target.run(["rm", "-rf", unit_dir], check=True)
 
 
@@ -736,8 +748,6 @@ def test_mistakes_are_caught_first_naming_the_variable(provisioned: Provisioned)
     """Each mistake stops the play before anything changes (changed=0, the
     environments, the symlink and the crontab as they were), with a message
     that names the variable; no Globus login URL is printed."""
-    from concurrent.futures import ThreadPoolExecutor
-
     t = provisioned
     state = f"ls {t.envs_dir}; readlink {t.venv}; crontab -l; md5sum {t.gcbundle_home}/site-defaults.yaml"
     before = t.target.run(state, check=True).stdout
@@ -762,7 +772,8 @@ def test_a_failing_worker_init_line_fails_the_play(provisioned: Provisioned) -> 
     t = provisioned
     run = t.play("-e", json.dumps({"gcbundle_site_worker_init_before": "gcbundle-no-such-command --flag"}), ok=False)
     flat = " ".join(run.output.split())
-    assert "a line of the job's worker_init failed (exit 127): gcbundle-no-such-command --flag" in flat, run.output[-4000:]
+    failed = "a line of the job's worker_init failed (exit 127): gcbundle-no-such-command --flag"
+    assert failed in flat, run.output[-4000:]
     assert "FAIL  worker_init" in run.output and "ok    GCBUNDLE_HOME" in run.output
     assert f"by hand: GCBUNDLE_HOME={t.gcbundle_home} {t.venv}/bin/gcbundle doctor --local --site" in run.output
     assert run.recap["failed"] == 1
@@ -802,14 +813,6 @@ def test_gcbundle_from_a_source_tree_then_back_to_the_wheel(provisioned: Provisi
     assert t.play().recap["changed"] == 0
 
 
-@pytest.mark.skip(
-    reason="needs the Globus Compute service (registration, AMQP), which this "
-    "machine cannot reach; everything before `start` is tested above"
-)
-def test_endpoint_starts_against_globus() -> None:
-    raise AssertionError("not reachable")
-
-
 MULTI_USER_PLAY = """
 - name: The endpoint role alone, multi-user, on this machine
   hosts: localhost
@@ -826,9 +829,6 @@ def test_multi_user_endpoint_config_loads(
     """Multi-user mode needs root: the endpoint role alone, run locally as
     root into a scratch directory (start: false), then loaded and rendered
     with the endpoint's own functions for an unprivileged account."""
-    import os
-    import pwd
-
     if os.geteuid() != 0:
         pytest.skip("multi-user mode needs root")
     from globus_compute_endpoint.endpoint.config import (
@@ -958,7 +958,8 @@ rendered = render_config_user_template(
     MappedPosixIdentity(pwd.getpwuid(os.getuid()), [], None),
     load_user_config_schema(Endpoint.user_config_schema_path(ep_dir, core)), {}, {},
 )
-os.environ.update({k: str(v) for k, v in (yaml.safe_load((ep_dir / "user_environment.yaml").read_text()) or {}).items()})
+env_file = yaml.safe_load((ep_dir / "user_environment.yaml").read_text()) or {}
+os.environ.update({k: str(v) for k, v in env_file.items()})
 engine = load_config_yaml(rendered).engine
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -975,7 +976,9 @@ try:
             fields = ask["fields"]
             if ask.get("workflow"):
                 packed = pack(pathlib.Path(ask["workflow"]), spool / "work" / (ask["id"] + ".tar.gz"))
-                fields.update(digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=packed.path.read_bytes())
+                fields.update(
+                    digest=packed.digest, archive_sha256=packed.archive_sha256, bundle=packed.path.read_bytes()
+                )
             task_id, body = pack_task(task_function(ask["task"]), request(**fields))
             future = GCFuture(task_id)
             engine.submit(future, body, resource_specification={})
@@ -1130,7 +1133,8 @@ def test_upgrade_keeps_runs_in_flight_and_the_next_run_uses_the_new_versions(
         started = t.play(*start)
         assert "started on" in started.output, started.output[-4000:]
         crontab = t.target.run(["crontab", "-l"], check=True).stdout
-        assert [line for line in crontab.splitlines() if "gcbundle-keepalive.sh run" in line and not line.startswith("#")]
+        enabled = [line for line in crontab.splitlines() if not line.startswith("#")]
+        assert [line for line in enabled if "gcbundle-keepalive.sh run" in line]
         (first_ep,) = ep.endpoints()
         assert first_ep["python"].startswith(old_env + "/") and first_ep["gcbundle"] == old_version
 
@@ -1154,7 +1158,8 @@ def test_upgrade_keeps_runs_in_flight_and_the_next_run_uses_the_new_versions(
         new_env = t.current_env()
         assert new_env != old_env
         assert "stopped on" in upgraded.output and "started on" in upgraded.output, upgraded.output[-6000:]
-        assert re.search(rf"{re.escape(old_env)}: kept \([^)]*(used by pids|unfinished runs)", upgraded.output), upgraded.output[-4000:]
+        kept = rf"{re.escape(old_env)}: kept \([^)]*(used by pids|unfinished runs)"
+        assert re.search(kept, upgraded.output), upgraded.output[-4000:]
         second_ep = [e for e in ep.endpoints(count=2) if e["pid"] != first_ep["pid"]]
         assert len(second_ep) == 1, ep.endpoints()
         assert second_ep[0]["python"].startswith(new_env + "/"), second_ep
@@ -1168,12 +1173,13 @@ def test_upgrade_keeps_runs_in_flight_and_the_next_run_uses_the_new_versions(
         for kind, run_id in run_ids.items():
             st = ep.wait_state(run_id, ("succeeded", "failed", "cancelled", "lost"))
             assert st["state"] == "succeeded", (kind, st)
-            result = json.loads(t.target.run(["cat", f"{t.gcbundle_home}/runs/{run_id}/result.json"], check=True).stdout)
+            result = run_result(t, run_id)
             for part in ("driver", "first", "second"):
                 assert result[part]["parsl"] == defaults["gcbundle_python_parsl_version"], (kind, result)
                 assert result[part]["gcbundle"] == old_version, (kind, result)
                 assert result[part]["python"].startswith(old_env + "/"), (kind, result)
-            assert result["second"]["pid"] != result["first"]["pid"], f"{kind}: the second app should run in a new block"
+            new_block = result["second"]["pid"] != result["first"]["pid"]
+            assert new_block, f"{kind}: the second app should run in a new block"
             if kind == "slurm":
                 assert result["first"]["host"].startswith("cn") and result["second"]["host"].startswith("cn"), result
 
@@ -1183,7 +1189,7 @@ def test_upgrade_keeps_runs_in_flight_and_the_next_run_uses_the_new_versions(
         ep.call("launch", run_id=next_id, spec={"args": {}}, workflow=workflows["slurm"])
         st = ep.wait_state(next_id, ("succeeded", "failed", "cancelled", "lost"))
         assert st["state"] == "succeeded", st
-        result = json.loads(t.target.run(["cat", f"{t.gcbundle_home}/runs/{next_id}/result.json"], check=True).stdout)
+        result = run_result(t, next_id)
         for part in ("driver", "first", "second"):
             assert result[part]["parsl"] == UPGRADE_PARSL and result[part]["gcbundle"] == new_version, result
             assert result[part]["python"].startswith(new_env + "/"), result
@@ -1197,13 +1203,19 @@ def test_upgrade_keeps_runs_in_flight_and_the_next_run_uses_the_new_versions(
         assert f"{old_env}: removed" in pruned.output
         assert t.target.run(["test", "-e", old_env]).returncode == 1
     finally:
-        t.target.run(["env", f"GCBUNDLE_ENDPOINT_GCE={ep.script}", f"{t.ep_dir}/gcbundle-keepalive.sh", "stop"], timeout=120)
+        keepalive = f"{t.ep_dir}/gcbundle-keepalive.sh"
+        t.target.run(["env", f"GCBUNDLE_ENDPOINT_GCE={ep.script}", keepalive, "stop"], timeout=120)
         t.target.run("rm -f ~/.ssh/environment; crontab -r 2>/dev/null; true")
         for rid in launched:  # a driver a failed assertion left running, by its pid
             st = t.target.run(["cat", f"{t.gcbundle_home}/runs/{rid}/state.json"])
             data = json.loads(st.stdout) if st.returncode == 0 and st.stdout.strip() else {}
             if data.get("pid") and data.get("state") not in ("succeeded", "failed", "cancelled", "lost"):
                 t.target.run(["kill", str(data["pid"])])
+
+
+def run_result(t: Provisioned, run_id: str) -> dict[str, Any]:
+    """The result.json of a run on the provisioned account."""
+    return json.loads(t.target.run(["cat", f"{t.gcbundle_home}/runs/{run_id}/result.json"], check=True).stdout)
 
 
 def installed_version(t: Provisioned) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from bundle.protocol import PROTOCOL, TASKS, request, unwrap
 from bundle.transport import Tally, get_transport
 from bundle.transport.globus import FunctionIds, GlobusTransport, RateLimiter
 from bundle.transport.wire import pack_task, task_function
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, write_workflow
 from tests.fake_globus import (
     ACCESS_TOKEN,
     AUTH,
@@ -101,10 +102,8 @@ def clock() -> Clock:
 @pytest.fixture
 def fake_pace(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Transports the CLI makes share the process's rate limiter: give it fake time."""
-    import bundle.transport.globus
-
     pace = Clock()
-    monkeypatch.setattr(bundle.transport.globus, "_SHARED_LIMITER", RateLimiter(clock=pace.now, sleep=pace.sleep))
+    monkeypatch.setattr("bundle.transport.globus._SHARED_LIMITER", RateLimiter(clock=pace.now, sleep=pace.sleep))
     return pace
 
 
@@ -525,10 +524,6 @@ def test_a_large_bundle_is_staged_in_chunks_once(
     """Over the per-task limit, a bundle goes up in chunks that each fit the
     service's 10 MiB (the fake refuses anything larger); a second submission of
     the same bundle sends no bundle bytes at all."""
-    import os
-
-    from tests.conftest import write_workflow
-
     root = tmp_path / "big"
     (root / "data").mkdir(parents=True)
     (root / "data" / "blob.bin").write_bytes(os.urandom(9 * 1024 * 1024))  # incompressible

@@ -7,6 +7,7 @@ import hashlib
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,25 +67,30 @@ def test_resume_from_a_hostile_run_id(t: LocalTransport, tmp_path: Path, home: P
     path, m = valid_bundle(tmp_path / "b.tar.gz")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(RunNotFound):
-        t.call("launch", run_id=RUN, digest=m["digest"], archive_sha256=sha, bundle=path.read_bytes(), spec={"resumed_from": "../../x"})
+        t.call("launch", run_id=RUN, digest=m["digest"], archive_sha256=sha, bundle=path.read_bytes(),
+               spec={"resumed_from": "../../x"})
     assert _snapshot(home / "runs") == set()
 
 
 def _hostile_bundles(tmp_path: Path) -> dict[str, Path]:
     m = manifest_for({"workflow.py": WF})
+    evil = {"path": "../../evil.py", "size": 1, "mode": 420, "sha256": "0" * 64}
+    traversal = {**m, "files": [evil, *m["files"]], "digest": None}
+
+    def special_a(kind: bytes, linkname: str = "") -> list[Any]:
+        """A bundle whose ``a.py`` is a special member of ``kind`` instead of a file."""
+        listed = manifest_member(manifest_for({"a.py": b"", "workflow.py": WF}))
+        return [listed, special("a.py", kind, linkname), reg("workflow.py", WF)]
+
     out = {
-        "traversal": write_tar(tmp_path / "t.tar.gz", [manifest_member({**manifest_for({"workflow.py": WF}), "files": [
-            {"path": "../../evil.py", "size": 1, "mode": 420, "sha256": "0" * 64}, *manifest_for({"workflow.py": WF})["files"]], "digest": None}),
-            reg("../../evil.py", b"x"), reg("workflow.py", WF)]),
-        "symlink": write_tar(tmp_path / "s.tar.gz", [manifest_member(manifest_for({"a.py": b"", "workflow.py": WF})),
-                                                      special("a.py", tarfile.SYMTYPE, "/etc/passwd"), reg("workflow.py", WF)]),
-        "hardlink": write_tar(tmp_path / "h.tar.gz", [manifest_member(manifest_for({"a.py": b"", "workflow.py": WF})),
-                                                       special("a.py", tarfile.LNKTYPE, "/etc/passwd"), reg("workflow.py", WF)]),
-        "fifo": write_tar(tmp_path / "f.tar.gz", [manifest_member(manifest_for({"a.py": b"", "workflow.py": WF})),
-                                                   special("a.py", tarfile.FIFOTYPE), reg("workflow.py", WF)]),
-        "device": write_tar(tmp_path / "d.tar.gz", [manifest_member(manifest_for({"a.py": b"", "workflow.py": WF})),
-                                                     special("a.py", tarfile.CHRTYPE), reg("workflow.py", WF)]),
-        "wrong-hash": write_tar(tmp_path / "w.tar.gz", [manifest_member(m), reg("workflow.py", WF.replace(b"1", b"9"))]),
+        "traversal": write_tar(tmp_path / "t.tar.gz", [manifest_member(traversal), reg("../../evil.py", b"x"),
+                                                        reg("workflow.py", WF)]),
+        "symlink": write_tar(tmp_path / "s.tar.gz", special_a(tarfile.SYMTYPE, "/etc/passwd")),
+        "hardlink": write_tar(tmp_path / "h.tar.gz", special_a(tarfile.LNKTYPE, "/etc/passwd")),
+        "fifo": write_tar(tmp_path / "f.tar.gz", special_a(tarfile.FIFOTYPE)),
+        "device": write_tar(tmp_path / "d.tar.gz", special_a(tarfile.CHRTYPE)),
+        "wrong-hash": write_tar(tmp_path / "w.tar.gz", [manifest_member(m),
+                                                         reg("workflow.py", WF.replace(b"1", b"9"))]),
         "truncated": None,  # filled below
     }
     good, _ = valid_bundle(tmp_path / "g.tar.gz", {"workflow.py": WF, "blob": os.urandom(100_000)})
@@ -100,13 +106,14 @@ def test_hostile_bundles_inline_leave_no_cache_entry_and_no_run(t: LocalTranspor
         data = path.read_bytes()
         digest = hashlib.sha256(name.encode()).hexdigest()
         with pytest.raises(BundleError):
-            t.call("launch", run_id=RUN, digest=digest, archive_sha256=hashlib.sha256(data).hexdigest(), bundle=data, spec={})
+            t.call("launch", run_id=RUN, digest=digest, archive_sha256=hashlib.sha256(data).hexdigest(), bundle=data,
+                   spec={})
         assert list((home / "cache").glob("*.tar.gz")) == [], name
         assert _snapshot(home / "runs") == set(), name
         assert [p for p in (home / "cache" / ".staging").iterdir()] == [], name
     assert not (home.parent / "evil.py").exists() and not (home / "evil.py").exists()
-    assert _outside_untouched(tmp_path) - before <= {"t.tar.gz", "s.tar.gz", "h.tar.gz", "f.tar.gz", "d.tar.gz", "w.tar.gz", "g.tar.gz", "cut.tar.gz",
-                                                     "gchome"}
+    made = {"t.tar.gz", "s.tar.gz", "h.tar.gz", "f.tar.gz", "d.tar.gz", "w.tar.gz", "g.tar.gz", "cut.tar.gz", "gchome"}
+    assert _outside_untouched(tmp_path) - before <= made
 
 
 def test_chunk_that_lies_about_the_archive_hash(t: LocalTransport, tmp_path: Path, home: Path) -> None:
@@ -152,7 +159,8 @@ def test_results_listing_never_follows_symlinks_left_in_outputs(t: LocalTranspor
     run = api.submit(wf, "local", wait=True, transport=t)
     listing = t.call("results_manifest", run_id=run.id)
     paths = {f["path"] for f in listing["files"]}
-    assert "outputs/real.txt" in paths and "outputs/passwd" not in paths and not any(p.startswith("outputs/etc") for p in paths)
+    assert "outputs/real.txt" in paths and "outputs/passwd" not in paths
+    assert not any(p.startswith("outputs/etc") for p in paths)
     with pytest.raises(GcbundleError, match="changed since"):
         t.call("results_chunk", run_id=run.id, manifest_sha256="0" * 64, index=0)
     with pytest.raises(GcbundleError, match="outside"):
@@ -181,7 +189,8 @@ def test_a_hundred_thousand_tiny_members_are_refused_before_reading_them(tmp_pat
 
     files = {f"d/{i:06d}": b"" for i in range(100_000)} | {"workflow.py": WF}
     m = manifest_for(files)
-    path = write_tar(tmp_path / "many.tar.gz", [manifest_member(m), *[reg(p, d) for p, d in sorted(files.items())][:50]])
+    first = [reg(p, d) for p, d in sorted(files.items())][:50]
+    path = write_tar(tmp_path / "many.tar.gz", [manifest_member(m), *first])
     dest = tmp_path / "out"
     with pytest.raises(BundleError, match="100001 files, more than the cap"):
         archive.extract(path, dest)

@@ -13,12 +13,14 @@ import pytest
 
 from bundle import contracts, profiles, protocol
 from bundle.errors import (
+    GcbundleError,
     MalformedReply,
     ProtocolMismatch,
     RemoteError,
     RunStateError,
     UsageError,
 )
+from bundle.limits import LOG_SLICE_BYTES, RUNS_PAGE
 from login_node import state
 from login_node.rundir import RunPaths, write_json
 
@@ -204,12 +206,14 @@ BAD_REPLIES = [
     ("logs", {k: v for k, v in GOOD_REPLIES["logs"].items() if k != "next_offset"}, "logs reply without `next_offset`"),
     ("results_manifest", {k: v for k, v in GOOD_REPLIES["results_manifest"].items() if k != "files"},
      "without `files`"),
-    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "chunk_bytes": 0}, "results listing reply whose `chunk_bytes` is not a size in 1.."),
+    ("results_manifest", {**GOOD_REPLIES["results_manifest"], "chunk_bytes": 0},
+     "results listing reply whose `chunk_bytes` is not a size in 1.."),
     ("results_manifest", {**GOOD_REPLIES["results_manifest"], "state": {}}, "results listing reply without `state`"),
     ("results_chunk", {"index": 0}, "results chunk reply without `data` (bytes)"),
     ("results_chunk", {"index": True, "data": b""}, "results chunk reply whose `index` is not a chunk number"),
     ("cancel", {"escalated": 0}, "cancel reply without `state`"),
-    ("doctor", {"checks": [{"name": "x"}], "versions": {}, "ok": True}, "doctor reply whose `checks` is not a list of checks"),
+    ("doctor", {"checks": [{"name": "x"}], "versions": {}, "ok": True},
+     "doctor reply whose `checks` is not a list of checks"),
     ("doctor", {"checks": [], "ok": True}, "doctor reply without `versions`"),
 ]
 
@@ -271,3 +275,118 @@ def test_the_shape_check_returns_the_reply_unchanged_and_refuses_a_bad_one() -> 
     assert contracts.check_reply_shape("results_manifest", reply) is reply
     with pytest.raises(MalformedReply, match="results listing reply whose `next_page` is not a file number"):
         contracts.check_reply_shape("results_manifest", {**reply, "next_page": 0})
+
+
+# -- request fields: absent, null, and the order of the checks -------------------------------
+
+RUN = "0123456789ab"
+
+
+def _refusal(task: str, fields: dict[str, Any]) -> str:
+    with pytest.raises(GcbundleError) as info:
+        contracts.parse_request(task, fields)
+    return info.value.message
+
+
+@pytest.mark.parametrize("task,field,absent,null_refused", [
+    ("status", "wait", 0, "wait must be a number of seconds in 0..30, got None"),
+    ("runs", "limit", RUNS_PAGE, f"limit must be an integer in 1..{RUNS_PAGE}, got None"),
+    ("logs", "max_bytes", LOG_SLICE_BYTES, f"max_bytes must be an integer in 1..{LOG_SLICE_BYTES}, got None"),
+    ("logs", "offset", 0, "offset must be an integer in 0..inf, got None"),
+    ("logs", "tail", False, "logs takes a string `name` and a boolean `tail`"),
+    ("cancel", "grace", 30, "grace must be an integer in 0..600, got None"),
+    ("results_manifest", "partial", False, "partial must be true or false"),
+    ("results_manifest", "page", None, "page must be an integer in 0..inf, got None"),
+])
+def test_a_field_left_out_takes_the_login_nodes_default_but_a_null_one_is_refused(
+        task: str, field: str, absent: Any, null_refused: str) -> None:
+    base = {} if task == "runs" else {"run_id": RUN}
+    assert getattr(contracts.parse_request(task, base), field) == absent
+    assert _refusal(task, {**base, field: None}) == null_refused
+
+
+@pytest.mark.parametrize("task,fields,field,refused", [
+    ("status", {}, "run_id", "'None' is not a run id"),
+    ("stage", {}, "digest", "digest must be 64 lowercase hex digits"),
+    ("stage", {"digest": "a" * 64}, "archive_sha256", "archive_sha256 must be 64 lowercase hex digits"),
+    ("stage", {"digest": "a" * 64, "archive_sha256": "b" * 64}, "size", "size must be an integer in 1..inf, got None"),
+    ("results_chunk", {"run_id": RUN}, "manifest_sha256", "manifest_sha256 must be a string"),
+    ("results_chunk", {"run_id": RUN, "manifest_sha256": "x"}, "index", "index must be an integer in 0..inf, got None"),
+    ("launch", {"run_id": RUN, "digest": "a" * 64, "spec": {}, "bundle": b"x"}, "archive_sha256",
+     "archive_sha256 must be 64 lowercase hex digits"),
+])
+def test_a_needed_field_left_out_is_refused_as_if_it_were_null(task: str, fields: dict[str, Any], field: str,
+                                                                refused: str) -> None:
+    assert _refusal(task, fields) == refused
+    assert _refusal(task, {**fields, field: None}) == refused
+
+
+@pytest.mark.parametrize("task,fields,field", [
+    ("probe", {"bases": None}, "bases"),
+    ("probe", {"digests": ["a" * 64], "archive_sha256": None}, "archive_sha256"),
+    ("stage", {"digest": "a" * 64, "archive_sha256": "b" * 64, "size": 1, "index": 0, "base": None}, "base"),
+    ("launch", {"run_id": RUN, "digest": "a" * 64, "spec": {"site": None, "resumed_from": None}}, "archive_sha256"),
+    ("runs", {"run_ids": None, "after": None}, "after"),
+    ("runs", {"run_ids": None}, "run_ids"),
+    ("doctor", {"site": None, "probe": None}, "site"),
+    ("results_manifest", {"run_id": RUN, "page": 0, "manifest_sha256": None}, "manifest_sha256"),
+])
+def test_a_null_that_means_none_is_taken(task: str, fields: dict[str, Any], field: str) -> None:
+    assert getattr(contracts.parse_request(task, fields), field) is None
+
+
+def test_the_listing_digest_is_checked_only_for_a_paged_request() -> None:
+    assert contracts.parse_request("results_manifest", {"run_id": RUN, "manifest_sha256": "x"}).page is None
+    assert _refusal("results_manifest", {"run_id": RUN, "manifest_sha256": "x", "page": 0}) == \
+        "manifest_sha256 must be 64 lowercase hex digits"
+
+
+def test_the_launch_spec_refuses_unknown_fields_and_reads_null_params_as_none() -> None:
+    with pytest.raises(UsageError) as info:
+        contracts.LaunchSpec.from_json({"args": {}, "colour": "red", "bogus": 1})
+    assert info.value.message == "spec has unknown fields: bogus, colour"
+    assert info.value.hint == "use a gcbundle client of the login node's version"
+    assert contracts.LaunchSpec.from_json({"params": None}).params == {}
+    assert _refusal("launch", {"run_id": RUN, "digest": "a" * 64, "spec": {"resumed_from": "../x"}}) == \
+        "'../x' is not a run id"
+
+
+@pytest.mark.parametrize("task,fields,refused", [
+    # Every field's kind first ...
+    ("logs", {"run_id": "bad", "name": 3}, "the logs request with `name` that is an integer, not a string"),
+    ("launch", {"run_id": "bad", "digest": "x", "spec": {"site": "x", "params": "y"}},
+     "the launch request's spec with `site` that is a string, not an object"),
+    # ... then the rules, in the order the login node has always checked them in.
+    ("launch", {"run_id": "bad", "digest": "x", "spec": {"bogus": 1}}, "'bad' is not a run id"),
+    ("launch", {"run_id": RUN, "digest": "x", "spec": {"bogus": 1}}, "digest must be 64 lowercase hex digits"),
+    ("launch", {"run_id": RUN, "digest": "a" * 64, "spec": {"bogus": 1, "args": {"1": 2}}},
+     "spec has unknown fields: bogus"),
+    ("launch", {"run_id": RUN, "digest": "a" * 64, "spec": {"site": {"text": 3}, "params": {1: 2}}},
+     "spec.params must be an object with string keys"),
+    ("launch", {"run_id": RUN, "digest": "a" * 64, "spec": {"resumed_from": "x"}, "archive_sha256": "x",
+                "bundle": b"x"}, "'x' is not a run id"),
+    ("runs", {"run_ids": ["x"], "after": "y", "limit": 0}, f"limit must be an integer in 1..{RUNS_PAGE}, got 0"),
+    ("runs", {"run_ids": ["x"], "after": "y"}, "'y' is not a run id"),
+    ("logs", {"run_id": RUN, "max_bytes": 0, "offset": -1, "tail": None},
+     "logs takes a string `name` and a boolean `tail`"),
+    ("logs", {"run_id": RUN, "max_bytes": 0, "offset": -1}, "offset must be an integer in 0..inf, got -1"),
+    ("results_manifest", {"run_id": RUN, "page": None, "manifest_sha256": "x", "partial": 1},
+     "partial must be true or false"),
+    ("results_manifest", {"run_id": RUN, "page": None, "manifest_sha256": "x"},
+     "manifest_sha256 must be 64 lowercase hex digits"),
+    ("probe", {"digests": ["a" * 64], "archive_sha256": "x", "bases": ["y"]},
+     "archive_sha256 must be 64 lowercase hex digits"),
+    ("probe", {"digests": ["a" * 64, "a" * 64], "archive_sha256": "x", "bases": ["y"]},
+     "base must be 64 lowercase hex digits"),
+])
+def test_a_request_wrong_in_two_ways_is_refused_for_the_first_the_login_node_checks(
+        task: str, fields: dict[str, Any], refused: str) -> None:
+    assert _refusal(task, fields) == refused
+
+
+def test_the_client_leaves_out_what_it_does_not_set_so_the_login_node_takes_its_defaults() -> None:
+    assert contracts.StatusRequest(run_id=RUN).to_json() == {"run_id": RUN}
+    assert contracts.RunsRequest(after=RUN).to_json() == {"after": RUN}
+    assert contracts.LogsRequest(run_id=RUN, name="driver", offset=0, tail=False).to_json() == \
+        {"run_id": RUN, "name": "driver", "offset": 0, "tail": False}
+    assert contracts.ResultsManifestRequest(run_id=RUN).to_json() == {"run_id": RUN}

@@ -27,6 +27,10 @@ def task_function(name: str) -> Callable[..., Any]:
     """
     if name not in TASKS:
         raise UsageError(f"unknown task {name!r}")
+    # Kept function-local on purpose (no import cycle forces it): the globus transport and
+    # ``bundle.doctor`` import this module, and only ``transport.local`` may import
+    # ``login_node`` at load; the task module also brings the login node's whole side
+    # (driver, schedulers, site checks), which a client command never runs.
     from login_node import tasks
 
     return getattr(tasks, name)
@@ -34,6 +38,7 @@ def task_function(name: str) -> Callable[..., Any]:
 
 def pack_task(fn: Callable[..., Any], req: dict[str, Any]) -> tuple[uuid.UUID, bytes]:
     """The bytes a Globus Compute endpoint receives for ``fn(req)``."""
+    # The SDK's serializer loads slowly: imported when a task is packed, not with the client.
     from globus_compute_common import messagepack
     from globus_compute_common.messagepack.message_types import Task
     from globus_compute_sdk.serialize import ComputeSerializer
