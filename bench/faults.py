@@ -249,6 +249,7 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
     from click.testing import CliRunner
 
     from bundle import api, transport
+    from bundle import doctor as client_doctor
     from bundle.cli import main as cli
     from bundle.registry import Registry, RunRecord
     from tests.hostile_replies import CASES, RUN, HostileLoginNode
@@ -271,14 +272,21 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
         run_id=RUN, endpoint="local", digest="0" * 64, workflow="wf.py", site=None, state="running",
         submitted=now, updated=now,
     ))
-    saved = api.get_transport, transport.get_transport
+    # Every module the client reaches the login node through (the client doctor imports get_transport itself).
+    patched = (api, transport, client_doctor)
+    saved = [module.get_transport for module in patched]
     figures = {"tried": 0, "refused": 0, "tracebacks": 0, "escapes": 0}
     try:
         for i, (command, replies) in enumerate(CASES.values()):
             dest = root / f"res{i}"
             before = {p for p in root.rglob("*") if not str(p).startswith(str(dest))}
             hostile = HostileLoginNode(replies)
-            api.get_transport = transport.get_transport = lambda endpoint, h=hostile: h  # type: ignore[assignment]
+
+            def to_hostile(endpoint: str, h: HostileLoginNode = hostile) -> HostileLoginNode:
+                return h
+
+            for module in patched:
+                module.get_transport = to_hostile  # type: ignore[attr-defined]
             try:
                 res = CliRunner().invoke(cli, [a.format(dest=dest, wf=wf / "workflow.py") for a in args[command]])
             finally:
@@ -292,7 +300,8 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
             lines = [line for line in res.stderr.splitlines() if line.startswith("gcbundle: error:")]
             figures["escapes"] += int(bool(after - before) or len(lines) != 1 or "\x1b" in res.output)
     finally:
-        api.get_transport, transport.get_transport = saved
+        for module, original in zip(patched, saved, strict=True):
+            module.get_transport = original  # type: ignore[attr-defined]
     return figures
 
 
