@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,9 +53,27 @@ def isolate(prefix: str = "gcbundle-bench-") -> Path:
 
 def parser(description: str, runs: int = 5) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--tiny", action="store_true", help="a tiny size, to check that the script runs (no meaningful figures)")
+    p.add_argument(
+        "--tiny", action="store_true", help="a tiny size, to check that the script runs (no meaningful figures)"
+    )
     p.add_argument("--runs", type=int, default=runs, help="rounds of each side (median reported)")
     return p
+
+
+def parse(p: argparse.ArgumentParser, **tiny: Any) -> argparse.Namespace:
+    """The command line's options; with ``--tiny``, the values in ``tiny`` stand in for the sizes given."""
+    opts = p.parse_args()
+    if opts.tiny:
+        for name, value in tiny.items():
+            setattr(opts, name, value)
+    return opts
+
+
+def workflow_dir(folder: Path, source: str) -> Path:
+    """Make ``folder`` with a ``workflow.py`` that holds ``source``; return the folder."""
+    folder.mkdir(parents=True)
+    (folder / "workflow.py").write_text(source)
+    return folder
 
 
 def alternate(a: Callable[[], float | None], b: Callable[[], float | None], runs: int,
@@ -84,7 +104,8 @@ def result(name: str, ratio: float, op: str, target: float, details: str = "", l
     """Print the result line; return whether the target is met."""
     met = ratio <= target if op == "<=" else ratio >= target
     value = f"{ratio:.6f}" if 0 < abs(ratio) < 0.01 else f"{ratio:.3f}"
-    print(f"RESULT {name}: {label}={value} (target {op} {target:g}: {'met' if met else 'MISSED'}) {details}".rstrip(), flush=True)
+    verdict = "met" if met else "MISSED"
+    print(f"RESULT {name}: {label}={value} (target {op} {target:g}: {verdict}) {details}".rstrip(), flush=True)
     return met
 
 
@@ -120,10 +141,18 @@ def direct_runner(wf_dir: Path, run_dir: Path) -> tuple[list[str], dict[str, str
 
     script = wf_dir.parent / f"direct-{wf_dir.name}.py"
     script.write_text(DIRECT_RUNNER.format(wf_dir=str(wf_dir), repo=str(REPO), run_dir=str(run_dir)))
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
-           "PYTHONPATH": str(wf_dir), MARKER: uuid.uuid4().hex}
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+    env = {**os.environ, "PATH": path, "PYTHONPATH": str(wf_dir), MARKER: uuid.uuid4().hex}
     atexit.register(sweep_direct, env)
     return [sys.executable, str(script)], env
+
+
+def run_direct(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 300.0) -> Any:
+    """Run a workflow directly (``direct_runner``'s command and environment) to its end: main()'s value,
+    which the runner prints last, as JSON."""
+    done = subprocess.run(argv, check=True, timeout=timeout, cwd=str(cwd), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 #: Set in the direct runs' environment; every process they start (interchange,
@@ -133,9 +162,6 @@ MARKER = "GCBUNDLE_BENCH_DIRECT"
 
 def stop_direct(proc: subprocess.Popen[Any], env: dict[str, str], grace: float = 30.0) -> None:
     """Stop a direct run as a user would (Ctrl-C: its DFK cleans up), then anything it left."""
-    import signal
-    import subprocess
-
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -148,7 +174,7 @@ def stop_direct(proc: subprocess.Popen[Any], env: dict[str, str], grace: float =
 
 def sweep_direct(env: dict[str, str]) -> int:
     """Stop the processes of a direct run still alive (a killed DFK leaves its interchange and workers)."""
-    from login_node.procs import terminate
+    from login_node.procs import terminate  # gcbundle is imported only after isolate() (see the docstring)
 
     needle = f"{MARKER}={env[MARKER]}".encode()
     pids = []

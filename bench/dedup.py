@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import sys
 
-from _common import fmt_bytes, isolate, make_tree, parser, result
+from _common import fmt_bytes, isolate, make_tree, parse, parser, result
 
 
 def main() -> int:
     p = parser(__doc__.splitlines()[0], runs=1)
     p.add_argument("--files", type=int, default=200)
     p.add_argument("--mb", type=float, default=30)
-    opts = p.parse_args()
-    if opts.tiny:
-        opts.files, opts.mb = 20, 1
+    opts = parse(p, files=20, mb=1)
     root = isolate()
     tree = root / "wf"
     make_tree(tree, opts.files, int(opts.mb * 1e6))
 
+    # gcbundle is imported only now, after isolate() (see _common)
     import bundle
     from bundle.transport.local import LocalTransport
 
@@ -54,16 +53,25 @@ def main() -> int:
     victim = sorted(tree.rglob("*.py"))[len(list(tree.rglob("*.py"))) // 2]
     victim.write_text(victim.read_text() + "\n# one more line\n")
     changed, changed_tasks = submit()
-    print(f"workflow: {opts.files} files, {opts.mb:g} MB; changed file: {victim.relative_to(tree)} ({fmt_bytes(victim.stat().st_size)})")
-    for label, total, tasks in (("first submit", first, first_tasks), ("unchanged resubmit", again, again_tasks),
-                                ("one file changed", changed, changed_tasks)):
-        print(f"  {label:20s} {fmt_bytes(total):>10s} in tasks " + ", ".join(f"{k} {fmt_bytes(v)}" for k, v in sorted(tasks.items())))
+    victim_size = fmt_bytes(victim.stat().st_size)
+    print(f"workflow: {opts.files} files, {opts.mb:g} MB; changed file: {victim.relative_to(tree)} ({victim_size})")
+    rows = (
+        ("first submit", first, first_tasks),
+        ("unchanged resubmit", again, again_tasks),
+        ("one file changed", changed, changed_tasks),
+    )
+    for label, total, tasks in rows:
+        per_task = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in sorted(tasks.items()))
+        print(f"  {label:20s} {fmt_bytes(total):>10s} in tasks " + per_task)
     result("dedup: unchanged resubmit / first submit (bytes)", again / first, "<=", 0.01, f"{again} of {first} bytes")
     ratio = changed / first
-    how = ("a delta: the new manifest and the changed file, against the bundle the login node already has "
-           "(protocol 2; it rebuilds and checks the whole bundle)" if 0 < changed_tasks.get("stage", 0) < first / 2 else
-           "the whole bundle again" + (" (bundles up to the inline size travel whole inside the launch task: one task)"
-                                      if "stage" not in changed_tasks else ""))
+    if 0 < changed_tasks.get("stage", 0) < first / 2:
+        how = ("a delta: the new manifest and the changed file, against the bundle the login node already has "
+               "(protocol 2; it rebuilds and checks the whole bundle)")
+    elif "stage" not in changed_tasks:
+        how = "the whole bundle again (bundles up to the inline size travel whole inside the launch task: one task)"
+    else:
+        how = "the whole bundle again"
     print(f"RESULT dedup: one file changed / first submit (bytes): ratio={ratio:.6f} (no target: reported) "
           f"{fmt_bytes(changed)} of {fmt_bytes(first)}: {how}")
     return 0

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from _common import direct_runner, fmt_bytes, isolate, median, parser, result, stop_direct
+from _common import direct_runner, fmt_bytes, isolate, median, parse, parser, result, stop_direct, workflow_dir
 
 WORKFLOW = '''
 import os, time
@@ -73,15 +73,12 @@ def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-d
 def main() -> int:
     p = parser(__doc__.splitlines()[0], runs=3)
     p.add_argument("--window", type=float, default=30.0, help="seconds of measurement per round")
-    opts = p.parse_args()
-    if opts.tiny:
-        opts.runs, opts.window = 1, 3.0
+    opts = parse(p, runs=1, window=3.0)
     root = isolate()
-    wf_dir = root / "wf"
-    wf_dir.mkdir()
-    (wf_dir / "workflow.py").write_text(WORKFLOW)
+    wf_dir = workflow_dir(root / "wf", WORKFLOW)
     direct_cmd, env = direct_runner(wf_dir, root / "direct-runinfo")
 
+    # gcbundle is imported only now, after isolate() (see _common)
     import bundle
     from bundle.transport.local import LocalTransport
 
@@ -94,13 +91,22 @@ def main() -> int:
             (flags / "b").mkdir(parents=True)
             (flags / "d").mkdir()
             args = {"seconds": seconds, "flags": str(flags)}
-            run = bundle.submit(wf_dir / "workflow.py", "local", args={**args, "flags": str(flags / "b")}, transport=transport)
-            direct = subprocess.Popen([*direct_cmd, json.dumps({**args, "flags": str(flags / "d")})], cwd=str(wf_dir), env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            bundled_args = {**args, "flags": str(flags / "b")}
+            run = bundle.submit(wf_dir / "workflow.py", "local", args=bundled_args, transport=transport)
+            direct = subprocess.Popen(
+                [*direct_cmd, json.dumps({**args, "flags": str(flags / "d")})],
+                cwd=str(wf_dir),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 driver_pid = wait_for(lambda r=run: r.status().get("pid"), 60, "the driver")
-                wait_for(lambda f=flags: len(list((f / "b").iterdir())) >= 2 and len(list((f / "d").iterdir())) >= 2, 120,
-                         "both workflows' apps to start")
+                wait_for(
+                    lambda f=flags: len(list((f / "b").iterdir())) >= 2 and len(list((f / "d").iterdir())) >= 2,
+                    120,
+                    "both workflows' apps to start",
+                )
                 time.sleep(1.0)  # let start-up settle
                 pids = {"driver": int(driver_pid), "direct": direct.pid}
                 c0 = {k: cpu_seconds(p) for k, p in pids.items()}
@@ -119,7 +125,8 @@ def main() -> int:
     d_rss, b_rss = median([float(x) for x in rss["driver"]]), median([float(x) for x in rss["direct"]])
     result("driver: CPU while waiting (fraction of a core)", d_cpu, "<=", 0.01,
            f"driver {d_cpu:.2%}, bare DFK {b_cpu:.2%} of a core over {opts.window:g} s", label="cpu")
-    result("driver: RSS driver / bare DFK", d_rss / b_rss, "<=", 1.2, f"driver {fmt_bytes(d_rss)}, bare DFK {fmt_bytes(b_rss)}")
+    rss_details = f"driver {fmt_bytes(d_rss)}, bare DFK {fmt_bytes(b_rss)}"
+    result("driver: RSS driver / bare DFK", d_rss / b_rss, "<=", 1.2, rss_details)
     return 0
 
 

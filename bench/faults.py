@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# gcbundle's modules (and the tests' helpers, which import them) are imported
+# inside each part, after main() has pointed every gcbundle path into a
+# temporary directory (_env).
 
 WORKFLOW = '''
 import os, time
@@ -48,18 +51,11 @@ def _env(tmp: Path) -> None:
     })
 
 
-def _counts(marks: Path) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for p in marks.iterdir():
-        i = int(p.name.split("-")[0][4:])
-        out[i] = out.get(i, 0) + 1
-    return out
-
-
 def driver_kills(tmp: Path, kills: int, steps: int, seconds: float, reboot_every: int = 2) -> dict[str, int]:
     """Kill the driver (and, every other time, every process of the run: a reboot) at a random moment, then resume."""
     from bundle import api
     from login_node.procs import run_processes
+    from tests.faults import executions
 
     figures = {"faults": 0, "recovered": 0, "repeated": 0, "orphans": 0, "lost_seconds_max": 0}
     rng = random.Random(1234)
@@ -74,7 +70,7 @@ def driver_kills(tmp: Path, kills: int, steps: int, seconds: float, reboot_every
         st = run.status()
         if st["state"] not in ("starting", "running"):
             continue
-        completed_before = set(_counts(marks))
+        completed_before = set(executions(marks))
         os.kill(st["pid"], signal.SIGKILL)
         if k % reboot_every == 1:
             for pid in run_processes(run.id):
@@ -90,7 +86,7 @@ def driver_kills(tmp: Path, kills: int, steps: int, seconds: float, reboot_every
         new = api.resume(run.id, wait=True)
         if new.last_state["state"] == "succeeded" and new.result(tmp / "res") == sum(range(steps)):
             figures["recovered"] += 1
-        counts = _counts(marks)
+        counts = executions(marks)
         figures["repeated"] += sum(1 for i in completed_before if counts.get(i, 0) > 1)
         time.sleep(1.0)
         figures["orphans"] += len(run_processes(run.id)) + len(run_processes(new.id))
@@ -104,10 +100,7 @@ def worker_kill_during_staging(tmp: Path) -> dict[str, int]:
     from bundle.errors import TransportError
     from bundle.limits import CHUNK_BYTES
     from bundle.transport.local import LocalTransport
-
-    def worker_pid(transport: LocalTransport) -> int | None:
-        worker = transport._worker  # fault injection: the worker process to kill
-        return worker.proc.pid if worker is not None else None
+    from tests.faults import worker_pid
 
     wf = tmp / "big"
     wf.mkdir()
@@ -142,7 +135,8 @@ def client_kill_during_results(tmp: Path) -> dict[str, int]:
     wf.mkdir()
     (wf / "workflow.py").write_text(
         "import os\n\ndef main():\n    out = os.environ['GCBUNDLE_OUTPUT_DIR']\n"
-        f"    for i in range(4):\n        open(os.path.join(out, f'p{{i}}.bin'), 'wb').write(os.urandom({CHUNK_BYTES}))\n"
+        "    for i in range(4):\n"
+        f"        open(os.path.join(out, f'p{{i}}.bin'), 'wb').write(os.urandom({CHUNK_BYTES}))\n"
     )
     run = api.submit(wf / "workflow.py", "local", wait=True)
     dest = tmp / "results"
@@ -156,7 +150,8 @@ def client_kill_during_results(tmp: Path) -> dict[str, int]:
     proc.kill()
     proc.wait()
     fetched = run.results(dest)
-    ok = fetched.fetched_bytes < fetched.bytes and all((fetched.path / "outputs" / f"p{i}.bin").stat().st_size == CHUNK_BYTES for i in range(4))
+    whole = all((fetched.path / "outputs" / f"p{i}.bin").stat().st_size == CHUNK_BYTES for i in range(4))
+    ok = fetched.fetched_bytes < fetched.bytes and whole
     return {"faults": 1, "recovered": int(ok)}
 
 
@@ -201,7 +196,8 @@ def hostile_cases(tmp: Path) -> tuple[int, int]:
         cases.append([manifest_member(m), reg("workflow.py", wf), reg(name, b"x")])
     for kind, link in [(tarfile.SYMTYPE, "/etc/passwd"), (tarfile.SYMTYPE, "../x"), (tarfile.LNKTYPE, "/etc/passwd"),
                        (tarfile.CHRTYPE, ""), (tarfile.BLKTYPE, ""), (tarfile.FIFOTYPE, ""), (tarfile.DIRTYPE, "")]:
-        cases.append([manifest_member(manifest_for({"a.py": b"", "workflow.py": wf})), special("a.py", kind, link), reg("workflow.py", wf)])
+        manifest = manifest_member(manifest_for({"a.py": b"", "workflow.py": wf}))
+        cases.append([manifest, special("a.py", kind, link), reg("workflow.py", wf)])
     m = manifest_for({"workflow.py": wf})
     cases += [
         [manifest_member(m), reg("workflow.py", wf), reg("workflow.py", wf)],
@@ -211,7 +207,10 @@ def hostile_cases(tmp: Path) -> tuple[int, int]:
         [reg("workflow.py", wf), manifest_member(m)],
         [manifest_member(manifest_for({"A.txt": b"", "a.txt": b"", "workflow.py": wf})),
          reg("A.txt", b""), reg("a.txt", b""), reg("workflow.py", wf)],
-        [manifest_member(manifest_for({f"f/{i:06d}": b"" for i in range(100_000)} | {"workflow.py": wf})), reg("workflow.py", wf)],
+        [
+            manifest_member(manifest_for({f"f/{i:06d}": b"" for i in range(100_000)} | {"workflow.py": wf})),
+            reg("workflow.py", wf),
+        ],
     ]
     tried = rejected = 0
     for i, members in enumerate(cases):
@@ -250,27 +249,44 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
     from click.testing import CliRunner
 
     from bundle import api, transport
+    from bundle import doctor as client_doctor
     from bundle.cli import main as cli
     from bundle.registry import Registry, RunRecord
     from tests.hostile_replies import CASES, RUN, HostileLoginNode
 
-    args = {"status": ["status", RUN], "logs": ["logs", RUN], "cancel": ["cancel", RUN], "results": ["results", RUN, "-o", "{dest}"],
-            "doctor": ["doctor", "--endpoint", "local"], "list": ["list", "--endpoint", "local"], "submit": ["submit", "{wf}"]}
+    args = {
+        "status": ["status", RUN],
+        "logs": ["logs", RUN],
+        "cancel": ["cancel", RUN],
+        "results": ["results", RUN, "-o", "{dest}"],
+        "doctor": ["doctor", "--endpoint", "local"],
+        "list": ["list", "--endpoint", "local"],
+        "submit": ["submit", "{wf}"],
+    }
     root = tmp / "hostile-replies"
     wf = root / "wf"
     wf.mkdir(parents=True)
     (wf / "workflow.py").write_text("def main():\n    return 1\n")
     now = time.time()
-    Registry().adopt(RunRecord(run_id=RUN, endpoint="local", digest="0" * 64, workflow="wf.py", site=None, state="running",
-                               submitted=now, updated=now))
-    saved = api.get_transport, transport.get_transport
+    Registry().adopt(RunRecord(
+        run_id=RUN, endpoint="local", digest="0" * 64, workflow="wf.py", site=None, state="running",
+        submitted=now, updated=now,
+    ))
+    # Every module the client reaches the login node through (the client doctor imports get_transport itself).
+    patched = (api, transport, client_doctor)
+    saved = [module.get_transport for module in patched]
     figures = {"tried": 0, "refused": 0, "tracebacks": 0, "escapes": 0}
     try:
         for i, (command, replies) in enumerate(CASES.values()):
             dest = root / f"res{i}"
             before = {p for p in root.rglob("*") if not str(p).startswith(str(dest))}
             hostile = HostileLoginNode(replies)
-            api.get_transport = transport.get_transport = lambda endpoint, h=hostile: h  # type: ignore[assignment]
+
+            def to_hostile(endpoint: str, h: HostileLoginNode = hostile) -> HostileLoginNode:
+                return h
+
+            for module in patched:
+                module.get_transport = to_hostile  # type: ignore[attr-defined]
             try:
                 res = CliRunner().invoke(cli, [a.format(dest=dest, wf=wf / "workflow.py") for a in args[command]])
             finally:
@@ -278,12 +294,14 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
             Registry().update(RUN, state="running")  # some replies mark it gone: each case starts alike
             figures["tried"] += 1
             figures["refused"] += int(res.exit_code not in (0, 1))
-            figures["tracebacks"] += int((res.exception is not None and not isinstance(res.exception, SystemExit)) or "Traceback" in res.output)
+            raised = res.exception is not None and not isinstance(res.exception, SystemExit)
+            figures["tracebacks"] += int(raised or "Traceback" in res.output)
             after = {p for p in root.rglob("*") if not str(p).startswith(str(dest))}
             lines = [line for line in res.stderr.splitlines() if line.startswith("gcbundle: error:")]
             figures["escapes"] += int(bool(after - before) or len(lines) != 1 or "\x1b" in res.output)
     finally:
-        api.get_transport, transport.get_transport = saved
+        for module, original in zip(patched, saved, strict=True):
+            module.get_transport = original  # type: ignore[attr-defined]
     return figures
 
 
@@ -359,12 +377,21 @@ def main() -> int:
     for name, p in parts.items():
         print(f"{name:<30} " + ", ".join(f"{k}={v}" for k, v in p.items()))
     lost = sum(p.get("lost", 0) for p in parts.values())
-    print(f"faults injected: {faults}; runs recovered: {recovered}; runs lost: {lost} (target 0); app executions repeated: {repeated} (target 0); "
+    print(f"faults injected: {faults}; runs recovered: {recovered}; runs lost: {lost} (target 0); "
+          f"app executions repeated: {repeated} (target 0); "
           f"orphaned processes: {orphans} (target 0); hostile bundles tried: {tried}, rejected: {rejected}")
-    print(f"hostile replies tried: {replies['tried']}, refused: {replies['refused']}; tracebacks: {replies['tracebacks']} (target 0); "
-          f"escapes: {replies['escapes']} (target 0)")
+    print(f"hostile replies tried: {replies['tried']}, refused: {replies['refused']}; "
+          f"tracebacks: {replies['tracebacks']} (target 0); escapes: {replies['escapes']} (target 0)")
     ok_replies = replies["tracebacks"] == 0 and replies["escapes"] == 0 and replies["refused"] == replies["tried"]
-    return 0 if repeated == 0 and orphans == 0 and lost == 0 and recovered == faults and tried == rejected and ok_replies else 1
+    ok = (
+        repeated == 0
+        and orphans == 0
+        and lost == 0
+        and recovered == faults
+        and tried == rejected
+        and ok_replies
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ are emptied first; the file contents are in the page cache for both sides.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from _common import (
@@ -29,6 +32,7 @@ from _common import (
     isolate,
     make_tree,
     median,
+    parse,
     parser,
     result,
 )
@@ -38,12 +42,8 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--mb", type=float, default=60)
-    opts = p.parse_args()
-    if opts.tiny:
-        opts.files, opts.mb, opts.runs = 40, 1, 2
+    opts = parse(p, files=40, mb=1, runs=2)
     root = isolate()
-    import os
-
     cache = Path(os.environ["XDG_CACHE_HOME"]) / "gcbundle"
     tree = root / "tree"
     total = make_tree(tree, opts.files, int(opts.mb * 1e6))
@@ -51,56 +51,41 @@ def main() -> int:
     out.mkdir()
     print(f"tree: {opts.files} files, {fmt_bytes(total)}; {opts.runs} rounds, alternating")
 
+    # gcbundle is imported only now, after isolate() (see _common)
     from bundle.pack import pack
 
-    def clear() -> None:
-        shutil.rmtree(cache, ignore_errors=True)
-
-    def cli_pack() -> float:
-        clear()
-        target = out / "cli.tar.gz"
-        target.unlink(missing_ok=True)
-        t0 = time.perf_counter()
+    def command_pack(target: Path) -> None:
         subprocess.run([sys.executable, "-m", "bundle.cli", "pack", str(tree), "-o", str(target)], cwd=REPO,
                        check=True, stdout=subprocess.DEVNULL, timeout=600)
-        return time.perf_counter() - t0
 
-    def tar() -> float:
-        target = out / "tar.tar.gz"
-        target.unlink(missing_ok=True)
-        t0 = time.perf_counter()
+    def api_pack(target: Path) -> None:
+        pack(tree, target)
+
+    def tar_czf(target: Path) -> None:
         subprocess.run(["tar", "-czf", str(target), "-C", str(tree), "."], check=True, timeout=600)
-        return time.perf_counter() - t0
 
-    def api_cold() -> float:
-        clear()
-        target = out / "api.tar.gz"
+    def timed(make: Callable[[Path], object], target: Path, cold: bool) -> float:
+        """Seconds ``make`` takes to write ``target`` afresh; ``cold`` empties gcbundle's caches first."""
+        if cold:
+            shutil.rmtree(cache, ignore_errors=True)
         target.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        pack(tree, target)
+        make(target)
         return time.perf_counter() - t0
 
-    def api_warm() -> float:
-        target = out / "api.tar.gz"
-        target.unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        pack(tree, target)
-        return time.perf_counter() - t0
-
-    def cli_warm() -> float:
-        target = out / "cli.tar.gz"
-        target.unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "bundle.cli", "pack", str(tree), "-o", str(target)], cwd=REPO,
-                       check=True, stdout=subprocess.DEVNULL, timeout=600)
-        return time.perf_counter() - t0
+    cli_pack = partial(timed, command_pack, out / "cli.tar.gz", cold=True)
+    cli_warm = partial(timed, command_pack, out / "cli.tar.gz", cold=False)
+    tar = partial(timed, tar_czf, out / "tar.tar.gz", cold=False)
+    api_cold = partial(timed, api_pack, out / "api.tar.gz", cold=True)
+    api_warm = partial(timed, api_pack, out / "api.tar.gz", cold=False)
 
     tar()  # warm the page cache and the interpreter's imports
     api_cold()
     g, t = alternate(cli_pack, tar, opts.runs)
     sizes = (out / "cli.tar.gz").stat().st_size, (out / "tar.tar.gz").stat().st_size
     result("pack: gcbundle pack / tar -czf", median(g) / median(t), "<=", 1.0,
-           f"gcbundle {fmt_s(median(g))}, tar {fmt_s(median(t))}; archives {fmt_bytes(sizes[0])} vs {fmt_bytes(sizes[1])}")
+           f"gcbundle {fmt_s(median(g))}, tar {fmt_s(median(t))}; "
+           f"archives {fmt_bytes(sizes[0])} vs {fmt_bytes(sizes[1])}")
 
     # A first pack after the tree was written may find its newest files too
     # fresh to trust their cached hashes (see bundle/packcache.py); one more

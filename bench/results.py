@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import alternate, fmt_bytes, fmt_s, isolate, median, parser, result
+from _common import alternate, fmt_bytes, fmt_s, isolate, median, parse, parser, result, workflow_dir
 
 
 def make_outputs(out: Path, small: int, small_bytes: int, large: int, large_bytes: int) -> int:
@@ -79,14 +79,11 @@ def same_tree(a: Path, b: Path) -> bool:
 def main() -> int:
     p = parser(__doc__.splitlines()[0], runs=3)
     p.add_argument("--mb", type=float, default=500)
-    opts = p.parse_args()
-    if opts.tiny:
-        opts.mb, opts.runs = 5, 1
+    opts = parse(p, mb=5, runs=1)
     root = isolate()
-    wf = root / "wf" / "workflow.py"
-    wf.parent.mkdir()
-    wf.write_text("def main():\n    return 'ok'\n")
+    wf = workflow_dir(root / "wf", "def main():\n    return 'ok'\n") / "workflow.py"
 
+    # gcbundle is imported only now, after isolate() (see _common)
     import bundle
     from bundle.limits import CHUNK_BYTES
     from bundle.transport.local import LocalTransport
@@ -102,7 +99,8 @@ def main() -> int:
     small_avg = int(total_bytes * 0.2 / small)
     large_each = int(total_bytes * 0.8 / 4)
     written = make_outputs(paths.outputs, small, max(1, int(small_avg / 1.5)), 4, large_each)
-    print(f"outputs: {small} small files and 4 large ones, {fmt_bytes(written)}; chunk {fmt_bytes(CHUNK_BYTES)}; {opts.runs} rounds")
+    print(f"outputs: {small} small files and 4 large ones, {fmt_bytes(written)}; "
+          f"chunk {fmt_bytes(CHUNK_BYTES)}; {opts.runs} rounds")
 
     dest = root / "fetched"
     copy = root / "copied"
@@ -136,15 +134,19 @@ def main() -> int:
     floor = serializer_floor(CHUNK_BYTES)
     assert same_tree(paths.outputs, dest / run.id / "outputs"), "fetched outputs differ from the originals"
     size = sum(f.stat().st_size for f in (dest / run.id).rglob("*") if f.is_file())
-    print(f"verified: the fetched outputs equal the originals byte for byte ({fmt_bytes(size)} in the package, {median(tasks):.0f} tasks)")
+    print(f"verified: the fetched outputs equal the originals byte for byte "
+          f"({fmt_bytes(size)} in the package, {median(tasks):.0f} tasks)")
     met = result("results: gcbundle results / cp -r throughput", median(c) / median(g), ">=", 0.5,
-                 f"gcbundle {fmt_s(median(g))} ({written / median(g) / 1e6:.0f} MB/s), cp -r {fmt_s(median(c))} ({written / median(c) / 1e6:.0f} "
-                 "MB/s)")
-    print(f"floor: the endpoint's own result path (ComputeSerializer: dill + base64 with line breaks; messagepack Result "
-          f"as JSON; then the client's decode) costs {fmt_s(floor)} per {fmt_bytes(CHUNK_BYTES)} chunk on one core, "
+                 f"gcbundle {fmt_s(median(g))} ({written / median(g) / 1e6:.0f} MB/s), "
+                 f"cp -r {fmt_s(median(c))} ({written / median(c) / 1e6:.0f} MB/s)")
+    unmet = "" if met else ": the target cannot be met on this path"
+    print("floor: the endpoint's own result path (ComputeSerializer: dill + base64 with line breaks; "
+          f"messagepack Result as JSON; then the client's decode) costs {fmt_s(floor)} per {fmt_bytes(CHUNK_BYTES)} "
+          "chunk on one core, "
           f"{CHUNK_BYTES / floor / 1e6:.0f} MB/s, before any file is read or written; the local transport overlaps the "
-          f"login node's half with the client's half (pipelined chunk tasks), so at best about {2 * CHUNK_BYTES / floor / 1e6:.0f} MB/s "
-          f"on two cores, against {written / median(c) / 1e6:.0f} MB/s for cp -r" + ("" if met else ": the target cannot be met on this path"))
+          f"login node's half with the client's half (pipelined chunk tasks), "
+          f"so at best about {2 * CHUNK_BYTES / floor / 1e6:.0f} MB/s "
+          f"on two cores, against {written / median(c) / 1e6:.0f} MB/s for cp -r" + unmet)
     return 0
 
 

@@ -22,11 +22,10 @@ process that runs the DFK (the detached driver, or direct.py).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 
-from _common import alternate, direct_runner, fmt_s, isolate, median, parser, result
+from _common import alternate, direct_runner, fmt_s, isolate, median, parse, parser, result, run_direct, workflow_dir
 
 WORKFLOW = '''
 """A workflow that takes SECONDS on the local profile's 2 workers: two waves of apps, then one that joins them."""
@@ -76,16 +75,13 @@ def main():
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=5.0, help="how long the workflow runs")
-    opts = p.parse_args()
-    if opts.tiny:
-        opts.seconds, opts.runs = 0.5, 1
+    opts = parse(p, seconds=0.5, runs=1)
     root = isolate()
-    wf_dir = root / "wf"
-    wf_dir.mkdir()
-    (wf_dir / "workflow.py").write_text(WORKFLOW.format(seconds=opts.seconds))
+    wf_dir = workflow_dir(root / "wf", WORKFLOW.format(seconds=opts.seconds))
     direct_cmd, env = direct_runner(wf_dir, root / "direct-runinfo")
     out = root / "results"
 
+    # gcbundle is imported only now, after isolate() (see _common)
     import bundle
     from bundle.transport.local import LocalTransport
 
@@ -113,25 +109,24 @@ def main() -> int:
 
     def plain() -> float:
         t0 = time.perf_counter()
-        done = subprocess.run(direct_cmd, check=True, timeout=300, cwd=str(wf_dir), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert done.stdout.strip().splitlines()[-1] == "6", done.stdout
+        value = run_direct(direct_cmd, env, wf_dir)
+        assert value == 6, value
         return time.perf_counter() - t0
 
     plain()  # warm the page cache and the byte-code caches
     g, d = alternate(bundled, plain, opts.runs)
     added = median(g) - median(d)
     b = {k: median([x[k] for x in breakdown]) for k in breakdown[0]}
-    print(f"gcbundle medians: total {fmt_s(b['total'])} = until state succeeded {fmt_s(b['wait_end'])} + results {fmt_s(b['results'])}; "
+    print(f"gcbundle medians: total {fmt_s(b['total'])} = until state succeeded {fmt_s(b['wait_end'])} "
+          f"+ results {fmt_s(b['results'])}; "
           f"in the driver: start -> DFK loaded {fmt_s(b['driver_to_dfk'])}, main {fmt_s(b['main'])}, "
           f"main returned -> final state {fmt_s(b['cleanup_report'])}")
-    result("roundtrip: added time (gcbundle - direct)", added, "<=", 1.0, f"seconds; gcbundle {fmt_s(median(g))}, direct {fmt_s(median(d))}",
-           label="added_s")
-    result("roundtrip: gcbundle / direct", median(g) / median(d), "<=", 1.2, f"{opts.seconds:g} s workflow, median of {opts.runs}")
+    result("roundtrip: added time (gcbundle - direct)", added, "<=", 1.0,
+           f"seconds; gcbundle {fmt_s(median(g))}, direct {fmt_s(median(d))}", label="added_s")
+    result("roundtrip: gcbundle / direct", median(g) / median(d), "<=", 1.2,
+           f"{opts.seconds:g} s workflow, median of {opts.runs}")
 
-    trivial_dir = root / "trivial"
-    trivial_dir.mkdir()
-    (trivial_dir / "workflow.py").write_text(TRIVIAL)
+    trivial_dir = workflow_dir(root / "trivial", TRIVIAL)
     trivial_cmd, trivial_env = direct_runner(trivial_dir, root / "trivial-direct-runinfo")
 
     def first_bundled() -> float:
@@ -144,9 +139,8 @@ def main() -> int:
 
     def first_plain() -> float:
         t0 = time.perf_counter()
-        done = subprocess.run(trivial_cmd, check=True, timeout=300, cwd=str(trivial_dir), env=trivial_env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert done.stdout.strip().splitlines()[-1] == "1", done.stdout
+        value = run_direct(trivial_cmd, trivial_env, trivial_dir)
+        assert value == 1, value
         return time.perf_counter() - t0
 
     fg, fd = alternate(first_bundled, first_plain, opts.runs)

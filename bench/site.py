@@ -50,7 +50,7 @@ PROFILES = {
 
 
 def first_result(wf: Path, key: tuple[str, int]) -> float:
-    from bundle import api
+    from bundle import api  # gcbundle is imported only after isolate() (see _common)
 
     site, params = PROFILES[key]
     t0 = time.monotonic()
@@ -74,8 +74,8 @@ def bring_up() -> None:
     pbs = timed(["bash", str(scripts / "setup_pbs.sh")])
     again = timed(["bash", str(scripts / "setup_slurm.sh")]) + timed(["bash", str(scripts / "setup_pbs.sh")])
     up = slurm + pbs
-    print(f"site down {down:.1f} s; up from built: setup_slurm.sh {slurm:.1f} s + setup_pbs.sh {pbs:.1f} s = {up:.1f} s; "
-          f"re-run on the running site {again:.1f} s")
+    print(f"site down {down:.1f} s; up from built: setup_slurm.sh {slurm:.1f} s + setup_pbs.sh {pbs:.1f} s "
+          f"= {up:.1f} s; re-run on the running site {again:.1f} s")
     result("site: re-run / bring-up from built", again / up, "<=", 0.5, f"({again:.1f} s vs {up:.1f} s)")
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import fmt_bytes, isolate, parser, result
+from _common import fmt_bytes, isolate, parser, result, workflow_dir
 
 EP = "2b3c4d5e-0000-4000-8000-00000000e0e0"
 
@@ -42,7 +42,13 @@ def main(nbytes=0, seconds=0.0):
 '''
 
 
-def measure(tally: Any, fn: Callable[[], Any], requests: Callable[[], int] | None) -> tuple[dict[str, int], int | None, Any]:
+#: Per operation: the tasks sent, by task name, and the HTTPS requests (None when not counted).
+Rows = dict[str, tuple[dict[str, int], int | None]]
+
+
+def measure(
+    tally: Any, fn: Callable[[], Any], requests: Callable[[], int] | None
+) -> tuple[dict[str, int], int | None, Any]:
     before = dict(tally.calls)
     r0 = requests() if requests else None
     value = fn()
@@ -50,9 +56,18 @@ def measure(tally: Any, fn: Callable[[], Any], requests: Callable[[], int] | Non
     return counts, (requests() - r0 if requests and r0 is not None else None), value
 
 
-def scenario(label: str, make_transport: Callable[[], Any], root: Path, wf_small: Path, wf_big: Path, nbytes: int,
-             requests: Callable[[], int] | None = None, wait_ok: bool = True) -> dict[str, tuple[dict[str, int], int | None]]:
+def scenario(
+    label: str,
+    make_transport: Callable[[], Any],
+    root: Path,
+    wf_small: Path,
+    wf_big: Path,
+    nbytes: int,
+    requests: Callable[[], int] | None = None,
+    wait_ok: bool = True,
+) -> Rows:
     """Every operation once on a fresh transport; the tasks (and HTTPS requests) each sent."""
+    # gcbundle is imported only now, after isolate() (see _common)
     import bundle
     from bundle.limits import CHUNK_BYTES
     from bundle.registry import Registry
@@ -62,27 +77,31 @@ def scenario(label: str, make_transport: Callable[[], Any], root: Path, wf_small
     tally = Tally.attach(t)
     endpoint = getattr(t, "endpoint_id", "local")
     reg = Registry(root / f"registry-{label}.sqlite3")
-    rows: dict[str, tuple[dict[str, int], int | None]] = {}
+    rows: Rows = {}
 
     def op(name: str, fn: Callable[[], Any]) -> Any:
         counts, reqs, value = measure(tally, fn, requests)
         rows[name] = (counts, reqs)
         return value
 
-    run = op("submit (new small bundle, sent inline)", lambda: bundle.submit(wf_small, endpoint, args={"nbytes": nbytes}, transport=t, registry=reg))
-    op("submit again (bundle cached)", lambda: bundle.submit(wf_small, endpoint, args={"nbytes": 0}, transport=t, registry=reg))
+    def submit(workflow: Path, **kwargs: Any) -> Any:
+        return bundle.submit(workflow, endpoint, transport=t, registry=reg, **kwargs)
+
+    run = op("submit (new small bundle, sent inline)", lambda: submit(wf_small, args={"nbytes": nbytes}))
+    op("submit again (bundle cached)", lambda: submit(wf_small, args={"nbytes": 0}))
     big = os.path.getsize(wf_big / "data.bin")
-    op(f"submit (new {fmt_bytes(big)} bundle, staged in chunks)", lambda: bundle.submit(wf_big, endpoint, transport=t, registry=reg))
+    op(f"submit (new {fmt_bytes(big)} bundle, staged in chunks)", lambda: submit(wf_big))
     run = bundle.Run(run.id, endpoint, registry=reg, transport=t)
     op("status", run.status)
     if wait_ok:
-        op("wait (run of ~3 s)", lambda: bundle.submit(wf_small, endpoint, args={"seconds": 3.0}, transport=t, registry=reg).wait())
+        op("wait (run of ~3 s)", lambda: submit(wf_small, args={"seconds": 3.0}).wait())
     run.wait() if wait_ok else _wait_quietly(run)
     op("logs (driver log)", lambda: "".join(run.logs("driver")))
-    fetched = op(f"results of the run ({nbytes // CHUNK_BYTES}+ chunks)", lambda: run.results(root / f"results-{label}"))
+    results_dir = root / f"results-{label}"
+    fetched = op(f"results of the run ({nbytes // CHUNK_BYTES}+ chunks)", lambda: run.results(results_dir))
     rows["_results_bytes"] = ({"bytes": fetched.bytes}, None)
-    op("results again (nothing new)", lambda: run.results(root / f"results-{label}"))
-    long_run = bundle.submit(wf_small, endpoint, args={"seconds": 60.0}, transport=t, registry=reg)
+    op("results again (nothing new)", lambda: run.results(results_dir))
+    long_run = submit(wf_small, args={"seconds": 60.0})
     op("cancel", lambda: long_run.cancel(grace=10))
     t.close()
     return rows
@@ -95,7 +114,7 @@ def _wait_quietly(run: Any) -> None:
         time.sleep(0.5)
 
 
-def globus_scenario(root: Path, *args: Any) -> tuple[dict[str, tuple[dict[str, int], int | None]] | None, str]:
+def globus_scenario(root: Path, *args: Any) -> tuple[Rows | None, str]:
     """The same operations through the globus transport and the fake service, or why not."""
     try:
         import responses
@@ -104,6 +123,7 @@ def globus_scenario(root: Path, *args: Any) -> tuple[dict[str, tuple[dict[str, i
         from tests.fake_globus import FakeComputeService, store_login
     except ImportError as exc:
         return None, f"globus transport not measured: {exc} (install the test extra: pip install -e '.[test]')"
+    # after isolate(), and only when the fake service is there to talk to
     import bundle.transport.globus as g
     from bundle.transport.globus import GlobusTransport, RateLimiter
 
@@ -127,9 +147,11 @@ def globus_scenario(root: Path, *args: Any) -> tuple[dict[str, tuple[dict[str, i
     g._SHARED_LIMITER = RateLimiter(clock=clock.now, sleep=clock.sleep)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         svc = FakeComputeService(rsps, EP, root / "endpoint-tasks")
+        def transport() -> GlobusTransport:
+            return GlobusTransport(EP, label="bench", interactive=False, sleep=clock.sleep, clock=clock.now)
+
         try:
-            rows = scenario("globus", lambda: GlobusTransport(EP, label="bench", interactive=False, sleep=clock.sleep, clock=clock.now),
-                            root, *args, requests=lambda: len(svc.log), wait_ok=False)
+            rows = scenario("globus", transport, root, *args, requests=lambda: len(svc.log), wait_ok=False)
         finally:
             svc.close()
     return rows, ""
@@ -139,19 +161,16 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0], runs=1)
     opts = p.parse_args()
     root = isolate()
+    # gcbundle is imported only now, after isolate() (see _common)
     from bundle.limits import CHUNK_BYTES
+    from bundle.transport.local import LocalTransport
 
     chunks = 1.5 if opts.tiny else 3.5
     nbytes = int(CHUNK_BYTES * chunks)
-    wf_small = root / "small" / "workflow.py"
-    wf_small.parent.mkdir()
-    wf_small.write_text(WORKFLOW)
-    wf_big = root / "big"
-    wf_big.mkdir()
-    (wf_big / "workflow.py").write_text(WORKFLOW)
+    wf_small = workflow_dir(root / "small", WORKFLOW) / "workflow.py"
+    wf_big = workflow_dir(root / "big", WORKFLOW)
     (wf_big / "data.bin").write_bytes(os.urandom(int(CHUNK_BYTES * (1.2 if opts.tiny else 2.5))))
 
-    from bundle.transport.local import LocalTransport
 
     local = scenario("local", LocalTransport, root, wf_small, wf_big, nbytes)
     remote, why = globus_scenario(root, wf_small, wf_big, nbytes)
@@ -161,7 +180,10 @@ def main() -> int:
         if name.startswith("_"):
             continue
         g_counts, g_reqs = remote.get(name, ({}, None)) if remote else ({}, None)
-        g_text = f"{sum(g_counts.values()):>14d} {g_reqs if g_reqs is not None else '-':>15}" if g_counts else f"{'-':>14s} {'-':>15s}"
+        if g_counts:
+            g_text = f"{sum(g_counts.values()):>14d} {g_reqs if g_reqs is not None else '-':>15}"
+        else:
+            g_text = f"{'-':>14s} {'-':>15s}"
         detail = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         print(f"{name:44s} {sum(counts.values()):>14d}   {g_text}   {detail}")
     if why:
@@ -172,16 +194,19 @@ def main() -> int:
     got = sum(local[results_name][0].values())
     n = local["_results_bytes"][0]["bytes"]
     expected = -(-n // CHUNK_BYTES) + 1
-    result(f"tasks: results of {n} bytes", got, "<=", expected, f"tasks (local); ceil({n} / {CHUNK_BYTES}) + 1 = {expected}", label="tasks")
+    result(f"tasks: results of {n} bytes", got, "<=", expected,
+           f"tasks (local); ceil({n} / {CHUNK_BYTES}) + 1 = {expected}", label="tasks")
     if remote:
         g_status = sum(remote["status"][0].values())
         g_got = sum(remote[results_name][0].values())
         g_n = remote["_results_bytes"][0]["bytes"]
-        result("tasks: status (globus)", g_status, "<=", 1, f"task, {remote['status'][1]} HTTPS requests", label="tasks")
+        result("tasks: status (globus)", g_status, "<=", 1,
+               f"task, {remote['status'][1]} HTTPS requests", label="tasks")
         result(f"tasks: results of {g_n} bytes (globus)", g_got, "<=", -(-g_n // CHUNK_BYTES) + 1,
                f"tasks, {remote[results_name][1]} HTTPS requests", label="tasks")
-        print("globus HTTPS requests: one submit and at least one status poll per task (the fake finishes tasks at once; a real "
-              "endpoint takes longer, so more polls, paced at most 18 requests per 10 s), plus one registration the first time "
+        print("globus HTTPS requests: one submit and at least one status poll per task "
+              "(the fake finishes tasks at once; a real endpoint takes longer, so more polls, "
+              "paced at most 18 requests per 10 s), plus one registration the first time "
               "each task function is used (remembered on disk), plus one endpoint status check per transport")
     return 0
 

@@ -15,10 +15,9 @@ HTEX, 2 workers, LocalProvider).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
-from _common import alternate, direct_runner, isolate, median, parser, result
+from _common import alternate, direct_runner, isolate, median, parse, parser, result, run_direct, workflow_dir
 
 WORKFLOW = '''
 import time
@@ -44,15 +43,12 @@ def main(n=5000):
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--apps", type=int, default=5000)
-    opts = p.parse_args()
-    if opts.tiny:
-        opts.apps, opts.runs = 200, 1
+    opts = parse(p, apps=200, runs=1)
     root = isolate()
-    wf_dir = root / "wf"
-    wf_dir.mkdir()
-    (wf_dir / "workflow.py").write_text(WORKFLOW)
+    wf_dir = workflow_dir(root / "wf", WORKFLOW)
     direct_cmd, env = direct_runner(wf_dir, root / "direct-runinfo")
 
+    # gcbundle is imported only now, after isolate() (see _common)
     import bundle
     from bundle.transport.local import LocalTransport
 
@@ -60,23 +56,24 @@ def main() -> int:
     rates: dict[str, list[float]] = {"bundled": [], "direct": []}
 
     def bundled() -> float:
-        run = bundle.submit(wf_dir / "workflow.py", "local", args={"n": opts.apps}, transport=transport, wait=True)
+        run = bundle.submit(
+            wf_dir / "workflow.py", "local", args={"n": opts.apps}, transport=transport, wait=True
+        )
         assert run.last_state["state"] == "succeeded", run.last_state
         value = run.result(root / "results")
         rates["bundled"].append(value["n"] / value["seconds"])
         return value["seconds"]
 
     def direct() -> float:
-        done = subprocess.run([*direct_cmd, json.dumps({"n": opts.apps})], check=True, timeout=600, cwd=str(wf_dir), env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        value = json.loads(done.stdout.strip().splitlines()[-1])
+        value = run_direct([*direct_cmd, json.dumps({"n": opts.apps})], env, wf_dir, timeout=600)
         rates["direct"].append(value["n"] / value["seconds"])
         return float(value["seconds"])
 
     alternate(bundled, direct, opts.runs)
     transport.close()
     b, d = median(rates["bundled"]), median(rates["direct"])
-    print(f"apps/s per round: bundled {[round(r) for r in rates['bundled']]}, direct {[round(r) for r in rates['direct']]}")
+    per_round = {side: [round(r) for r in rates[side]] for side in ("bundled", "direct")}
+    print(f"apps/s per round: bundled {per_round['bundled']}, direct {per_round['direct']}")
     result("throughput: bundled / direct apps/s", b / d, ">=", 0.95,
            f"bundled {b:.0f} apps/s, direct {d:.0f} apps/s; {opts.apps} no-op apps, median of {opts.runs}")
     return 0

@@ -24,6 +24,7 @@ login node's launch and driver.
 """
 from __future__ import annotations
 
+import copy
 import shlex
 from typing import Any
 
@@ -42,7 +43,8 @@ def batch_provider_node(rendered: dict[str, Any], where: str = "the site profile
     nodes = [e.get("provider") for e in executors or [] if isinstance(e, dict) and isinstance(e.get("provider"), dict)]
     if not nodes or nodes[0].get("type") not in CANCEL:
         kind = nodes[0].get("type") if nodes else "no provider"
-        raise SiteProfileError(f"placement=batch needs a batch provider in {where} ({', '.join(CANCEL)}); its first executor has {kind}",
+        raise SiteProfileError(f"placement=batch needs a batch provider in {where} ({', '.join(CANCEL)}); "
+                               f"its first executor has {kind}",
                                "use placement=login with this profile, or a Slurm or PBS profile")
     return nodes[0]
 
@@ -66,8 +68,8 @@ def job_command(*, run_dir: str, bundle_dir: str, home: str, run_id: str, export
         "fi",
         # The driver's DFK makes Unix sockets below TMPDIR: PBS's per-job TMPDIR is too long for them.
         'if [ -z "${TMPDIR:-}" ] || [ "${#TMPDIR}" -gt 40 ] || [ ! -w "$TMPDIR" ]; then export TMPDIR=/tmp; fi',
-        f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname): put GCBUNDLE_HOME on a file system the compute nodes mount" '
-        f'>&2; exit 1; }}',
+        f'cd {q(bundle_dir)} || {{ echo "gcbundle: no "{q(bundle_dir)}" on $(hostname): '
+        'put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }',
         f"exec >> {q(run_dir + '/stdout')} 2>> {q(run_dir + '/stderr')}",
         python_lines.rstrip("\n"),
     ]
@@ -77,6 +79,7 @@ def job_command(*, run_dir: str, bundle_dir: str, home: str, run_id: str, export
 def driver_job_provider(provider: Any, worker_init: str, script_dir: str) -> Any:
     """``provider`` (built from the profile) made ready to submit the driver's job:
     the driver runs once, on the job's first node (SimpleLauncher)."""
+    # Parsl is heavy: the client's CLI imports this module (through render) for every command.
     from parsl.launchers import SimpleLauncher
 
     class FirstNode(SimpleLauncher):  # type: ignore[misc]
@@ -93,7 +96,7 @@ def driver_job_provider(provider: Any, worker_init: str, script_dir: str) -> Any
 
 def submit(provider: Any, command: str, run_id: str) -> str:
     """Submit the driver's job; its id, or SiteProfileError with the scheduler's words."""
-    from parsl.providers.errors import ExecutionProviderException
+    from parsl.providers.errors import ExecutionProviderException  # Parsl is heavy: see driver_job_provider
 
     try:
         job_id = provider.submit(command, 1, job_name=JOB_NAME.format(run_id=run_id))
@@ -103,7 +106,8 @@ def submit(provider: Any, command: str, run_id: str) -> str:
                                "check the profile's account, queue/partition and walltime "
                                "(`gcbundle render --set placement=batch` shows the job)") from None
     if not job_id:
-        raise SiteProfileError("the scheduler gave no job id for the driver's job", "check the scheduler with `gcbundle doctor`")
+        raise SiteProfileError("the scheduler gave no job id for the driver's job",
+                               "check the scheduler with `gcbundle doctor`")
     return str(job_id)
 
 
@@ -111,8 +115,6 @@ def use_the_jobs_nodes(rendered: dict[str, Any]) -> tuple[dict[str, Any], list[s
     """Inside the driver's job: the rendered profile with every batch provider
     replaced by a LocalProvider over the job's nodes, with the same launcher,
     node count and worker_init; and what was replaced, for the report."""
-    import copy
-
     out = copy.deepcopy(rendered)
     executors = out["executors"] if "executors" in out else [out["engine"]]
     replaced = []
@@ -121,7 +123,8 @@ def use_the_jobs_nodes(rendered: dict[str, Any]) -> tuple[dict[str, Any], list[s
         if not isinstance(node, dict) or node.get("type") not in CANCEL:
             continue
         nodes = node.get("nodes_per_block") or 1
-        local: dict[str, Any] = {"type": "LocalProvider", "nodes_per_block": nodes, "worker_init": node.get("worker_init") or "",
+        local: dict[str, Any] = {"type": "LocalProvider", "nodes_per_block": nodes,
+                                 "worker_init": node.get("worker_init") or "",
                                  "init_blocks": 1, "min_blocks": 0, "max_blocks": 1}
         if node.get("launcher") is not None:
             local["launcher"] = node["launcher"]

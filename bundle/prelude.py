@@ -1,10 +1,19 @@
-"""What gcbundle puts first in every batch job's ``worker_init``, assembled in one place.
+"""The shell lines gcbundle puts before Python starts: in every batch job's
+``worker_init``, and before the driver in the user's environment, each assembled in one place.
 
 The driver (with the run's real paths and the site's lines from
 ``site-defaults.yaml``), ``gcbundle doctor`` (with a scratch run, to see
 which Parsl the workers would get) and ``gcbundle render`` (with
 placeholders) all call ``for_run``, and add the result to a Config with
 ``prepend``: the batch script ``render`` shows is the one the driver submits.
+
+With the site parameter ``driver_init`` the driver starts after those lines
+(``driver_init_script``, running the shipped code by ``shipped_stub``): on
+the login node (``login_node.spawn``), in the driver's own batch job
+(``login_node.driverjob``, and ``gcbundle render`` with placeholders), and
+for the launch's check of that environment (``login_node.driverenv``, which
+also ships the code and runs the check). The text is built here, on both
+sides, without running anything.
 """
 from __future__ import annotations
 
@@ -13,8 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+#: The interpreter looked for on PATH after driver_init.
+PYTHON = "python3"
 
-def for_run(run_dir: str | Path, run_id: str, *, bindir: str | None = None, site_init: str = "", tmpdir: str = "") -> str:
+
+def for_run(run_dir: str | Path, run_id: str, *, bindir: str | None = None, site_init: str = "",
+            tmpdir: str = "") -> str:
     """The prelude of a run whose directory is ``run_dir`` (its ``bundle/`` and ``outputs/`` inside).
 
     ``bindir`` defaults to this interpreter's ``bin/``: the driver's environment.
@@ -90,3 +103,32 @@ def worker_prelude(*, bindir: str, bundle_dir: str, outputs_dir: str, run_id: st
          ' put GCBUNDLE_HOME on a file system the compute nodes mount" >&2; exit 1; }'),
     ]
     return "\n".join(lines) + "\n"
+
+
+def shipped_stub(lib: str | Path, module: str) -> str:
+    """``python3 -c`` code that runs ``login_node.<module>.main()`` from the code shipped to ``lib``
+    (``login_node.driverenv.ship``: gcbundle's packages first on ``sys.path``, its fallbacks last)."""
+    lib = Path(lib)
+    return (f"import sys; sys.path.insert(0, {str(lib / 'gcbundle')!r}); "
+            f"sys.path.append({str(lib / 'fallback')!r}); "
+            f"from login_node.{module} import main; main()")
+
+
+def driver_init_script(driver_init: str, argv_after_python: list[str]) -> str:
+    """The bash script that runs ``driver_init`` and then ``exec python3 ARGS``; a failing
+    ``driver_init`` or no python3 after it ends it with a line that says so."""
+    lines = driver_init.strip()
+    args = " ".join(shlex.quote(a) for a in argv_after_python)
+    return (
+        "# gcbundle: the driver's environment (driver_init)\n"
+        f"{{\n{lines}\n}} || {{ code=$?; echo \"gcbundle: driver_init failed (exit code $code)\" >&2; exit 3; }}\n"
+        f"command -v {PYTHON} >/dev/null 2>&1"
+        f" || {{ echo \"gcbundle: no {PYTHON} on PATH after driver_init\" >&2; exit 127; }}\n"
+        f"exec {PYTHON} {args}\n"
+    )
+
+
+def driver_in_user_env(driver_init: str, lib: str | Path, run_dir: str) -> str:
+    """The lines that start the driver of the run in ``run_dir`` after ``driver_init``,
+    from the code shipped to ``lib``."""
+    return driver_init_script(driver_init, ["-u", "-c", shipped_stub(lib, "driver"), run_dir])

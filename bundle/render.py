@@ -20,12 +20,12 @@ address function appears as its call.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bundle import placement, prelude, profiles, schedulers
@@ -40,6 +40,8 @@ TIME = "<time>"
 PORT = "<port>"
 ADDRESSES = "<addresses>"
 _ADDRESS_IN_REPR = re.compile(r" at 0x[0-9a-f]+>")
+SITE_DEFAULTS_NOTE = ("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) "
+                      "come first in worker_init when the site sets them")
 
 
 @dataclass
@@ -50,7 +52,8 @@ class BatchScript:
     script: str
 
     def to_json(self) -> dict[str, str]:
-        return {"executor": self.executor, "provider": self.provider, "submit_command": self.submit_command, "script": self.script}
+        return {"executor": self.executor, "provider": self.provider, "submit_command": self.submit_command,
+                "script": self.script}
 
 
 @dataclass
@@ -73,9 +76,11 @@ class Rendered:
         }
 
     def text(self) -> str:
-        out = [f"# Parsl Config of site profile {self.site!r} (values known only at run time appear as <...>)", self.config, ""]
+        title = f"# Parsl Config of site profile {self.site!r} (values known only at run time appear as <...>)"
+        out = [title, self.config, ""]
         for s in self.scripts:
-            out += [f"# executor {s.executor}: {s.provider} would submit block 0 with", f"#   {s.submit_command}", s.script.rstrip("\n"), ""]
+            out += [f"# executor {s.executor}: {s.provider} would submit block 0 with", f"#   {s.submit_command}",
+                    s.script.rstrip("\n"), ""]
         out += [f"# {note}" for note in self.notes]
         return "\n".join(out).rstrip("\n")
 
@@ -92,6 +97,7 @@ class _DryRun:
 
 
 def _dry_factory(dry_runs: dict[int, _DryRun]) -> profiles.Factory:
+    # Parsl is heavy: the CLI imports this module for every command, and only render and submit build a Config.
     from parsl.providers.cluster_provider import ClusterProvider
 
     def factory(kind: str, target: Any, kwargs: dict[str, Any], where: str) -> Any:
@@ -117,8 +123,6 @@ def _dry_factory(dry_runs: dict[int, _DryRun]) -> profiles.Factory:
 
 
 def _keywords(target: Any) -> set[str]:
-    import inspect
-
     try:
         return set(inspect.signature(target).parameters)
     except (TypeError, ValueError):
@@ -140,7 +144,9 @@ def for_command(site: str | None, params: dict[str, Any], endpoint: str | None =
     """``gcbundle render``: the site profile named (or an endpoint alias's), with an alias's defaults filled in."""
     site, params = site_choice(endpoint, site, params)
     if not site:
-        raise UsageError("render needs --site", "e.g. `gcbundle render --site slurm --set partition=debug`; `gcbundle sites` lists the profiles")
+        raise UsageError("render needs --site",
+                         "e.g. `gcbundle render --site slurm --set partition=debug`; "
+                         "`gcbundle sites` lists the profiles")
     return render(profiles.load(site), params)
 
 
@@ -164,12 +170,12 @@ def render(profile: profiles.Profile, params: dict[str, Any]) -> Rendered:
             out.notes.append(f"executor {executor.label}: {kind} submits no batch script")
             continue
         if not hasattr(executor, "initialize_scaling") or not hasattr(executor, "_launch_block"):
-            out.notes.append(f"executor {executor.label}: gcbundle cannot render the worker command of {type(executor).__name__}")
+            kind = type(executor).__name__
+            out.notes.append(f"executor {executor.label}: gcbundle cannot render the worker command of {kind}")
             continue
         out.scripts.append(_first_block(executor, provider, dry))
     if out.scripts:
-        out.notes.append("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) come first in worker_init when the "
-                         "site sets them")
+        out.notes.append(SITE_DEFAULTS_NOTE)
     return out
 
 
@@ -182,7 +188,8 @@ def _first_block(executor: Any, provider: Any, dry: _DryRun) -> BatchScript:
         executor.worker_port = PORT
         if getattr(executor, "address", None) is None:
             executor.all_addresses = [ADDRESSES]
-        executor.cert_dir = os.path.join(executor.logdir, "certificates") if getattr(executor, "encrypted", False) else None
+        encrypted = getattr(executor, "encrypted", False)
+        executor.cert_dir = os.path.join(executor.logdir, "certificates") if encrypted else None
         if not hasattr(executor, "logconf_path"):
             executor.logconf_path = None
         executor.initialize_scaling()
@@ -190,26 +197,37 @@ def _first_block(executor: Any, provider: Any, dry: _DryRun) -> BatchScript:
         try:
             executor._launch_block("0")
         except Exception as exc:  # noqa: BLE001 - a template or launcher that cannot be filled
-            raise SiteProfileError(f"executor {executor.label}: {type(provider).__name__} could not write its batch script: {exc}",
-                                   "check the provider's parameters") from None
-        scripts = sorted(n for n in os.listdir(tmp) if not n.endswith((".stdout", ".stderr")))
-        if len(scripts) != 1:
-            raise SiteProfileError(f"executor {executor.label}: expected one batch script, {type(provider).__name__} wrote {scripts}")
-        name = scripts[0]
-        with open(os.path.join(tmp, name), encoding="utf-8") as f:
-            script = f.read()
-        job_name = f"parsl.{executor.label}.block-0"  # what _launch_block names it; the provider adds .<time.time()>
-        shown = f"{job_name}.{TIME}" if name.startswith(job_name + ".") else name
-        submit = next((c for c in dry.commands if c.split()[:1] and c.split()[0] in schedulers.SUBMIT_COMMANDS),
-                      dry.commands[-1] if dry.commands else "")
-
-        def clean(text: str) -> str:
-            text = text.replace(os.path.join(tmp, name), f"{RUN_DIR}/submit_scripts/{shown}")
-            return text.replace(tmp, f"{RUN_DIR}/submit_scripts").replace(name, shown)
-
-        return BatchScript(executor.label, type(provider).__name__, " ".join(clean(submit).split()), clean(script))
+            raise SiteProfileError(f"executor {executor.label}: {type(provider).__name__} could not write its batch "
+                                   f"script: {exc}", "check the provider's parameters") from None
+        return _written_script(tmp, dry, provider, executor=executor.label,
+                               lead=f"executor {executor.label}: expected one batch script",
+                               job_name=f"parsl.{executor.label}.block-0",  # what _launch_block names it
+                               shown_dir=f"{RUN_DIR}/submit_scripts")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _written_script(tmp: str, dry: _DryRun, provider: Any, *, executor: str, lead: str, job_name: str,
+                    shown_dir: str) -> BatchScript:
+    """The one batch script ``provider`` wrote into ``tmp`` and the command that would submit it, with
+    ``tmp`` shown as ``shown_dir`` and the submission time the provider adds to ``job_name`` as ``<time>``.
+    ``lead`` starts the error when the provider wrote no script or more than one."""
+    kind = type(provider).__name__
+    scripts = sorted(n for n in os.listdir(tmp) if not n.endswith((".stdout", ".stderr")))
+    if len(scripts) != 1:
+        raise SiteProfileError(f"{lead}, {kind} wrote {scripts}")
+    name = scripts[0]
+    with open(os.path.join(tmp, name), encoding="utf-8") as f:
+        script = f.read()
+    shown = f"{job_name}.{TIME}" if name.startswith(job_name + ".") else name  # the provider adds .<time.time()>
+    submit = next((c for c in dry.commands if c.split()[:1] and c.split()[0] in schedulers.SUBMIT_COMMANDS),
+                  dry.commands[-1] if dry.commands else "")
+
+    def clean(text: str) -> str:
+        text = text.replace(os.path.join(tmp, name), f"{shown_dir}/{shown}")
+        return text.replace(tmp, shown_dir).replace(name, shown)
+
+    return BatchScript(executor, kind, " ".join(clean(submit).split()), clean(script))
 
 
 HOME = "<home>"
@@ -219,9 +237,6 @@ LIB = "<home>/lib/<gcbundle>"
 def _render_batch(profile: profiles.Profile, params: dict[str, Any]) -> Rendered:
     """``placement=batch``: the one job gcbundle submits for the driver, as the
     profile's own provider writes it, and the Config the driver loads inside it."""
-    from bundle import placement
-    from login_node import driverenv
-
     options = profile.driver_options(params)
     rendered = profiles.substitute(profile, params)
     node = placement.batch_provider_node(rendered, f"site profile {profile.name!r}")
@@ -234,31 +249,21 @@ def _render_batch(profile: profiles.Profile, params: dict[str, Any]) -> Rendered
     config.run_dir = f"{RUN}/runinfo"
     out = Rendered(profile.name, dict(params), _ADDRESS_IN_REPR.sub(">", repr(config)))
     if options["driver_init"].strip():
-        python_lines = driverenv.script(options["driver_init"], ["-u", "-c", driverenv.stub(Path(LIB), "driver"), RUN])
+        python_lines = prelude.driver_in_user_env(options["driver_init"], LIB, RUN)
     else:
         python_lines = f'export PATH={ENV_BIN}:"$PATH"\nexec {ENV_BIN}/python -I -u -m login_node.driver {RUN}\n'
-    command = placement.job_command(run_dir=RUN, bundle_dir=f"{RUN}/bundle", home=HOME, run_id="<run_id>", exports={}, python_lines=python_lines)
+    command = placement.job_command(run_dir=RUN, bundle_dir=f"{RUN}/bundle", home=HOME, run_id="<run_id>",
+                                    exports={}, python_lines=python_lines)
     tmp = tempfile.mkdtemp(prefix="gcbundle-render-")
     try:
         placement.driver_job_provider(provider, node.get("worker_init") or "", tmp)
         placement.submit(provider, command, "<run_id>")
-        scripts = sorted(n for n in os.listdir(tmp) if not n.endswith((".stdout", ".stderr")))
-        if len(scripts) != 1:
-            raise SiteProfileError(f"expected one batch script for the driver's job, {type(provider).__name__} wrote {scripts}")
-        name = scripts[0]
-        with open(os.path.join(tmp, name), encoding="utf-8") as f:
-            script = f.read()
-        job = placement.JOB_NAME.format(run_id="<run_id>")
-        shown = f"{job}.{TIME}"
-        submit = next((c for c in dry.commands if c.split()[:1] and c.split()[0] in ("sbatch", "qsub")), "")
-
-        def clean(text: str) -> str:
-            return text.replace(os.path.join(tmp, name), f"{RUN}/driver-job/{shown}").replace(tmp, f"{RUN}/driver-job").replace(name, shown)
-
-        out.scripts.append(BatchScript("driver", type(provider).__name__, " ".join(clean(submit).split()), clean(script)))
+        out.scripts.append(_written_script(tmp, dry, provider, executor="driver",
+                                           lead="expected one batch script for the driver's job",
+                                           job_name=placement.JOB_NAME.format(run_id="<run_id>"),
+                                           shown_dir=f"{RUN}/driver-job"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out.notes += [f"inside the driver's job, executor {r}" for r in replaced]
-    out.notes.append("on the login node, lines from $GCBUNDLE_HOME/site-defaults.yaml (worker_init, tmpdir) come first in worker_init when the site "
-                     "sets them")
+    out.notes.append(SITE_DEFAULTS_NOTE)
     return out

@@ -32,7 +32,8 @@ class Scheduler:
 
 
 SCHEDULERS: dict[str, Scheduler] = {
-    "slurm": Scheduler("slurm", "sbatch", "squeue", "scancel", "Submitted batch job 1\n", ("squeue", "-h", "-o", "%i", "-u", "{user}")),
+    "slurm": Scheduler("slurm", "sbatch", "squeue", "scancel", "Submitted batch job 1\n",
+                       ("squeue", "-h", "-o", "%i", "-u", "{user}")),
     "pbs": Scheduler("pbs", "qsub", "qstat", "qdel", "1.server\n", ("qstat", "-u", "{user}")),
 }
 
@@ -50,7 +51,9 @@ CANCEL_COMMAND = {
 SUBMIT_COMMANDS = ("sbatch", "qsub", "bsub", "condor_submit")
 
 #: Parsl launcher class name -> the command it runs in each block.
-LAUNCHER_COMMAND = {"MpiExecLauncher": "mpiexec", "MpiRunLauncher": "mpirun", "SrunLauncher": "srun", "SrunMPILauncher": "srun"}
+LAUNCHER_COMMAND = {
+    "MpiExecLauncher": "mpiexec", "MpiRunLauncher": "mpirun", "SrunLauncher": "srun", "SrunMPILauncher": "srun",
+}
 
 def for_provider(provider: str) -> Scheduler | None:
     """The scheduler a provider class (by name) submits to, if gcbundle knows it."""

@@ -490,13 +490,8 @@ def _worker_init(home: Home, built: _Built | None, versions: dict[str, str], dri
             try:
                 proc = subprocess.run(
                     [shutil.which("bash") or "/bin/bash", "-c", script],
-                    capture_output=True,
-                    text=True,
-                    timeout=WORKER_INIT_TIMEOUT,
-                    check=False,
-                    env=env,
-                    cwd=tmp,
-                    stdin=subprocess.DEVNULL,
+                    capture_output=True, text=True, timeout=WORKER_INIT_TIMEOUT,
+                    check=False, env=env, cwd=tmp, stdin=subprocess.DEVNULL,
                 )
             except subprocess.TimeoutExpired:
                 return Check(

@@ -30,7 +30,7 @@ from typing import Any
 from bundle import prelude
 from bundle.errors import GcbundleError
 from bundle.fileio import write_atomic
-from login_node import blocks, blockwatch, procs, report, siteconfig, spawn, state
+from login_node import blocks, procs, report, siteconfig, spawn, state
 from login_node.entry import import_entry, resolve
 from login_node.rundir import RunPaths, RunRequest
 from login_node.timing import FirstWorkers
@@ -109,7 +109,7 @@ class Driver:
         while not self.stop.wait(self.period):
             self._collect_job_ids()
             try:
-                blockwatch.failures(self.providers, self.block_failures)
+                blocks.failures(self.providers, self.block_failures)
             except Exception:  # noqa: BLE001 - Parsl's threads change what we read; next beat
                 pass
             self._write_state()
@@ -180,7 +180,7 @@ class Driver:
         self.timings["finished"] = time.time()
         self.stop.set()
         try:
-            blockwatch.failures(self.providers, self.block_failures, final=True)  # a block that died unpolled
+            blocks.failures(self.providers, self.block_failures, final=True)  # a block that died unpolled
         except Exception:  # noqa: BLE001
             log.exception("could not read what became of the block jobs")
         try:
@@ -254,15 +254,17 @@ class Driver:
             prev_runinfo = self.paths.root.parent / prev / "runinfo"
             if prev_runinfo.is_dir():
                 self.checkpoint_files += get_all_checkpoints(str(prev_runinfo))
-        config.memoizer = _checkpointing_memoizer(BasicMemoizer)(checkpoint_mode="task_exit", checkpoint_files=self.checkpoint_files)
+        memoizer = _checkpointing_memoizer(BasicMemoizer)
+        config.memoizer = memoizer(checkpoint_mode="task_exit", checkpoint_files=self.checkpoint_files)
         # The run's driver_init comes first in every job too: the workers then
         # run in the environment the driver runs in (login_node.driverenv).
         site = siteconfig.SiteDefaults.read(self.home)
-        job_prelude = site.prelude(self.paths.root, self.paths.run_id, driver_init=str(spawn.plan(self.paths).get("driver_init") or ""))
+        driver_init = str(spawn.plan(self.paths).get("driver_init") or "")
+        job_prelude = site.prelude(self.paths.root, self.paths.run_id, driver_init=driver_init)
         self.providers += prelude.prepend(config, job_prelude)
         for provider in self.providers:
             if type(provider).__name__ == "PBSProProvider":
-                blockwatch.watch_pbs(provider)  # non-zero exits are failures; one qstat per job
+                blocks.watch_pbs(provider)  # non-zero exits are failures; one qstat per job
         self.config_repr = repr(config)
 
     def _instrument(self, dfk: Any) -> None:

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bundle import __version__
+from bundle import __version__, prelude
 from bundle.errors import SiteProfileError
 from login_node.rundir import Home, RunPaths
 
@@ -46,8 +46,6 @@ OWN = ("bundle", "login_node")
 FALLBACK = ("yaml", "cloudpickle")
 #: How long the driver_init lines plus the preflight may take.
 PREFLIGHT_TIMEOUT = 120
-#: The interpreter looked for on PATH after driver_init.
-PYTHON = "python3"
 
 
 def ship(home: Home) -> Path:
@@ -65,7 +63,8 @@ def ship(home: Home) -> Path:
                 continue
             root = Path(module.__file__).parent  # type: ignore[arg-type]
             for f in sorted(root.rglob("*")):
-                if f.is_file() and (f.suffix == ".py" or (name == "bundle" and f.suffix == ".yaml")) and "__pycache__" not in f.parts:
+                shipped = f.suffix == ".py" or (name == "bundle" and f.suffix == ".yaml")
+                if f.is_file() and shipped and "__pycache__" not in f.parts:
                     sources.append((f"{group}/{name}/{f.relative_to(root).as_posix()}", f))
     digest = hashlib.sha256()
     for rel, f in sources:
@@ -90,33 +89,13 @@ def ship(home: Home) -> Path:
     return lib
 
 
-def stub(lib: Path, module: str) -> str:
-    """``python3 -c`` code that runs ``login_node.<module>.main()`` from the shipped code."""
-    return (f"import sys; sys.path.insert(0, {str(lib / 'gcbundle')!r}); sys.path.append({str(lib / 'fallback')!r}); "
-            f"from login_node.{module} import main; main()")
-
-
-def script(driver_init: str, argv_after_python: list[str]) -> str:
-    """The bash script that runs ``driver_init`` and then ``exec python3 ARGS``; a failing
-    ``driver_init`` or no python3 after it ends it with a line that says so."""
-    import shlex
-
-    lines = driver_init.strip()
-    args = " ".join(shlex.quote(a) for a in argv_after_python)
-    return (
-        "# gcbundle: the driver's environment (driver_init)\n"
-        f"{{\n{lines}\n}} || {{ code=$?; echo \"gcbundle: driver_init failed (exit code $code)\" >&2; exit 3; }}\n"
-        f"command -v {PYTHON} >/dev/null 2>&1 || {{ echo \"gcbundle: no {PYTHON} on PATH after driver_init\" >&2; exit 127; }}\n"
-        f"exec {PYTHON} {args}\n"
-    )
-
-
 def env_for(paths: RunPaths, base: dict[str, str]) -> dict[str, str]:
     """The driver's environment without the endpoint's interpreter first on PATH."""
     env = dict(base)
     # Both spellings: the driver puts the resolved one first (login_node.spawn.run_python).
     bindirs = {str(Path(sys.executable).parent), str(Path(sys.executable).parent.resolve())}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p not in bindirs) or "/usr/bin:/bin"
+    path = [p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p not in bindirs]
+    env["PATH"] = os.pathsep.join(path) or "/usr/bin:/bin"
     env.pop("PYTHONHOME", None)
     env.pop("VIRTUAL_ENV", None)
     return env
@@ -128,24 +107,29 @@ def preflight(paths: RunPaths, driver_init: str, rendered: dict[str, Any] | None
     ``imports`` (top-level module names) come back in ``missing_imports`` when not found."""
     bash = shutil.which("bash") or "/bin/bash"
     request = {"rendered": rendered, "imports": list(imports or [])}
-    text = script(driver_init, ["-c", stub(lib, "preflight"), json.dumps(request)])
+    text = prelude.driver_init_script(driver_init, ["-c", prelude.shipped_stub(lib, "preflight"), json.dumps(request)])
+    cwd = str(paths.root if paths.root.is_dir() else Path.home())
     try:
         proc = subprocess.run([bash, "-c", text], capture_output=True, text=True, timeout=PREFLIGHT_TIMEOUT,
-                              env=env, cwd=str(paths.root if paths.root.is_dir() else Path.home()), stdin=subprocess.DEVNULL, check=False)
+                              env=env, cwd=cwd, stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
-        raise SiteProfileError(f"driver_init and the driver environment's check did not finish in {PREFLIGHT_TIMEOUT} s",
-                               "a line of driver_init waits (for input, the network or a lock): fix it, and try it with `gcbundle doctor`") from None
+        raise SiteProfileError("driver_init and the driver environment's check did not finish "
+                               f"in {PREFLIGHT_TIMEOUT} s",
+                               "a line of driver_init waits (for input, the network or a lock): "
+                               "fix it, and try it with `gcbundle doctor`") from None
     found = _last_json(proc.stdout)
     if found is None:
         said = (proc.stderr or proc.stdout or "no output").strip().splitlines()
-        raise SiteProfileError(f"the driver environment (driver_init) could not start Python: {said[-1] if said else 'no output'}",
+        last = said[-1] if said else "no output"
+        raise SiteProfileError(f"the driver environment (driver_init) could not start Python: {last}",
                                "fix driver_init so that it activates an environment with Python 3.10+ and Parsl; "
                                "`gcbundle doctor --site ... --set driver_init=...` tries it")
     problems = found.get("problems") or []
     if problems:
         first = problems[0]
         where = f" ({found.get('executable')}, Python {found.get('python')}, Parsl {found.get('parsl', 'absent')})"
-        raise SiteProfileError(f"the driver environment cannot run this workflow: {first['message']}{where}", first.get("hint"))
+        raise SiteProfileError(f"the driver environment cannot run this workflow: {first['message']}{where}",
+                               first.get("hint"))
     return found
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bundle import placement, profiles
+from bundle import placement, prelude, profiles
 from login_node import state
 from login_node.rundir import Home, RunPaths
 
@@ -30,8 +30,6 @@ QUERY_TIMEOUT = 30
 
 def submit(home: Home, paths: RunPaths, plan: dict[str, Any], site_worker_init: str) -> dict[str, Any]:
     """Submit the run's driver job; write and return the ``queued`` state."""
-    from login_node import driverenv
-
     rendered = plan["rendered"]
     node = placement.batch_provider_node(rendered)
     provider = profiles._build(node, "provider", "driver job")
@@ -40,11 +38,13 @@ def submit(home: Home, paths: RunPaths, plan: dict[str, Any], site_worker_init: 
     worker_init = "\n".join(x for x in (site_worker_init.strip(), str(node.get("worker_init") or "").strip()) if x)
     placement.driver_job_provider(provider, worker_init + "\n" if worker_init else "", str(script_dir))
     if plan.get("driver_init"):
-        python_lines = driverenv.script(plan["driver_init"], ["-u", "-c", driverenv.stub(Path(plan["lib"]), "driver"), str(paths.root)])
+        python_lines = prelude.driver_in_user_env(plan["driver_init"], plan["lib"], str(paths.root))
     else:
         # The endpoint's environment, first on PATH as on the login node: HTEX starts interchange.py from PATH.
         bindir = shlex.quote(str(Path(sys.executable).parent))
-        python_lines = f'export PATH={bindir}:"$PATH"\nexec {shlex.quote(sys.executable)} -I -u -m login_node.driver {shlex.quote(str(paths.root))}\n'
+        python = shlex.quote(sys.executable)
+        python_lines = (f'export PATH={bindir}:"$PATH"\n'
+                        f"exec {python} -I -u -m login_node.driver {shlex.quote(str(paths.root))}\n")
     exports = {k: v for k, v in os.environ.items() if k in ("GCBUNDLE_HEARTBEAT_SECONDS",)}
     command = placement.job_command(run_dir=str(paths.root), bundle_dir=str(paths.bundle), home=str(home.root),
                                     run_id=paths.run_id, exports=exports, python_lines=python_lines)
@@ -97,10 +97,11 @@ def check_queued(paths: RunPaths, st: dict[str, Any]) -> dict[str, Any]:
     if fresh.get("state") != "queued":  # the driver started meanwhile
         return state.effective(paths)
     tail = _stderr_tail(paths)
+    message = f"the driver's batch job ended before the driver started: {gone}" + (f": {tail}" if tail else "")
     fresh.update(state="failed", finished=time.time(),
-                 error={"type": "SchedulerError",
-                        "message": f"the driver's batch job ended before the driver started: {gone}" + (f": {tail}" if tail else ""),
-                        "hint": "see `gcbundle logs RUN --name stderr` and the job's own output in the run's driver-job/ folder"})
+                 error={"type": "SchedulerError", "message": message,
+                        "hint": "see `gcbundle logs RUN --name stderr` and the job's own output "
+                                "in the run's driver-job/ folder"})
     if paths.cancel_marker.exists():
         fresh.update(state="cancelled", error=None, detail=f"cancel requested; {gone}")
     state.write(paths, fresh)
@@ -122,7 +123,8 @@ def cancel(st: dict[str, Any]) -> bool:
     job = st.get("driver_job") or {}
     command = placement.CANCEL.get(str(job.get("provider")))
     job_id = str(job.get("id") or "")
-    if not command or not job_id.replace(".", "").replace("-", "").replace("[", "").replace("]", "").isalnum() or not shutil.which(command):
+    plain_id = job_id.replace(".", "").replace("-", "").replace("[", "").replace("]", "")
+    if not command or not plain_id.isalnum() or not shutil.which(command):
         return False
     subprocess.run([command, job_id], capture_output=True, timeout=QUERY_TIMEOUT, check=False)
     return True

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from login_node import blocks
+
 #: How long the probe waits for its job to start and connect.
 PROBE_SECONDS = 120.0
 DEFAULT_PORT_RANGE = (54000, 55000)
@@ -41,8 +43,9 @@ class ProbeResult:
     error: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"address": self.address, "port": self.port, "job_id": self.job_id, "reached_from": list(self.reached_from),
-                "job_state": self.job_state, "seconds": round(self.seconds, 1), "error": self.error}
+        return {"address": self.address, "port": self.port, "job_id": self.job_id,
+                "reached_from": list(self.reached_from), "job_state": self.job_state,
+                "seconds": round(self.seconds, 1), "error": self.error}
 
 
 def _listen(address: str, port_range: tuple[int, int]) -> socket.socket:
@@ -76,12 +79,10 @@ def probe(executor: Any, address: str, *, prelude: str, script_dir: str,
     ``prelude`` goes first in the job's ``worker_init`` (gcbundle's, as in a
     run: Open MPI's consent to run as root, ``cd`` to ``script_dir``, which
     must be on a file system the nodes mount, as a run's directory must)."""
-    from login_node import blockwatch
-
     provider = executor.provider
     provider.worker_init = prelude + (provider.worker_init or "")
     if type(provider).__name__ == "PBSProProvider":
-        blockwatch.watch_pbs(provider)  # a job that exited non-zero is FAILED, not COMPLETED
+        blocks.watch_pbs(provider)  # a job that exited non-zero is FAILED, not COMPLETED
     port_range = tuple(getattr(executor, "worker_port_range", None) or DEFAULT_PORT_RANGE)
     t0 = time.monotonic()
     try:

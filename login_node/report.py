@@ -47,7 +47,8 @@ def app_stats(records: list[Any], first_workers: float | None = None) -> dict[st
     apps: dict[str, dict[str, Any]] = {}
     for record in list(records):
         name = getattr(record.get("func"), "__name__", None) or record.get("func_name", "?")
-        app = apps.setdefault(name, {"count": 0, "from_checkpoint": 0, "states": {}, "waiting_s": 0.0, "queued_s": 0.0, "running_s": 0.0})
+        app = apps.setdefault(name, {"count": 0, "from_checkpoint": 0, "states": {},
+                                     "waiting_s": 0.0, "queued_s": 0.0, "running_s": 0.0})
         app["count"] += 1
         st = status_name(record)
         app["states"][st] = app["states"].get(st, 0) + 1

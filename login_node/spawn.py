@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bundle import prelude
 from login_node import driverenv
 from login_node.rundir import RunPaths, read_json
 
@@ -80,7 +81,7 @@ def detach(root: Path) -> int:
     argv = [sys.executable, "-I", "-u", "-m", "login_node.driver", str(root)]
     if run_plan.get("driver_init"):
         # The user's environment, as its own lines make it (see login_node.driverenv).
-        text = driverenv.script(run_plan["driver_init"], ["-u", "-c", driverenv.stub(Path(run_plan["lib"]), "driver"), str(root)])
+        text = prelude.driver_in_user_env(run_plan["driver_init"], run_plan["lib"], str(root))
         argv = [shutil.which("bash") or "/bin/bash", "-c", text]
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(

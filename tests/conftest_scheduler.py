@@ -40,6 +40,7 @@ COMPUTE_NODES = ("cn1", "cn2")
 NODE_DAEMONS = ("sleep", "sshd", "slurmd", "pbs_mom")
 CMD_TIMEOUT = 30
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 # The bin/ of the environment running the tests (not resolved: a venv's
 # python is a symlink to the base interpreter).  HTEX starts `interchange.py`
@@ -118,12 +119,17 @@ def site_problem() -> str | None:
     return None
 
 
-def slurm_problem() -> str | None:
-    """Why the site's Slurm cluster cannot take jobs on every compute node, or None when it can."""
-    for tool in ("sinfo", "squeue", "sbatch", "scancel", "mpiexec"):
+def tools_and_site_problem(tools: Iterable[str]) -> str | None:
+    """Which of `tools` is not installed, or why the virtual site is not up, or None."""
+    for tool in tools:
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
-    problem = site_problem()
+    return site_problem()
+
+
+def slurm_problem() -> str | None:
+    """Why the site's Slurm cluster cannot take jobs on every compute node, or None when it can."""
+    problem = tools_and_site_problem(("sinfo", "squeue", "sbatch", "scancel", "mpiexec"))
     if problem:
         return problem
     try:
@@ -142,10 +148,7 @@ def slurm_problem() -> str | None:
 
 def pbs_problem() -> str | None:
     """Why the site's OpenPBS cannot take jobs on every compute node, or None when it can."""
-    for tool in ("qsub", "qstat", "qdel", "pbsnodes", "mpiexec"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` is not installed"
-    problem = site_problem()
+    problem = tools_and_site_problem(("qsub", "qstat", "qdel", "pbsnodes", "mpiexec"))
     if problem:
         return problem
     try:
@@ -213,15 +216,20 @@ def active_jobs(job_ids: Iterable[str]) -> dict[str, str]:
     return found
 
 
+def poll_until_empty(ask: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
+    """Call `ask` until its answer is empty or `timeout` seconds have passed; return the last answer."""
+    deadline = time.monotonic() + timeout
+    left = ask()
+    while left and time.monotonic() < deadline:
+        time.sleep(interval)
+        left = ask()
+    return left
+
+
 def wait_until_gone(job_ids: Iterable[str], timeout: float = 60.0) -> dict[str, str]:
     """Poll squeue until none of `job_ids` is listed; return what is left."""
     ids = list(job_ids)
-    deadline = time.monotonic() + timeout
-    left = active_jobs(ids)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = active_jobs(ids)
-    return left
+    return poll_until_empty(lambda: active_jobs(ids), timeout)
 
 
 def scancel_quietly(job_ids: Iterable[str]) -> None:
@@ -280,7 +288,8 @@ def node_processes(marker: str | None = None) -> dict[str, list[str]]:
         for pid in pids:
             try:
                 comm = Path(f"/proc/{pid}/comm").read_text().strip()
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
             if comm in NODE_DAEMONS and (comm != "sshd" or "[listener]" in cmdline):
@@ -298,9 +307,4 @@ def node_processes(marker: str | None = None) -> dict[str, list[str]]:
 
 def wait_nodes_quiet(marker: str | None = None, timeout: float = 30.0) -> dict[str, list[str]]:
     """Poll until no compute node runs anything (of `marker`) but its daemons; return what is left."""
-    deadline = time.monotonic() + timeout
-    left = node_processes(marker)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = node_processes(marker)
-    return left
+    return poll_until_empty(lambda: node_processes(marker), timeout)

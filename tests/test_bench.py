@@ -22,16 +22,24 @@ LINE = re.compile(r"^RESULT .+: \w+=-?\d+\.\d+ \(target (<=|>=) [\d.]+: (met|MIS
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_bench_runs_at_tiny_size(name: str, tmp_path: Path) -> None:
-    sentinels = {key: tmp_path / key.lower() for key in ("GCBUNDLE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")}
+    homes = ("GCBUNDLE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+    sentinels = {key: tmp_path / key.lower() for key in homes}
+    sentinels["GCBUNDLE_REGISTRY"] = tmp_path / "registry.sqlite3"
     scratch = tmp_path / "tmp"  # the bench's own temporary directories land here (TMPDIR)
     scratch.mkdir()
-    env = {**os.environ, **{k: str(v) for k, v in sentinels.items()}, "GCBUNDLE_REGISTRY": str(tmp_path / "registry.sqlite3"),
-           "TMPDIR": str(scratch)}
-    done = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--tiny"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    env = {**os.environ, **{k: str(v) for k, v in sentinels.items()}, "TMPDIR": str(scratch)}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / f"{name}.py"), "--tiny"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert LINE.search(done.stdout), done.stdout
-    touched = [k for k, p in sentinels.items() if p.exists()] + (["GCBUNDLE_REGISTRY"] if (tmp_path / "registry.sqlite3").exists() else [])
+    touched = [k for k, p in sentinels.items() if p.exists()]
     assert not touched, f"the benchmark wrote into the caller's {touched}"
     assert _processes_under(scratch) == [], "the benchmark left processes running (interchange, workers, drivers)"
 

@@ -34,6 +34,7 @@ from tests.conftest_scheduler import (
     COMPUTE_NODES,
     LOGIN_ADDRESS,
     LOGIN_HSN_ADDRESS,
+    poll_until_empty,
     qdel_quietly,
     qstat_jobs,
     wait_nodes_quiet,
@@ -148,9 +149,7 @@ def finished(run_id: str, ids: list[str]) -> None:
     if left:
         qdel_quietly(left)
     assert not left, f"blocks not finished after the run ended: {left}"
-    deadline = time.monotonic() + 20
-    while run_processes(run_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    poll_until_empty(lambda: run_processes(run_id), 20, interval=0.2)
     assert run_processes(run_id) == []
     assert wait_nodes_quiet(run_id) == {}, "a process of the run is left on a compute node"
 
@@ -265,17 +264,17 @@ def test_unknown_queue_fails_the_run_with_qsubs_message(tmp_path: Path) -> None:
     run = api.submit(wf, "local", site="pbspro", params={**PBSPRO, "queue": "nosuchqueue"}, wait=True)
     st: dict[str, Any] = run.last_state
     assert st["state"] == "failed", st
-    assert st["error"]["message"].startswith("the scheduler could not start a block of executor htex: qsub: Unknown queue"), st["error"]
-    deadline = time.monotonic() + 20
-    while run_processes(run.id) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    refused = "the scheduler could not start a block of executor htex: qsub: Unknown queue"
+    assert st["error"]["message"].startswith(refused), st["error"]
+    poll_until_empty(lambda: run_processes(run.id), 20, interval=0.2)
     assert run_processes(run.id) == []
 
 
 @pytest.mark.timeout(300)
 def test_polaris_example_on_real_pbs(tmp_path: Path) -> None:
     """The seed scenario: examples/polaris as its README runs it here."""
-    run = api.submit(EXAMPLES / "polaris" / "workflow.py", "local", site="polaris", params=POLARIS_HERE, args={"n": 8}, wait=True)
+    run = api.submit(EXAMPLES / "polaris" / "workflow.py", "local", site="polaris", params=POLARIS_HERE,
+                     args={"n": 8}, wait=True)
     st = run.last_state
     assert st["state"] == "succeeded", st
     value = run.result(tmp_path / "res")
@@ -300,7 +299,8 @@ def test_a_block_that_exits_non_zero_fails_the_run_saying_which_job_and_why(tmp_
     [job] = st["scheduler_job_ids"]
     said = f"PBS job {job} ended with Exit_status 3 (its script exited with 3)"
     assert qstat_jobs([job])[job]["Exit_status"] == 3
-    assert said in st["error"]["message"] and st["error"]["message"].startswith("the block jobs failed of executor htex")
+    assert said in st["error"]["message"]
+    assert st["error"]["message"].startswith("the block jobs failed of executor htex")
     assert [(d["job"], d["scheduler_state"], d["exit_code"]) for d in st["block_failures"]] == [(job, "F", 3)]
     res = CliRunner().invoke(main, ["status", run.id])
     assert f"died     {job}: {said}" in res.stdout, res.stdout

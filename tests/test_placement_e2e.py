@@ -21,7 +21,13 @@ from bundle import api
 from bundle.errors import SiteProfileError
 from bundle.registry import Registry
 from tests.conftest import write_workflow
-from tests.conftest_scheduler import COMPUTE_NODES, active_jobs, qstat_jobs, wait_pbs_finished, wait_until_gone
+from tests.conftest_scheduler import (
+    COMPUTE_NODES,
+    active_jobs,
+    qstat_jobs,
+    wait_pbs_finished,
+    wait_until_gone,
+)
 from tests.test_driver_env import science_env  # noqa: F401 - the fixture: a second environment, built once
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -30,8 +36,8 @@ LOGIN = socket.gethostname()
 #: The slurm profile with the driver in its own job of two nodes, one worker manager per node
 #: (Open MPI's way of saying it). No address: the driver runs on a compute node, and Parsl
 #: offers the workers every address of that node.
-SLURM_BATCH = {"placement": "batch", "partition": "debug", "nodes_per_block": 2, "launcher_overrides": "--map-by ppr:1:node",
-               "walltime": "00:10:00", "strategy_period": 1}
+SLURM_BATCH = {"placement": "batch", "partition": "debug", "nodes_per_block": 2,
+               "launcher_overrides": "--map-by ppr:1:node", "walltime": "00:10:00", "strategy_period": 1}
 
 WHERE = '''\
 from parsl import python_app
@@ -40,13 +46,14 @@ from parsl import python_app
 @python_app
 def where(i):
     import os, socket
-    return {"i": i, "slurm": os.environ.get("SLURM_JOB_ID"), "pbs": os.environ.get("PBS_JOBID"), "host": socket.gethostname()}
+    return {"i": i, "slurm": os.environ.get("SLURM_JOB_ID"), "pbs": os.environ.get("PBS_JOBID"),
+            "host": socket.gethostname()}
 
 
 def main(n=4):
     import os, socket
-    return {"driver": {"host": socket.gethostname(), "slurm": os.environ.get("SLURM_JOB_ID"), "pbs": os.environ.get("PBS_JOBID")},
-            "apps": [f.result() for f in [where(i) for i in range(n)]]}
+    driver = {"host": socket.gethostname(), "slurm": os.environ.get("SLURM_JOB_ID"), "pbs": os.environ.get("PBS_JOBID")}
+    return {"driver": driver, "apps": [f.result() for f in [where(i) for i in range(n)]]}
 '''
 
 SLOW = '''\
@@ -71,6 +78,20 @@ def _driver_job(run: Any) -> dict[str, str]:
     return job
 
 
+def _cancel_once_running(tmp_path: Path, site: str, params: dict[str, Any]) -> dict[str, str]:
+    """Submit SLOW, wait until its driver runs in its job, cancel: the run says cancelled. The driver's job."""
+    wf = write_workflow(tmp_path / "wf", SLOW)
+    run = api.submit(wf, "local", site=site, params=params)
+    job = _driver_job(run)
+    deadline = time.monotonic() + 120
+    while run.status()["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert run.last_state["state"] == "running", run.last_state
+    run.cancel()
+    assert run.status()["state"] == "cancelled", run.last_state
+    return job
+
+
 def test_slurm_driver_runs_in_its_job_and_uses_the_jobs_nodes(tmp_path: Path) -> None:
     wf = write_workflow(tmp_path / "wf", WHERE)
     run = api.submit(wf, "local", site="slurm", params=SLURM_BATCH, args={"n": 4})
@@ -84,20 +105,13 @@ def test_slurm_driver_runs_in_its_job_and_uses_the_jobs_nodes(tmp_path: Path) ->
     assert {a["slurm"] for a in value["apps"]} == {job["id"]}  # no further job: the workers are in the driver's job
     assert all(a["host"] != LOGIN for a in value["apps"])
     assert run.last_state["host"] == value["driver"]["host"]
-    assert "placement=batch: htex: SlurmProvider -> LocalProvider over the job's 2 node(s)" in "".join(run.logs("driver"))
+    said = "placement=batch: htex: SlurmProvider -> LocalProvider over the job's 2 node(s)"
+    assert said in "".join(run.logs("driver"))
     assert wait_until_gone([job["id"]]) == {}
 
 
 def test_slurm_cancel_ends_the_driver_and_its_job(tmp_path: Path) -> None:
-    wf = write_workflow(tmp_path / "wf", SLOW)
-    run = api.submit(wf, "local", site="slurm", params=SLURM_BATCH)
-    job = _driver_job(run)
-    deadline = time.monotonic() + 120
-    while run.status()["state"] != "running" and time.monotonic() < deadline:
-        time.sleep(1)
-    assert run.last_state["state"] == "running", run.last_state
-    run.cancel()
-    assert run.status()["state"] == "cancelled", run.last_state
+    job = _cancel_once_running(tmp_path, "slurm", SLURM_BATCH)
     assert wait_until_gone([job["id"]]) == {}
 
 
@@ -129,13 +143,15 @@ def test_a_refused_driver_job_leaves_nothing(tmp_path: Path, home: Path) -> None
     wf = write_workflow(tmp_path / "wf", "def main():\n    return 1\n")
     with pytest.raises(SiteProfileError) as info:
         api.submit(wf, "local", site="slurm", params={**SLURM_BATCH, "partition": "nosuchpartition"})
-    assert "the scheduler refused the driver's job" in info.value.message and "nosuchpartition" in info.value.message.lower()
+    assert "the scheduler refused the driver's job" in info.value.message
+    assert "nosuchpartition" in info.value.message.lower()
     assert Registry().list(10) == []
     assert [p.name for p in (home / "runs").iterdir()] == []
 
 
 def test_slurm_resume_of_a_batch_run(tmp_path: Path) -> None:
-    """A batch run resumed is a batch run again (its site and parameters are inherited), reusing the first one's checkpoints."""
+    """A batch run resumed is a batch run again (its site and parameters are inherited),
+    reusing the first one's checkpoints."""
     mark = tmp_path / "fail-after-the-apps"
     mark.touch()
     body = f'''\
@@ -160,7 +176,8 @@ def main(n=3):
     mark.unlink()
     second = api.resume(first.id, wait=True)
     assert second.last_state["state"] == "succeeded", second.last_state
-    assert second.last_state.get("placement") == "batch" and second.last_state["driver_job"]["id"] != first.last_state["driver_job"]["id"]
+    assert second.last_state.get("placement") == "batch"
+    assert second.last_state["driver_job"]["id"] != first.last_state["driver_job"]["id"]
     assert second.result(tmp_path / "res") == [0, 1, 4]
     assert second.last_state["tasks"]["from_checkpoint"] == 3
     assert wait_until_gone([first.last_state["driver_job"]["id"], second.last_state["driver_job"]["id"]]) == {}
@@ -168,8 +185,9 @@ def main(n=3):
 
 #: The pbspro profile with the driver in its own two-node job on the real OpenPBS, one worker
 #: manager per node (scattered chunks; Open MPI's spelling of one per node).
-PBS_BATCH = {"placement": "batch", "queue": "workq", "account": "gcbundle-test", "cpus_per_node": 1, "nodes_per_block": 2,
-             "launcher_overrides": "--map-by ppr:1:node", "scheduler_options": "#PBS -l filesystems=home\n#PBS -l place=scatter",
+PBS_BATCH = {"placement": "batch", "queue": "workq", "account": "gcbundle-test", "cpus_per_node": 1,
+             "nodes_per_block": 2, "launcher_overrides": "--map-by ppr:1:node",
+             "scheduler_options": "#PBS -l filesystems=home\n#PBS -l place=scatter",
              "walltime": "00:10:00", "strategy_period": 1}
 
 
@@ -183,23 +201,17 @@ def test_pbs_driver_runs_in_its_job_and_uses_the_jobs_nodes(tmp_path: Path) -> N
     assert run.last_state["state"] == "succeeded", run.last_state
     value = run.result(tmp_path / "res")
     assert value["driver"]["pbs"] == job["id"] and value["driver"]["host"] in COMPUTE_NODES
-    assert {a["host"] for a in value["apps"]} <= set(COMPUTE_NODES) and LOGIN not in {a["host"] for a in value["apps"]}
-    assert {a["pbs"] for a in value["apps"] if a["pbs"]} <= {job["id"]}  # no block job: the workers are in the driver's job
+    hosts = {a["host"] for a in value["apps"]}
+    assert hosts <= set(COMPUTE_NODES) and LOGIN not in hosts
+    # no block job: the workers are in the driver's job
+    assert {a["pbs"] for a in value["apps"] if a["pbs"]} <= {job["id"]}
     assert wait_pbs_finished([job["id"]]) == {}  # the job ended with its driver
     assert qstat_jobs([job["id"]])[job["id"]]["job_state"] == "F"
 
 
 @pytest.mark.usefixtures("pbs_cluster")
 def test_pbs_cancel_ends_the_driver_and_its_job(tmp_path: Path) -> None:
-    wf = write_workflow(tmp_path / "wf", SLOW)
-    run = api.submit(wf, "local", site="pbspro", params=PBS_BATCH)
-    job = _driver_job(run)
-    deadline = time.monotonic() + 120
-    while run.status()["state"] != "running" and time.monotonic() < deadline:
-        time.sleep(1)
-    assert run.last_state["state"] == "running", run.last_state
-    run.cancel()
-    assert run.status()["state"] == "cancelled", run.last_state
+    job = _cancel_once_running(tmp_path, "pbspro", PBS_BATCH)
     assert wait_pbs_finished([job["id"]]) == {}
 
 
@@ -211,7 +223,8 @@ from parsl import python_app
 def where():
     import os, socket, sys
     import parsl, six
-    return {"python": sys.executable, "parsl": parsl.__version__, "job": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname()}
+    return {"python": sys.executable, "parsl": parsl.__version__, "job": os.environ.get("SLURM_JOB_ID"),
+            "host": socket.gethostname()}
 
 
 def main():

@@ -138,7 +138,8 @@ mpiexec --cpu-bind none --depth=64 --ppn 1 -n $WORKERCOUNT --hostfile $HOSTFILE 
 
 """
 
-# gcbundle render --site pbspro --set queue=workq --set account=proj --set cpus_per_node=2 --set select_options=mpiprocs=2 --set walltime=1:00:00
+# gcbundle render --site pbspro --set queue=workq --set account=proj --set cpus_per_node=2
+#     --set select_options=mpiprocs=2 --set walltime=1:00:00
 PBSPRO_SCRIPT_SUBMIT = 'qsub -q workq -A proj <run>/runinfo/000/submit_scripts/parsl.htex.block-0.<time>'
 PBSPRO_SCRIPT = """#!/bin/bash
 
@@ -382,21 +383,22 @@ def rendered_script(site: str, params: dict[str, object]) -> tuple[str, str]:
     return out.scripts[0].submit_command, out.scripts[0].script
 
 
-def test_slurm_script_exact_text() -> None:
-    assert rendered_script("slurm", {"partition": "debug", "account": "proj"}) == (SLURM_SCRIPT_SUBMIT, SLURM_SCRIPT)
-
-
-def test_polaris_script_exact_text() -> None:
-    assert rendered_script("polaris", {"account": "myproj"}) == (POLARIS_SCRIPT_SUBMIT, POLARIS_SCRIPT)
-
-
-def test_aurora_script_exact_text() -> None:
-    assert rendered_script("aurora", {"account": "myproj"}) == (AURORA_SCRIPT_SUBMIT, AURORA_SCRIPT)
-
-
-def test_perlmutter_gpu_script_exact_text() -> None:
-    params = profiles.parse_sets(["account=m0000", "constraint=gpu", "gpus_per_node=4", "accelerators=4", "srun_overrides=-c 128"])
-    assert rendered_script("perlmutter", params) == (PERLMUTTER_GPU_SCRIPT_SUBMIT, PERLMUTTER_GPU_SCRIPT)
+@pytest.mark.parametrize(("site", "params", "submit", "script"), [
+    pytest.param("slurm", {"partition": "debug", "account": "proj"}, SLURM_SCRIPT_SUBMIT, SLURM_SCRIPT, id="slurm"),
+    pytest.param("polaris", {"account": "myproj"}, POLARIS_SCRIPT_SUBMIT, POLARIS_SCRIPT, id="polaris"),
+    pytest.param("aurora", {"account": "myproj"}, AURORA_SCRIPT_SUBMIT, AURORA_SCRIPT, id="aurora"),
+    pytest.param("perlmutter",
+                 profiles.parse_sets(["account=m0000", "constraint=gpu", "gpus_per_node=4", "accelerators=4",
+                                      "srun_overrides=-c 128"]),
+                 PERLMUTTER_GPU_SCRIPT_SUBMIT, PERLMUTTER_GPU_SCRIPT, id="perlmutter-gpu"),
+    # 1:00:00 stays a walltime (YAML 1.1 would read it as the integer 3600)
+    pytest.param("pbspro",
+                 {"queue": "workq", "account": "proj", "cpus_per_node": 2, "select_options": "mpiprocs=2",
+                  **profiles.parse_sets(["walltime=1:00:00"])},
+                 PBSPRO_SCRIPT_SUBMIT, PBSPRO_SCRIPT, id="pbspro"),
+])
+def test_batch_script_exact_text(site: str, params: dict[str, object], submit: str, script: str) -> None:
+    assert rendered_script(site, params) == (submit, script)
 
 
 def test_perlmutter_cpu_defaults() -> None:
@@ -412,7 +414,8 @@ def test_facility_profiles_name_their_sources(site: str) -> None:
     """Each facility profile says, in comments at its top, what it was derived from."""
     text = profiles.load(site).text
     head = text.split("description:", 1)[0]
-    sources = {"polaris": ["docs.alcf.anl.gov/polaris/workflows/parsl", "parsl/configs/polaris.py", "docs/endpoints/configs/polaris.yaml"],
+    sources = {"polaris": ["docs.alcf.anl.gov/polaris/workflows/parsl", "parsl/configs/polaris.py",
+                           "docs/endpoints/configs/polaris.yaml"],
                "aurora": ["docs.alcf.anl.gov/aurora/workflows/parsl"],
                "perlmutter": ["docs/endpoints/configs/perlmutter.yaml", "docs.nersc.gov"]}[site]
     for source in sources:
@@ -433,13 +436,16 @@ def test_batch_placement_slurm_driver_job_exact_text() -> None:
     # inside the job the DFK uses the job's nodes: no further sbatch
     assert "SlurmProvider(" not in out.config and "LocalProvider(" in out.config and "nodes_per_block=2" in out.config
     assert "launcher=MpiExecLauncher(" in out.config and "export PATH=\\'<env>/bin\\'" in out.config
-    assert out.notes[0] == "inside the driver's job, executor htex: SlurmProvider -> LocalProvider over the job's 2 node(s)"
+    assert out.notes[0] == ("inside the driver's job, executor htex: "
+                            "SlurmProvider -> LocalProvider over the job's 2 node(s)")
 
 
 def test_batch_placement_pbs_driver_job_with_driver_init_exact_text() -> None:
-    params = {"placement": "batch", "queue": "workq", "nodes_per_block": 2, "driver_init": "source /opt/envs/science/bin/activate"}
+    params = {"placement": "batch", "queue": "workq", "nodes_per_block": 2,
+              "driver_init": "source /opt/envs/science/bin/activate"}
     out = render.render(profiles.load("pbspro"), params)
-    assert [(s.provider, s.submit_command, s.script) for s in out.scripts] == [("PBSProProvider", PBS_DRIVER_JOB_SUBMIT, PBS_DRIVER_JOB)]
+    assert [(s.provider, s.submit_command, s.script) for s in out.scripts] == [
+        ("PBSProProvider", PBS_DRIVER_JOB_SUBMIT, PBS_DRIVER_JOB)]
     assert "PBSProProvider(" not in out.config and "LocalProvider(" in out.config
 
 
@@ -448,7 +454,8 @@ def test_batch_placement_pbs_driver_job_with_driver_init_exact_text() -> None:
     ("slurm", {"placement": "cloud"}, ["placement must be one of login, batch"]),
     ("slurm", {"driver_init": 3}, ["driver_init must be shell lines"]),
 ])
-def test_driver_options_are_checked_before_anything_is_sent(site: str, params: dict[str, object], words: list[str]) -> None:
+def test_driver_options_are_checked_before_anything_is_sent(site: str, params: dict[str, object],
+                                                            words: list[str]) -> None:
     with pytest.raises(SiteProfileError) as info:
         render.check(profiles.load(site), params)
     for word in words:
@@ -462,15 +469,9 @@ def test_every_profile_has_the_driver_parameters() -> None:
         assert not known["driver_init"].required and "Python 3.10+ and Parsl" in known["driver_init"].help
 
 
-def test_pbspro_script_exact_text() -> None:
-    # 1:00:00 stays a walltime (YAML 1.1 would read it as the integer 3600)
-    params = {"queue": "workq", "account": "proj", "cpus_per_node": 2, "select_options": "mpiprocs=2"}
-    params.update(profiles.parse_sets(["walltime=1:00:00"]))
-    assert rendered_script("pbspro", params) == (PBSPRO_SCRIPT_SUBMIT, PBSPRO_SCRIPT)
-
-
 def test_slurm_with_srun_launcher() -> None:
-    submit, script = rendered_script("slurm", {"launcher": "SrunLauncher", "exclusive": False, "launcher_overrides": "--cpu-bind=none"})
+    params = {"launcher": "SrunLauncher", "exclusive": False, "launcher_overrides": "--cpu-bind=none"}
+    submit, script = rendered_script("slurm", params)
     assert submit.startswith("sbatch ")
     assert "srun --ntasks 1 -l --cpu-bind=none bash ${SCRIPT_DIR:+$SCRIPT_DIR/}cmd_$SLURM_JOB_NAME.sh" in script
     assert "mpiexec" not in script.replace("--mpi-launcher=mpiexec", "") and "#SBATCH --exclusive" not in script
@@ -479,8 +480,10 @@ def test_slurm_with_srun_launcher() -> None:
 def test_polaris_config_shows_the_address_function_unrun() -> None:
     out = render.render(profiles.load("polaris"), {"account": "myproj"})  # not run: no address is looked up
     assert "address=\"<address_by_interface(ifname='hsn0')>\"" in out.config
-    assert "MpiExecLauncher(" in out.config and "bind_cmd='--cpu-bind'" in out.config and "overrides='--depth=64 --ppn 1'" in out.config
-    assert "select_options='ngpus=4'" in out.config and "scheduler_options='#PBS -l filesystems=home:eagle'" in out.config
+    assert "MpiExecLauncher(" in out.config and "bind_cmd='--cpu-bind'" in out.config
+    assert "overrides='--depth=64 --ppn 1'" in out.config
+    assert "select_options='ngpus=4'" in out.config
+    assert "scheduler_options='#PBS -l filesystems=home:eagle'" in out.config
     assert " at 0x" not in out.config  # no memory addresses: the text is stable
 
 
@@ -504,8 +507,8 @@ def tripwires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_render_runs_no_scheduler_command(tripwires: Path) -> None:
-    for site, params in [("slurm", {}), ("perlmutter", {"account": "m0000"}), ("polaris", {"account": "x"}), ("aurora", {"account": "x"}),
-                         ("pbspro", {})]:
+    for site, params in [("slurm", {}), ("perlmutter", {"account": "m0000"}), ("polaris", {"account": "x"}),
+                         ("aurora", {"account": "x"}), ("pbspro", {})]:
         render.render(profiles.load(site), params)
         render.check(profiles.load(site), params)
     assert not tripwires.exists(), tripwires.read_text()
@@ -513,7 +516,8 @@ def test_render_runs_no_scheduler_command(tripwires: Path) -> None:
 
 def test_cli_render_json_and_text() -> None:
     runner = CliRunner()
-    res = runner.invoke(main, ["render", "--site", "slurm", "--set", "partition=debug", "--set", "account=proj", "--json"])
+    res = runner.invoke(main, ["render", "--site", "slurm", "--set", "partition=debug", "--set", "account=proj",
+                               "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)["data"]
     assert data["site"] == "slurm" and data["params"] == {"partition": "debug", "account": "proj"}
@@ -528,7 +532,8 @@ def test_cli_render_json_and_text() -> None:
 @pytest.mark.parametrize(("argv", "words"), [
     (["--site", "polaris"], ["needs account", "--set account=..."]),
     (["--site", "perlmutter"], ["needs account"]),
-    (["--site", "slurm", "--set", "launcher=NoSuchLauncher"], ["unknown launcher type 'NoSuchLauncher'", "MpiExecLauncher", "SrunLauncher"]),
+    (["--site", "slurm", "--set", "launcher=NoSuchLauncher"],
+     ["unknown launcher type 'NoSuchLauncher'", "MpiExecLauncher", "SrunLauncher"]),
     (["--site", "slurm", "--set", "nodes_per_block=two"], ["SlurmProvider", "nodes_per_block"]),
     (["--site", "slurm", "--set", "colour=red"], ["has no parameter colour"]),
 ])
@@ -602,7 +607,8 @@ def test_sites_lists_every_builtin_with_parameters() -> None:
     data = {s["name"]: s for s in json.loads(res.stdout)["data"]}
     assert set(data) >= {"local", "slurm", "pbspro", "polaris", "aurora", "perlmutter"}
     params = {name: {p["name"]: p for p in s["parameters"]} for name, s in data.items()}
-    assert params["polaris"]["account"]["required"] and params["perlmutter"]["account"]["required"] and params["aurora"]["account"]["required"]
+    assert params["polaris"]["account"]["required"] and params["perlmutter"]["account"]["required"]
+    assert params["aurora"]["account"]["required"]
     assert params["aurora"]["accelerators"]["default"] == [f"{g}.{t}" for g in range(6) for t in range(2)]
     assert not params["slurm"]["account"]["required"] and params["slurm"]["account"]["default"] is None
     assert params["slurm"]["launcher"]["default"] == "MpiExecLauncher"
@@ -624,3 +630,4 @@ def test_sites_shows_one_profile_by_name_or_path(tmp_path: Path) -> None:
     env = json.loads(res.stdout)
     assert res.exit_code == SiteProfileError.exit_code and env["status"] == "error"
     assert env["errors"][0]["message"] == "unknown site profile 'nosuch'"
+

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from bundle import api, profiles, render
 from bundle.cli import main
 from bundle.registry import Registry
+from login_node.blocks import cancel_blocks
 from login_node.procs import run_processes
 from tests.conftest import EXAMPLES, write_workflow
 from tests.conftest_scheduler import (
@@ -33,6 +34,7 @@ from tests.conftest_scheduler import (
     LOGIN_ADDRESS,
     SITE_SCRIPT,
     active_jobs,
+    poll_until_empty,
     scancel_quietly,
     wait_nodes_quiet,
     wait_until_gone,
@@ -108,12 +110,7 @@ def assert_nothing_left(run_id: str, ids: list[str]) -> None:
 def no_processes_left(run_id: str, timeout: float = 20) -> list[int]:
     """The run's processes still alive once the driver had time to exit (it
     writes the final state, then stops what is left, within a few seconds)."""
-    deadline = time.monotonic() + timeout
-    pids = run_processes(run_id)
-    while pids and time.monotonic() < deadline:
-        time.sleep(0.2)
-        pids = run_processes(run_id)
-    return pids
+    return poll_until_empty(lambda: run_processes(run_id), timeout, interval=0.2)
 
 
 def wait_for_state(run: api.Run, wanted: str, timeout: float = 120) -> dict[str, Any]:
@@ -127,18 +124,33 @@ def wait_for_state(run: api.Run, wanted: str, timeout: float = 120) -> dict[str,
     return st
 
 
+def run_where(tmp_path: Path, params: dict[str, Any], n: int, site: str = "slurm") -> tuple[api.Run, list[str], float]:
+    """Submit WHERE (`n` apps) and wait for it to succeed: the run, its block job ids, and the
+    seconds from submit to result."""
+    wf = write_workflow(tmp_path / "wf", WHERE)
+    t0 = time.monotonic()
+    run = api.submit(wf, "local", site=site, params=params, args={"n": n}, wait=True)
+    elapsed = time.monotonic() - t0
+    assert run.last_state["state"] == "succeeded", run.last_state
+    return run, job_ids(run.last_state), elapsed
+
+
+def wait_both_apps_running(run: api.Run, home: Path) -> Path:
+    """Wait until the run is running and both apps of SLOW have started inside a block; the run's outputs."""
+    wait_for_state(run, "running")
+    outputs = home / "runs" / run.id / "outputs"
+    deadline = time.monotonic() + 120
+    while len(list(outputs.glob("started-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return outputs
+
+
 @pytest.mark.timeout(300)
 def test_mpiexec_launcher_apps_run_inside_slurm_jobs(tmp_path: Path, home: Path) -> None:
     import parsl
 
-    wf = write_workflow(tmp_path / "wf", WHERE)
-    t0 = time.monotonic()
-    run = api.submit(wf, "local", site="slurm", params=FAST, args={"n": 3}, wait=True)
-    elapsed = time.monotonic() - t0
-    st = run.last_state
-    assert st["state"] == "succeeded", st
-    ids = job_ids(st)
-    assert ids and all(i.isdigit() for i in ids), st
+    run, ids, elapsed = run_where(tmp_path, FAST, 3)
+    assert ids and all(i.isdigit() for i in ids), run.last_state
     value = run.result(tmp_path / "res")
     assert [v["i"] for v in value] == [0, 1, 2]
     for v in value:
@@ -157,11 +169,9 @@ def test_mpiexec_launcher_apps_run_inside_slurm_jobs(tmp_path: Path, home: Path)
 
 def test_the_rendered_script_is_the_one_submitted(tmp_path: Path, home: Path) -> None:
     """`gcbundle render` shows exactly what the driver gave sbatch, run-time values aside."""
-    wf = write_workflow(tmp_path / "wf", WHERE)
-    run = api.submit(wf, "local", site="slurm", params=FAST, args={"n": 1}, wait=True)
-    assert run.last_state["state"] == "succeeded", run.last_state
-    scripts = [p for p in (home / "runs" / run.id / "runinfo" / "000" / "submit_scripts").glob("parsl.htex.block-0.*")
-               if not p.name.endswith((".stdout", ".stderr"))]
+    run, ids, _ = run_where(tmp_path, FAST, 1)
+    submit_scripts = home / "runs" / run.id / "runinfo" / "000" / "submit_scripts"
+    scripts = [p for p in submit_scripts.glob("parsl.htex.block-0.*") if not p.name.endswith((".stdout", ".stderr"))]
     assert len(scripts) == 1, scripts
     real = scripts[0].read_text()
     real = re.sub(r"parsl\.htex\.block-0\.\d+\.\d+", "parsl.htex.block-0.<time>", real)
@@ -171,17 +181,12 @@ def test_the_rendered_script_is_the_one_submitted(tmp_path: Path, home: Path) ->
     shown = (shown.replace("<run_id>", run.id).replace("<run>", str(home / "runs" / run.id))
              .replace("<env>/bin", str(Path(sys.executable).parent)))
     assert real == shown
-    assert_nothing_left(run.id, job_ids(run.last_state))
+    assert_nothing_left(run.id, ids)
 
 
 @pytest.mark.timeout(300)
 def test_srun_launcher_apps_run_in_a_job_step(tmp_path: Path) -> None:
-    wf = write_workflow(tmp_path / "wf", WHERE)
-    run = api.submit(wf, "local", site="slurm", params={**FAST, "launcher": "SrunLauncher", "exclusive": False},
-                     args={"n": 2}, wait=True)
-    st = run.last_state
-    assert st["state"] == "succeeded", st
-    ids = job_ids(st)
+    run, ids, _ = run_where(tmp_path, {**FAST, "launcher": "SrunLauncher", "exclusive": False}, 2)
     value = run.result(tmp_path / "res")
     for v in value:
         assert v["job"] in ids and v["step"] is not None  # a step of the block job: srun started the workers
@@ -190,13 +195,7 @@ def test_srun_launcher_apps_run_in_a_job_step(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_two_node_block_with_mpiexec_runs_apps_on_both_nodes(tmp_path: Path) -> None:
-    wf = write_workflow(tmp_path / "wf", WHERE)
-    t0 = time.monotonic()
-    run = api.submit(wf, "local", site="slurm", params=TWO_NODES, args={"n": 12}, wait=True)
-    elapsed = time.monotonic() - t0
-    st = run.last_state
-    assert st["state"] == "succeeded", st
-    ids = job_ids(st)
+    run, ids, elapsed = run_where(tmp_path, TWO_NODES, 12)
     value = run.result(tmp_path / "res")
     assert {v["host"] for v in value} == set(COMPUTE_NODES[:2]), value  # both, and not the login node
     assert {v["job"] for v in value} <= set(ids)
@@ -212,11 +211,7 @@ def test_perlmutter_profile_srun_over_hsn0_on_two_nodes(tmp_path: Path) -> None:
     """The perlmutter profile: `--constraint cpu`, its QOS, an account, srun
     starting one manager per node, and the interchange on the login node's
     hsn0 address (address_by_interface, resolved on the login node)."""
-    wf = write_workflow(tmp_path / "wf", WHERE)
-    run = api.submit(wf, "local", site="perlmutter", params=PERLMUTTER_HERE, args={"n": 12}, wait=True)
-    st = run.last_state
-    assert st["state"] == "succeeded", st
-    ids = job_ids(st)
+    run, ids, _ = run_where(tmp_path, PERLMUTTER_HERE, 12, site="perlmutter")
     value = run.result(tmp_path / "res")
     assert {v["host"] for v in value} == set(COMPUTE_NODES[:2]), value
     assert all(v["job"] in ids and v["step"] is not None for v in value)  # steps of the block: srun
@@ -235,11 +230,7 @@ def test_cancel_running_slurm_workflows_three_times(tmp_path: Path, home: Path) 
     runner = CliRunner()
     for attempt in range(3):
         run = api.submit(wf, "local", site="slurm", params=FAST, args={"seconds": 600})
-        wait_for_state(run, "running")
-        outputs = home / "runs" / run.id / "outputs"
-        deadline = time.monotonic() + 120
-        while len(list(outputs.glob("started-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)  # until both apps run inside the block
+        outputs = wait_both_apps_running(run, home)
         st = run.status()
         ids = job_ids(st)
         started = {p.name.split("-")[1] for p in outputs.glob("started-*")}
@@ -257,8 +248,8 @@ def test_cancel_running_slurm_workflows_three_times(tmp_path: Path, home: Path) 
 def test_bad_partition_fails_the_run_with_the_schedulers_message(tmp_path: Path) -> None:
     wf = write_workflow(tmp_path / "wf", WHERE)
     runner = CliRunner()
-    res = runner.invoke(main, ["submit", str(wf), "--site", "slurm", *[f"--set={k}={v}" for k, v in {**FAST, "partition": "nosuchpartition"}.items()],
-                               "--wait", "--json"])
+    sets = [f"--set={k}={v}" for k, v in {**FAST, "partition": "nosuchpartition"}.items()]
+    res = runner.invoke(main, ["submit", str(wf), "--site", "slurm", *sets, "--wait", "--json"])
     assert res.exit_code != 0
     run_id = Registry().list(1)[0].run_id
     assert f"run {run_id} failed" in json.loads(res.stdout)["errors"][0]["message"]
@@ -304,8 +295,6 @@ def test_driver_cancels_the_jobs_the_dfk_left(tmp_path: Path) -> None:
     from parsl.launchers import SimpleLauncher
     from parsl.providers import SlurmProvider
 
-    from login_node.blocks import cancel_blocks
-
     provider = SlurmProvider(partition="debug", walltime="00:05:00", exclusive=False, launcher=SimpleLauncher())
     provider.script_dir = str(tmp_path)
     job = provider.submit("sleep 600", 1, "gcbundle-test-left-behind")
@@ -325,11 +314,7 @@ def test_cancel_that_must_kill_the_driver_still_cancels_its_jobs(tmp_path: Path,
     cancelled by the task itself (scancel), so nothing is left in squeue."""
     wf = write_workflow(tmp_path / "wf", SLOW)
     run = api.submit(wf, "local", site="slurm", params=FAST, args={"seconds": 600})
-    wait_for_state(run, "running")
-    outputs = home / "runs" / run.id / "outputs"
-    deadline = time.monotonic() + 120
-    while len(list(outputs.glob("started-*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_both_apps_running(run, home)
     time.sleep(1.5)  # one more heartbeat: the job ids are in state.json
     ids = job_ids(run.status())
     assert ids and set(active_jobs(ids).values()) == {"RUNNING"}
@@ -359,7 +344,8 @@ def test_a_block_that_exits_non_zero_fails_the_run_saying_which_job_and_why(tmp_
 
 
 @pytest.mark.timeout(420)
-def test_a_compute_node_that_goes_away_mid_run_fails_the_run_saying_which_job_and_why(tmp_path: Path, home: Path) -> None:
+def test_a_compute_node_that_goes_away_mid_run_fails_the_run_saying_which_job_and_why(tmp_path: Path,
+                                                                                      home: Path) -> None:
     """The node running the block crashes (scripts/site.sh kill-node: every
     process on it killed, its links down). Slurm marks the node down after
     SlurmdTimeout and ends the job NODE_FAIL; the run does not hang: it fails,
@@ -369,14 +355,11 @@ def test_a_compute_node_that_goes_away_mid_run_fails_the_run_saying_which_job_an
     run = api.submit(wf, "local", site="slurm", params=FAST, args={"seconds": 600})
     node = None
     try:
-        wait_for_state(run, "running")
-        outputs = home / "runs" / run.id / "outputs"
-        deadline = time.monotonic() + 120
-        while len(list(outputs.glob("started-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_both_apps_running(run, home)
         time.sleep(1.5)  # one more heartbeat: the job id is in state.json
         [job] = job_ids(run.status())
-        node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True, timeout=30).stdout.strip()
+        squeue = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True, timeout=30)
+        node = squeue.stdout.strip()
         assert node in COMPUTE_NODES, node
         down = subprocess.run(["bash", str(SITE_SCRIPT), "kill-node", node], capture_output=True, text=True, timeout=60)
         assert down.returncode == 0, down.stderr
@@ -392,4 +375,5 @@ def test_a_compute_node_that_goes_away_mid_run_fails_the_run_saying_which_job_an
     finally:
         if node:  # bring the node back, with its daemons
             for script in ("setup_slurm.sh", "setup_pbs.sh"):
-                subprocess.run(["bash", str(SITE_SCRIPT.parent / script)], capture_output=True, timeout=300, check=False)
+                subprocess.run(["bash", str(SITE_SCRIPT.parent / script)], capture_output=True, timeout=300,
+                               check=False)
