@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CHECKED = ("bundle", "login_node", "tests", "bench")
+# The roles' Python files run on login nodes; the examples are what users copy.
+CHECKED = ("bundle", "login_node", "tests", "bench", "examples", "ansible")
 
 # The client modules that may import login_node: the embedded local endpoint
 # runs the login node's tasks in-process, and the wire turns a task's name into

@@ -43,7 +43,9 @@ def shipped_by_value(fn: Callable[..., Any]) -> Callable[..., Any]:
     builtins and what it imports itself, which is the right discipline for code
     that runs somewhere else anyway.
     """
-    copy = types.FunctionType(fn.__code__, {"__name__": "gcbundle_shipped"}, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy = types.FunctionType(
+        fn.__code__, {"__name__": "gcbundle_shipped"}, fn.__name__, fn.__defaults__, fn.__closure__
+    )
     copy.__kwdefaults__ = fn.__kwdefaults__
     copy.__doc__ = fn.__doc__
     copy.__qualname__ = fn.__qualname__
@@ -92,7 +94,8 @@ def summarise(out_dir: str, inputs: list[dict[str, Any]] = ()) -> dict[str, Any]
         writer = csv.writer(f)
         writer.writerow(["experiment", "events", "first_event", "peak"])
         for i, found in enumerate(inputs):
-            writer.writerow([i, len(found["events"]), found["events"][0] if found["events"] else "", f"{found['peak']:.3f}"])
+            first = found["events"][0] if found["events"] else ""
+            writer.writerow([i, len(found["events"]), first, f"{found['peak']:.3f}"])
     return {
         "events_per_experiment": [len(found["events"]) for found in inputs],
         "analysed_on": sorted({found["host"] for found in inputs}),

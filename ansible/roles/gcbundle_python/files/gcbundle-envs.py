@@ -119,7 +119,9 @@ def main() -> int:
     parser.add_argument("--envs", required=True, type=Path, help="the directory holding the environments")
     parser.add_argument("--current", required=True, type=Path, help="the current environment (or the symlink to it)")
     parser.add_argument("--home", action="append", default=[], type=Path, help="a GCBUNDLE_HOME whose runs count")
-    parser.add_argument("--keep", type=int, default=1, help="most recently built environments kept besides those in use")
+    parser.add_argument(
+        "--keep", type=int, default=1, help="most recently built environments kept besides those in use"
+    )
     args = parser.parse_args()
     found = survey(args.envs, args.current, args.home, args.keep)
     removed = []
