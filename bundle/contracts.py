@@ -83,8 +83,10 @@ _KINDS: dict[str, tuple[Any, str]] = {
 # it is parsed, and raises one ``MalformedReply`` line that names the task and the field:
 #     the login node sent a status reply without `state` (one of staged, ...)
 
-_SHA = re.compile(r"[0-9a-f]{64}")
-_RUN_ID = re.compile(r"[0-9a-f]{12}")
+#: A bundle's or an archive's sha256 (``fullmatch``): it names a file in the login node's cache.
+DIGEST = re.compile(r"[0-9a-f]{64}")
+#: A run id (``fullmatch``): it names a folder under the login node's runs/.
+RUN_ID = re.compile(r"[0-9a-f]{12}")
 _SHAPE_HINT = ("the login node's gcbundle may be damaged or another version: "
                "check it with `gcbundle doctor --endpoint ENDPOINT`")
 _CHECK_STATUS = ("ok", "warn", "fail", "skip", "info")
@@ -154,7 +156,7 @@ def _check_state(data: Any, task: str) -> None:
     _get(task, d, "updated", _is_num, "a time", False)
     _get(task, d, "tasks", counts_ok, "an object of counts", False)
     _get(task, d, "scheduler_job_ids", _str_list, "a list of strings", False)
-    _get(task, d, "resumed_from", lambda v: isinstance(v, str) and _RUN_ID.fullmatch(v) is not None, "a run id", False)
+    _get(task, d, "resumed_from", lambda v: isinstance(v, str) and RUN_ID.fullmatch(v) is not None, "a run id", False)
     _get(task, d, "waited", _is_num, "a number of seconds", False)
 
 
@@ -310,10 +312,24 @@ STATUS_WAIT_MAX = 30.0
 _RUN_ID_HINT = "run ids are 12 hex digits; `gcbundle list` shows them"
 
 
-def _run_id(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
-    """A run id names a folder on the login node: 12 lowercase hex digits, nothing else."""
-    if not isinstance(value, str) or not _RUN_ID.fullmatch(value):
+def check_run_id(value: Any) -> str:
+    """A run id names a folder on the login node: 12 lowercase hex digits, nothing else.
+    The request rule and the login node's own guards (``Home.run``) raise this one error."""
+    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
         raise RunNotFound(f"{str(value)[:40]!r} is not a run id", _RUN_ID_HINT)
+    return value
+
+
+def check_digest(value: Any, what: str = "digest") -> str:
+    """A bundle's or an archive's sha256, which names a file in the cache; the request
+    rules and the cache's own guards raise this one error."""
+    if not isinstance(value, str) or not DIGEST.fullmatch(value):
+        raise UsageError(f"{what} must be 64 lowercase hex digits")
+    return value
+
+
+def _run_id(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
+    check_run_id(value)
 
 
 def _run_id_or_none(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
@@ -322,12 +338,11 @@ def _run_id_or_none(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> 
 
 
 def _digest(what: str, *, none_ok: bool = False) -> Rule:
-    """A bundle's or an archive's sha256, which names a file in the cache."""
+    """A digest field (``check_digest``); null allowed where ``none_ok``."""
     def rule(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
         if value is None and none_ok:
             return
-        if not isinstance(value, str) or not _SHA.fullmatch(value):
-            raise UsageError(f"{what} must be 64 lowercase hex digits")
+        check_digest(value, what)
     return rule
 
 
@@ -509,7 +524,7 @@ class LogsRequest(Contract):
 
 def _listing_sha_of_a_page(req: Any, key: str, value: Any, sent: Mapping[str, Any]) -> None:
     """The listing a later page continues (checked for a paged request only)."""
-    if "page" in sent and value is not None and not (isinstance(value, str) and _SHA.fullmatch(value)):
+    if "page" in sent and value is not None and not (isinstance(value, str) and DIGEST.fullmatch(value)):
         raise UsageError("manifest_sha256 must be 64 lowercase hex digits")
 
 
@@ -638,7 +653,7 @@ class ProbeReply(Contract):
     @classmethod
     def _validate(cls, data: Any) -> None:
         d = _obj("probe", data)
-        digests = lambda v: isinstance(v, list) and all(isinstance(x, str) and _SHA.fullmatch(x) for x in v)  # noqa: E731
+        digests = lambda v: isinstance(v, list) and all(isinstance(x, str) and DIGEST.fullmatch(x) for x in v)  # noqa: E731
         _get("probe", d, "cached", digests, "a list of digests")
         chunks = lambda v: isinstance(v, list) and all(_is_int(i) for i in v)  # noqa: E731
         _get("probe", d, "staged_chunks", chunks, "a list of chunk numbers", False)
@@ -725,7 +740,7 @@ class ResultsManifestReply(Contract):
         d = _obj(t, data)
         _check_state(_get(t, d, "state", _is_dict, "an object"), t)
         _get(t, d, "files", lambda v: isinstance(v, list), "a list")
-        _get(t, d, "manifest_sha256", lambda v: isinstance(v, str) and _SHA.fullmatch(v) is not None, "a sha256")
+        _get(t, d, "manifest_sha256", lambda v: isinstance(v, str) and DIGEST.fullmatch(v) is not None, "a sha256")
         _get(t, d, "chunk_bytes", lambda v: _is_int(v, 1) and v <= TASK_LIMIT, f"a size in 1..{TASK_LIMIT}")
         _get(t, d, "total", _is_int, "a byte count")
         _get(t, d, "next_page", lambda v: _is_int(v, 1), "a file number", False)
@@ -821,7 +836,7 @@ class RunsReply(Contract):
         d = _obj("runs", data)
 
         def run_id_ok(v: Any) -> bool:
-            return isinstance(v, str) and _RUN_ID.fullmatch(v) is not None
+            return isinstance(v, str) and RUN_ID.fullmatch(v) is not None
 
         def entry_ok(e: Any) -> bool:
             if not isinstance(e, dict):
@@ -857,8 +872,8 @@ class PruneReply(Contract):
                 isinstance(r, dict) and isinstance(r.get(ident), str) and pattern.fullmatch(r[ident]) is not None
                 and isinstance(r.get("action"), str) for r in v), f"a list of {ident} rows", False)
 
-        rows("runs", "run_id", _RUN_ID)
-        rows("bundles", "digest", _SHA)
+        rows("runs", "run_id", RUN_ID)
+        rows("bundles", "digest", DIGEST)
         _get("prune", d, "freed_bytes", _is_int, "a byte count")
 
 

@@ -14,20 +14,15 @@ import time
 from pathlib import Path
 
 from bundle import archive
+from bundle.contracts import check_digest
 from bundle.errors import BundleError, UsageError
 from bundle.limits import CHUNK_BYTES, MAX_BUNDLE_BYTES, chunk_count
 from bundle.manifest import sha256_file
 from login_node.delta import rebuild
-from login_node.rundir import DIGEST, Home, write_atomic
+from login_node.rundir import Home, write_atomic
 
 #: Staging directories untouched this long are abandoned uploads.
 STALE_STAGING = 7 * 24 * 3600
-
-
-def check_digest(value: object, what: str = "digest") -> str:
-    if not isinstance(value, str) or not DIGEST.fullmatch(value):
-        raise UsageError(f"{what} must be 64 lowercase hex digits")
-    return value
 
 
 class Cache:

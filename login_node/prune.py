@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundle.contracts import DIGEST, RUN_ID
 from bundle.errors import UsageError
 from bundle.fileio import tree_size
 from login_node import state
 from login_node.orphans import reap
-from login_node.rundir import DIGEST, RUN_ID, Home, RunPaths, read_json
+from login_node.rundir import Home, RunPaths, read_json
 
 #: Leftovers (half-created or half-pruned run directories, abandoned uploads)
 #: are removed once they are at least this old, whatever the criteria.
@@ -68,7 +69,7 @@ class Criteria:
             raise UsageError(f"prune.states must be a non-empty list of {', '.join(state.TERMINAL)}")
         fetched = data.get("fetched", [])
         listed = isinstance(fetched, list) and len(fetched) <= MAX_FETCHED
-        if not listed or not all(isinstance(r, str) and RUN_ID.match(r) for r in fetched):
+        if not listed or not all(isinstance(r, str) and RUN_ID.fullmatch(r) for r in fetched):
             raise UsageError(f"prune.fetched must be a list of at most {MAX_FETCHED} run ids")
         flags = {k: data.get(k, k == "bundles") for k in ("force", "dry_run", "bundles")}
         if not all(isinstance(v, bool) for v in flags.values()):
@@ -116,7 +117,7 @@ def prune(home: Home, criteria: Criteria, now: float | None = None) -> dict[str,
     last_use: dict[str, float] = {}
     doomed: list[tuple[RunPaths, dict[str, Any]]] = []
     for entry in sorted(home.runs.iterdir()) if home.runs.is_dir() else []:
-        if not RUN_ID.match(entry.name) or entry.is_symlink() or not entry.is_dir():
+        if not RUN_ID.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
             continue
         paths = RunPaths(entry)
         if not paths.exists():
@@ -131,7 +132,7 @@ def prune(home: Home, criteria: Criteria, now: float | None = None) -> dict[str,
         row = {"run_id": paths.run_id, "state": st.get("state"), "bytes": size, "digest": digest,
                "action": "prune" if prune_it else "keep", "reason": why}
         runs.append(row)
-        if isinstance(digest, str) and DIGEST.match(digest):
+        if isinstance(digest, str) and DIGEST.fullmatch(digest):
             last_use[digest] = max(last_use.get(digest, 0.0), float(st.get("updated") or 0.0))
             if not prune_it:
                 kept_digests.add(digest)
@@ -170,7 +171,7 @@ def _bundles(home: Home, criteria: Criteria, kept: set[str], last_use: dict[str,
         return out
     for path in sorted(home.cache.glob("*.tar.gz")):
         digest = path.name.removesuffix(".tar.gz")
-        if not DIGEST.match(digest) or path.is_symlink():
+        if not DIGEST.fullmatch(digest) or path.is_symlink():
             continue
         try:
             used = max(path.stat().st_mtime, last_use.get(digest, 0.0))
@@ -219,7 +220,7 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
         return
     target = path
-    if RUN_ID.match(path.name):
+    if RUN_ID.fullmatch(path.name):
         target = path.with_name(f".{path.name}.pruning.{os.getpid()}")
         os.rename(path, target)
     shutil.rmtree(target, ignore_errors=True)

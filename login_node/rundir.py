@@ -23,29 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bundle.contracts import Contract, contract_field
+from bundle.contracts import DIGEST, Contract, check_run_id, contract_field
 from bundle.errors import HomeError, RunNotFound, RunStateError
 from bundle.fileio import folder_problem, write_atomic
-
-RUN_ID = re.compile(r"^[0-9a-f]{12}$")
-DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def home() -> Path:
     return Path(os.environ.get("GCBUNDLE_HOME") or Path.home() / ".gcbundle").expanduser()
-
-
-def check_run_id(run_id: Any) -> str:
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        raise RunNotFound(
-            f"{str(run_id)[:40]!r} is not a run id", "run ids are 12 hex digits; `gcbundle list` shows them"
-        )
-    return run_id
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from bundle import archive, placement, profiles
 from bundle.contracts import (
+    RUN_ID,
     CancelRequest,
     Contract,
     DoctorRequest,
@@ -36,6 +37,7 @@ from bundle.contracts import (
     StageRequest,
     StatusRequest,
     check_reply_shape,
+    check_run_id,
     parse_request,
 )
 from bundle.errors import BundleError, GcbundleError, RunNotFound, RunStateError, UsageError
@@ -46,7 +48,7 @@ from login_node.doctor import site_report
 from login_node.orphans import reap
 from login_node.prune import Criteria
 from login_node.prune import prune as prune_home
-from login_node.rundir import RUN_ID, Home, RunPaths, RunRequest, check_run_id, read_json, write_json
+from login_node.rundir import Home, RunPaths, RunRequest, read_json, write_json
 from login_node.siteconfig import SiteDefaults
 from login_node.spawn import driver_env, spawn
 

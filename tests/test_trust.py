@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from bundle import api, packcache, tempdirs
 from bundle.cli import main
+from bundle.contracts import check_digest, check_run_id
 from bundle.errors import (
     BundleError,
     GcbundleError,
@@ -40,9 +41,7 @@ from bundle.registry import Registry
 from bundle.transport import Tally
 from bundle.transport import local as local_endpoint
 from bundle.transport.local import LocalTransport
-from login_node.cache import check_digest
 from login_node.procs import run_processes, sweep
-from login_node.rundir import check_run_id
 from tests.conftest import write_workflow
 from tests.faults import wait_for
 from tests.hostile import manifest_for, reg, write_tar
