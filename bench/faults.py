@@ -252,17 +252,8 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
     from bundle import doctor as client_doctor
     from bundle.cli import main as cli
     from bundle.registry import Registry, RunRecord
-    from tests.hostile_replies import CASES, RUN, HostileLoginNode
+    from tests.hostile_replies import ARGS, CASES, RUN, HostileLoginNode
 
-    args = {
-        "status": ["status", RUN],
-        "logs": ["logs", RUN],
-        "cancel": ["cancel", RUN],
-        "results": ["results", RUN, "-o", "{dest}"],
-        "doctor": ["doctor", "--endpoint", "local"],
-        "list": ["list", "--endpoint", "local"],
-        "submit": ["submit", "{wf}"],
-    }
     root = tmp / "hostile-replies"
     wf = root / "wf"
     wf.mkdir(parents=True)
@@ -288,7 +279,7 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
             for module in patched:
                 module.get_transport = to_hostile  # type: ignore[attr-defined]
             try:
-                res = CliRunner().invoke(cli, [a.format(dest=dest, wf=wf / "workflow.py") for a in args[command]])
+                res = CliRunner().invoke(cli, [a.format(dest=dest, wf=wf / "workflow.py") for a in ARGS[command]])
             finally:
                 hostile.close()
             Registry().update(RUN, state="running")  # some replies mark it gone: each case starts alike

@@ -21,6 +21,18 @@ from bundle.transport.local import LocalTransport
 RUN = "0123456789ab"
 ENVELOPE = "__envelope__"
 
+#: The command line that makes each client command ask for the replies in CASES
+#: ({dest}: a results folder, {wf}: a workflow file), for the test and bench/faults.py.
+ARGS = {
+    "status": ["status", RUN],
+    "logs": ["logs", RUN],
+    "cancel": ["cancel", RUN],
+    "results": ["results", RUN, "-o", "{dest}"],
+    "doctor": ["doctor", "--endpoint", "local"],
+    "list": ["list", "--endpoint", "local"],
+    "submit": ["submit", "{wf}"],
+}
+
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

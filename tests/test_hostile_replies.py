@@ -19,18 +19,8 @@ from bundle.cli import main
 from bundle.errors import ResultsError
 from bundle.registry import Registry
 from tests.conftest import write_workflow
-from tests.hostile_replies import CASES, ESCAPES, GOOD, GOOD_CHUNK, RUN, HostileLoginNode, listing
+from tests.hostile_replies import ARGS, CASES, ESCAPES, GOOD, GOOD_CHUNK, RUN, HostileLoginNode, listing
 from tests.registry_rows import row
-
-ARGS = {
-    "status": ["status", RUN],
-    "logs": ["logs", RUN],
-    "cancel": ["cancel", RUN],
-    "results": ["results", RUN, "-o", "{dest}"],
-    "doctor": ["doctor", "--endpoint", "local"],
-    "list": ["list", "--endpoint", "local"],
-    "submit": ["submit", "{wf}"],
-}
 
 
 def _files(root: Path, skip: Path) -> set[str]:
