@@ -28,14 +28,13 @@ from typing import Any
 
 from bundle import transport
 from bundle.api import default_results_dir
-from bundle.contracts import PruneRequest
+from bundle.contracts import TERMINAL, PruneRequest
 from bundle.errors import GcbundleError, ProtocolMismatch, TransportError, UsageError
 from bundle.fileio import tree_size
 from bundle.packcache import cache_dir
 from bundle.registry import Registry, RunRecord
 from bundle.results import MARKER
 
-TERMINAL = ("succeeded", "failed", "cancelled", "lost")
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
