@@ -296,7 +296,7 @@ class Contract:
             value = getattr(self, f.name)
             if f.name == "extra":
                 out.update(value)
-            elif isinstance(value, Contract):
+            elif isinstance(value, (Contract, PruneCriteria)):
                 out[f.name] = value.to_json()
             elif value is not None:
                 out[f.name] = value
@@ -585,15 +585,59 @@ class RunsRequest(Contract):
     limit: int = contract_field("any", default=None, absent=RUNS_PAGE, rule=_int_in(1, RUNS_PAGE))
 
 
+#: Most run ids a client may list as fetched in one prune request.
+MAX_FETCHED = 100_000
+
+
+@dataclass(frozen=True)
+class PruneCriteria:
+    """What to prune: the prune request's ``prune`` object, built by the client
+    (``bundle.prune``) and read by the login node (``login_node.prune``)."""
+
+    older_than: float = 0.0  # seconds since the run ended (a bundle: since it was last used)
+    states: tuple[str, ...] = TERMINAL
+    fetched: frozenset[str] = frozenset()  # runs whose results the client holds complete
+    force: bool = False
+    dry_run: bool = False
+    bundles: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"older_than": self.older_than, "states": list(self.states), "fetched": sorted(self.fetched),
+                "force": self.force, "dry_run": self.dry_run, "bundles": self.bundles}
+
+    @classmethod
+    def from_json(cls, data: Any) -> PruneCriteria:
+        if not isinstance(data, dict):
+            raise UsageError("prune must be an object")
+        unknown = set(data) - {"older_than", "states", "fetched", "force", "dry_run", "bundles"}
+        if unknown:
+            raise UsageError(f"prune has unknown fields: {', '.join(sorted(map(str, unknown)))[:120]}")
+        older = data.get("older_than", 0.0)
+        if not isinstance(older, (int, float)) or isinstance(older, bool) or not 0 <= older < 1e11:
+            raise UsageError(f"prune.older_than must be a number of seconds >= 0, got {older!r}"[:120])
+        states = data.get("states", list(TERMINAL))
+        if not isinstance(states, list) or not states or not all(s in TERMINAL for s in states):
+            raise UsageError(f"prune.states must be a non-empty list of {', '.join(TERMINAL)}")
+        fetched = data.get("fetched", [])
+        listed = isinstance(fetched, list) and len(fetched) <= MAX_FETCHED
+        if not listed or not all(isinstance(r, str) and RUN_ID.fullmatch(r) for r in fetched):
+            raise UsageError(f"prune.fetched must be a list of at most {MAX_FETCHED} run ids")
+        flags = {k: data.get(k, k == "bundles") for k in ("force", "dry_run", "bundles")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise UsageError("prune.force, prune.dry_run and prune.bundles must be true or false")
+        return cls(float(older), tuple(states), frozenset(fetched), **flags)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PruneRequest(Contract):
-    """Protocol 3: remove finished runs and cached bundles by these criteria.
-
-    ``login_node.prune.Criteria`` parses and checks them: they are the prune's own record.
-    """
+    """Protocol 3: remove finished runs and cached bundles by these criteria."""
 
     task: ClassVar[str] = "prune"
-    prune: Any = contract_field("any", optional=True, default=None)
+    prune: PruneCriteria = contract_field("any", default=None, absent=AS_NULL)
+
+    @classmethod
+    def _nested(cls, name: str, value: Any) -> Any:
+        return PruneCriteria.from_json(value)
 
 
 @dataclass(frozen=True, kw_only=True)

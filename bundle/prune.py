@@ -28,7 +28,7 @@ from typing import Any
 
 from bundle import transport
 from bundle.api import default_results_dir
-from bundle.contracts import TERMINAL, PruneRequest
+from bundle.contracts import TERMINAL, PruneCriteria, PruneRequest
 from bundle.errors import GcbundleError, ProtocolMismatch, TransportError, UsageError
 from bundle.fileio import tree_size
 from bundle.packcache import cache_dir
@@ -102,9 +102,9 @@ def prune(options: Options, registry: Registry | None = None, transport_for: Cal
     return report
 
 
-def _criteria(options: Options, fetched: list[str]) -> dict[str, Any]:
-    return {"older_than": options.older_than, "states": list(options.states), "fetched": fetched,
-            "force": options.force, "dry_run": options.dry_run, "bundles": True}
+def _criteria(options: Options, fetched: list[str]) -> PruneCriteria:
+    return PruneCriteria(older_than=options.older_than, states=tuple(options.states), fetched=frozenset(fetched),
+                         force=options.force, dry_run=options.dry_run, bundles=True)
 
 
 def _fetched(records: list[RunRecord], endpoint: str) -> list[str]:

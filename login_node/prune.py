@@ -21,12 +21,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundle.contracts import DIGEST, RUN_ID
-from bundle.errors import UsageError
+from bundle.contracts import DIGEST, RUN_ID, PruneCriteria
 from bundle.fileio import tree_size
 from login_node import state
 from login_node.orphans import reap
@@ -35,48 +33,6 @@ from login_node.rundir import Home, RunPaths, read_json
 #: Leftovers (half-created or half-pruned run directories, abandoned uploads)
 #: are removed once they are at least this old, whatever the criteria.
 LEFTOVER_AGE = 3600.0
-#: Most run ids a client may list as fetched in one request.
-MAX_FETCHED = 100_000
-
-
-@dataclass(frozen=True)
-class Criteria:
-    """What to prune; sent by the client as the request's ``prune`` object."""
-
-    older_than: float = 0.0  # seconds since the run ended (a bundle: since it was last used)
-    states: tuple[str, ...] = state.TERMINAL
-    fetched: frozenset[str] = frozenset()  # runs whose results the client holds complete
-    force: bool = False
-    dry_run: bool = False
-    bundles: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return {"older_than": self.older_than, "states": list(self.states), "fetched": sorted(self.fetched),
-                "force": self.force, "dry_run": self.dry_run, "bundles": self.bundles}
-
-    @classmethod
-    def from_json(cls, data: Any) -> Criteria:
-        if not isinstance(data, dict):
-            raise UsageError("prune must be an object")
-        unknown = set(data) - {"older_than", "states", "fetched", "force", "dry_run", "bundles"}
-        if unknown:
-            raise UsageError(f"prune has unknown fields: {', '.join(sorted(map(str, unknown)))[:120]}")
-        older = data.get("older_than", 0.0)
-        if not isinstance(older, (int, float)) or isinstance(older, bool) or not 0 <= older < 1e11:
-            raise UsageError(f"prune.older_than must be a number of seconds >= 0, got {older!r}"[:120])
-        states = data.get("states", list(state.TERMINAL))
-        if not isinstance(states, list) or not states or not all(s in state.TERMINAL for s in states):
-            raise UsageError(f"prune.states must be a non-empty list of {', '.join(state.TERMINAL)}")
-        fetched = data.get("fetched", [])
-        listed = isinstance(fetched, list) and len(fetched) <= MAX_FETCHED
-        if not listed or not all(isinstance(r, str) and RUN_ID.fullmatch(r) for r in fetched):
-            raise UsageError(f"prune.fetched must be a list of at most {MAX_FETCHED} run ids")
-        flags = {k: data.get(k, k == "bundles") for k in ("force", "dry_run", "bundles")}
-        if not all(isinstance(v, bool) for v in flags.values()):
-            raise UsageError("prune.force, prune.dry_run and prune.bundles must be true or false")
-        return cls(float(older), tuple(states), frozenset(fetched), **flags)
-
-
 def _file_size(path: Path) -> int:
     try:
         return path.lstat().st_blocks * 512
@@ -84,7 +40,7 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _verdict(paths: RunPaths, st: dict[str, Any], criteria: Criteria, now: float) -> tuple[bool, str]:
+def _verdict(paths: RunPaths, st: dict[str, Any], criteria: PruneCriteria, now: float) -> tuple[bool, str]:
     """Whether to prune this run, and why (or why not)."""
     name = st.get("state")
     if not state.is_terminal(st):
@@ -109,7 +65,7 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def prune(home: Home, criteria: Criteria, now: float | None = None) -> dict[str, Any]:
+def prune(home: Home, criteria: PruneCriteria, now: float | None = None) -> dict[str, Any]:
     """Prune ``home`` by ``criteria``; the report lists every run and bundle with what was done and why."""
     now = time.time() if now is None else now
     runs: list[dict[str, Any]] = []
@@ -164,7 +120,7 @@ def prune(home: Home, criteria: Criteria, now: float | None = None) -> dict[str,
     }
 
 
-def _bundles(home: Home, criteria: Criteria, kept: set[str], last_use: dict[str, float],
+def _bundles(home: Home, criteria: PruneCriteria, kept: set[str], last_use: dict[str, float],
              now: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not criteria.bundles or not home.cache.is_dir():
@@ -193,7 +149,7 @@ def _bundles(home: Home, criteria: Criteria, kept: set[str], last_use: dict[str,
     return out
 
 
-def _leftovers(home: Home, criteria: Criteria, now: float) -> list[dict[str, Any]]:
+def _leftovers(home: Home, criteria: PruneCriteria, now: float) -> list[dict[str, Any]]:
     """Half-created or half-pruned run directories and abandoned uploads, once old."""
     out: list[dict[str, Any]] = []
     places = [(home.runs, lambda n: n.startswith(".")), (home.staging, lambda n: True)]

@@ -46,7 +46,6 @@ from login_node import blocks, driverenv, driverjob, envcheck, procs, results, s
 from login_node.cache import Cache
 from login_node.doctor import site_report
 from login_node.orphans import reap
-from login_node.prune import Criteria
 from login_node.prune import prune as prune_home
 from login_node.rundir import Home, RunPaths, RunRequest, read_json, write_json
 from login_node.siteconfig import SiteDefaults
@@ -472,4 +471,4 @@ def doctor(req: DoctorRequest, home: Home) -> dict[str, Any]:
 @_task
 def prune(req: PruneRequest, home: Home) -> dict[str, Any]:
     """Remove finished runs and cached bundles by the client's criteria (``login_node.prune``)."""
-    return prune_home(home, Criteria.from_json(req.prune))
+    return prune_home(home, req.prune)

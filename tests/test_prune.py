@@ -14,12 +14,12 @@ from click.testing import CliRunner
 from bundle import api, packcache
 from bundle import prune as pruning
 from bundle.cli import main
+from bundle.contracts import PruneCriteria
 from bundle.errors import UsageError
 from bundle.registry import Registry
 from bundle.transport import Tally
 from bundle.transport.local import LocalTransport
 from login_node import tasks
-from login_node.prune import Criteria
 from login_node.prune import prune as prune_home
 from login_node.rundir import Home
 from tests.conftest import write_workflow
@@ -197,7 +197,7 @@ def test_leftovers_of_an_interrupted_prune_are_finished(home: Path) -> None:
     fresh.mkdir()
     old = time.time() - 2 * 3600
     os.utime(half, (old, old))
-    rep = prune_home(h, Criteria())
+    rep = prune_home(h, PruneCriteria())
     assert [x["path"] for x in rep["leftovers"]] == ["runs/.0123456789ab.pruning.999"]
     assert not half.exists() and fresh.is_dir()
 

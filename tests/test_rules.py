@@ -390,3 +390,16 @@ def test_the_client_leaves_out_what_it_does_not_set_so_the_login_node_takes_its_
     assert contracts.LogsRequest(run_id=RUN, name="driver", offset=0, tail=False).to_json() == \
         {"run_id": RUN, "name": "driver", "offset": 0, "tail": False}
     assert contracts.ResultsManifestRequest(run_id=RUN).to_json() == {"run_id": RUN}
+
+
+def test_prune_criteria_travel_as_one_declared_object() -> None:
+    criteria = contracts.PruneCriteria(older_than=60.0, fetched=frozenset({RUN}), dry_run=True)
+    sent = contracts.PruneRequest(prune=criteria)
+    wire = sent.to_json()
+    assert wire["prune"]["fetched"] == [RUN] and wire["prune"]["states"] == list(contracts.TERMINAL)
+    assert contracts.PruneRequest.from_json(wire) == sent
+    assert _refusal("prune", {}) == "prune must be an object"
+    assert _refusal("prune", {"prune": {"states": ["running"]}}) == \
+        "prune.states must be a non-empty list of succeeded, failed, cancelled, lost"
+    assert _refusal("prune", {"prune": {"fetched": [RUN.upper()]}}) == \
+        f"prune.fetched must be a list of at most {contracts.MAX_FETCHED} run ids"
