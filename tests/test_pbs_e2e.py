@@ -296,13 +296,19 @@ def test_a_block_that_exits_non_zero_fails_the_run_saying_which_job_and_why(tmp_
     run = api.submit(wf, "local", site="pbspro", params={**PBSPRO, "worker_init": "exit 3"}, args={"n": 1}, wait=True)
     st = run.last_state
     assert st["state"] == "failed", st
-    [job] = st["scheduler_job_ids"]
+    jobs = st["scheduler_job_ids"]
+    # On a busy machine Parsl may submit a second block before the first one's end is read;
+    # every block the run reports as dead must then be one of its jobs, dead for the same reason.
+    assert 1 <= len(jobs) <= 2, jobs
+    failures = [(d["job"], d["scheduler_state"], d["exit_code"]) for d in st["block_failures"]]
+    assert failures and {job for job, _, _ in failures} <= set(jobs), (failures, jobs)
+    assert all((state, code) == ("F", 3) for _, state, code in failures), failures
+    job = failures[0][0]
     said = f"PBS job {job} ended with Exit_status 3 (its script exited with 3)"
     assert qstat_jobs([job])[job]["Exit_status"] == 3
     assert said in st["error"]["message"]
     assert st["error"]["message"].startswith("the block jobs failed of executor htex")
-    assert [(d["job"], d["scheduler_state"], d["exit_code"]) for d in st["block_failures"]] == [(job, "F", 3)]
     res = CliRunner().invoke(main, ["status", run.id])
     assert f"died     {job}: {said}" in res.stdout, res.stdout
-    finished(run.id, [job])
+    finished(run.id, jobs)
 
