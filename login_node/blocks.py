@@ -223,6 +223,8 @@ def slurm_reason(job_id: str) -> tuple[str, str | None, str] | None:
 
 #: Slurm states of a job that died (not one that ended or was cancelled).
 SLURM_DEATHS = ("FAILED", "NODE_FAIL", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+#: Slurm states of a job that ended without dying: what Slurm says of it will not change.
+SLURM_ENDED = ("COMPLETED", "CANCELLED")
 
 
 def failures(providers: Iterable[Any], known: dict[str, dict[str, Any]], final: bool = False) -> list[dict[str, Any]]:
@@ -243,15 +245,19 @@ def failures(providers: Iterable[Any], known: dict[str, dict[str, Any]], final: 
             known.setdefault(job_id, record)
         if type(provider).__name__ != "SlurmProvider":
             continue
+        # Jobs that ended without dying: asked about once, never again on later beats.
+        settled: set[str] = provider.__dict__.setdefault("_gcbundle_settled", set())
         for job_id, info in list(getattr(provider, "resources", {}).items()):
             state = getattr(getattr(info.get("status"), "state", None), "name", "")
-            if job_id in known or not (final or state in BAD_STATES):
+            if job_id in known or job_id in settled or not (final or state in BAD_STATES):
                 continue
             said = slurm_reason(job_id)
             if said is None:
                 continue
             slurm_state, exit_code, why = said
             if slurm_state not in SLURM_DEATHS:
+                if slurm_state in SLURM_ENDED:
+                    settled.add(job_id)
                 continue  # running, ended well, or cancelled (by gcbundle, Parsl or the user): not a death
             known[job_id] = {"job": job_id, "provider": "SlurmProvider", "scheduler_state": slurm_state,
                              "exit_code": exit_code, "why": why}

@@ -403,3 +403,33 @@ def test_prune_criteria_travel_as_one_declared_object() -> None:
         "prune.states must be a non-empty list of succeeded, failed, cancelled, lost"
     assert _refusal("prune", {"prune": {"fetched": [RUN.upper()]}}) == \
         f"prune.fetched must be a list of at most {contracts.MAX_FETCHED} run ids"
+
+
+def test_a_slurm_block_that_ended_without_dying_is_asked_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat asks Slurm about blocks Parsl calls FAILED/MISSING; one that Slurm
+    says COMPLETED or CANCELLED is settled, while a death is recorded and a job Slurm
+    could not answer for is asked again. (Slurm's answers are given here: the rule is
+    what is tested; tests/test_slurm_e2e.py meets the real scontrol.)"""
+    from types import SimpleNamespace
+
+    from login_node import blocks
+
+    answers = {"1": ("COMPLETED", "0:0", "ended"), "2": ("CANCELLED", "0:15", "cancelled"),
+               "3": ("FAILED", "3:0", "Slurm job 3 FAILED"), "4": None}
+    asked: list[str] = []
+
+    def reason(job_id: str) -> tuple[str, str | None, str] | None:
+        asked.append(job_id)
+        return answers[job_id]
+
+    class SlurmProvider:  # named as Parsl's: failures() tells providers apart by class name
+        def __init__(self) -> None:
+            missing = SimpleNamespace(state=SimpleNamespace(name="MISSING"))
+            self.resources = {job_id: {"status": missing} for job_id in answers}
+
+    monkeypatch.setattr(blocks, "slurm_reason", reason)
+    provider, known = SlurmProvider(), {}
+    for _ in range(3):
+        found = blocks.failures([provider], known)
+    assert [d["job"] for d in found] == ["3"] and found[0]["scheduler_state"] == "FAILED"
+    assert sorted(asked) == ["1", "2", "3", "4", "4", "4"]
