@@ -246,7 +246,22 @@ sshd_up() {  # sshd_up NODE
 }
 
 # --- commands -----------------------------------------------------------------
+# The site's own tools: ip (links, namespaces), sshd and ssh-keygen (the nodes'
+# sshds, the MPI key). A minimal Debian image has none of them.
+site_packages() {
+  local p missing=()
+  for p in iproute2 openssh-server openssh-client; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 cmd_up() {
+  site_packages
   install -d -m 0755 "$STATE" "$RUN"
   write_hosts
   for f in "${FABRICS[@]}"; do bridge_up "$f"; done
