@@ -253,12 +253,11 @@ def wait_pbs_finished(job_ids: Iterable[str], timeout: float = 60.0) -> dict[str
     """Poll qstat -x until every one of `job_ids` is F (finished); return the
     states of those that are not."""
     ids = list(job_ids)
-    deadline = time.monotonic() + timeout
-    while True:
-        left = {j: a.get("job_state", "?") for j, a in qstat_jobs(ids).items() if a.get("job_state") != "F"}
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.5)
+
+    def unfinished() -> dict[str, str]:
+        return {j: a.get("job_state", "?") for j, a in qstat_jobs(ids).items() if a.get("job_state") != "F"}
+
+    return poll_until_empty(unfinished, timeout)
 
 
 def qdel_quietly(job_ids: Iterable[str]) -> None:
