@@ -251,18 +251,15 @@ def hostile_replies(tmp: Path) -> dict[str, int]:
     from bundle import api, transport
     from bundle import doctor as client_doctor
     from bundle.cli import main as cli
-    from bundle.registry import Registry, RunRecord
+    from bundle.registry import Registry
     from tests.hostile_replies import ARGS, CASES, RUN, HostileLoginNode
+    from tests.registry_rows import row
 
     root = tmp / "hostile-replies"
     wf = root / "wf"
     wf.mkdir(parents=True)
     (wf / "workflow.py").write_text("def main():\n    return 1\n")
-    now = time.time()
-    Registry().adopt(RunRecord(
-        run_id=RUN, endpoint="local", digest="0" * 64, workflow="wf.py", site=None, state="running",
-        submitted=now, updated=now,
-    ))
+    Registry().adopt(row(RUN))
     # Every module the client reaches the login node through (the client doctor imports get_transport itself).
     patched = (api, transport, client_doctor)
     saved = [module.get_transport for module in patched]

@@ -19,11 +19,10 @@ changes).
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import REPO, isolate, median, parser, result
+from _common import REPO, isolate, median, parse, parser, result, workflow_dir
 
 WORKFLOW = '''
 from parsl import python_app
@@ -82,16 +81,13 @@ def bring_up() -> None:
 def main() -> None:
     p = parser(__doc__.splitlines()[0], runs=3)
     p.add_argument("--bring-up", action="store_true", help="also time taking the site down and up (disruptive)")
-    args = p.parse_args()
+    args = parse(p, runs=1)
     root = isolate()
-    wf = root / "wf" / "workflow.py"
-    wf.parent.mkdir(parents=True)
-    wf.write_text(WORKFLOW)
-    sys.path.insert(0, str(REPO))
+    wf = workflow_dir(root / "wf", WORKFLOW) / "workflow.py"
     if args.bring_up:
         bring_up()
     keys = [("pbs", 1), ("slurm", 1)] if args.tiny else list(PROFILES)
-    runs = 1 if args.tiny else args.runs
+    runs = args.runs
     times: dict[tuple[str, int], list[float]] = {k: [] for k in keys}
     for i in range(runs):
         for key in (keys if i % 2 == 0 else list(reversed(keys))):
