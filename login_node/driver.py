@@ -169,7 +169,7 @@ class Driver:
         self._cleanup()
         # The report's `pip freeze` runs as a process of the run (its environment and
         # working directory): have its answer before the sweep below would stop it.
-        self.frozen = self.pip_freeze() if hasattr(self, "pip_freeze") else None
+        self.frozen = self.pip_freeze()
         # Before the final state, not after: a client that sees the run end
         # (at once, with the status long poll) must find nothing of it running.
         leftovers = procs.sweep(self.paths.run_id, grace=5.0)
@@ -263,8 +263,7 @@ class Driver:
         job_prelude = site.prelude(self.paths.root, self.paths.run_id, driver_init=driver_init)
         self.providers += prelude.prepend(config, job_prelude)
         for provider in self.providers:
-            if type(provider).__name__ == "PBSProProvider":
-                blocks.watch_pbs(provider)  # non-zero exits are failures; one qstat per job
+            blocks.watch_pbs(provider)  # PBS: non-zero exits are failures; one qstat per job
         self.config_repr = repr(config)
 
     def _instrument(self, dfk: Any) -> None:
@@ -326,7 +325,7 @@ class Driver:
         report.write(
             self.paths, self.request, outcome=outcome, records=self.records, checkpoint_files=self.checkpoint_files,
             config=self.config_repr, job_ids=self.job_ids, timings=self.timings,
-            pip_freeze=(getattr(self, "frozen", None) or report.pip_freeze()) or [],
+            pip_freeze=self.frozen or [],
         )
 
 
