@@ -151,13 +151,14 @@ def describe_pbs_exit(job_id: str, attrs: dict[str, Any]) -> str:
 
 def watch_pbs(provider: Any) -> None:
     """Give a PBSProProvider a status reader that asks about one job at a time
-    and calls a non-zero exit FAILED (jobs gcbundle or Parsl cancelled aside)."""
+    and calls a non-zero exit FAILED (jobs gcbundle or Parsl cancelled aside);
+    any other provider is left as it is."""
+    if type(provider).__name__ != "PBSProProvider" or getattr(provider, "_gcbundle_watched", False):
+        return
     # Parsl is heavy, and the ``cancel`` task, which imports this module, needs none of it.
     from parsl.jobs.states import JobState, JobStatus
     from parsl.providers.torque.torque import translate_table
 
-    if getattr(provider, "_gcbundle_watched", False):
-        return
     cancelled: set[str] = set()
     settled: set[str] = set()  # finished, and what became of them is known
     died: dict[str, dict[str, Any]] = {}  # what PBS said of the jobs that died, for failures()

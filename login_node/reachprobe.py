@@ -81,8 +81,7 @@ def probe(executor: Any, address: str, *, prelude: str, script_dir: str,
     must be on a file system the nodes mount, as a run's directory must)."""
     provider = executor.provider
     provider.worker_init = prelude + (provider.worker_init or "")
-    if type(provider).__name__ == "PBSProProvider":
-        blocks.watch_pbs(provider)  # a job that exited non-zero is FAILED, not COMPLETED
+    blocks.watch_pbs(provider)  # PBS: a job that exited non-zero is FAILED, not COMPLETED
     port_range = tuple(getattr(executor, "worker_port_range", None) or DEFAULT_PORT_RANGE)
     t0 = time.monotonic()
     try:
