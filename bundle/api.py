@@ -19,7 +19,7 @@ from typing import Any
 
 import platformdirs
 
-from bundle import archive, contracts, delta, preflight, profiles, tempdirs
+from bundle import archive, delta, preflight, profiles, tempdirs
 from bundle.contracts import (
     CancelRequest,
     LaunchRequest,
@@ -52,15 +52,12 @@ from bundle.manifest import sha256_file
 from bundle.output import OnProgress
 from bundle.pack import PackResult, pack
 from bundle.protocol import supports_delta
-from bundle.registry import Registry, RunRecord
+from bundle.registry import TERMINAL, Registry, RunRecord
 from bundle.render import check as check_site
 from bundle.results import Fetched, fetch
 from bundle.selection import Limits
 from bundle.transport import Transport, get_transport
 
-#: States after which a run in this client's registry changes no more: the login node's
-#: (``bundle.contracts.TERMINAL``) and the registry's own for a run the login node never had or no longer has.
-TERMINAL = (*contracts.TERMINAL, "gone", "unlaunched")
 #: A registry row whose launch task was sent but not answered (yet).
 LAUNCHING = "launching"
 
@@ -169,15 +166,7 @@ def submit(workflow: str | Path, endpoint: str = "local", *, args: dict[str, Any
         run_id = _new_run_id()
         spec = LaunchSpec(args=dict(args or {}), site=site_spec, params=params, resumed_from=resumed_from,
                           inherit=inherit)
-        inline = None
-        known = registry.is_cached(endpoint, packed.digest)
-        if packed.size <= INLINE_BUNDLE_BYTES and not known:
-            inline = packed.path.read_bytes()
-        elif not known:
-            # Too big to travel inside the launch task: stage it first (upload's
-            # probe finds a bundle the login node already has) rather than send
-            # a launch that can only answer "missing" (one task less).
-            upload(transport, packed, progress)
+        inline = None if registry.is_cached(endpoint, packed.digest) else _ship(transport, packed, progress)
         now = time.time()
         rec = RunRecord(run_id=run_id, endpoint=endpoint, digest=packed.digest, workflow=str(workflow), site=site,
                         state=LAUNCHING, submitted=now, updated=now, resumed_from=resumed_from)
@@ -262,6 +251,17 @@ def _send_launch(transport: Transport, run_id: str, digest: str, spec: LaunchSpe
                                         bundle=bundle)).to_json()
 
 
+def _ship(transport: Transport, packed: PackResult, progress: OnProgress | None) -> bytes | None:
+    """The bundle for a launch the login node does not have it for: a small one travels
+    inside the launch task (its bytes); a larger one is staged first (None). Staging
+    first, rather than a launch that can only answer "missing", saves a task, and
+    upload's probe finds a bundle the login node already has."""
+    if packed.size <= INLINE_BUNDLE_BYTES:
+        return packed.path.read_bytes()
+    upload(transport, packed, progress)
+    return None
+
+
 def _launch_resent(transport: Transport, registry: Registry, endpoint: str, run_id: str, packed: PackResult,
                    spec: LaunchSpec, progress: OnProgress | None, retry: str) -> dict[str, Any]:
     """The launch again after the login node answered ``missing_bundle``, with the bundle sent once more.
@@ -271,9 +271,7 @@ def _launch_resent(transport: Transport, registry: Registry, endpoint: str, run_
     staged first; a second "missing" is an error (``retry`` is its hint).
     """
     registry.forget_cached(endpoint, packed.digest)
-    inline = packed.path.read_bytes() if packed.size <= INLINE_BUNDLE_BYTES else None
-    if inline is None:
-        upload(transport, packed, progress)
+    inline = _ship(transport, packed, progress)
     reply = _send_launch(transport, run_id, packed.digest, spec, packed.archive_sha256, inline)
     if reply.get("missing_bundle"):
         raise BundleError("the login node lost the bundle right after it was sent", retry)
