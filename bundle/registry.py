@@ -24,8 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundle import contracts
 from bundle.errors import RegistryError, RegistryLocked, RunNotFound
 from bundle.fileio import folder_problem
+
+#: States after which a run in this client's registry changes no more: the login node's
+#: (``bundle.contracts.TERMINAL``) and the registry's own for a run the login node never had or no longer has.
+TERMINAL = (*contracts.TERMINAL, "gone", "unlaunched")
 
 _PREFIX = re.compile(r"^[0-9a-f]{1,12}$")
 _SCHEMA = """
@@ -235,9 +240,9 @@ class Registry:
     def unfinished(self) -> list[RunRecord]:
         """Rows whose last known state is not an end state (what ``list`` refreshes)."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs WHERE state NOT IN "
-                              "('succeeded', 'failed', 'cancelled', 'lost', 'gone', 'unlaunched') "
-                              "ORDER BY submitted").fetchall()
+            ended = ", ".join("?" * len(TERMINAL))
+            query = f"SELECT * FROM runs WHERE state NOT IN ({ended}) ORDER BY submitted"
+            rows = db.execute(query, TERMINAL).fetchall()
         return [RunRecord(**dict(r)) for r in rows]
 
     def list(self, limit: int = 50) -> list[RunRecord]:
