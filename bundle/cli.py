@@ -34,11 +34,6 @@ class CommandError(click.ClickException):
         click.echo(f"gcbundle: error: {printable(self.format_message())}", err=True)
 
 
-def _parse_args(items: tuple[str, ...]) -> dict[str, Any]:
-    """``--arg name=value``: JSON values parsed, malformed JSON refused (``bundle.preflight``)."""
-    return parse_args(items)
-
-
 def command(
     name: str | None = None, group: click.Group | None = None, **kwargs: Any
 ) -> Callable[[Callable[..., Any]], click.Command]:
@@ -207,7 +202,7 @@ def pack(workflow: str, output: str, includes: tuple[str, ...], entry: str | Non
          progress: ProgressMeter) -> tuple[Any, str]:
     """Pack a workflow (its folder, or with --only-imports its imports) into a deterministic bundle archive."""
     res = pack_workflow(
-        workflow, output, includes=includes, entry=entry, args=_parse_args(args), config_module=config, mode=mode,
+        workflow, output, includes=includes, entry=entry, args=parse_args(args), config_module=config, mode=mode,
         progress=progress, only_imports=only_imports, limits=Limits.resolve(max_size, max_files),
     )
     progress.close()
@@ -304,7 +299,7 @@ def submit(workflow: str, endpoint: str, site: str | None, sets: tuple[str, ...]
            max_size: str | None, max_files: int | None, progress: ProgressMeter) -> tuple[Any, str]:
     """Pack WORKFLOW (its folder; or take a bundle made by `gcbundle pack`), check it and start it on an endpoint."""
     run = api.submit(
-        workflow, endpoint, args=_parse_args(args), includes=includes, entry=entry, site=site,
+        workflow, endpoint, args=parse_args(args), includes=includes, entry=entry, site=site,
         params=profiles.parse_sets(sets), config=config, mode=mode, progress=progress,
         only_imports=only_imports, limits=Limits.resolve(max_size, max_files),
     )
@@ -451,7 +446,7 @@ def cancel(run_id: str, grace: int, progress: ProgressMeter) -> tuple[Any, str]:
 def resume(run_id: str, allow_changed: bool, workflow: str | None, args: tuple[str, ...], wait: bool,
            progress: ProgressMeter) -> tuple[Any, str]:
     """Start a new run from RUN_ID's bundle, reusing its checkpointed app results."""
-    run = api.resume(run_id, allow_changed=allow_changed, workflow=workflow, args=_parse_args(args), progress=progress)
+    run = api.resume(run_id, allow_changed=allow_changed, workflow=workflow, args=parse_args(args), progress=progress)
     _track(run)
     progress.note(f"resumed run {run.record.resumed_from} as run {run.id}")
     data: dict[str, Any] = {

@@ -27,7 +27,8 @@ from typing import Any
 from bundle import ignore, imports
 from bundle.errors import BundleError, UsageError
 from bundle.ignore import IGNORE_FILE
-from bundle.output import OnProgress, size
+from bundle.output import OnProgress
+from bundle.output import size as _size
 
 #: Default size guard: every run unpacks its own copy of the bundle in the
 #: login node's $GCBUNDLE_HOME, under home or project quotas of tens of GiB and
@@ -582,7 +583,3 @@ class _Walker:
         self.check_guard(finished=True)
         if self.progress is not None and self._shown:
             self.progress("scan", len(self.files), 0)
-
-
-def _size(n: float) -> str:
-    return size(n)
