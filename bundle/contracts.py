@@ -731,7 +731,7 @@ class LaunchReply(Contract):
 
     @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
-        return _reply_state(cls).from_json(value) if name == "state" else value
+        return _reply_state(cls)._parse(value) if name == "state" else value
 
     def _check(self) -> None:
         if not self.missing_bundle and self.state is None:
@@ -791,7 +791,7 @@ class ResultsManifestReply(Contract):
 
     @classmethod
     def _nested(cls, name: str, value: Any) -> Any:
-        return _reply_state(cls).from_json(value) if name == "state" else value
+        return _reply_state(cls)._parse(value) if name == "state" else value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -938,8 +938,16 @@ CONTRACTS: dict[str, tuple[type[Contract], type[Contract]]] = {
 
 
 def check_reply(task: str, data: Any) -> Contract:
-    """The reply of ``task``, checked and parsed into its reply object (``Transport.send``)."""
-    return CONTRACTS[task][1].from_json(data)
+    """The reply of ``task``, checked and parsed into its reply object."""
+    return parse_reply(task, check_reply_shape(task, data))
+
+
+def parse_reply(task: str, data: Any) -> Contract:
+    """The reply of ``task``, already passed by ``check_reply_shape`` (as ``Transport.call``
+    does), parsed into its reply object: its values are not checked a second time."""
+    obj = CONTRACTS[task][1]._parse(data)
+    obj._settle(data)
+    return obj
 
 
 def check_reply_shape(task: str, data: Any) -> Any:
